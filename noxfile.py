@@ -1,0 +1,97 @@
+"""Developer and CI sessions for the visiontel workspace.
+
+Every session uses uv as the virtualenv backend, so wheels (torch above all, several GB
+with its CUDA libraries) come from uv's shared cache instead of being downloaded again.
+
+    nox -t ci            # what .ci/run runs: lint, build, tests on the oldest and newest torch
+    nox -s tests         # the whole torch matrix
+    nox -s bench         # overhead benchmarks, figures for docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+import nox
+
+ROOT = pathlib.Path(__file__).parent
+PACKAGES = sorted(p for p in (ROOT / "packages").iterdir() if (p / "pyproject.toml").exists())
+SOURCE_DIRS = [str(p / "src") for p in PACKAGES]
+
+# Oldest supported, a middle release, newest on PyPI. CI runs the two ends.
+TORCH_OLDEST = "2.4.1"
+TORCH_MIDDLE = "2.9.1"
+TORCH_NEWEST = "2.15.0"
+
+nox.options.default_venv_backend = "uv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "tests"]
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _install_workspace(session: nox.Session, torch_version: str, *extra: str) -> None:
+    """Install every distribution of the workspace (editable, with its test extra)."""
+    session.install(f"torch=={torch_version}", "numpy")
+    args: list[str] = []
+    for package in PACKAGES:
+        args += ["-e", f"{package}[test]"]
+    session.install(*args, *extra)
+
+
+@nox.session(python=PYTHON, tags=["ci"])
+def lint(session: nox.Session) -> None:
+    """ruff on everything, mypy --strict on every distribution's src/."""
+    _install_workspace(session, TORCH_NEWEST, "ruff>=0.6", "mypy>=1.11", "types-PyYAML")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    env = {"MYPYPATH": os.pathsep.join(SOURCE_DIRS)}
+    session.run("mypy", *SOURCE_DIRS, env=env)
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize(
+    "torch",
+    [
+        nox.param(TORCH_OLDEST, id=TORCH_OLDEST, tags=["ci"]),
+        nox.param(TORCH_MIDDLE, id=TORCH_MIDDLE),
+        nox.param(TORCH_NEWEST, id=TORCH_NEWEST, tags=["ci"]),
+    ],
+)
+def tests(session: nox.Session, torch: str) -> None:
+    """Unit, integration and subprocess tests of every distribution on one torch release."""
+    _install_workspace(session, torch)
+    targets = [str(p / "tests") for p in PACKAGES if (p / "tests").exists()]
+    targets.append(str(ROOT / "tests"))
+    session.run("pytest", *targets, *session.posargs, env={"VISIONTEL_TEST_TORCH": torch})
+
+
+@nox.session(python=PYTHON, tags=["ci"])
+def build(session: nox.Session) -> None:
+    """Build every wheel, install them into a fresh venv, import them, load their entry points."""
+    dist = ROOT / "dist"
+    session.run("rm", "-rf", str(dist), external=True)
+    session.run("uv", "build", "--all-packages", "--wheel", "--out-dir", str(dist), external=True)
+    wheels = sorted(str(w) for w in dist.glob("*.whl"))
+    if not wheels:
+        session.error("uv build produced no wheel")
+    check_venv = pathlib.Path(session.create_tmp()) / "wheel-check"
+    session.run("uv", "venv", "--python", PYTHON, "--clear", str(check_venv), external=True)
+    python = str(check_venv / "bin" / "python")
+    session.run(
+        "uv", "pip", "install", "--python", python, *wheels, "opentelemetry-sdk", external=True
+    )
+    session.run(python, str(ROOT / "tests" / "check_wheels.py"), *wheels, external=True)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Overhead benchmarks (ratios against a baseline measured in the same run)."""
+    _install_workspace(session, TORCH_NEWEST)
+    scripts = sorted((ROOT / "bench").glob("*.py"))
+    only = set(session.posargs)
+    for script in scripts:
+        if script.name.startswith("_") or (only and script.stem not in only):
+            continue
+        session.run("python", str(script))

@@ -1,0 +1,339 @@
+"""Hooks on one model: a root pair that is always installed, child hooks armed on demand.
+
+Unsampled forwards run with exactly two hooks (the root's); child hooks are put into the
+modules' hook dictionaries only while at least one sampled forward of this model is in
+flight, so an unsampled forward never pays torch's per-module hook dispatch.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from visiontel.torch._config import Granularity, TorchConfig
+from visiontel.torch._failures import record_failure
+from visiontel.torch._inputs import describe_inputs
+from visiontel.torch._metrics import DetectionCounter, count_detections
+from visiontel.torch._record import ForwardRecord, ModuleTable
+from visiontel.torch._runtime import Runtime
+from visiontel.torch._safety import report_internal_error
+from visiontel.torch._timing import CudaEventSource, EventSource
+
+_registry: weakref.WeakKeyDictionary[Any, ModelInstrumentation] = weakref.WeakKeyDictionary()
+_registry_lock = threading.Lock()
+_cuda_sources: dict[int, EventSource] = {}
+
+
+def is_compiling_fn() -> Callable[[], bool]:
+    import torch
+
+    compiler = getattr(torch, "compiler", None)
+    check = getattr(compiler, "is_compiling", None)
+    return check if callable(check) else (lambda: False)
+
+
+class _ThreadState(threading.local):
+    record: ForwardRecord | None = None
+
+
+class _Depth(threading.local):
+    value = 0
+
+
+_depth = _Depth()
+
+
+def forward_depth() -> int:
+    """How many instrumented forwards are running on this thread right now."""
+    return _depth.value
+
+
+class ModelInstrumentation:
+    """Everything visiontel installed on one model; ``remove()`` takes all of it away."""
+
+    def __init__(
+        self,
+        model: Any,
+        config: TorchConfig,
+        runtime: Runtime,
+        detections: DetectionCounter | None = None,
+        event_source: EventSource | None = None,
+    ) -> None:
+        self.config = config
+        self._runtime = runtime
+        self._tls = _ThreadState()
+        self._detections = detections or count_detections
+        self._event_source = event_source
+        self._is_compiling = is_compiling_fn()
+        self._arm_lock = threading.Lock()
+        self._armed = 0
+        name = config.model_name or type(model).__name__
+        self._span_name = f"inference {name}"
+        self._static_attributes: dict[str, Any] = {
+            "visiontel.model.name": name,
+            "visiontel.model.class": type(model).__qualname__,
+            "visiontel.stage": "inference",
+        }
+        self._metric_attributes: dict[str, Any] = {
+            "visiontel.model.name": name,
+            "visiontel.stage": "inference",
+        }
+        if config.model_version:
+            self._static_attributes["visiontel.model.version"] = config.model_version
+            self._metric_attributes["visiontel.model.version"] = config.model_version
+        self._image_attributes = {
+            k: v for k, v in self._metric_attributes.items() if k != "visiontel.stage"
+        }
+        children = _select_children(model, config)
+        self.table = ModuleTable(
+            names=tuple(n for n, _ in children),
+            classes=tuple(type(m).__qualname__ for _, m in children),
+            model_name=name,
+            model_version=config.model_version,
+            budget=config.max_layer_spans if config.granularity is Granularity.LAYER else 1 << 30,
+        )
+        # (handle, hook function, the handle's extra dicts that held its id when registered)
+        self._parked: list[tuple[Any, Callable[..., None], list[Any]]] = []
+        for index, (_, module) in enumerate(children):
+            self._add_child_hooks(index, module)
+        self._root_handles = [
+            model.register_forward_pre_hook(self._root_pre, with_kwargs=True),
+            model.register_forward_hook(self._root_post, with_kwargs=True, always_call=True),
+        ]
+        self._model_ref = weakref.ref(model)
+
+    @property
+    def resolver(self) -> Any:
+        return self._runtime.resolver
+
+    # -- child hooks ---------------------------------------------------------------------
+    def _add_child_hooks(self, index: int, module: Any) -> None:
+        state, clock, compiling = self._tls, time.perf_counter_ns, self._is_compiling
+        post_index = ~index
+
+        def child_pre(_module: Any, _args: Any) -> None:
+            if compiling():
+                return
+            record = state.record
+            if record is None or record.stamps is None:
+                return
+            try:
+                events = record.events
+                record.stamps.append((index, clock(), events.acquire() if events else None))
+            except Exception as exc:
+                report_internal_error("layer pre-hook", exc)
+
+        def child_post(_module: Any, _args: Any, _output: Any) -> None:
+            if compiling():
+                return
+            record = state.record
+            if record is None or record.stamps is None:
+                return
+            try:
+                events = record.events
+                record.stamps.append((post_index, clock(), events.acquire() if events else None))
+            except Exception as exc:
+                report_internal_error("layer post-hook", exc)
+
+        # Register through the public API, then park: arming puts the same functions back
+        # under the same ids (see _arm), so removal is the public handle.remove().
+        pre_handle = module.register_forward_pre_hook(child_pre)
+        post_handle = module.register_forward_hook(child_post, always_call=True)
+        for handle, function in ((pre_handle, child_pre), (post_handle, child_post)):
+            flags = [ref for ref in handle.extra_dict_ref if handle.id in (ref() or ())]
+            handle.remove()
+            self._parked.append((handle, function, flags))
+
+    def _arm(self) -> None:
+        with self._arm_lock:
+            self._armed += 1
+            if self._armed > 1:
+                return
+            for handle, function, flags in self._parked:
+                hooks = handle.hooks_dict_ref()
+                if hooks is None:
+                    continue
+                hooks[handle.id] = function
+                for extra_ref in flags:
+                    extra = extra_ref()
+                    if extra is not None:
+                        extra[handle.id] = True
+
+    def _disarm(self, force: bool = False) -> None:
+        with self._arm_lock:
+            self._armed = 0 if force else max(0, self._armed - 1)
+            if self._armed:
+                return
+            for handle, _, _ in self._parked:
+                handle.remove()
+
+    # -- root hooks ----------------------------------------------------------------------
+    def _root_pre(self, _model: Any, args: Any, kwargs: Any) -> None:
+        if self._is_compiling():
+            return
+        try:
+            self._begin(args, kwargs)
+        except Exception as exc:
+            report_internal_error("root pre-hook", exc)
+
+    def _root_post(self, _model: Any, _args: Any, _kwargs: Any, output: Any) -> None:
+        if self._is_compiling():
+            return
+        try:
+            self._finish(output)
+        except Exception as exc:
+            report_internal_error("root post-hook", exc)
+
+    def _begin(self, args: Any, kwargs: Any) -> None:
+        wall_ns, perf_ns = time.time_ns(), time.perf_counter_ns()
+        runtime = self._runtime
+        span = runtime.tracer.start_span(
+            self._span_name, attributes=self._static_attributes, start_time=wall_ns
+        )
+        recording = span.is_recording()
+        inputs = describe_inputs(args, kwargs, detailed=recording and self.config.capture_shapes)
+        record = ForwardRecord(
+            table=self.table,
+            tracer=runtime.tracer,
+            span=span,
+            perf_start_ns=perf_ns,
+            wall_start_ns=wall_ns,
+            stamps=[] if recording and self.table.names else None,
+            batch_size=inputs.batch_size,
+            device=inputs.device,
+            batch_shape=inputs.batch_shape,
+            previous=self._tls.record,
+        )
+        if recording:
+            span.set_attributes(inputs.attributes)
+            record.events = self._events_for(inputs.device)
+            if record.events is not None:
+                record.start_event = record.events.acquire()
+            record.context_token = otel_context.attach(trace.set_span_in_context(span))
+            if record.stamps is not None:
+                self._arm()
+        self._tls.record = record
+        _depth.value += 1
+
+    def _finish(self, output: Any) -> None:
+        perf_end = time.perf_counter_ns()
+        record = self._tls.record
+        if record is None:  # hooks installed while this forward was already running
+            return
+        self._tls.record = record.previous
+        _depth.value -= 1
+        record.perf_end_ns = perf_end
+        span = record.span
+        if record.events is not None:
+            record.end_event = record.events.acquire()
+        if record.context_token is not None:
+            otel_context.detach(record.context_token)  # type: ignore[arg-type]
+        if record.stamps is not None:
+            self._disarm()
+        failure = sys.exc_info()[1] if output is None else None
+        attributes = self._metric_attributes
+        if failure is not None:
+            attributes = {
+                **attributes,
+                **record_failure(span, failure, record.device, record.batch_shape),
+            }
+        metric_context = trace.set_span_in_context(span) if span.is_recording() else None
+        metrics = self._runtime.metrics
+        metrics.duration.record(
+            (perf_end - record.perf_start_ns) / 1e9, attributes, context=metric_context
+        )
+        if failure is None:
+            if record.batch_size:
+                metrics.images.add(record.batch_size, self._image_attributes)
+            counts = self._detections(output)
+            if counts is not None:
+                total = metrics.record_detections(counts, self._image_attributes, metric_context)
+                if span.is_recording():
+                    span.set_attribute("visiontel.detections", total)
+        if not span.is_recording():
+            return
+        if record.stamps is None and record.events is None:
+            span.end(end_time=record.wall_ns(perf_end))
+            return
+        if not self._runtime.resolver.submit(record):
+            metrics.dropped.add(1, self._image_attributes)
+            span.set_attribute("visiontel.layers.dropped", len(record.stamps or ()) // 2)
+            span.end(end_time=record.wall_ns(perf_end))
+            if record.events is not None:
+                record.events.release(record.gpu_events())
+
+    def _events_for(self, device: Any) -> EventSource | None:
+        if self._event_source is not None:
+            return self._event_source
+        if device is None or getattr(device, "type", None) != "cuda":
+            return None
+        import torch
+
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        source = _cuda_sources.get(index)
+        if source is None:
+            source = _cuda_sources.setdefault(index, CudaEventSource(index))
+        return source
+
+    # -- removal -------------------------------------------------------------------------
+    def remove(self) -> None:
+        self._disarm(force=True)
+        for handle in self._root_handles:
+            handle.remove()
+        self._root_handles.clear()
+        self._parked.clear()
+
+
+def _select_children(model: Any, config: TorchConfig) -> list[tuple[str, Any]]:
+    """The modules that get child hooks, in registration order, each module once."""
+    if config.granularity is Granularity.MODEL:
+        return []
+    if config.granularity is Granularity.STAGE:
+        candidates = list(model.named_children())
+    else:
+        candidates = []
+        for name, module in model.named_modules():
+            if not name:
+                continue
+            depth = name.count(".") + 1
+            is_leaf = next(module.children(), None) is None
+            limit = config.layer_depth
+            if (limit is None and is_leaf) or (
+                limit is not None and (depth == limit or (is_leaf and depth < limit))
+            ):
+                candidates.append((name, module))
+    chosen = []
+    for name, module in candidates:
+        if config.include and not any(fnmatch.fnmatchcase(name, p) for p in config.include):
+            continue
+        if any(fnmatch.fnmatchcase(name, p) for p in config.exclude):
+            continue
+        chosen.append((name, module))
+    return chosen
+
+
+def instrumentation_of(model: Any) -> ModelInstrumentation | None:
+    with _registry_lock:
+        return _registry.get(model)
+
+
+def register(model: Any, instrumentation: ModelInstrumentation) -> None:
+    with _registry_lock:
+        _registry[model] = instrumentation
+
+
+def unregister(model: Any) -> ModelInstrumentation | None:
+    with _registry_lock:
+        return _registry.pop(model, None)
+
+
+def all_instrumented() -> list[Any]:
+    with _registry_lock:
+        return list(_registry.keys())

@@ -1,0 +1,54 @@
+"""What the hooks write during one root forward: a flat list of stamps, nothing more."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.trace import Span, Tracer
+from visiontel.torch._timing import EventSource, GpuEvent
+
+Stamp = tuple[int, int, "GpuEvent | None"]
+"""(module index, ``perf_counter_ns``, optional GPU event). A post stamp stores ``~index``."""
+
+
+@dataclass(frozen=True)
+class ModuleTable:
+    """Names of the modules that may be stamped, indexed by their hook's index."""
+
+    names: tuple[str, ...]
+    classes: tuple[str, ...]
+    model_name: str
+    model_version: str | None
+    budget: int
+
+
+@dataclass(eq=False)
+class ForwardRecord:
+    table: ModuleTable
+    tracer: Tracer
+    span: Span
+    perf_start_ns: int
+    wall_start_ns: int
+    stamps: list[Stamp] | None
+    events: EventSource | None = None
+    start_event: GpuEvent | None = None
+    end_event: GpuEvent | None = None
+    perf_end_ns: int = 0
+    metric_attributes: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 0
+    device: Any = None
+    batch_shape: str | None = None
+    context_token: object = None
+    previous: ForwardRecord | None = None
+
+    def wall_ns(self, perf_ns: int) -> int:
+        """Map a ``perf_counter_ns`` stamp onto the wall clock of the root span."""
+        return self.wall_start_ns + (perf_ns - self.perf_start_ns)
+
+    def gpu_events(self) -> list[GpuEvent]:
+        events = [stamp[2] for stamp in self.stamps or () if stamp[2] is not None]
+        for event in (self.start_event, self.end_event):
+            if event is not None:
+                events.append(event)
+        return events

@@ -1,0 +1,202 @@
+"""Turns stamps into spans, off the inference thread.
+
+Root forwards with layer or stage detail are queued here. A single daemon thread waits
+(by polling ``query()``, never synchronising) until a forward's GPU events have completed,
+then creates its child spans with explicit start and end times and ends the root span.
+The queue is bounded: when it is full the forward keeps its root span and loses only its
+child detail, which is counted (``visiontel.torch.dropped``) — inference never waits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import queue
+import threading
+import time
+from typing import Any
+
+from opentelemetry import trace
+from visiontel.torch._metrics import InferenceMetrics
+from visiontel.torch._record import ForwardRecord
+from visiontel.torch._safety import report_internal_error
+from visiontel.torch._volume import VolumeWatch
+
+_POLL_S = 0.002
+_MAX_QUEUE = 1024
+
+
+class Resolver:
+    def __init__(
+        self,
+        metrics: InferenceMetrics,
+        tracer_provider: trace.TracerProvider | None,
+        gpu_timeout_s: float = 10.0,
+    ) -> None:
+        self._metrics = metrics
+        self._queue: queue.Queue[ForwardRecord] = queue.Queue(_MAX_QUEUE)
+        self._waiting: list[tuple[float, ForwardRecord]] = []
+        self._gpu_timeout_s = gpu_timeout_s
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self.volume = VolumeWatch(tracer_provider)
+        self.gpu_timeouts = 0
+        atexit.register(self.flush, 2.0)
+
+    def submit(self, record: ForwardRecord) -> bool:
+        """Queue ``record``; False (and nothing queued) when the resolver is saturated."""
+        self._ensure_thread()
+        with self._lock:
+            self._in_flight += 1
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self._done()
+            return False
+        return True
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued forward has been turned into spans."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._in_flight:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def _done(self) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.notify_all()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None and self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's thread does not exist here
+                self._pid = os.getpid()
+                self._in_flight = 0
+                self._waiting.clear()
+                self._queue = queue.Queue(_MAX_QUEUE)
+                self._thread = None
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="visiontel-torch-resolver", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            timeout = _POLL_S if self._waiting else None
+            try:
+                record = self._queue.get(timeout=timeout)
+                self._waiting.append((time.monotonic(), record))
+            except queue.Empty:
+                pass
+            self._resolve_ready()
+
+    def _resolve_ready(self) -> None:
+        still_waiting: list[tuple[float, ForwardRecord]] = []
+        now = time.monotonic()
+        for queued_at, record in self._waiting:
+            try:
+                events_ready = _events_done(record)
+                timed_out = not events_ready and now - queued_at > self._gpu_timeout_s
+                if not events_ready and not timed_out:
+                    still_waiting.append((queued_at, record))
+                    continue
+                if timed_out:
+                    self.gpu_timeouts += 1
+                self._materialise(record, with_gpu=events_ready)
+            except Exception as exc:
+                report_internal_error("resolver", exc)
+                _end_quietly(record)
+            if record.events is not None:
+                record.events.release(record.gpu_events())
+            self._done()
+        self._waiting = still_waiting
+
+    def _materialise(self, record: ForwardRecord, with_gpu: bool) -> None:
+        table = record.table
+        root_context = trace.set_span_in_context(record.span)
+        tracer = record.tracer
+        open_calls: list[tuple[int, int, Any, trace.Span | None]] = []
+        call_counts: dict[int, int] = {}
+        created = aggregated = 0
+        layer_attributes = {"visiontel.model.name": table.model_name}
+        for index, perf_ns, event in record.stamps or ():
+            if index >= 0:
+                call = call_counts[index] = call_counts.get(index, 0) + 1
+                span = None
+                if created < table.budget:
+                    parent = next((s for *_, s in reversed(open_calls) if s), None)
+                    context = trace.set_span_in_context(parent) if parent else root_context
+                    attributes: dict[str, Any] = {
+                        "visiontel.module.class": table.classes[index],
+                    }
+                    if call > 1:
+                        attributes["visiontel.module.call"] = call
+                    span = tracer.start_span(
+                        table.names[index],
+                        context=context,
+                        attributes=attributes,
+                        start_time=record.wall_ns(perf_ns),
+                    )
+                    created += 1
+                open_calls.append((index, perf_ns, event, span))
+                continue
+            index = ~index
+            while open_calls:
+                open_index, start_ns, start_event, span = open_calls.pop()
+                if open_index == index:
+                    break
+            else:
+                continue
+            if span is None:
+                aggregated += 1
+                layer_attributes["visiontel.module.name"] = table.names[index]
+                self._metrics.layer_duration.record((perf_ns - start_ns) / 1e9, layer_attributes)
+                continue
+            if with_gpu and start_event is not None and event is not None:
+                _set_gpu_times(span, record, start_event, event, start_ns)
+            span.end(end_time=record.wall_ns(perf_ns))
+        for *_, span in open_calls:  # unmatched calls: close them at the root's end
+            if span is not None:
+                span.set_attribute("visiontel.module.incomplete", True)
+                span.end(end_time=record.wall_ns(record.perf_end_ns))
+        if aggregated:
+            record.span.set_attribute("visiontel.layers.aggregated", aggregated)
+        if with_gpu and record.start_event is not None and record.end_event is not None:
+            _set_gpu_times(
+                record.span, record, record.start_event, record.end_event, record.perf_start_ns
+            )
+        record.span.end(end_time=record.wall_ns(record.perf_end_ns))
+        self.volume.observe(created + 1)
+
+
+def _events_done(record: ForwardRecord) -> bool:
+    return all(event.query() for event in record.gpu_events())
+
+
+def _set_gpu_times(
+    span: trace.Span, record: ForwardRecord, start_event: Any, end_event: Any, start_ns: int
+) -> None:
+    span.set_attribute("visiontel.gpu.duration", start_event.elapsed_time(end_event) / 1e3)
+    if record.events is not None:
+        gpu_start_wall = record.events.wall_clock_ns(start_event)
+        if gpu_start_wall is not None:
+            delay = (gpu_start_wall - record.wall_ns(start_ns)) / 1e9
+            span.set_attribute("visiontel.gpu.start_delay", delay)
+
+
+def _end_quietly(record: ForwardRecord) -> None:
+    try:
+        record.span.end(end_time=record.wall_ns(record.perf_end_ns))
+    except Exception as exc:
+        report_internal_error("resolver.end", exc)

@@ -1,0 +1,45 @@
+"""Process-wide pieces shared by every instrumented model: tracer, instruments, resolver."""
+
+from __future__ import annotations
+
+import threading
+
+from opentelemetry import metrics, trace
+from visiontel.torch._metrics import InferenceMetrics
+from visiontel.torch._resolver import Resolver
+from visiontel.torch.version import __version__
+
+_SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
+
+
+class Runtime:
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        self.tracer_provider = tracer_provider
+        self.tracer = trace.get_tracer(
+            "visiontel.torch", __version__, tracer_provider, schema_url=_SCHEMA_URL
+        )
+        self.metrics = InferenceMetrics(meter_provider)
+        self.resolver = Resolver(self.metrics, tracer_provider)
+
+
+_lock = threading.Lock()
+_default: Runtime | None = None
+
+
+def default_runtime() -> Runtime:
+    """The runtime bound to the global providers (proxies until the SDK is configured)."""
+    global _default
+    with _lock:
+        if _default is None:
+            _default = Runtime()
+        return _default
+
+
+def set_default_runtime(runtime: Runtime | None) -> None:
+    global _default
+    with _lock:
+        _default = runtime

@@ -1,0 +1,80 @@
+"""Notice when layer spans outrun the span processor, and say what to change.
+
+The SDK's ``BatchSpanProcessor`` drops spans silently once its queue is full
+(``OTEL_BSP_MAX_QUEUE_SIZE``, 2048 by default). Once a second we look at our own span rate
+and, where the processor exposes it, how full its queue is; the first time either says
+spans will be lost, we log one warning naming the settings that fit.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from opentelemetry import trace
+from visiontel.torch._safety import warn_once
+
+_CHECK_INTERVAL_S = 1.0
+_QUEUE_FILL_WARNING = 0.8
+
+
+class VolumeWatch:
+    def __init__(self, tracer_provider: trace.TracerProvider | None) -> None:
+        self._tracer_provider = tracer_provider
+        self._window_start = time.monotonic()
+        self._spans_in_window = 0
+        self.last_rate = 0.0
+        self.warned = False
+
+    def observe(self, spans: int) -> None:
+        self._spans_in_window += spans
+        now = time.monotonic()
+        elapsed = now - self._window_start
+        if elapsed < _CHECK_INTERVAL_S:
+            return
+        self.last_rate = self._spans_in_window / elapsed
+        self._window_start, self._spans_in_window = now, 0
+        if self.warned:
+            return
+        queue_size, queue_capacity = _batch_queue_fill(self._tracer_provider)
+        capacity = queue_capacity or _env_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
+        delay_s = _env_int("OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000
+        filling = queue_capacity and queue_size >= _QUEUE_FILL_WARNING * queue_capacity
+        # A processor that exports once per schedule delay must hold one delay's worth.
+        outrunning = self.last_rate * delay_s > capacity
+        if filling or outrunning:
+            self.warned = True
+            suggested = int(self.last_rate * delay_s * 2) + 1
+            warn_once(
+                "volume",
+                "visiontel.torch produces %.0f spans/s; the span processor queue (%d) will "
+                "drop spans. Set OTEL_BSP_MAX_QUEUE_SIZE=%d and OTEL_BSP_MAX_EXPORT_BATCH_SIZE="
+                "2048, or lower VISIONTEL_TORCH_MAX_LAYER_SPANS / use granularity 'stage'.",
+                self.last_rate,
+                capacity,
+                suggested,
+            )
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return max(1, int(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+def _batch_queue_fill(provider: Any) -> tuple[int, int]:
+    """(queued, capacity) of the first batch processor found, or (0, 0).
+
+    The SDK keeps these private; we read them duck-typed and tolerate their absence.
+    """
+    provider = provider or trace.get_tracer_provider()
+    active = getattr(provider, "_active_span_processor", None)
+    for processor in getattr(active, "_span_processors", ()):
+        inner = getattr(processor, "_batch_processor", processor)
+        pending = getattr(inner, "_queue", None)
+        capacity = getattr(pending, "maxlen", None)
+        if capacity:
+            return len(pending), int(capacity)
+    return 0, 0

@@ -1,0 +1,139 @@
+"""Fan-in: one span for a batched inference, linked to every frame in the batch.
+
+Follows the messaging batch conventions: the batch span carries
+``messaging.batch.message_count`` and one link per frame. The SDK keeps at most
+``OTEL_SPAN_LINK_COUNT_LIMIT`` links per span (128 by default) and drops the rest
+without a word, so links past ``max_links`` go on child "link chunk" spans of the
+batch span instead, ``max_links`` per chunk. Each sampled frame's own trace also
+gets a short span that links back to the batch, so the batch is visible from both
+sides whatever its size.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, Span, SpanKind, Tracer
+from opentelemetry.util.types import AttributeValue
+from visiontel.propagation._diag import limits
+from visiontel.propagation._frame import get_frame
+from visiontel.propagation._stage import _tracer, frame_attributes
+
+_logger = logging.getLogger("visiontel.propagation")
+
+BATCH_COUNT = "messaging.batch.message_count"
+ATTR_LINKED = "visiontel.batch.linked_frames"
+ATTR_CHUNKS = "visiontel.batch.link_chunks"
+ATTR_NO_CONTEXT = "visiontel.batch.frames_without_context"
+ATTR_INDEX = "visiontel.batch.index"
+ATTR_CHUNK = "visiontel.batch.chunk"
+
+
+@dataclass
+class Batch:
+    """What :func:`batch_span` yields."""
+
+    span: Span
+    """The batch span (current inside the block)."""
+    contexts: list[Context]
+    """One context per input frame, in order, to continue each frame's trace after the
+    batch (e.g. ``continue_frame`` or ``inject_*`` for the next hop). For a sampled
+    frame it holds the frame's batch-member span; otherwise the frame's own context."""
+    linked: int = 0
+    """Frames linked from the batch span itself."""
+    chunks: int = 0
+    """Link-chunk spans created for frames past ``max_links``."""
+    without_context: int = 0
+    """Frames that arrived with no valid trace context (nothing to link)."""
+    _member_spans: list[Span] = field(default_factory=list, repr=False)
+
+
+@contextmanager
+def batch_span(
+    frames: Iterable[Context],
+    name: str = "infer batch",
+    *,
+    tracer: Tracer | None = None,
+    kind: SpanKind = SpanKind.CONSUMER,
+    member_spans: bool = True,
+    max_links: int | None = None,
+    attributes: Mapping[str, AttributeValue] | None = None,
+) -> Iterator[Batch]:
+    """Open one span for a batch of frames, linking every frame's context.
+
+    ``frames`` are the contexts the frames arrived with (``extract_*`` results). The
+    batch span's parent is the current context, not any frame: a batch belongs to
+    no single frame's trace. With ``member_spans`` (default) every sampled frame's
+    trace gets a ``"<name> member"`` span, linked to the batch span and lasting as
+    long as it; frames past ``max_links`` get one whatever ``member_spans`` says.
+    ``max_links`` defaults to ``OTEL_SPAN_LINK_COUNT_LIMIT`` (128).
+    """
+    tracer = _tracer(tracer)
+    contexts = list(frames)
+    per_span = max_links if max_links is not None else limits().max_links
+    if per_span < 1:
+        raise ValueError(f"max_links must be at least 1, got {per_span}")
+    links: list[Link] = []
+    linked_index: list[int] = []
+    for index, ctx in enumerate(contexts):
+        span_context = trace.get_current_span(ctx).get_span_context()
+        if span_context.is_valid:
+            links.append(Link(span_context))
+            linked_index.append(index)
+    start = time.time_ns()
+    attrs: dict[str, AttributeValue] = dict(attributes) if attributes else {}
+    chunk_count = max(0, (len(links) - 1) // per_span)
+    attrs[BATCH_COUNT] = len(contexts)
+    attrs[ATTR_LINKED] = min(len(links), per_span)
+    attrs[ATTR_CHUNKS] = chunk_count
+    attrs[ATTR_NO_CONTEXT] = len(contexts) - len(links)
+    span = tracer.start_span(
+        name, kind=kind, attributes=attrs, links=links[:per_span], start_time=start
+    )
+    batch = Batch(
+        span, list(contexts), min(len(links), per_span), chunk_count, len(contexts) - len(links)
+    )
+    recording = span.is_recording()
+    if recording and chunk_count:
+        _logger.debug(
+            "batch of %d frames: %d links on %s, %d more on %d link-chunk spans",
+            len(contexts), per_span, name, len(links) - per_span, chunk_count,
+        )  # fmt: skip
+        parent = trace.set_span_in_context(span)
+        for chunk in range(1, chunk_count + 1):
+            part = links[chunk * per_span : (chunk + 1) * per_span]
+            tracer.start_span(
+                f"{name} links", context=parent, kind=SpanKind.INTERNAL, links=part,
+                attributes={BATCH_COUNT: len(contexts), ATTR_CHUNK: chunk}, start_time=start,
+            ).end(start)  # fmt: skip
+    batch_link = [Link(span.get_span_context())]
+    for position, index in enumerate(linked_index):
+        ctx = contexts[index]
+        if not (member_spans or position >= per_span):
+            continue
+        if not trace.get_current_span(ctx).get_span_context().trace_flags.sampled:
+            continue  # an unsampled frame costs nothing more here
+        member_attrs: dict[str, AttributeValue] = {BATCH_COUNT: len(contexts), ATTR_INDEX: index}
+        frame = get_frame(ctx)
+        if frame is not None:
+            member_attrs.update(frame_attributes(frame, start))
+        member = tracer.start_span(
+            f"{name} member", context=ctx, kind=SpanKind.INTERNAL, links=batch_link,
+            attributes=member_attrs, start_time=start,
+        )  # fmt: skip
+        batch._member_spans.append(member)
+        batch.contexts[index] = trace.set_span_in_context(member, ctx)
+    try:
+        with trace.use_span(span, end_on_exit=False, record_exception=True):
+            yield batch
+    finally:
+        end = time.time_ns()
+        for member in batch._member_spans:
+            member.end(end)
+        span.end(end)

@@ -1,0 +1,252 @@
+"""Carriers: frame metadata dicts, HTTP headers, gRPC metadata, message-queue headers.
+
+Every ``extract_*`` returns a :class:`~opentelemetry.context.Context` and never
+raises: values it cannot use are dropped, logged at debug level and counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from typing import Any
+
+from opentelemetry.context import Context
+from visiontel.propagation import _w3c
+from visiontel.propagation._diag import internal_error, limits, reject
+
+_FIELDS = frozenset(_w3c.FIELDS)
+_GRPC_TRACE_BIN = "grpc-trace-bin"
+_JOINABLE = frozenset((_w3c.TRACESTATE, _w3c.BAGGAGE))  # list-valued: several fields join
+
+
+# --- dicts and HTTP headers ---------------------------------------------------------
+
+
+def inject_dict(carrier: MutableMapping[str, Any], context: Context | None = None) -> None:
+    """Write trace context, baggage and frame identity into a metadata dict.
+
+    Keys this package owns but has nothing for are removed, so a reused dict never
+    carries a previous frame's values.
+    """
+    written = _w3c.encode(context)
+    for key, value in written:
+        carrier[key] = value
+    if len(written) < len(_w3c.FIELDS):
+        done = {key for key, _ in written}
+        for key in _w3c.FIELDS:
+            if key not in done and key in carrier:
+                del carrier[key]
+
+
+def extract_dict(carrier: Mapping[str, Any] | None, context: Context | None = None) -> Context:
+    """Context from a metadata dict written by :func:`inject_dict` (exact, lowercase keys)."""
+    base = Context() if context is None else context
+    if carrier is None:
+        return base
+    try:
+        if not isinstance(carrier, Mapping):
+            reject("dict", "not_a_mapping", type(carrier))
+            return base
+        found = {key: carrier[key] for key in _w3c.FIELDS if key in carrier}
+        return _w3c.decode(found, "dict", base) if found else base
+    except Exception:
+        internal_error("extract_dict")
+        return base
+
+
+inject_http = inject_dict
+"""Write W3C headers into an HTTP header mapping (same as :func:`inject_dict`)."""
+
+
+def extract_http(headers: object, context: Context | None = None) -> Context:
+    """Context from HTTP request headers, whatever their container.
+
+    Accepts case-insensitive header objects (httpx, requests, starlette, aiohttp,
+    ``http.client.HTTPMessage``), plain dicts with any key case, and ASGI-style
+    ``[(name, value), ...]`` lists of bytes or str. Repeated ``traceparent`` fields
+    that disagree are refused, as W3C requires.
+    """
+    base = Context() if context is None else context
+    if headers is None:
+        return base
+    try:
+        if isinstance(headers, Mapping):
+            found = _from_mapping(headers)
+        elif isinstance(headers, Iterable) and not isinstance(headers, str | bytes):
+            found = _scan(headers, "http")
+        else:
+            reject("http", "not_headers", type(headers))
+            return base
+        return _w3c.decode(found, "http", base) if found else base
+    except Exception:
+        internal_error("extract_http")
+        return base
+
+
+def _from_mapping(headers: Mapping[Any, Any]) -> dict[str, object]:
+    get_all = None
+    for name in ("get_all", "getall", "get_list", "getlist"):
+        get_all = getattr(headers, name, None)
+        if callable(get_all):
+            break
+    found: dict[str, object] = {}
+    if callable(get_all):  # multi-valued, case-insensitive header objects
+        for key in _w3c.FIELDS:
+            values = get_all(key) or []
+            if values:
+                _merge(found, key, list(values), "http")
+        return found
+    for key in _w3c.FIELDS:
+        if key in headers:
+            found[key] = headers[key]
+    if found:
+        return found
+    # A plain dict from a framework may keep the sender's case ("Traceparent").
+    pairs = ((k, v) for k, v in headers.items())
+    return _scan(pairs, "http")
+
+
+def _merge(found: dict[str, object], key: str, values: list[Any], carrier: str) -> None:
+    texts = [_as_text(v, carrier) for v in values]
+    if any(t is None for t in texts):
+        return
+    if len(set(texts)) == 1:
+        found[key] = texts[0]
+    elif key in _JOINABLE:
+        found[key] = ",".join(t for t in texts if t is not None)
+    else:
+        reject(carrier, f"{key}_duplicate", values)
+
+
+def _as_text(value: object, carrier: str) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+        if len(raw) > limits().max_value_bytes:
+            reject(carrier, "value_too_long", raw[:80])
+            return None
+        try:
+            return raw.decode("ascii")
+        except UnicodeDecodeError:
+            reject(carrier, "value_not_ascii", raw)
+            return None
+    reject(carrier, "value_not_text", type(value))
+    return None
+
+
+def _scan(pairs: Iterable[Any], carrier: str, extra: str | None = None) -> dict[str, object]:
+    """Collect our keys from a (key, value) list, bounded by ``max_entries``."""
+    collected: dict[str, list[Any]] = {}
+    max_entries = limits().max_entries
+    for index, pair in enumerate(pairs):
+        if index >= max_entries:
+            reject(carrier, "too_many_entries", index)
+            break
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            reject(carrier, "entry_malformed", pair)
+            continue
+        key, value = pair
+        if isinstance(key, bytes):
+            key = key.decode("latin-1")
+        if not isinstance(key, str) or value is None:
+            continue
+        key = key.lower()
+        if key in _FIELDS or key == extra:
+            collected.setdefault(key, []).append(value)
+    found: dict[str, object] = {}
+    for key, values in collected.items():
+        if key == extra:
+            if len(values) == 1:
+                found[key] = values[0]
+            else:
+                reject(carrier, f"{key}_duplicate", values)
+        else:
+            _merge(found, key, values, carrier)
+    return found
+
+
+# --- gRPC metadata ------------------------------------------------------------------
+
+
+def inject_grpc(metadata: list[tuple[str, str | bytes]], context: Context | None = None) -> None:
+    """Append W3C entries to outgoing gRPC metadata, replacing any already there.
+
+    Keys are lowercase and values printable ASCII strings, as gRPC requires for keys
+    that do not end in ``-bin``. Pass the list as ``metadata=`` of a stub call.
+    """
+    metadata[:] = [entry for entry in metadata if entry[0].lower() not in _FIELDS]
+    metadata.extend(_w3c.encode(context))
+
+
+def extract_grpc(
+    metadata: Iterable[tuple[str, str | bytes]] | None, context: Context | None = None
+) -> Context:
+    """Context from gRPC metadata (``ServicerContext.invocation_metadata()``).
+
+    Without ``traceparent``, a ``grpc-trace-bin`` value (the binary format of
+    OpenCensus-era gRPC peers, a ``-bin`` key whose value is bytes) is used instead.
+    """
+    base = Context() if context is None else context
+    if metadata is None:
+        return base
+    try:
+        found = _scan(metadata, "grpc", extra=_GRPC_TRACE_BIN)
+        binary = found.pop(_GRPC_TRACE_BIN, None)
+        if not found and binary is None:
+            return base
+        ctx = _w3c.decode(found, "grpc", base)
+        if _w3c.TRACEPARENT not in found and binary is not None:
+            span = _parse_grpc_trace_bin(binary)
+            if span is not None:
+                ctx = _w3c.build(ctx, span)
+        return ctx
+    except Exception:
+        internal_error("extract_grpc")
+        return base
+
+
+def _parse_grpc_trace_bin(value: object) -> tuple[int, int, int] | None:
+    # version 0, then field 0: trace id (16 bytes), field 1: span id (8), field 2: options (1)
+    if not isinstance(value, bytes) or len(value) != 29:
+        reject("grpc", "grpc_trace_bin_malformed", value)
+        return None
+    if value[0] != 0 or value[1] != 0 or value[18] != 1 or value[27] != 2:
+        reject("grpc", "grpc_trace_bin_malformed", value)
+        return None
+    trace_id = int.from_bytes(value[2:18], "big")
+    span_id = int.from_bytes(value[19:27], "big")
+    if not trace_id or not span_id:
+        reject("grpc", "grpc_trace_bin_zero_id", value)
+        return None
+    return trace_id, span_id, value[28] & 1
+
+
+# --- message-queue header lists -----------------------------------------------------
+
+
+def inject_mq(headers: list[tuple[str, bytes]], context: Context | None = None) -> None:
+    """Append entries to a Kafka / Redis-stream / ZeroMQ style ``[(key, bytes)]`` list.
+
+    Entries with our keys already in the list are replaced, never duplicated.
+    """
+    headers[:] = [entry for entry in headers if entry[0].lower() not in _FIELDS]
+    headers.extend((key, value.encode("ascii")) for key, value in _w3c.encode(context))
+
+
+def extract_mq(
+    headers: Sequence[tuple[str | bytes, bytes | str | None]] | Iterable[Any] | None,
+    context: Context | None = None,
+) -> Context:
+    """Context from a message's header list; keys match case-insensitively."""
+    base = Context() if context is None else context
+    if headers is None:
+        return base
+    try:
+        if isinstance(headers, str | bytes | Mapping):
+            reject("mq", "not_a_header_list", type(headers))
+            return base
+        found = _scan(headers, "mq")
+        return _w3c.decode(found, "mq", base) if found else base
+    except Exception:
+        internal_error("extract_mq")
+        return base

@@ -1,0 +1,149 @@
+"""Frame identity (stream id, sequence number, capture time) and its text propagator."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+from opentelemetry.propagators import textmap
+from visiontel.propagation._diag import internal_error, limits, reject
+
+FRAME_HEADER = "visiontel-frame"
+"""Carrier key of the frame identity: ``<stream id, percent-encoded>;<sequence>;<capture ns>``."""
+
+_FRAME_KEY = otel_context.create_key("visiontel-frame")
+_U63 = (1 << 63) - 1
+# Unreserved characters of RFC 3986 stay readable; everything else (';', ',', '=',
+# spaces, non-ASCII) is percent-encoded so the value is printable ASCII, which is
+# what HTTP, gRPC (non-"-bin" keys) and message-queue headers all accept.
+_SAFE = "-._~:@/"
+
+
+@dataclass(frozen=True, slots=True)
+class FrameIdentity:
+    """Which frame this is: travels beside the trace context through every stage.
+
+    ``capture_ns`` is wall-clock time (:func:`time.time_ns`) at capture, so stages on
+    other hosts can compute the frame's age as long as their clocks are synchronised.
+    """
+
+    stream_id: str
+    sequence: int
+    capture_ns: int
+
+    @classmethod
+    def now(cls, stream_id: str, sequence: int) -> FrameIdentity:
+        """Identity of a frame captured at this instant."""
+        return cls(stream_id, sequence, time.time_ns())
+
+    def age_s(self, now_ns: int | None = None) -> float:
+        """Seconds since capture (negative if the clocks disagree)."""
+        return ((time.time_ns() if now_ns is None else now_ns) - self.capture_ns) / 1e9
+
+    def to_header(self) -> str:
+        return f"{quote(self.stream_id, safe=_SAFE)};{self.sequence};{self.capture_ns}"
+
+    @classmethod
+    def from_header(cls, value: object, carrier: str = "text") -> FrameIdentity | None:
+        """Parse :data:`FRAME_HEADER`; refuses (and counts) anything malformed."""
+        if not isinstance(value, str):
+            reject(carrier, "frame_not_text", value)
+            return None
+        lim = limits()
+        if len(value) > 3 * lim.max_stream_id + 64:
+            reject(carrier, "frame_too_long", value)
+            return None
+        parts = value.strip().split(";")
+        if len(parts) != 3:
+            reject(carrier, "frame_malformed", value)
+            return None
+        raw_stream, raw_seq, raw_ts = parts
+        if not (raw_seq.isascii() and raw_seq.isdigit() and raw_ts.isascii() and raw_ts.isdigit()):
+            reject(carrier, "frame_malformed", value)
+            return None
+        sequence, capture_ns = int(raw_seq), int(raw_ts)
+        try:
+            stream_id = unquote(raw_stream, errors="strict") if "%" in raw_stream else raw_stream
+        except UnicodeDecodeError:
+            reject(carrier, "frame_malformed", value)
+            return None
+        if sequence > _U63 or capture_ns > _U63 or not _valid_stream(stream_id):
+            reject(carrier, "frame_out_of_range", value)
+            return None
+        return cls(stream_id, sequence, capture_ns)
+
+
+def _valid_stream(stream_id: str) -> bool:
+    return 0 < len(stream_id) <= limits().max_stream_id and stream_id.isprintable()
+
+
+def check_frame(frame: FrameIdentity) -> None:
+    """Refuse a bad identity at the source, where raising is the helpful thing to do."""
+    if not _valid_stream(frame.stream_id):
+        raise ValueError(
+            f"stream_id must be 1..{limits().max_stream_id} printable characters, "
+            f"got {frame.stream_id!r}"
+        )
+    if not (0 <= frame.sequence <= _U63 and 0 <= frame.capture_ns <= _U63):
+        raise ValueError("sequence and capture_ns must fit in 0..2**63-1")
+
+
+def set_frame(frame: FrameIdentity, context: Context | None = None) -> Context:
+    """Return ``context`` (default: current) carrying ``frame``."""
+    check_frame(frame)
+    return otel_context.set_value(_FRAME_KEY, frame, context)
+
+
+def get_frame(context: Context | None = None) -> FrameIdentity | None:
+    """The frame identity in ``context`` (default: current), if any."""
+    value = otel_context.get_value(_FRAME_KEY, context)
+    return value if isinstance(value, FrameIdentity) else None
+
+
+class FramePropagator(textmap.TextMapPropagator):
+    """Carries :class:`FrameIdentity` in the ``visiontel-frame`` field.
+
+    Registered as the ``visiontel_frame`` entry point of ``opentelemetry_propagator``,
+    so ``OTEL_PROPAGATORS=tracecontext,baggage,visiontel_frame`` adds it to the
+    global propagator used by every OpenTelemetry instrumentation.
+    """
+
+    def extract(
+        self,
+        carrier: textmap.CarrierT,
+        context: Context | None = None,
+        getter: textmap.Getter[textmap.CarrierT] = textmap.default_getter,
+    ) -> Context:
+        if context is None:
+            context = Context()
+        try:
+            values = getter.get(carrier, FRAME_HEADER)
+            if not values:
+                return context
+            if len(values) > 1 and len(set(values)) > 1:
+                reject("text", "frame_duplicate", values)
+                return context
+            frame = FrameIdentity.from_header(values[0])
+            if frame is None:
+                return context
+            return otel_context.set_value(_FRAME_KEY, frame, context)
+        except Exception:
+            internal_error("FramePropagator.extract")
+            return context
+
+    def inject(
+        self,
+        carrier: textmap.CarrierT,
+        context: Context | None = None,
+        setter: textmap.Setter[textmap.CarrierT] = textmap.default_setter,
+    ) -> None:
+        frame = get_frame(context)
+        if frame is not None:
+            setter.set(carrier, FRAME_HEADER, frame.to_header())
+
+    @property
+    def fields(self) -> set[str]:
+        return {FRAME_HEADER}

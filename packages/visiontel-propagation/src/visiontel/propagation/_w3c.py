@@ -1,0 +1,198 @@
+"""W3C Trace Context and Baggage, encoded and decoded once for every carrier.
+
+OpenTelemetry's own propagators go through getter/setter objects and log warnings
+on bad input; frames cross several hops each, so this module does the same W3C
+work directly on values already looked up by the carrier, and reports bad input
+through :func:`visiontel.propagation._diag.reject` (debug level) instead.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from urllib.parse import quote, unquote
+
+from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+from visiontel.propagation._diag import limits, reject
+from visiontel.propagation._frame import _FRAME_KEY, FRAME_HEADER, FrameIdentity, get_frame
+
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+BAGGAGE = "baggage"
+FIELDS = (TRACEPARENT, TRACESTATE, BAGGAGE, FRAME_HEADER)
+"""Every key this package writes, all lowercase printable ASCII."""
+
+_TRACEPARENT_RE = re.compile(
+    r"[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[ -~]*)?[ \t]*"
+)
+_TRACEPARENT_MAX = 512
+_TRACESTATE_MAX = 512
+_TRACESTATE_ENTRIES = 32
+_KEY = r"[a-z0-9][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13}"
+_TRACESTATE_MEMBER_RE = re.compile(
+    rf"[ \t]*({_KEY})=([\x20-\x2b\x2d-\x3c\x3e-\x7e]{{0,255}}[\x21-\x2b\x2d-\x3c\x3e-\x7e])[ \t]*"
+)
+# W3C Baggage limits (https://www.w3.org/TR/baggage/#limits).
+BAGGAGE_MAX_BYTES = 8192
+BAGGAGE_MAX_ENTRIES = 180
+_BAGGAGE_KEY_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAGGAGE_VALUE_RE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
+
+
+# --- inject -------------------------------------------------------------------------
+
+
+def traceparent_of(span_context: SpanContext) -> str:
+    ids = f"{span_context.trace_id:032x}-{span_context.span_id:016x}"
+    return f"00-{ids}-{span_context.trace_flags:02x}"
+
+
+def encode_baggage(entries: Mapping[str, object]) -> str:
+    return ",".join(f"{quote(k, safe='')}={quote(str(v), safe='')}" for k, v in entries.items())
+
+
+def encode(context: Context | None) -> list[tuple[str, str]]:
+    """The (key, value) pairs that carry ``context`` (default: the current one)."""
+    out: list[tuple[str, str]] = []
+    span_context = trace.get_current_span(context).get_span_context()
+    if span_context.is_valid:
+        out.append((TRACEPARENT, traceparent_of(span_context)))
+        if span_context.trace_state:
+            out.append((TRACESTATE, span_context.trace_state.to_header()))
+    entries = baggage.get_all(context)
+    if entries:
+        out.append((BAGGAGE, encode_baggage(entries)))
+    frame = get_frame(context)
+    if frame is not None:
+        out.append((FRAME_HEADER, frame.to_header()))
+    return out
+
+
+# --- extract ------------------------------------------------------------------------
+
+
+def parse_traceparent(value: str, carrier: str) -> tuple[int, int, int] | None:
+    if len(value) > _TRACEPARENT_MAX:
+        reject(carrier, "traceparent_too_long", value)
+        return None
+    match = _TRACEPARENT_RE.fullmatch(value)
+    if match is None:
+        reject(carrier, "traceparent_malformed", value)
+        return None
+    version, trace_hex, span_hex, flags_hex, rest = match.groups()
+    # Version ff is forbidden; version 00 has no trailing fields; later versions may.
+    if version == "ff" or (version == "00" and rest):
+        reject(carrier, "traceparent_version", value)
+        return None
+    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    if not trace_id or not span_id:
+        reject(carrier, "traceparent_zero_id", value)
+        return None
+    return trace_id, span_id, int(flags_hex, 16)
+
+
+def parse_tracestate(value: str, carrier: str) -> TraceState | None:
+    if len(value) > _TRACESTATE_MAX:
+        reject(carrier, "tracestate_too_long", value)
+        return None
+    pairs: dict[str, str] = {}
+    for member in value.split(","):
+        if not member.strip(" \t"):
+            continue
+        match = _TRACESTATE_MEMBER_RE.fullmatch(member)
+        if match is None or match.group(1) in pairs or len(pairs) >= _TRACESTATE_ENTRIES:
+            reject(carrier, "tracestate_malformed", value)
+            return None
+        pairs[match.group(1)] = match.group(2)
+    return TraceState(list(pairs.items()))
+
+
+def parse_baggage(value: str, carrier: str) -> dict[str, str]:
+    if len(value.encode("utf-8", "surrogatepass")) > BAGGAGE_MAX_BYTES:
+        reject(carrier, "baggage_too_long", value)
+        return {}
+    entries: dict[str, str] = {}
+    for member in value.split(","):
+        if not member.strip(" \t"):
+            continue
+        if len(entries) >= BAGGAGE_MAX_ENTRIES:
+            reject(carrier, "baggage_too_many", value)
+            break
+        key, sep, rest = member.partition("=")
+        raw_value = rest.split(";", 1)[0].strip(" \t")  # properties are not kept
+        key = key.strip(" \t")
+        if (
+            not sep
+            or not _BAGGAGE_KEY_RE.fullmatch(key)
+            or not _BAGGAGE_VALUE_RE.fullmatch(raw_value)
+        ):
+            reject(carrier, "baggage_malformed", member)
+            continue
+        try:
+            entries[unquote(key, errors="strict")] = unquote(raw_value, errors="strict")
+        except UnicodeDecodeError:
+            reject(carrier, "baggage_malformed", member)
+    return entries
+
+
+def build(
+    base: Context,
+    span: tuple[int, int, int] | None,
+    trace_state: TraceState | None = None,
+    entries: Mapping[str, str] | None = None,
+    frame: FrameIdentity | None = None,
+) -> Context:
+    """Assemble the extracted pieces on top of ``base``."""
+    ctx = base
+    if span is not None:
+        span_context = SpanContext(
+            span[0],
+            span[1],
+            is_remote=True,
+            trace_flags=TraceFlags(span[2]),
+            trace_state=trace_state,
+        )
+        ctx = trace.set_span_in_context(NonRecordingSpan(span_context), ctx)
+    if entries:
+        for key, value in entries.items():
+            ctx = baggage.set_baggage(key, value, ctx)
+    if frame is not None:
+        ctx = otel_context.set_value(_FRAME_KEY, frame, ctx)
+    return ctx
+
+
+def _text(found: Mapping[str, object], key: str, carrier: str) -> str | None:
+    raw = found.get(key)
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        reject(carrier, f"{key}_not_text", raw)
+        return None
+    if len(raw) > limits().max_value_bytes:
+        reject(carrier, f"{key}_too_long", raw)
+        return None
+    return raw
+
+
+def decode(found: Mapping[str, object], carrier: str, base: Context | None) -> Context:
+    """Context from the values a carrier found under :data:`FIELDS` (absent keys missing)."""
+    ctx = Context() if base is None else base
+    span = trace_state = entries = frame = None
+    raw = _text(found, TRACEPARENT, carrier)
+    if raw is not None:
+        span = parse_traceparent(raw, carrier)
+        raw = _text(found, TRACESTATE, carrier)
+        if raw is not None and span is not None:
+            trace_state = parse_tracestate(raw, carrier)
+    raw = _text(found, BAGGAGE, carrier)
+    if raw is not None:
+        entries = parse_baggage(raw, carrier)
+    raw = _text(found, FRAME_HEADER, carrier)
+    if raw is not None:
+        frame = FrameIdentity.from_header(raw, carrier)
+    if span is None and not entries and frame is None:
+        return ctx
+    return build(ctx, span, trace_state, entries, frame)

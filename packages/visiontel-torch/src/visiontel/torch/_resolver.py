@@ -151,16 +151,16 @@ class Resolver:
                     created += 1
                 open_calls.append((index, perf_ns, event, span))
                 continue
-            index = ~index
+            closed = ~index
             while open_calls:
                 open_index, start_ns, start_event, span = open_calls.pop()
-                if open_index == index:
+                if open_index == closed:
                     break
             else:
                 continue
             if span is None:
                 aggregated += 1
-                layer_attributes["visiontel.module.name"] = table.names[index]
+                layer_attributes["visiontel.module.name"] = table.names[closed]
                 self._metrics.layer_duration.record((perf_ns - start_ns) / 1e9, layer_attributes)
                 continue
             if with_gpu and start_event is not None and event is not None:

@@ -70,7 +70,7 @@ class CudaEventSource:
                 event = self._free.pop()
             elif self._created < self._capacity:
                 self._created += 1
-                event = self._torch.cuda.Event(enable_timing=True)
+                event = self._torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             else:
                 return None
         event.record()  # enqueued on the current stream; returns at once

@@ -73,8 +73,8 @@ def _batch_queue_fill(provider: Any) -> tuple[int, int]:
     active = getattr(provider, "_active_span_processor", None)
     for processor in getattr(active, "_span_processors", ()):
         inner = getattr(processor, "_batch_processor", processor)
-        pending = getattr(inner, "_queue", None)
+        pending: Any = getattr(inner, "_queue", None)
         capacity = getattr(pending, "maxlen", None)
-        if capacity:
+        if pending is not None and capacity:
             return len(pending), int(capacity)
     return 0, 0

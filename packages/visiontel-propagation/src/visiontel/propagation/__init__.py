@@ -44,6 +44,7 @@ from visiontel.propagation._handoff import (
 from visiontel.propagation._slot import SLOT_SIZE, clear_slot, extract_slot, inject_slot, pack_slot
 from visiontel.propagation._stage import (
     LATENCY_METRIC,
+    FrameLatency,
     continue_frame,
     record_frame_latency,
     start_frame,
@@ -59,6 +60,7 @@ __all__ = [
     "ContextQueue",
     "ContextThreadPoolExecutor",
     "FrameIdentity",
+    "FrameLatency",
     "FramePropagator",
     "Limits",
     "Received",

@@ -6,8 +6,8 @@ raises: values it cannot use are dropped, logged at debug level and counted.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from typing import Any, cast
 
 from opentelemetry.context import Context
 from visiontel.propagation import _w3c
@@ -69,7 +69,17 @@ def extract_http(headers: object, context: Context | None = None) -> Context:
     if headers is None:
         return base
     try:
-        if isinstance(headers, Mapping):
+        get_all = _multi_getter(headers)
+        if get_all is not None:
+            found: dict[str, object] = {}
+            for key in _w3c.FIELDS:
+                try:
+                    values = get_all(key)
+                except KeyError:  # aiohttp's getall() without a default
+                    values = None
+                if values:
+                    _merge(found, key, list(values), "http")
+        elif isinstance(headers, Mapping):
             found = _from_mapping(headers)
         elif isinstance(headers, Iterable) and not isinstance(headers, str | bytes):
             found = _scan(headers, "http")
@@ -82,27 +92,24 @@ def extract_http(headers: object, context: Context | None = None) -> Context:
         return base
 
 
-def _from_mapping(headers: Mapping[Any, Any]) -> dict[str, object]:
-    get_all = None
+def _multi_getter(headers: object) -> Callable[[str], Any] | None:
+    """The "all values of a field" method of multi-valued, case-insensitive header objects."""
     for name in ("get_all", "getall", "get_list", "getlist"):
-        get_all = getattr(headers, name, None)
-        if callable(get_all):
-            break
+        method = getattr(headers, name, None)
+        if callable(method):
+            return cast(Callable[[str], Any], method)
+    return None
+
+
+def _from_mapping(headers: Mapping[Any, Any]) -> dict[str, object]:
     found: dict[str, object] = {}
-    if callable(get_all):  # multi-valued, case-insensitive header objects
-        for key in _w3c.FIELDS:
-            values = get_all(key) or []
-            if values:
-                _merge(found, key, list(values), "http")
-        return found
     for key in _w3c.FIELDS:
         if key in headers:
             found[key] = headers[key]
     if found:
         return found
     # A plain dict from a framework may keep the sender's case ("Traceparent").
-    pairs = ((k, v) for k, v in headers.items())
-    return _scan(pairs, "http")
+    return _scan(headers.items(), "http")
 
 
 def _merge(found: dict[str, object], key: str, values: list[Any], carrier: str) -> None:

@@ -99,43 +99,59 @@ def continue_frame(
         otel_context.detach(token)
 
 
-_histogram: metrics.Histogram | None = None
+class FrameLatency:
+    """Records ``visiontel.frame.latency`` (capture to result, seconds) at the sink.
 
-
-def _latency_histogram() -> metrics.Histogram:
-    global _histogram
-    if _histogram is None:
-        _histogram = metrics.get_meter(TRACER_NAME, __version__).create_histogram(
-            LATENCY_METRIC,
-            unit="s",
-            description="Time from a frame's capture to its result at the sink",
-            explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
-        )
-    return _histogram
-
-
-def record_frame_latency(
-    frame: FrameIdentity | Context | None = None,
-    *,
-    now_ns: int | None = None,
-    attributes: Mapping[str, AttributeValue] | None = None,
-) -> float | None:
-    """Record capture-to-now in ``visiontel.frame.latency`` at the sink; return it.
-
-    ``frame`` is an identity, a context carrying one, or None for the current
-    context. Every frame is recorded, sampled or not (metrics are not sampled).
-    Returns None, recording nothing, when there is no frame identity.
+    ``meter_provider`` defaults to the global one. The module-level
+    :func:`record_frame_latency` uses a shared instance bound to the global provider.
     """
-    try:
-        identity = frame if isinstance(frame, FrameIdentity) else get_frame(frame)
-        if identity is None:
+
+    def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
+        self._meter_provider = meter_provider
+        self._histogram: metrics.Histogram | None = None
+
+    def _get(self) -> metrics.Histogram:
+        # Created on first use so a provider installed after import is honoured.
+        if self._histogram is None:
+            meter = metrics.get_meter(TRACER_NAME, __version__, self._meter_provider)
+            self._histogram = meter.create_histogram(
+                LATENCY_METRIC,
+                unit="s",
+                description="Time from a frame's capture to its result at the sink",
+                explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
+            )
+        return self._histogram
+
+    def record(
+        self,
+        frame: FrameIdentity | Context | None = None,
+        *,
+        now_ns: int | None = None,
+        attributes: Mapping[str, AttributeValue] | None = None,
+    ) -> float | None:
+        """Record capture-to-now for ``frame`` and return it in seconds.
+
+        ``frame`` is an identity, a context carrying one, or None for the current
+        context. Every frame is recorded, sampled or not (metrics are not sampled).
+        Returns None, recording nothing, when there is no frame identity. A clock
+        that puts capture in the future records 0 and returns the negative value.
+        """
+        try:
+            identity = frame if isinstance(frame, FrameIdentity) else get_frame(frame)
+            if identity is None:
+                return None
+            now = time.time_ns() if now_ns is None else now_ns
+            latency = (now - identity.capture_ns) / 1e9
+            attrs: dict[str, AttributeValue] = {ATTR_STREAM: identity.stream_id}
+            if attributes:
+                attrs.update(attributes)
+            self._get().record(max(latency, 0.0), attrs)
+            return latency
+        except Exception:
+            internal_error("FrameLatency.record")
             return None
-        latency = ((time.time_ns() if now_ns is None else now_ns) - identity.capture_ns) / 1e9
-        attrs: dict[str, AttributeValue] = {ATTR_STREAM: identity.stream_id}
-        if attributes:
-            attrs.update(attributes)
-        _latency_histogram().record(max(latency, 0.0), attrs)
-        return latency
-    except Exception:
-        internal_error("record_frame_latency")
-        return None
+
+
+_default_latency = FrameLatency()
+record_frame_latency = _default_latency.record
+"""Record a frame's capture-to-result latency with the global meter provider."""

@@ -8,7 +8,7 @@ from opentelemetry import metrics, trace
 from visiontel.torch import _model
 from visiontel.torch._config import Granularity, TorchConfig, config_from_env
 from visiontel.torch._metrics import DetectionCounter
-from visiontel.torch._runtime import Runtime, default_runtime
+from visiontel.torch._runtime import default_runtime, runtime_for
 from visiontel.torch._timing import EventSource
 
 M = TypeVar("M")
@@ -64,10 +64,7 @@ def instrument_model(
         max_layer_spans=max_layer_spans,
         capture_shapes=capture_shapes,
     )
-    if tracer_provider is not None or meter_provider is not None:
-        runtime = Runtime(tracer_provider, meter_provider)
-    else:
-        runtime = default_runtime()
+    runtime = runtime_for(tracer_provider, meter_provider)
     uninstrument_model(model)
     instrumentation = _model.ModelInstrumentation(
         model, config, runtime, detections=detections, event_source=_event_source

@@ -19,6 +19,7 @@ class Runtime:
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
         self.tracer = trace.get_tracer(
             "visiontel.torch", __version__, tracer_provider, schema_url=_SCHEMA_URL
         )
@@ -37,6 +38,29 @@ def default_runtime() -> Runtime:
         if _default is None:
             _default = Runtime()
         return _default
+
+
+_by_providers: dict[tuple[int, int], Runtime] = {}
+_MAX_RUNTIMES = 16
+
+
+def runtime_for(
+    tracer_provider: trace.TracerProvider | None, meter_provider: metrics.MeterProvider | None
+) -> Runtime:
+    """One runtime (and so one resolver thread) per pair of explicit providers."""
+    if tracer_provider is None and meter_provider is None:
+        return default_runtime()
+    key = (id(tracer_provider), id(meter_provider))
+    with _lock:
+        runtime = _by_providers.get(key)
+        if runtime is None or (
+            runtime.tracer_provider is not tracer_provider
+            or runtime.meter_provider is not meter_provider
+        ):
+            if len(_by_providers) >= _MAX_RUNTIMES:
+                _by_providers.pop(next(iter(_by_providers)))
+            runtime = _by_providers[key] = Runtime(tracer_provider, meter_provider)
+        return runtime
 
 
 def set_default_runtime(runtime: Runtime | None) -> None:

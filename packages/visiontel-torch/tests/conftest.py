@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import visiontel.torch as vt
+from torch_support import Telemetry, make_telemetry
+from visiontel.torch import _model
+
+
+@pytest.fixture
+def telemetry() -> Iterator[Telemetry]:
+    yield make_telemetry()
+    for model in _model.all_instrumented():
+        vt.uninstrument_model(model)

@@ -1,0 +1,142 @@
+"""The CUDA-event path, driven by a scripted event source (there is no GPU in CI).
+
+The resolver, pairing, polling, timeout and pool code under test is the production code;
+only ``torch.cuda.Event`` is replaced by ``ScriptedEvent`` (record/query/elapsed_time).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+import visiontel.torch as vt
+from torch_support import Telemetry, TinyDetector
+from visiontel.torch import _runtime
+
+
+class ScriptedEvent:
+    def __init__(self, device_ms: float) -> None:
+        self.device_ms = device_ms
+        self.done = False
+        self.recorded = 0
+
+    def record(self) -> None:
+        self.recorded += 1
+
+    def query(self) -> bool:
+        return self.done
+
+    def elapsed_time(self, end_event: ScriptedEvent) -> float:
+        assert self.done and end_event.done, "elapsed_time read before completion"
+        return end_event.device_ms - self.device_ms
+
+
+class ScriptedSource:
+    """Each event completes 2 ms of device time after the previous one."""
+
+    def __init__(self, capacity: int = 1000, gpu_epoch_ns: int = 0) -> None:
+        self.events: list[ScriptedEvent] = []
+        self.released: list[ScriptedEvent] = []
+        self.capacity = capacity
+        self.gpu_epoch_ns = gpu_epoch_ns
+        self.lock = threading.Lock()
+
+    def acquire(self) -> ScriptedEvent | None:
+        with self.lock:
+            if len(self.events) >= self.capacity:
+                return None
+            event = ScriptedEvent(2.0 * len(self.events))
+            self.events.append(event)
+        event.record()
+        return event
+
+    def release(self, events: list[ScriptedEvent]) -> None:
+        self.released.extend(events)
+
+    def wall_clock_ns(self, event: ScriptedEvent) -> int | None:
+        return self.gpu_epoch_ns + int(event.device_ms * 1e6) if self.gpu_epoch_ns else None
+
+    def complete_all(self) -> None:
+        for event in self.events:
+            event.done = True
+
+
+def test_spans_wait_for_events_without_blocking_the_forward(telemetry: Telemetry) -> None:
+    source = ScriptedSource()
+    model = telemetry.instrument(TinyDetector(), name="gpu", _event_source=source)
+    model(torch.randn(1, 3, 8, 8))  # returns although no event has completed
+    # root start/end + one pre/post pair for each of backbone, neck, head
+    assert len(source.events) == 8
+    assert all(e.recorded == 1 for e in source.events)
+    runtime = _runtime.runtime_for(telemetry.tracer_provider, telemetry.meter_provider)
+    assert not runtime.resolver.flush(0.05)
+    assert telemetry.exporter.get_finished_spans() == ()
+    source.complete_all()
+    spans = telemetry.by_name()
+    for name in ("backbone", "neck", "head"):
+        assert spans[name][0].attributes["visiontel.gpu.duration"] == pytest.approx(0.002)
+    root = spans["inference gpu"][0]
+    # root start event is the first acquired, end event the last: 7 intervals of 2 ms
+    assert root.attributes["visiontel.gpu.duration"] == pytest.approx(0.014)
+    assert sorted(map(id, source.released)) == sorted(map(id, source.events))
+
+
+def test_gpu_start_delay_uses_the_calibrated_clock(telemetry: Telemetry) -> None:
+    model = TinyDetector()
+    probe = ScriptedSource()
+    telemetry.instrument(model, name="cal", granularity="model", _event_source=probe)
+    model(torch.randn(1, 3, 8, 8))
+    probe.complete_all()
+    host_start = telemetry.spans()[0].start_time
+    telemetry.exporter.clear()
+    source = ScriptedSource(gpu_epoch_ns=host_start + 5_000_000_000)
+    telemetry.instrument(model, name="cal", granularity="model", _event_source=source)
+    model(torch.randn(1, 3, 8, 8))
+    source.complete_all()
+    (root,) = telemetry.spans()
+    delay = root.attributes["visiontel.gpu.start_delay"]
+    expected = (host_start + 5_000_000_000 - root.start_time) / 1e9
+    assert delay == pytest.approx(expected, abs=1e-6)
+
+
+def test_events_that_never_complete_time_out(telemetry: Telemetry) -> None:
+    source = ScriptedSource()
+    model = telemetry.instrument(TinyDetector(), name="stuck", _event_source=source)
+    runtime = _runtime.runtime_for(telemetry.tracer_provider, telemetry.meter_provider)
+    runtime.resolver._gpu_timeout_s = 0.05
+    try:
+        model(torch.randn(1, 3, 8, 8))
+        spans = telemetry.by_name()
+    finally:
+        runtime.resolver._gpu_timeout_s = 10.0
+    assert runtime.resolver.gpu_timeouts >= 1
+    root = spans["inference stuck"][0]
+    assert "visiontel.gpu.duration" not in root.attributes
+    assert {"backbone", "neck", "head"} <= set(spans)
+
+
+def test_exhausted_event_pool_skips_gpu_time_only(telemetry: Telemetry) -> None:
+    source = ScriptedSource(capacity=3)
+    model = telemetry.instrument(TinyDetector(), name="pool", _event_source=source)
+    model(torch.randn(1, 3, 8, 8))
+    source.complete_all()
+    spans = telemetry.by_name()
+    assert len(source.events) == 3
+    # root start + backbone pre/post got events: backbone has GPU time, later layers do not
+    assert "visiontel.gpu.duration" in spans["backbone"][0].attributes
+    assert "visiontel.gpu.duration" not in spans["head"][0].attributes
+    assert "visiontel.gpu.duration" not in spans["inference pool"][0].attributes
+
+
+def test_no_synchronize_is_ever_called(
+    telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: calls.append("sync"))
+    source = ScriptedSource()
+    model = telemetry.instrument(TinyDetector(), granularity="layer", _event_source=source)
+    model(torch.randn(1, 3, 8, 8))
+    source.complete_all()
+    vt.flush()
+    assert calls == []

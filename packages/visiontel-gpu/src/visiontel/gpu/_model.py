@@ -1,0 +1,90 @@
+"""What one collection sweep produces: plain immutable records, backend-neutral.
+
+Readings are kept in a dict keyed by the names below so that a backend only fills what its
+hardware answered: a key that is absent means "not supported / not read", and no instrument
+reports a series for it (never a fake 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Reading keys shared by backends and instruments.
+MEMORY_USED = "memory.used"  # bytes
+MEMORY_LIMIT = "memory.limit"  # bytes
+UTIL_GENERAL = "utilization.general"  # ratio 0-1
+UTIL_ENCODER = "utilization.encoder"
+UTIL_DECODER = "utilization.decoder"
+MEMORY_CONTROLLER = "memory_controller.utilization"  # ratio 0-1 (NVML "memory" util, DRAM active)
+POWER = "power"  # W
+ENERGY = "energy"  # J, cumulative
+TEMP_GPU = "temperature.gpu"  # Cel
+TEMP_MEMORY = "temperature.memory"  # Cel
+CLOCK_SM = "clock.sm"  # Hz
+CLOCK_MEMORY = "clock.memory"  # Hz
+CLOCK_EVENT_REASONS = "clock.event_reasons"  # NVML bit mask
+ECC_CORRECTED = "ecc.corrected"  # cumulative count
+ECC_UNCORRECTED = "ecc.uncorrected"
+PCIE_TX = "pcie.tx"  # bytes, cumulative
+PCIE_RX = "pcie.rx"
+PCIE_REPLAYS = "pcie.replays"  # cumulative count
+REMAPPED_CORRECTABLE = "remapped_rows.correctable"
+REMAPPED_UNCORRECTABLE = "remapped_rows.uncorrectable"
+REMAP_PENDING = "remap.pending"  # 0/1
+REMAP_FAILURE = "remap.failure"  # 0/1
+# DCGM profiling readings (ratios 0-1, and byte rates).
+SM_ACTIVE = "sm.active"
+SM_OCCUPANCY = "sm.occupancy"
+TENSOR_ACTIVE = "tensor.active"
+PCIE_TX_RATE = "pcie.tx_rate"  # By/s
+PCIE_RX_RATE = "pcie.rx_rate"
+NVLINK_TX_RATE = "nvlink.tx_rate"
+NVLINK_RX_RATE = "nvlink.rx_rate"
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """Identity of a GPU or MIG instance; stable for the life of the backend."""
+
+    index: int
+    uuid: str
+    name: str
+    model: str
+    driver_version: str
+    parent: str | None = None  # the physical GPU's uuid, for a MIG instance
+    mig_index: int | None = None
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    """One process's use of one device."""
+
+    pid: int
+    memory_used: int | None = None  # bytes
+    utilization: dict[str, float] = field(default_factory=dict)  # hw.gpu.task -> ratio
+    gpu_instance_id: int | None = None
+
+
+@dataclass(frozen=True)
+class DeviceSample:
+    info: DeviceInfo
+    readings: dict[str, float]
+    state: str = "ok"  # hw.state: ok, degraded or failed
+    processes: tuple[ProcessSample, ...] = ()
+
+
+@dataclass(frozen=True)
+class CollectionError:
+    """A read that failed, counted by visiontel.gpu.collection.errors."""
+
+    error_type: str  # e.g. gpu_is_lost, not_supported, timeout
+    device: str | None = None  # hw.id, when the failure belongs to one device
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The result of one sweep; instruments read the latest one."""
+
+    taken_at: float  # time.monotonic()
+    devices: tuple[DeviceSample, ...]
+    errors: tuple[CollectionError, ...] = ()

@@ -1,0 +1,175 @@
+"""`visiontel-gpu serve`: a standalone GPU exporter for nodes and sidecars.
+
+OTLP settings are the standard ones, read by the exporters themselves
+(OTEL_EXPORTER_OTLP_[METRICS_|LOGS_]ENDPOINT, _HEADERS, _CERTIFICATE, _PROTOCOL,
+OTEL_METRIC_EXPORT_INTERVAL, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES);
+OTEL_METRICS_EXPORTER / OTEL_LOGS_EXPORTER = otlp (default) or none choose whether to push.
+A Prometheus scrape endpoint is opened when a port is given. SIGTERM or SIGINT flushes and
+exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+from visiontel.gpu._backend import BackendUnavailable, open_backend, resource_attributes
+from visiontel.gpu._config import GPUConfig
+from visiontel.gpu._events import EventWatcher
+from visiontel.gpu._instruments import register
+from visiontel.gpu._sampler import Sampler
+from visiontel.gpu.version import __version__
+
+_log = logging.getLogger("visiontel.gpu")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="visiontel-gpu", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="export GPU metrics and events until SIGTERM")
+    serve.add_argument("--interval", type=float, help="seconds between NVML sweeps")
+    serve.add_argument("--backend", choices=["auto", "nvml", "dcgm"])
+    serve.add_argument("--nvml-library", help="path of libnvidia-ml.so.1")
+    serve.add_argument(
+        "--prometheus-port",
+        type=int,
+        default=int(os.environ.get("VISIONTEL_GPU_PROMETHEUS_PORT", "0") or 0),
+        help="serve /metrics for Prometheus on this port (0: off)",
+    )
+    serve.add_argument(
+        "--prometheus-host",
+        default=os.environ.get("VISIONTEL_GPU_PROMETHEUS_HOST", "127.0.0.1"),
+        help="address the Prometheus endpoint binds (0.0.0.0 to be scraped from outside)",
+    )
+    serve.add_argument("--no-processes", action="store_true", help="no per-process series")
+    serve.add_argument("--no-events", action="store_true", help="no XID log records")
+    return parser
+
+
+def _wants_otlp(variable: str) -> bool:
+    return "otlp" in os.environ.get(variable, "otlp").lower().split(",")
+
+
+def _otlp_protocol(signal_name: str) -> str:
+    specific = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal_name}_PROTOCOL")
+    return (specific or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf").strip()
+
+
+def _metric_exporter() -> Any:
+    if _otlp_protocol("METRICS") == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        except ImportError as exc:
+            raise SystemExit(
+                "OTLP/gRPC needs opentelemetry-exporter-otlp-proto-grpc; install it or set "
+                "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
+            ) from exc
+        return OTLPMetricExporter()
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as Http
+
+    return Http()
+
+
+def _log_exporter() -> Any:
+    if _otlp_protocol("LOGS") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+
+        return OTLPLogExporter()
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as Http
+
+    return Http()
+
+
+def serve(args: argparse.Namespace) -> int:
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+
+    config = GPUConfig.resolve(
+        backend=args.backend,
+        nvml_library=args.nvml_library,
+        interval=args.interval,
+        processes=False if args.no_processes else None,
+        events=False if args.no_events else None,
+    )
+    try:
+        backend = open_backend(config)
+    except BackendUnavailable as exc:
+        print(f"visiontel-gpu: cannot collect GPU metrics: {exc}", file=sys.stderr)
+        return 2
+    service: dict[str, Any] = {}
+    if "OTEL_SERVICE_NAME" not in os.environ:
+        service[SERVICE_NAME] = "visiontel-gpu"
+    resource = Resource(dict(resource_attributes(backend))).merge(Resource.create(service))
+
+    readers: list[MetricReader] = []
+    if _wants_otlp("OTEL_METRICS_EXPORTER"):
+        readers.append(PeriodicExportingMetricReader(_metric_exporter()))
+    server = None
+    if args.prometheus_port:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import start_http_server
+
+        readers.append(PrometheusMetricReader())
+        started = start_http_server(args.prometheus_port, args.prometheus_host)
+        server = started[0] if isinstance(started, tuple) else None
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    sampler = Sampler(
+        backend, config.interval, proc_root=config.proc_root if config.processes else None
+    )
+    register(meter_provider.get_meter("visiontel.gpu", __version__), sampler)
+    sampler.start()
+
+    logger_provider = None
+    events = None
+    if config.events and _wants_otlp("OTEL_LOGS_EXPORTER") and hasattr(backend, "nvml"):
+        logger_provider = LoggerProvider(resource=resource)
+        logger_provider.add_log_record_processor(BatchLogRecordProcessor(_log_exporter()))
+        events = EventWatcher(backend, logger_provider.get_logger("visiontel.gpu", __version__))  # type: ignore[arg-type]
+        if not events.start():
+            events = None
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        _log.info("visiontel-gpu: %s received, flushing and exiting", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(
+        f"visiontel-gpu serve: {backend.name}, {len(backend.devices)} device(s), "
+        f"sweep every {config.interval}s"
+        + (f", Prometheus on {args.prometheus_host}:{args.prometheus_port}" if server else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+    while not stop.wait(1.0):
+        pass
+    if events is not None:
+        events.stop()
+    sampler.sweep_once()  # the final export carries current values
+    meter_provider.shutdown()
+    sampler.stop()
+    if logger_provider is not None:
+        logger_provider.shutdown()
+    if server is not None:
+        server.shutdown()
+    backend.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("VISIONTEL_GPU_LOG_LEVEL", "INFO").upper())
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2  # pragma: no cover - argparse rejects unknown commands

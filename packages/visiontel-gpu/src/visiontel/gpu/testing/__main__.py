@@ -1,0 +1,5 @@
+import sys
+
+from visiontel.gpu.testing import main
+
+sys.exit(main())

@@ -8,7 +8,6 @@ import time
 import pytest
 from conftest import Metrics, point, two_gpus
 from opentelemetry.sdk.metrics.export import Gauge, Sum
-
 from visiontel.gpu import GPUInstrumentor
 from visiontel.gpu.testing import DRIVER_NOT_LOADED, GPU_IS_LOST, NvmlSimulator
 

@@ -63,7 +63,7 @@ typedef struct sim_device {
     unsigned long long events_registered;
 } sim_device;
 
-typedef struct { int gpu; unsigned long long type, data; } event_t;
+typedef struct { int gpu; unsigned long long type, data; int delivered; } event_t;
 
 typedef struct { unsigned long long mask; } sim_event_set;
 
@@ -91,7 +91,7 @@ static int gpu_count, init_error, initialized;
 static char driver_version[80] = "550.54.15";
 static int cuda_version = 12040, has_cuda_version = 1;
 static event_t events[MAX_EVENTS];
-static int nevents, events_delivered;
+static int nevents;
 static struct timespec last_check;
 static time_t script_mtime; static long script_mtime_ns; static off_t script_size;
 static unsigned long long calls;
@@ -135,6 +135,13 @@ static void set_device_key(sim_device *d, const char *key, const char *val) {
 
 static void load_script(void) {
     const char *path = getenv("NVML_SIM_SCRIPT");
+    /* Event registrations belong to the consumer, and an event already handed out stays
+       delivered while its script line is unchanged: keep both across reloads. */
+    unsigned long long registered[MAX_GPUS];
+    event_t old_events[MAX_EVENTS];
+    int old_nevents = nevents;
+    for (int i = 0; i < MAX_GPUS; i++) registered[i] = gpus[i].events_registered;
+    memcpy(old_events, events, sizeof events);
     memset(gpus, 0, sizeof gpus);
     memset(migs, 0, sizeof migs);
     gpu_count = 0; init_error = 0; nevents = 0;
@@ -150,13 +157,13 @@ static void load_script(void) {
             snprintf(migs[i][j].name, sizeof migs[i][j].name, "NVIDIA Simulated GPU MIG 1g.10gb");
         }
     }
-    if (!path) return;
+    if (!path) goto done;
     struct stat st;
     if (stat(path, &st) == 0) {
         script_mtime = st.st_mtim.tv_sec; script_mtime_ns = st.st_mtim.tv_nsec; script_size = st.st_size;
     }
     FILE *fp = fopen(path, "r");
-    if (!fp) return;
+    if (!fp) goto done;
     char line[512];
     while (fgets(line, sizeof line, fp)) {
         line[strcspn(line, "\r\n")] = 0;
@@ -172,6 +179,7 @@ static void load_script(void) {
             if (val[0] == '!') has_cuda_version = 0; else cuda_version = atoi(val);
         } else if (strncmp(key, "event.", 6) == 0 && nevents < MAX_EVENTS) {
             event_t *e = &events[nevents++];
+            e->delivered = 0;
             sscanf(val, "%d,%llu,%llu", &e->gpu, &e->type, &e->data);
         } else if (strncmp(key, "gpu.", 4) == 0) {
             char *rest; int g = (int)strtol(key + 4, &rest, 10);
@@ -187,7 +195,14 @@ static void load_script(void) {
         }
     }
     fclose(fp);
+done:
     if (gpu_count > MAX_GPUS) gpu_count = MAX_GPUS;
+    for (int i = 0; i < MAX_GPUS; i++) gpus[i].events_registered = registered[i];
+    for (int i = 0; i < nevents && i < old_nevents; i++) {
+        const event_t *o = &old_events[i];
+        if (o->gpu == events[i].gpu && o->type == events[i].type && o->data == events[i].data)
+            events[i].delivered = o->delivered;
+    }
 }
 
 /* Re-read the script when it changed; stat at most every 20 ms so calls stay cheap. */
@@ -474,8 +489,10 @@ nvmlReturn_t nvmlEventSetWait_v2(sim_event_set *set, nvmlEventData_t *data, unsi
         pthread_mutex_lock(&lock);
         if (!initialized) { pthread_mutex_unlock(&lock); return E_UNINIT; }
         maybe_reload();
-        while (events_delivered < nevents) {
-            event_t *e = &events[events_delivered++];
+        for (int i = 0; i < nevents; i++) {
+            event_t *e = &events[i];
+            if (e->delivered) continue;
+            e->delivered = 1;
             if (e->gpu < 0 || e->gpu >= gpu_count) continue;
             if (!(gpus[e->gpu].events_registered & e->type)) continue;
             data->device = (unsigned long long)(size_t)&gpus[e->gpu];

@@ -1,0 +1,75 @@
+"""XID events as log records, and the resource detector, on the NVML simulator."""
+
+from __future__ import annotations
+
+import time
+
+from conftest import two_gpus
+from opentelemetry._logs import SeverityNumber
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk.resources import Resource, get_aggregated_resources
+from visiontel.gpu.resource import GPUResourceDetector
+from visiontel.gpu.testing import EVENT_DOUBLE_BIT_ECC, EVENT_XID, NvmlSimulator
+
+GPU1 = "GPU-00000001-1111-2222-3333-444455556666"
+
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_xid_events_become_log_records_with_the_gpu_identity(sim, metrics, instrumentor):
+    exporter = InMemoryLogRecordExporter()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    instrumentor.instrument(
+        meter_provider=metrics.provider, logger_provider=provider, interval=60.0
+    )
+    sim.write(
+        two_gpus(**{"event.0": f"1,{EVENT_XID},79", "event.1": f"0,{EVENT_DOUBLE_BIT_ECC},0"})
+    )
+    assert wait_for(lambda: len(exporter.get_finished_logs()) >= 2)
+    records = [r.log_record for r in exporter.get_finished_logs()]
+    xid = next(r for r in records if r.attributes["nvidia.gpu.event.type"] == "xid")
+    assert xid.attributes["nvidia.gpu.xid"] == 79
+    assert xid.attributes["hw.id"] == GPU1
+    assert xid.attributes["hw.model"] == "NVIDIA H100 80GB HBM3"
+    assert xid.severity_number == SeverityNumber.ERROR
+    assert "XID 79" in str(xid.body) and GPU1 in str(xid.body)
+    ecc = next(r for r in records if r.attributes["nvidia.gpu.event.type"] == "double_bit_ecc")
+    assert ecc.attributes["hw.name"] == "GPU 0"
+    # Collection is not held up by the event thread waiting in NVML.
+    sim.write(two_gpus(**{"gpu.0.memory.used": 1234}))
+    started = time.perf_counter()
+    instrumentor.refresh()
+    assert time.perf_counter() - started < 0.2
+    provider.shutdown()
+
+
+def test_resource_detector_describes_the_gpus(sim):
+    sim.write(
+        {
+            "device_count": 3,
+            "cuda_version": 12040,
+            **NvmlSimulator.gpu(0),
+            **NvmlSimulator.gpu(1),
+            **NvmlSimulator.gpu(2, model="NVIDIA L4"),
+        }
+    )
+    resource = get_aggregated_resources([GPUResourceDetector()], Resource.get_empty())
+    attrs = resource.attributes
+    assert attrs["nvidia.gpu.count"] == 3
+    assert tuple(attrs["nvidia.gpu.models"]) == ("NVIDIA H100 80GB HBM3", "NVIDIA L4")
+    assert attrs["nvidia.gpu.driver_version"] == "550.54.15"
+    assert attrs["nvidia.gpu.cuda_version"] == "12.4"
+
+
+def test_resource_detector_without_gpu_is_empty(sim):
+    sim.write({"device_count": 0})
+    assert GPUResourceDetector().detect().attributes == {}

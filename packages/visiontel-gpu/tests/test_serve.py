@@ -1,0 +1,185 @@
+"""`visiontel-gpu serve` as a real subprocess on the NVML simulator: OTLP/HTTP push to a
+local receiver (decoded with the OTLP protobuf definitions), a Prometheus scrape over
+loopback, XID log records, and a clean exit on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from conftest import two_gpus
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from visiontel.gpu.testing import EVENT_XID
+
+GPU0 = "GPU-00000000-1111-2222-3333-444455556666"
+GPU1 = "GPU-00000001-1111-2222-3333-444455556666"
+
+
+class Receiver:
+    """A minimal OTLP/HTTP receiver on loopback that keeps what it was sent."""
+
+    def __init__(self) -> None:
+        self.metrics: list[ExportMetricsServiceRequest] = []
+        self.logs: list[ExportLogsServiceRequest] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path == "/v1/metrics":
+                    receiver.metrics.append(ExportMetricsServiceRequest.FromString(body))
+                elif self.path == "/v1/logs":
+                    receiver.logs.append(ExportLogsServiceRequest.FromString(body))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def gauge(self, name: str, **attrs: object) -> list[float]:
+        """Every value received for `name` whose attributes include `attrs`, oldest first."""
+        values = []
+        for request in list(self.metrics):
+            for rm in request.resource_metrics:
+                for sm in rm.scope_metrics:
+                    for metric in sm.metrics:
+                        if metric.name != name:
+                            continue
+                        data = metric.gauge if metric.HasField("gauge") else metric.sum
+                        for dp in data.data_points:
+                            got = {kv.key: _any(kv.value) for kv in dp.attributes}
+                            if all(got.get(k) == v for k, v in attrs.items()):
+                                values.append(dp.as_double or float(dp.as_int))
+        return values
+
+    def resource(self) -> dict[str, object]:
+        rm = self.metrics[0].resource_metrics[0]
+        return {kv.key: _any(kv.value) for kv in rm.resource.attributes}
+
+
+def _any(value):
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return tuple(_any(v) for v in value.array_value.values)
+    return getattr(value, kind)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve_command(*args: str) -> list[str]:
+    script = Path(sys.executable).with_name("visiontel-gpu")
+    if script.exists():
+        return [str(script), "serve", *args]
+    code = "from visiontel.gpu._serve import main; raise SystemExit(main())"
+    return [sys.executable, "-c", code, "serve", *args]
+
+
+def eventually(predicate, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_serve_pushes_otlp_serves_prometheus_and_exits_cleanly(sim):
+    receiver = Receiver()
+    sim.write(two_gpus(**{"event.0": f"1,{EVENT_XID},48"}))
+    port = free_port()
+    env = {
+        **os.environ,
+        **sim.env(),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_METRIC_EXPORT_INTERVAL": "200",
+        "OTEL_BLRP_SCHEDULE_DELAY": "100",
+        "OTEL_SERVICE_NAME": "gpu-node-7",
+        "VISIONTEL_GPU_INTERVAL": "0.1",
+    }
+    proc = subprocess.Popen(
+        serve_command("--prometheus-port", str(port)),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        eventually(
+            lambda: receiver.gauge("hw.gpu.utilization", **{"hw.id": GPU0}), what="OTLP metrics"
+        )
+        assert receiver.gauge("hw.gpu.memory.usage", **{"hw.id": GPU1})[-1] == 11 * 1024**3
+        resource = receiver.resource()
+        assert resource["service.name"] == "gpu-node-7"
+        assert resource["nvidia.gpu.count"] == 2
+
+        def scrape() -> str:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    return r.read().decode()
+            except OSError:
+                return ""
+
+        text = eventually(lambda: (t := scrape()) and "hw_gpu_memory_usage" in t and t)
+        line = next(
+            ln for ln in text.splitlines() if ln.startswith("hw_gpu_memory_usage") and GPU1 in ln
+        )
+        assert float(line.rsplit(" ", 1)[1]) == 11 * 1024**3
+
+        # A value changed in the "driver" reaches the collector on a later export.
+        sim.write(two_gpus(**{"gpu.1.memory.used": 42 * 1024**3}))
+        eventually(
+            lambda: receiver.gauge("hw.gpu.memory.usage", **{"hw.id": GPU1})[-1] == 42 * 1024**3,
+            what="the new memory value",
+        )
+        logs = eventually(lambda: receiver.logs, what="the XID log record")
+        record = logs[0].resource_logs[0].scope_logs[0].log_records[0]
+        attrs = {kv.key: _any(kv.value) for kv in record.attributes}
+        assert attrs["nvidia.gpu.xid"] == 48 and attrs["hw.id"] == GPU1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _out, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, err
+    assert "SIGTERM received" in err
+    receiver.server.shutdown()
+
+
+def test_serve_without_driver_library_names_it_and_fails(sim, tmp_path):
+    missing = tmp_path / "nowhere" / "libnvidia-ml.so.1"
+    env = {**os.environ, **sim.env(), "OTEL_METRICS_EXPORTER": "none"}
+    done = subprocess.run(
+        serve_command("--nvml-library", str(missing)),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert str(missing) in done.stderr and "VISIONTEL_GPU_NVML_LIBRARY" in done.stderr

@@ -95,3 +95,35 @@ def bench(session: nox.Session) -> None:
         if script.name.startswith("_") or (only and script.stem not in only):
             continue
         session.run("python", str(script))
+
+
+# --- collector-config/ (issue 5): otelcol-visiontel, recipes, Prometheus rules, Grafana ----------
+# The binaries are built or fetched by collector-config/toolchain.py and cached under
+# ~/.cache/visiontel/ (the collector keyed by a hash of its builder manifest), so only the
+# first run on a machine pays for the build.
+COLLECTOR_TOOLCHAIN = ROOT / "collector-config" / "toolchain.py"
+COLLECTOR_TEST_DEPS = ("pytest>=8", "pyyaml", "opentelemetry-sdk", "opentelemetry-exporter-otlp")
+
+
+def _collector_tool(session: nox.Session, name: str) -> str:
+    """Path of a cached tool (building it on the first call); progress goes to the log."""
+    import subprocess
+
+    session.log(f"toolchain: {name}")
+    out = subprocess.run(
+        [sys.executable, str(COLLECTOR_TOOLCHAIN), name], stdout=subprocess.PIPE, text=True
+    )
+    if out.returncode != 0:
+        session.error(f"collector-config/toolchain.py {name} failed ({out.returncode})")
+    return out.stdout.strip().splitlines()[-1]
+
+
+@nox.session(python=PYTHON, tags=["ci"])
+def collector(session: nox.Session) -> None:
+    """Build otelcol-visiontel, validate every recipe, run the Prometheus rule tests."""
+    env = {
+        "VISIONTEL_OTELCOL": _collector_tool(session, "otelcol"),
+        "VISIONTEL_PROMTOOL": _collector_tool(session, "promtool"),
+    }
+    session.install(*COLLECTOR_TEST_DEPS)
+    session.run("pytest", str(ROOT / "tests" / "collector"), *session.posargs, env=env)

@@ -1,0 +1,247 @@
+"""Overhead of visiontel-torch on CPU inference, as ratios against an uninstrumented baseline.
+
+    nox -s bench -- torch_overhead            # or: python bench/torch_overhead.py --rounds 15
+
+Two models defined here: a ResNet-18-like net at 224x224 (batch 1), compute-bound, and a
+launch-bound detector at 320x320 whose ~90 layers each do very little work. Variants are
+run interleaved (one timed block of each per round, in a rotating order) and the table
+reports, per variant, median(block time) / median(baseline block time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
+
+import visiontel.torch as vt
+
+
+class DiscardExporter(SpanExporter):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def export(self, spans: Any) -> SpanExportResult:
+        self.count += len(spans)
+        return SpanExportResult.SUCCESS
+
+
+def basic_block(channels: int, stride: int = 1) -> torch.nn.Module:
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            in_channels = channels // stride if stride > 1 else channels
+            self.conv1 = torch.nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
+            self.bn1 = torch.nn.BatchNorm2d(channels)
+            self.relu = torch.nn.ReLU()
+            self.conv2 = torch.nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+            self.bn2 = torch.nn.BatchNorm2d(channels)
+            self.down = (
+                torch.nn.Sequential(
+                    torch.nn.Conv2d(in_channels, channels, 1, stride, bias=False),
+                    torch.nn.BatchNorm2d(channels),
+                )
+                if stride > 1
+                else torch.nn.Identity()
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.relu(self.bn1(self.conv1(x)))
+            return self.relu(self.bn2(self.conv2(out)) + self.down(x))  # type: ignore[no-any-return]
+
+    return Block()
+
+
+def resnet18_like() -> torch.nn.Module:
+    layers: list[torch.nn.Module] = [
+        torch.nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+        torch.nn.BatchNorm2d(64),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(3, 2, 1),
+    ]
+    for channels, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers += [basic_block(channels, stride), basic_block(channels)]
+    layers += [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(512, 1000)]
+    return torch.nn.Sequential(*layers)
+
+
+def launch_bound_detector() -> torch.nn.Module:
+    """320x320 input, 30 cheap 1x1 conv blocks at 40x40: per-layer work is tiny."""
+    stem = [torch.nn.Conv2d(3, 16, 3, 8, 1), torch.nn.ReLU()]
+    body: list[torch.nn.Module] = []
+    for _ in range(30):
+        body += [torch.nn.Conv2d(16, 16, 1), torch.nn.BatchNorm2d(16), torch.nn.SiLU()]
+    head = [torch.nn.Conv2d(16, 6, 1)]
+    return torch.nn.Sequential(
+        torch.nn.Sequential(*stem), torch.nn.Sequential(*body), torch.nn.Sequential(*head)
+    )
+
+
+class NaiveTracer:
+    """What a straightforward tracer does: start_as_current_span in every hook."""
+
+    def __init__(self, model: torch.nn.Module, tracer: trace.Tracer) -> None:
+        self.handles = []
+        for name, module in model.named_modules():
+            if name and next(module.children(), None) is not None:
+                continue
+            stack: list[AbstractContextManager[Any]] = []
+
+            def pre(_m: Any, _a: Any, name: str = name or "root", stack: list = stack) -> None:
+                manager = tracer.start_as_current_span(name)
+                manager.__enter__()
+                stack.append(manager)
+
+            def post(_m: Any, _a: Any, _o: Any, stack: list = stack) -> None:
+                stack.pop().__exit__(None, None, None)
+
+            self.handles.append(module.register_forward_pre_hook(pre))
+            self.handles.append(module.register_forward_hook(post, always_call=True))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def make_providers(sampler: Sampler) -> tuple[TracerProvider, MeterProvider, DiscardExporter]:
+    exporter = DiscardExporter()
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(
+        BatchSpanProcessor(exporter, max_queue_size=65536, max_export_batch_size=4096)
+    )
+    return provider, MeterProvider(), exporter
+
+
+Variant = tuple[Callable[[], None], Callable[[], None], Callable[[], AbstractContextManager[Any]]]
+
+
+def variants(model: torch.nn.Module) -> dict[str, Variant]:
+    """name -> (install, remove, context around one timed block)."""
+    sampled = make_providers(ALWAYS_ON)
+    unsampled = make_providers(ALWAYS_OFF)
+    naive_holder: list[NaiveTracer] = []
+    instrumentor = vt.TorchInstrumentor()
+
+    def instrument(providers: Any, granularity: str) -> Callable[[], None]:
+        def install() -> None:
+            vt.instrument_model(
+                model,
+                name="bench",
+                granularity=granularity,
+                max_layer_spans=4096,
+                tracer_provider=providers[0],
+                meter_provider=providers[1],
+            )
+
+        return install
+
+    def remove() -> None:
+        vt.flush(30)
+        vt.uninstrument_model(model)
+
+    def naive_install() -> None:
+        naive_holder.append(NaiveTracer(model, sampled[0].get_tracer("naive")))
+
+    def naive_remove() -> None:
+        naive_holder.pop().remove()
+
+    def auto_install() -> None:
+        instrumentor.instrument(
+            tracer_provider=unsampled[0], meter_provider=unsampled[1], granularity="layer"
+        )
+
+    def auto_remove() -> None:
+        instrumentor.uninstrument()
+
+    def profiler() -> AbstractContextManager[Any]:
+        return torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+
+    noop = lambda: None  # noqa: E731
+    return {
+        "baseline": (noop, noop, nullcontext),
+        "unsampled (layer)": (instrument(unsampled, "layer"), remove, nullcontext),
+        "auto-discovery, unsampled": (auto_install, auto_remove, nullcontext),
+        "model": (instrument(sampled, "model"), remove, nullcontext),
+        "stage": (instrument(sampled, "stage"), remove, nullcontext),
+        "layer (all sampled)": (instrument(sampled, "layer"), remove, nullcontext),
+        "naive span per hook": (naive_install, naive_remove, nullcontext),
+        "torch.profiler (CPU)": (noop, noop, profiler),
+    }
+
+
+def measure(model: torch.nn.Module, images: torch.Tensor, rounds: int, iters: int) -> dict[str, Any]:
+    model.eval()
+    table = variants(model)
+    times: dict[str, list[float]] = {name: [] for name in table}
+    names = list(table)
+    with torch.inference_mode():
+        for _ in range(3):  # warm-up
+            model(images)
+        for round_index in range(rounds):
+            order = names[round_index % len(names) :] + names[: round_index % len(names)]
+            for name in order:
+                install, remove, around = table[name]
+                install()
+                model(images)  # first call outside timing (discovery, arming caches)
+                with around():
+                    start = time.perf_counter()
+                    for _ in range(iters):
+                        model(images)
+                    elapsed = time.perf_counter() - start
+                remove()
+                times[name].append(elapsed / iters)
+    base = statistics.median(times["baseline"])
+    return {
+        name: {"median_ms": statistics.median(t) * 1e3, "ratio": statistics.median(t) / base}
+        for name, t in times.items()
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--out", type=pathlib.Path, default=None)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    cases = {
+        "ResNet-18-like 224x224 b1": (resnet18_like(), torch.randn(1, 3, 224, 224)),
+        "launch-bound detector 320x320 b1": (
+            launch_bound_detector(),
+            torch.randn(1, 3, 320, 320),
+        ),
+    }
+    results: dict[str, Any] = {}
+    for case, (model, images) in cases.items():
+        print(f"measuring {case} ({args.rounds} rounds x {args.iters} forwards)...", flush=True)
+        results[case] = measure(model, images, args.rounds, args.iters)
+    header = "| variant | " + " | ".join(cases) + " |"
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, python {sys.version.split()[0]}")
+    print(header)
+    print("|---|" + "---|" * len(cases))
+    for variant in next(iter(results.values())):
+        cells = [
+            f"{results[c][variant]['ratio']:.3f}x ({results[c][variant]['median_ms']:.2f} ms)"
+            for c in cases
+        ]
+        print(f"| {variant} | " + " | ".join(cells) + " |")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

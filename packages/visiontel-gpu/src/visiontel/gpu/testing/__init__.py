@@ -118,7 +118,9 @@ class NvmlSimulator:
             keys.update({
                 g + "encoder": 10, g + "decoder": 20, g + "temperature": 61,
                 g + "clock.sm": 1980, g + "clock.mem": 2619, g + "clocks_event_reasons": 0x4,
-                g + "power_mw": 312_500,
+                g + "power_mw": 312_500, g + "energy_mj": 1_234_567_000,
+                g + "ecc.corrected": 3, g + "ecc.uncorrected": 0, g + "pcie.replay": 7,
+                g + "pcie.tx_kbps": 4_883, g + "pcie.rx_kbps": 8_789,
                 g + "field.83": 1_234_567_000,  # energy, mJ
                 g + "field.186": 312_500,  # instant power, mW
                 g + "field.82": 55,  # memory temperature

@@ -182,7 +182,9 @@ def variants(model: torch.nn.Module) -> dict[str, Variant]:
     }
 
 
-def measure(model: torch.nn.Module, images: torch.Tensor, rounds: int, iters: int) -> dict[str, Any]:
+def measure(
+    model: torch.nn.Module, images: torch.Tensor, rounds: int, iters: int
+) -> dict[str, Any]:
     model.eval()
     table = variants(model)
     times: dict[str, list[float]] = {name: [] for name in table}
@@ -215,7 +217,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--out", type=pathlib.Path, default=None)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (1 is steadiest)"
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cases = {
         "ResNet-18-like 224x224 b1": (resnet18_like(), torch.randn(1, 3, 224, 224)),
@@ -229,7 +235,8 @@ def main() -> int:
         print(f"measuring {case} ({args.rounds} rounds x {args.iters} forwards)...", flush=True)
         results[case] = measure(model, images, args.rounds, args.iters)
     header = "| variant | " + " | ".join(cases) + " |"
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, python {sys.version.split()[0]}")
+    python = sys.version.split()[0]
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, python {python}")
     print(header)
     print("|---|" + "---|" * len(cases))
     for variant in next(iter(results.values())):

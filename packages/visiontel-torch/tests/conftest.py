@@ -3,9 +3,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 import visiontel.torch as vt
-from torch_support import Telemetry, make_telemetry
 from visiontel.torch import _model
+
+from torch_support import Telemetry, make_telemetry
 
 
 @pytest.fixture

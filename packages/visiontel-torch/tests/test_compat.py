@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from torch_support import Telemetry, TinyDetector
 
 

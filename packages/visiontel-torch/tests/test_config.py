@@ -3,6 +3,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+
 from visiontel.torch import Granularity, _safety
 from visiontel.torch._config import TorchConfig, config_from_env
 

@@ -4,10 +4,12 @@ import logging
 
 import pytest
 import torch
-import visiontel.torch as vt
 from opentelemetry.trace import StatusCode
-from torch_support import Failing, Telemetry, TinyDetector
+
+import visiontel.torch as vt
 from visiontel.torch import _safety
+
+from torch_support import Failing, Telemetry, TinyDetector
 
 
 def test_exception_in_forward_marks_spans_and_propagates_unchanged(telemetry: Telemetry) -> None:

@@ -10,9 +10,11 @@ import threading
 
 import pytest
 import torch
+
 import visiontel.torch as vt
-from torch_support import Telemetry, TinyDetector
 from visiontel.torch import _runtime
+
+from torch_support import Telemetry, TinyDetector
 
 
 class ScriptedEvent:

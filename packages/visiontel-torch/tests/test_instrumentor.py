@@ -7,10 +7,11 @@ import subprocess
 import sys
 
 import torch
-from torch_support import Telemetry, TinyDetector
 
 import visiontel.torch as vt
 from visiontel.torch import TorchInstrumentor, _model
+
+from torch_support import Telemetry, TinyDetector
 
 EXAMPLE = pathlib.Path(__file__).parents[1] / "examples" / "plain_app.py"
 
@@ -67,7 +68,9 @@ def test_opentelemetry_instrument_traces_an_unmodified_script(tmp_path: pathlib.
     assert len(roots) == 3
     assert all(r["attributes"]["visiontel.model.version"] == "stable" for r in roots)
     assert all(r["attributes"]["visiontel.detections"] == 10 for r in roots)
-    stage_names = {s["name"] for s in spans if s["parent_id"] in {r["context"]["span_id"] for r in roots}}
+    stage_names = {
+        s["name"] for s in spans if s["parent_id"] in {r["context"]["span_id"] for r in roots}
+    }
     assert stage_names == {"backbone", "head"}
 
 

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import torch
-from torch_support import RgbIrFusion, Telemetry, TinyDetector
+
 from visiontel.torch import count_detections
+
+from torch_support import RgbIrFusion, Telemetry, TinyDetector
 
 
 def test_duration_images_and_detections(telemetry: Telemetry) -> None:

@@ -4,7 +4,9 @@ import itertools
 
 import pytest
 import torch
+
 import visiontel.torch as vt
+
 from torch_support import Reused, RgbIrFusion, Telemetry, TinyDetector, assert_no_hooks
 
 
@@ -143,6 +145,7 @@ def test_child_hooks_are_only_armed_during_sampled_forwards(telemetry: Telemetry
 
 def test_unsampled_forward_arms_nothing_and_exports_nothing() -> None:
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
     from torch_support import make_telemetry
 
     telemetry = make_telemetry(ALWAYS_OFF)

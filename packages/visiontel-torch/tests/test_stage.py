@@ -5,8 +5,10 @@ import asyncio
 import pytest
 import torch
 from opentelemetry.trace import StatusCode
-from torch_support import Telemetry, TinyDetector
+
 from visiontel.torch import _runtime, stage
+
+from torch_support import Telemetry, TinyDetector
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ from __future__ import annotations
 import threading
 
 import torch
+
 from torch_support import Telemetry, TinyDetector
 
 
@@ -45,8 +46,10 @@ def test_concurrent_threads_get_their_own_traces(telemetry: Telemetry) -> None:
 
 
 def test_sampled_and_unsampled_threads_share_a_model() -> None:
-    import visiontel.torch as vt
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    import visiontel.torch as vt
+
     from torch_support import make_telemetry
 
     telemetry = make_telemetry(ParentBased(TraceIdRatioBased(0.5)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from opentelemetry import metrics, trace
+
 from visiontel.torch import _model
 from visiontel.torch._config import Granularity, TorchConfig, config_from_env
 from visiontel.torch._metrics import DetectionCounter

@@ -18,6 +18,7 @@ from typing import Any
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
     BaseInstrumentor,
 )
+
 from visiontel.torch import _model
 from visiontel.torch._api import instrument_model, uninstrument_model
 from visiontel.torch._config import TorchConfig, config_from_env

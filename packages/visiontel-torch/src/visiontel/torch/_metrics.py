@@ -11,6 +11,7 @@ from typing import Any
 
 from opentelemetry import metrics
 from opentelemetry.context import Context
+
 from visiontel.torch.version import __version__
 
 DetectionCounter = Callable[[Any], "Sequence[int] | None"]

@@ -17,6 +17,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+
 from visiontel.torch._config import Granularity, TorchConfig
 from visiontel.torch._failures import record_failure
 from visiontel.torch._inputs import describe_inputs

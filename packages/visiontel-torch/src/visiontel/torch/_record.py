@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.trace import Span, Tracer
+
 from visiontel.torch._timing import EventSource, GpuEvent
 
 Stamp = tuple[int, int, "GpuEvent | None"]

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from opentelemetry import trace
+
 from visiontel.torch._metrics import InferenceMetrics
 from visiontel.torch._record import ForwardRecord
 from visiontel.torch._safety import report_internal_error

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from opentelemetry import metrics, trace
+
 from visiontel.torch._metrics import InferenceMetrics
 from visiontel.torch._resolver import Resolver
 from visiontel.torch.version import __version__

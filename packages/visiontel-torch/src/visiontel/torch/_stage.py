@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+
 from visiontel.torch._failures import record_failure
 from visiontel.torch._runtime import default_runtime
 from visiontel.torch._safety import report_internal_error

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from opentelemetry import trace
+
 from visiontel.torch._safety import warn_once
 
 _CHECK_INTERVAL_S = 1.0

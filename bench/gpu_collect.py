@@ -130,10 +130,10 @@ def main() -> int:
         register(provider.get_meter("bench"), sampler)
         sampler.sweep_once()
         rows = [
-            ("visiontel sweep (NvmlBackend)", lambda: backend.sweep()),
+            ("visiontel sweep (NvmlBackend)", backend.sweep),
             ("naive: own NVML calls per metric", lambda: naive(nvml, gpus)),
             ("nvidia-ml-py alone", lambda: pynvml_alone(nvml, handles)),
-            ("visiontel SDK collect (callbacks)", lambda: reader.get_metrics_data()),
+            ("visiontel SDK collect (callbacks)", reader.get_metrics_data),
         ]
         ours = None
         for name, fn in rows:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 
 import pytest
-import visiontel.propagation as vp
 from opentelemetry import trace
 from opentelemetry.context import Context
+
+import visiontel.propagation as vp
 
 
 def frames_in(tracing, n, stream="cam-1"):

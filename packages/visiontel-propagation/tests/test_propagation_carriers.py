@@ -7,10 +7,11 @@ import struct
 import zlib
 
 import pytest
-import visiontel.propagation as vp
 from opentelemetry import baggage, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+import visiontel.propagation as vp
 
 TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 SPAN_ID = 0x00F067AA0BA902B7

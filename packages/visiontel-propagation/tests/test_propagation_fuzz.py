@@ -4,12 +4,13 @@ well-formed values always survive a round trip."""
 from __future__ import annotations
 
 import pytest
-import visiontel.propagation as vp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry import baggage, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+import visiontel.propagation as vp
 from visiontel.propagation import _diag
 
 KEYS = st.sampled_from(

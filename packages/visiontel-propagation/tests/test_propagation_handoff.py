@@ -11,9 +11,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import visiontel.propagation as vp
 from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
+
+import visiontel.propagation as vp
 
 FRAME = vp.FrameIdentity("cam-2", 42, 1_700_000_000_000_000_000)
 

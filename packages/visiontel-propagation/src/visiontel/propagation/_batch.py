@@ -21,6 +21,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, Tracer
 from opentelemetry.util.types import AttributeValue
+
 from visiontel.propagation._diag import limits
 from visiontel.propagation._frame import get_frame
 from visiontel.propagation._stage import _tracer, frame_attributes
@@ -33,6 +34,17 @@ ATTR_CHUNKS = "visiontel.batch.link_chunks"
 ATTR_NO_CONTEXT = "visiontel.batch.frames_without_context"
 ATTR_INDEX = "visiontel.batch.index"
 ATTR_CHUNK = "visiontel.batch.chunk"
+
+
+def linked_frame_index(contexts: list[Context], per_span: int) -> int:
+    """Index of the first frame whose link does not fit on the batch span itself."""
+    valid = 0
+    for index, ctx in enumerate(contexts):
+        if trace.get_current_span(ctx).get_span_context().is_valid:
+            valid += 1
+            if valid > per_span:
+                return index
+    return len(contexts)
 
 
 @dataclass
@@ -80,12 +92,13 @@ def batch_span(
     if per_span < 1:
         raise ValueError(f"max_links must be at least 1, got {per_span}")
     links: list[Link] = []
-    linked_index: list[int] = []
+    sampled: list[int] = []  # indexes of sampled frames, in order
     for index, ctx in enumerate(contexts):
         span_context = trace.get_current_span(ctx).get_span_context()
         if span_context.is_valid:
+            if span_context.trace_flags.sampled:
+                sampled.append(index)
             links.append(Link(span_context))
-            linked_index.append(index)
     start = time.time_ns()
     attrs: dict[str, AttributeValue] = dict(attributes) if attributes else {}
     chunk_count = max(0, (len(links) - 1) // per_span)
@@ -113,12 +126,15 @@ def batch_span(
                 attributes={BATCH_COUNT: len(contexts), ATTR_CHUNK: chunk}, start_time=start,
             ).end(start)  # fmt: skip
     batch_link = [Link(span.get_span_context())]
-    for position, index in enumerate(linked_index):
-        ctx = contexts[index]
-        if not (member_spans or position >= per_span):
+    if not member_spans and not chunk_count:
+        sampled = []
+    # Unsampled frames get no member span: they cost nothing past their link. Without
+    # member_spans, only frames whose link went to a chunk span get one.
+    overflow_from = linked_frame_index(contexts, per_span) if not member_spans else 0
+    for index in sampled:
+        if index < overflow_from:
             continue
-        if not trace.get_current_span(ctx).get_span_context().trace_flags.sampled:
-            continue  # an unsampled frame costs nothing more here
+        ctx = contexts[index]
         member_attrs: dict[str, AttributeValue] = {BATCH_COUNT: len(contexts), ATTR_INDEX: index}
         frame = get_frame(ctx)
         if frame is not None:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequenc
 from typing import Any, cast
 
 from opentelemetry.context import Context
+
 from visiontel.propagation import _w3c
 from visiontel.propagation._diag import internal_error, limits, reject
 
@@ -69,7 +70,7 @@ def extract_http(headers: object, context: Context | None = None) -> Context:
     if headers is None:
         return base
     try:
-        get_all = _multi_getter(headers)
+        get_all = None if type(headers) is dict else _multi_getter(headers)
         if get_all is not None:
             found: dict[str, object] = {}
             for key in _w3c.FIELDS:
@@ -149,16 +150,17 @@ def _scan(pairs: Iterable[Any], carrier: str, extra: str | None = None) -> dict[
         if index >= max_entries:
             reject(carrier, "too_many_entries", index)
             break
-        if not isinstance(pair, tuple | list) or len(pair) != 2:
+        try:
+            key, value = pair
+        except (TypeError, ValueError):
             reject(carrier, "entry_malformed", pair)
             continue
-        key, value = pair
-        if isinstance(key, bytes):
+        if type(key) is not str:
+            if not isinstance(key, bytes):
+                continue
             key = key.decode("latin-1")
-        if not isinstance(key, str) or value is None:
-            continue
         key = key.lower()
-        if key in _FIELDS or key == extra:
+        if value is not None and (key in _FIELDS or key == extra):
             collected.setdefault(key, []).append(value)
     found: dict[str, object] = {}
     for key, values in collected.items():

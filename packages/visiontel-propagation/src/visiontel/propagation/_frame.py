@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
@@ -9,6 +10,7 @@ from urllib.parse import quote, unquote
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.propagators import textmap
+
 from visiontel.propagation._diag import internal_error, limits, reject
 
 FRAME_HEADER = "visiontel-frame"
@@ -44,7 +46,7 @@ class FrameIdentity:
         return ((time.time_ns() if now_ns is None else now_ns) - self.capture_ns) / 1e9
 
     def to_header(self) -> str:
-        return f"{quote(self.stream_id, safe=_SAFE)};{self.sequence};{self.capture_ns}"
+        return f"{_quote_stream(self.stream_id)};{self.sequence};{self.capture_ns}"
 
     @classmethod
     def from_header(cls, value: object, carrier: str = "text") -> FrameIdentity | None:
@@ -52,28 +54,46 @@ class FrameIdentity:
         if not isinstance(value, str):
             reject(carrier, "frame_not_text", value)
             return None
-        lim = limits()
-        if len(value) > 3 * lim.max_stream_id + 64:
+        max_stream = limits().max_stream_id
+        if len(value) > 3 * max_stream + 64:
             reject(carrier, "frame_too_long", value)
             return None
-        parts = value.strip().split(";")
+        parts = value.strip(" \t").split(";")
         if len(parts) != 3:
             reject(carrier, "frame_malformed", value)
             return None
         raw_stream, raw_seq, raw_ts = parts
-        if not (raw_seq.isascii() and raw_seq.isdigit() and raw_ts.isascii() and raw_ts.isdigit()):
+        # isdecimal() alone would accept non-ASCII digits that int() also parses.
+        if not (
+            raw_seq.isdecimal() and raw_ts.isdecimal() and raw_seq.isascii() and raw_ts.isascii()
+        ):
             reject(carrier, "frame_malformed", value)
             return None
         sequence, capture_ns = int(raw_seq), int(raw_ts)
-        try:
-            stream_id = unquote(raw_stream, errors="strict") if "%" in raw_stream else raw_stream
-        except UnicodeDecodeError:
-            reject(carrier, "frame_malformed", value)
+        stream_id = _unquote_stream(raw_stream)
+        if stream_id is None or sequence > _U63 or capture_ns > _U63:
+            reject(carrier, "frame_out_of_range", value)
             return None
-        if sequence > _U63 or capture_ns > _U63 or not _valid_stream(stream_id):
+        if not (0 < len(stream_id) <= max_stream):
             reject(carrier, "frame_out_of_range", value)
             return None
         return cls(stream_id, sequence, capture_ns)
+
+
+# A pipeline has a handful of cameras, so stream ids repeat on every frame: their
+# encoded forms are cached (bounded, so hostile input cannot grow memory).
+@functools.lru_cache(maxsize=1024)
+def _quote_stream(stream_id: str) -> str:
+    return quote(stream_id, safe=_SAFE)
+
+
+@functools.lru_cache(maxsize=1024)
+def _unquote_stream(raw: str) -> str | None:
+    try:
+        stream_id = unquote(raw, errors="strict") if "%" in raw else raw
+    except UnicodeDecodeError:
+        return None
+    return stream_id if stream_id.isprintable() else None
 
 
 def _valid_stream(stream_id: str) -> bool:

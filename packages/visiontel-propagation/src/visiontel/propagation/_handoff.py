@@ -18,6 +18,7 @@ from typing import Any, Generic, NamedTuple, ParamSpec, Protocol, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
+
 from visiontel.propagation._carriers import extract_dict, inject_dict
 from visiontel.propagation._diag import reject
 

@@ -34,6 +34,7 @@ import zlib
 
 from opentelemetry import baggage, trace
 from opentelemetry.context import Context
+
 from visiontel.propagation import _w3c
 from visiontel.propagation._diag import internal_error, reject
 from visiontel.propagation._frame import FrameIdentity, get_frame

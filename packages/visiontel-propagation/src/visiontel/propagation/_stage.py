@@ -11,6 +11,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Tracer
 from opentelemetry.util.types import AttributeValue
+
 from visiontel.propagation._diag import internal_error
 from visiontel.propagation._frame import FrameIdentity, get_frame, set_frame
 from visiontel.propagation.version import __version__

@@ -16,6 +16,7 @@ from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
 from visiontel.propagation._diag import limits, reject
 from visiontel.propagation._frame import _FRAME_KEY, FRAME_HEADER, FrameIdentity, get_frame
 

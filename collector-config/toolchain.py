@@ -65,7 +65,9 @@ def _nice(cmd: list[str]) -> list[str]:
     return ["nice", "-n", "10", *cmd] if shutil.which("nice") else cmd
 
 
-def _run(cmd: list[str], *, cwd: pathlib.Path | None = None, env: dict[str, str] | None = None) -> None:
+def _run(
+    cmd: list[str], *, cwd: pathlib.Path | None = None, env: dict[str, str] | None = None
+) -> None:
     _say("$ " + " ".join(cmd))
     subprocess.run(cmd, cwd=cwd, env=env, check=True, stdout=sys.stderr)
 
@@ -93,7 +95,10 @@ def builder() -> pathlib.Path:
         return binary
     env = _go_env()
     env["GOBIN"] = str(gobin)
-    _run(_nice(["go", "install", f"go.opentelemetry.io/collector/cmd/builder@{BUILDER_VERSION}"]), env=env)
+    _run(
+        _nice(["go", "install", f"go.opentelemetry.io/collector/cmd/builder@{BUILDER_VERSION}"]),
+        env=env,
+    )
     return binary
 
 
@@ -141,7 +146,9 @@ def _debian_package(package: str, binary: str) -> pathlib.Path:
 
 def _apt_candidate(package: str) -> str:
     def candidate() -> str:
-        out = subprocess.run(["apt-cache", "policy", package], capture_output=True, text=True)
+        out = subprocess.run(
+            ["apt-cache", "policy", package], check=False, capture_output=True, text=True
+        )
         for line in out.stdout.splitlines():
             if line.strip().startswith("Candidate:"):
                 value = line.split(":", 1)[1].strip()
@@ -178,8 +185,17 @@ def jaeger() -> pathlib.Path:
     with tempfile.TemporaryDirectory(prefix="jaeger-build-", dir=cache_root()) as work:
         out = pathlib.Path(work) / "jaeger"
         _run(
-            _nice(["go", "build", "-trimpath", "-ldflags=-s -w", "-o", str(out),
-                   "github.com/jaegertracing/jaeger/cmd/jaeger"]),
+            _nice(
+                [
+                    "go",
+                    "build",
+                    "-trimpath",
+                    "-ldflags=-s -w",
+                    "-o",
+                    str(out),
+                    "github.com/jaegertracing/jaeger/cmd/jaeger",
+                ]
+            ),
             cwd=JAEGER_MODULE_DIR,
             env=_go_env(),
         )

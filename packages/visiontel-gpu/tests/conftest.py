@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
 from visiontel.gpu import GPUInstrumentor
 from visiontel.gpu.testing import NvmlSimulator
 

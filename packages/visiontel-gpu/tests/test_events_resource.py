@@ -9,6 +9,7 @@ from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource, get_aggregated_resources
+
 from visiontel.gpu.resource import GPUResourceDetector
 from visiontel.gpu.testing import EVENT_DOUBLE_BIT_ECC, EVENT_XID, NvmlSimulator
 

@@ -8,6 +8,7 @@ import time
 import pytest
 from conftest import Metrics, point, two_gpus
 from opentelemetry.sdk.metrics.export import Gauge, Sum
+
 from visiontel.gpu import GPUInstrumentor
 from visiontel.gpu.testing import DRIVER_NOT_LOADED, GPU_IS_LOST, NvmlSimulator
 
@@ -218,3 +219,36 @@ def test_mig_instances_report_memory_with_their_parent(sim, metrics, instrumento
     assert attrs["hw.parent"] == GPU0 and attrs["hw.name"] == "GPU 0 MIG 1"
     # NVML gives no utilisation for a MIG slice: no series rather than a 0.
     assert all(a["hw.id"] != mig for a, _ in p["hw.gpu.utilization"])
+
+
+def test_transient_errors_are_counted_each_time_and_retried(sim, metrics, instrumentor):
+    start(instrumentor, metrics)
+    sim.write(two_gpus(**{"gpu.0.error.nvmlDeviceGetUtilizationRates": 10}))  # TIMEOUT
+    instrumentor.refresh()
+    instrumentor.refresh()
+    p = metrics.collect()
+    timeouts = {"hw.id": GPU0, "error.type": "timeout"}
+    assert point(p, "visiontel.gpu.collection.errors", **timeouts) == 2
+    assert point(p, "hw.gpu.utilization", **{"hw.id": GPU0, "hw.gpu.task": "general"}) is None
+    assert point(p, "hw.gpu.memory.usage", **{"hw.id": GPU0}) == 10 * GiB  # the rest flows
+    sim.write(two_gpus())  # the driver answers again: so does the series
+    instrumentor.refresh()
+    p = metrics.collect()
+    assert point(p, "hw.gpu.utilization", **{"hw.id": GPU0, "hw.gpu.task": "general"}) == 0.75
+
+
+def test_entry_point_and_environment_configuration(sim, metrics, instrumentor, monkeypatch, caplog):
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="opentelemetry_instrumentor") if e.name == "gpu"]
+    assert ep.load() is GPUInstrumentor
+    monkeypatch.setenv("VISIONTEL_GPU_INTERVAL", "soon")
+    monkeypatch.setenv("VISIONTEL_GPU_PROCESSES", "false")
+    from visiontel.gpu import GPUConfig
+
+    with caplog.at_level(logging.WARNING, logger="visiontel.gpu"):
+        config = GPUConfig.resolve()
+    assert config.interval == 1.0 and config.processes is False
+    assert "VISIONTEL_GPU_INTERVAL" in caplog.text
+    assert GPUConfig.resolve(interval=0.5, processes=True).interval == 0.5
+    assert config.nvml_library == str(sim.library)  # from VISIONTEL_GPU_NVML_LIBRARY

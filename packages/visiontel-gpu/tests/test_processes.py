@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from conftest import point, two_gpus
+
 from visiontel.gpu._cgroup import parse_cgroup, process_attributes
 
 UID = "0f6a1c2e-3b4d-4e5f-8a9b-0c1d2e3f4a5b"

@@ -21,6 +21,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
+
 from visiontel.gpu.testing import EVENT_XID
 
 GPU0 = "GPU-00000000-1111-2222-3333-444455556666"

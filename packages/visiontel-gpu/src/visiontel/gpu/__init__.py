@@ -20,6 +20,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
     BaseInstrumentor,
 )
 from opentelemetry.metrics import get_meter
+
 from visiontel.gpu._backend import Backend, BackendUnavailable, open_backend
 from visiontel.gpu._config import GPUConfig
 from visiontel.gpu._events import EventWatcher

@@ -13,6 +13,7 @@ import time
 from typing import Any, Protocol
 
 from opentelemetry._logs import Logger, LogRecord, SeverityNumber
+
 from visiontel.gpu import _model as m
 from visiontel.gpu._instruments import device_attributes
 from visiontel.gpu._sampler import RateLimitedLog

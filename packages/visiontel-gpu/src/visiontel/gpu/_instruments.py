@@ -40,6 +40,7 @@ from opentelemetry.semconv._incubating.metrics.hw_metrics import (
 )
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.util.types import AttributeValue
+
 from visiontel.gpu import _model as m
 from visiontel.gpu._sampler import Sampler
 

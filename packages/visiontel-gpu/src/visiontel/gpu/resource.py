@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from opentelemetry.sdk.resources import Resource, ResourceDetector
+
 from visiontel.gpu._backend import BackendUnavailable, resource_attributes
 from visiontel.gpu._config import GPUConfig
 from visiontel.gpu._nvml import NvmlBackend

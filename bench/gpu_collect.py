@@ -110,6 +110,7 @@ def measure(sim: NvmlSimulator, fn: Callable[[], object]) -> tuple[float, float]
 def main() -> int:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
     from visiontel.gpu._instruments import register
     from visiontel.gpu._nvml import NvmlBackend
     from visiontel.gpu._sampler import Sampler

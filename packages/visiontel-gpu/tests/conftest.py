@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from gpu_test_helpers import Metrics, two_gpus
 
 from visiontel.gpu import GPUInstrumentor
 from visiontel.gpu.testing import NvmlSimulator
@@ -30,34 +28,6 @@ def sim(sim_build: NvmlSimulator, monkeypatch: pytest.MonkeyPatch) -> NvmlSimula
     return sim_build
 
 
-def two_gpus(**extra: Any) -> dict[str, object]:
-    return {"device_count": 2, **NvmlSimulator.gpu(0), **NvmlSimulator.gpu(1), **extra}
-
-
-class Metrics:
-    """Collects from an in-memory reader into {name: [(attributes, value)]}."""
-
-    def __init__(self) -> None:
-        self.reader = InMemoryMetricReader()
-        self.provider = MeterProvider(metric_readers=[self.reader])
-        self.metrics: dict[str, Any] = {}
-
-    def collect(self) -> dict[str, list[tuple[dict[str, Any], float]]]:
-        data = self.reader.get_metrics_data()
-        points: dict[str, list[tuple[dict[str, Any], float]]] = {}
-        self.metrics = {}
-        if data is None:
-            return points
-        for rm in data.resource_metrics:
-            for sm in rm.scope_metrics:
-                for metric in sm.metrics:
-                    self.metrics[metric.name] = metric
-                    points[metric.name] = [
-                        (dict(p.attributes or {}), p.value) for p in metric.data.data_points
-                    ]
-        return points
-
-
 @pytest.fixture
 def metrics() -> Iterator[Metrics]:
     m = Metrics()
@@ -71,12 +41,3 @@ def instrumentor() -> Iterator[GPUInstrumentor]:
     yield inst
     if inst.is_instrumented_by_opentelemetry:
         inst.uninstrument()
-
-
-def point(
-    points: dict[str, list[tuple[dict[str, Any], float]]], name: str, **attrs: Any
-) -> float | None:
-    """The value of the one point of `name` whose attributes include `attrs`."""
-    found = [v for a, v in points.get(name, []) if all(a.get(k) == x for k, x in attrs.items())]
-    assert len(found) <= 1, f"{name} {attrs}: {found}"
-    return found[0] if found else None

@@ -9,7 +9,7 @@ import types
 from dataclasses import dataclass
 
 import pytest
-from conftest import point
+from gpu_test_helpers import point
 
 GPU0 = "GPU-00000000-1111-2222-3333-444455556666"
 GPU1 = "GPU-00000001-1111-2222-3333-444455556666"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import two_gpus
+from gpu_test_helpers import two_gpus
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor

@@ -6,7 +6,7 @@ import logging
 import time
 
 import pytest
-from conftest import Metrics, point, two_gpus
+from gpu_test_helpers import Metrics, point, two_gpus
 from opentelemetry.sdk.metrics.export import Gauge, Sum
 
 from visiontel.gpu import GPUInstrumentor

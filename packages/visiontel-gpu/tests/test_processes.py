@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import point, two_gpus
+from gpu_test_helpers import point, two_gpus
 
 from visiontel.gpu._cgroup import parse_cgroup, process_attributes
 

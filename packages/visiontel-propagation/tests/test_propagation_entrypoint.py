@@ -10,7 +10,6 @@ import textwrap
 
 SCRIPT = textwrap.dedent(
     """
-    import dataclasses
     import json
     from opentelemetry import baggage, propagate, trace
     from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
@@ -26,7 +25,7 @@ SCRIPT = textwrap.dedent(
     print(json.dumps({
         "fields": sorted(propagate.get_global_textmap().fields),
         "carrier": carrier,
-        "frame": dataclasses.astuple(vp.get_frame(out)) if vp.get_frame(out) else None,
+        "frame": vp.get_frame(out),
         "trace_id": trace.get_current_span(out).get_span_context().trace_id,
         "baggage": dict(baggage.get_all(out)),
     }))

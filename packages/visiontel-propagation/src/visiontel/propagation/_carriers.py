@@ -28,10 +28,11 @@ def inject_dict(carrier: MutableMapping[str, Any], context: Context | None = Non
     Keys this package owns but has nothing for are removed, so a reused dict never
     carries a previous frame's values.
     """
+    reused = bool(carrier)
     written = _w3c.encode(context)
     for key, value in written:
         carrier[key] = value
-    if len(written) < len(_w3c.FIELDS):
+    if reused and len(written) < len(_w3c.FIELDS):
         done = {key for key, _ in written}
         for key in _w3c.FIELDS:
             if key not in done and key in carrier:
@@ -144,7 +145,8 @@ def _as_text(value: object, carrier: str) -> str | None:
 
 def _scan(pairs: Iterable[Any], carrier: str, extra: str | None = None) -> dict[str, object]:
     """Collect our keys from a (key, value) list, bounded by ``max_entries``."""
-    collected: dict[str, list[Any]] = {}
+    first: dict[str, Any] = {}
+    repeated: dict[str, list[Any]] = {}  # rare: only keys seen more than once
     max_entries = limits().max_entries
     for index, pair in enumerate(pairs):
         if index >= max_entries:
@@ -160,17 +162,27 @@ def _scan(pairs: Iterable[Any], carrier: str, extra: str | None = None) -> dict[
                 continue
             key = key.decode("latin-1")
         key = key.lower()
-        if value is not None and (key in _FIELDS or key == extra):
-            collected.setdefault(key, []).append(value)
-    found: dict[str, object] = {}
-    for key, values in collected.items():
-        if key == extra:
-            if len(values) == 1:
-                found[key] = values[0]
-            else:
-                reject(carrier, f"{key}_duplicate", values)
+        if value is None or (key not in _FIELDS and key != extra):
+            continue
+        if key in first:
+            repeated.setdefault(key, [first[key]]).append(value)
         else:
-            _merge(found, key, values, carrier)
+            first[key] = value
+    found: dict[str, object] = {}
+    for key, value in first.items():
+        if key == extra:
+            if key in repeated:
+                reject(carrier, f"{key}_duplicate", repeated[key])
+            else:
+                found[key] = value
+        elif key in repeated:
+            _merge(found, key, repeated[key], carrier)
+        elif type(value) is str:
+            found[key] = value
+        else:
+            text = _as_text(value, carrier)
+            if text is not None:
+                found[key] = text
     return found
 
 
@@ -183,7 +195,8 @@ def inject_grpc(metadata: list[tuple[str, str | bytes]], context: Context | None
     Keys are lowercase and values printable ASCII strings, as gRPC requires for keys
     that do not end in ``-bin``. Pass the list as ``metadata=`` of a stub call.
     """
-    metadata[:] = [entry for entry in metadata if entry[0].lower() not in _FIELDS]
+    if metadata:
+        metadata[:] = [entry for entry in metadata if entry[0].lower() not in _FIELDS]
     metadata.extend(_w3c.encode(context))
 
 
@@ -238,8 +251,9 @@ def inject_mq(headers: list[tuple[str, bytes]], context: Context | None = None) 
 
     Entries with our keys already in the list are replaced, never duplicated.
     """
-    headers[:] = [entry for entry in headers if entry[0].lower() not in _FIELDS]
-    headers.extend((key, value.encode("ascii")) for key, value in _w3c.encode(context))
+    if headers:
+        headers[:] = [entry for entry in headers if entry[0].lower() not in _FIELDS]
+    headers.extend([(key, value.encode("ascii")) for key, value in _w3c.encode(context)])
 
 
 def extract_mq(

@@ -46,23 +46,21 @@ _BAGGAGE_VALUE_RE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
 # --- inject -------------------------------------------------------------------------
 
 
-def traceparent_of(span_context: SpanContext) -> str:
-    ids = f"{span_context.trace_id:032x}-{span_context.span_id:016x}"
-    return f"00-{ids}-{span_context.trace_flags:02x}"
-
-
 def encode_baggage(entries: Mapping[str, object]) -> str:
     return ",".join(f"{quote(k, safe='')}={quote(str(v), safe='')}" for k, v in entries.items())
 
 
 def encode(context: Context | None) -> list[tuple[str, str]]:
     """The (key, value) pairs that carry ``context`` (default: the current one)."""
-    out: list[tuple[str, str]] = []
     span_context = trace.get_current_span(context).get_span_context()
-    if span_context.is_valid:
-        out.append((TRACEPARENT, traceparent_of(span_context)))
-        if span_context.trace_state:
-            out.append((TRACESTATE, span_context.trace_state.to_header()))
+    out = (
+        [(TRACEPARENT, f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+                       f"{span_context.trace_flags:02x}")]
+        if span_context.is_valid
+        else []
+    )  # fmt: skip
+    if out and span_context.trace_state:
+        out.append((TRACESTATE, span_context.trace_state.to_header()))
     entries = baggage.get_all(context)
     if entries:
         out.append((BAGGAGE, encode_baggage(entries)))
@@ -165,33 +163,29 @@ def build(
     return ctx
 
 
-def _text(found: Mapping[str, object], key: str, carrier: str) -> str | None:
-    raw = found.get(key)
-    if raw is None:
-        return None
-    if not isinstance(raw, str):
-        reject(carrier, f"{key}_not_text", raw)
-        return None
-    if len(raw) > limits().max_value_bytes:
-        reject(carrier, f"{key}_too_long", raw)
-        return None
-    return raw
-
-
 def decode(found: Mapping[str, object], carrier: str, base: Context | None) -> Context:
     """Context from the values a carrier found under :data:`FIELDS` (absent keys missing)."""
     ctx = Context() if base is None else base
     span = trace_state = entries = frame = None
-    raw = _text(found, TRACEPARENT, carrier)
+    max_len = limits().max_value_bytes
+    text: dict[str, str] = {}
+    for key, raw in found.items():
+        if type(raw) is not str:
+            reject(carrier, f"{key}_not_text", raw)
+        elif len(raw) > max_len:
+            reject(carrier, f"{key}_too_long", raw)
+        else:
+            text[key] = raw
+    raw = text.get(TRACEPARENT)
     if raw is not None:
         span = parse_traceparent(raw, carrier)
-        raw = _text(found, TRACESTATE, carrier)
+        raw = text.get(TRACESTATE)
         if raw is not None and span is not None:
             trace_state = parse_tracestate(raw, carrier)
-    raw = _text(found, BAGGAGE, carrier)
+    raw = text.get(BAGGAGE)
     if raw is not None:
         entries = parse_baggage(raw, carrier)
-    raw = _text(found, FRAME_HEADER, carrier)
+    raw = text.get(FRAME_HEADER)
     if raw is not None:
         frame = FrameIdentity.from_header(raw, carrier)
     if span is None and not entries and frame is None:

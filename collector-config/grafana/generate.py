@@ -16,6 +16,9 @@ import pathlib
 import sys
 from typing import Any
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from generated import write_or_check  # noqa: E402
+
 HERE = pathlib.Path(__file__).resolve().parent
 OUT = HERE / "dashboards"
 PROMETHEUS = {"type": "prometheus", "uid": "visiontel-prometheus"}
@@ -434,20 +437,7 @@ def render() -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    check = "--check" in argv
-    stale = []
-    for name, text in render().items():
-        path = OUT / name
-        if check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(name)
-        else:
-            OUT.mkdir(exist_ok=True)
-            path.write_text(text)
-    if stale:
-        print(f"stale: {', '.join(stale)}; run python {__file__}", file=sys.stderr)
-        return 1
-    return 0
+    return write_or_check({OUT / name: text for name, text in render().items()}, argv, __file__)
 
 
 if __name__ == "__main__":

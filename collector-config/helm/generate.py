@@ -15,11 +15,13 @@ pipelines replace the chart's. Needs PyYAML.
 from __future__ import annotations
 
 import pathlib
-import re
 import sys
 from typing import Any
 
 import yaml
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from generated import write_or_check  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 RECIPES = HERE.parent
@@ -158,23 +160,8 @@ def render() -> dict[str, str]:
     return files
 
 
-def referenced_env(text: str) -> set[str]:
-    return set(re.findall(r"\$\{env:([A-Z0-9_]+)", text))
-
-
 def main(argv: list[str]) -> int:
-    stale = []
-    for name, text in render().items():
-        path = HERE / name
-        if "--check" in argv:
-            if not path.exists() or path.read_text() != text:
-                stale.append(name)
-        else:
-            path.write_text(text)
-    if stale:
-        print(f"stale: {', '.join(stale)}; run python {__file__}", file=sys.stderr)
-        return 1
-    return 0
+    return write_or_check({HERE / name: text for name, text in render().items()}, argv, __file__)
 
 
 if __name__ == "__main__":

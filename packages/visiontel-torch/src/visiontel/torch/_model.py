@@ -100,8 +100,8 @@ class ModelInstrumentation:
             model_version=config.model_version,
             budget=config.max_layer_spans if config.granularity is Granularity.LAYER else 1 << 30,
         )
-        # (handle, hook function, the handle's extra dicts that held its id when registered)
-        self._parked: list[tuple[Any, Callable[..., None], list[Any]]] = []
+        # (hook dict, hook id, function, the extra dicts that held the id when registered)
+        self._parked: list[tuple[dict[int, Any], int, Callable[..., None], list[Any]]] = []
         for index, (_, module) in enumerate(children):
             self._add_child_hooks(index, module)
         self._root_handles = [
@@ -143,37 +143,37 @@ class ModelInstrumentation:
             except Exception as exc:
                 report_internal_error("layer post-hook", exc)
 
-        # Register through the public API, then park: arming puts the same functions back
-        # under the same ids (see _arm), so removal is the public handle.remove().
+        # Register through the public API, then park: keep the dictionaries the handle
+        # points at, so arming is a few dict stores and disarming a few pops (a
+        # RemovableHandle.remove() per hook costs microseconds on every sampled forward).
         pre_handle = module.register_forward_pre_hook(child_pre)
         post_handle = module.register_forward_hook(child_post, always_call=True)
         for handle, function in ((pre_handle, child_pre), (post_handle, child_post)):
-            flags = [ref for ref in handle.extra_dict_ref if handle.id in (ref() or ())]
+            hooks = handle.hooks_dict_ref()
+            flags = [d for d in (ref() for ref in handle.extra_dict_ref) if d and handle.id in d]
             handle.remove()
-            self._parked.append((handle, function, flags))
+            if hooks is not None:
+                self._parked.append((hooks, handle.id, function, flags))
 
     def _arm(self) -> None:
         with self._arm_lock:
             self._armed += 1
             if self._armed > 1:
                 return
-            for handle, function, flags in self._parked:
-                hooks = handle.hooks_dict_ref()
-                if hooks is None:
-                    continue
-                hooks[handle.id] = function
-                for extra_ref in flags:
-                    extra = extra_ref()
-                    if extra is not None:
-                        extra[handle.id] = True
+            for hooks, hook_id, function, flags in self._parked:
+                hooks[hook_id] = function
+                for extra in flags:
+                    extra[hook_id] = True
 
     def _disarm(self, force: bool = False) -> None:
         with self._arm_lock:
             self._armed = 0 if force else max(0, self._armed - 1)
             if self._armed:
                 return
-            for handle, _, _ in self._parked:
-                handle.remove()
+            for hooks, hook_id, _, flags in self._parked:
+                hooks.pop(hook_id, None)
+                for extra in flags:
+                    extra.pop(hook_id, None)
 
     # -- root hooks ----------------------------------------------------------------------
     def _root_pre(self, _model: Any, args: Any, kwargs: Any) -> None:
@@ -260,8 +260,11 @@ class ModelInstrumentation:
                     span.set_attribute("visiontel.detections", total)
         if not span.is_recording():
             return
-        if record.stamps is None and record.events is None:
-            span.end(end_time=record.wall_ns(perf_end))
+        if record.events is None:
+            if record.stamps is None:
+                span.end(end_time=record.wall_ns(perf_end))
+            else:
+                self._runtime.resolver.resolve_inline(record)
             return
         if not self._runtime.resolver.submit(record):
             metrics.dropped.add(1, self._image_attributes)

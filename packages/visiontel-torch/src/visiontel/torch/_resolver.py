@@ -1,6 +1,8 @@
-"""Turns stamps into spans, off the inference thread.
+"""Turns stamps into spans.
 
-Root forwards with layer or stage detail are queued here. A single daemon thread waits
+Forwards without GPU events are materialised on the caller's thread right after the root
+forward returns (there is nothing to wait for, and a second Python thread would only
+contend for the GIL). Forwards with CUDA events are queued here: a single daemon thread waits
 (by polling ``query()``, never synchronising) until a forward's GPU events have completed,
 then creates its child spans with explicit start and end times and ends the root span.
 The queue is bounded: when it is full the forward keeps its root span and loses only its
@@ -25,6 +27,10 @@ from visiontel.torch._volume import VolumeWatch
 
 _POLL_S = 0.002
 _MAX_QUEUE = 1024
+# The resolver shares the GIL with the inference thread. A thread that waits for the GIL
+# gets it only after the switch interval (5 ms by default), so the resolver hands it over
+# itself every few spans: inference never queues behind a long batch of span creation.
+_SPANS_PER_YIELD = 4
 
 
 class Resolver:
@@ -58,6 +64,18 @@ class Resolver:
             self._done()
             return False
         return True
+
+    def resolve_inline(self, record: ForwardRecord) -> None:
+        """Materialise a forward that has no GPU events, on the caller's thread.
+
+        With nothing to wait for, handing the work to the resolver thread only adds GIL
+        hand-offs between the two threads (measured: far slower than doing it here).
+        """
+        try:
+            self._materialise(record, with_gpu=False, on_resolver_thread=False)
+        except Exception as exc:
+            report_internal_error("inline resolve", exc)
+            _end_quietly(record)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued forward has been turned into spans."""
@@ -123,7 +141,9 @@ class Resolver:
             self._done()
         self._waiting = still_waiting
 
-    def _materialise(self, record: ForwardRecord, with_gpu: bool) -> None:
+    def _materialise(
+        self, record: ForwardRecord, with_gpu: bool, on_resolver_thread: bool = True
+    ) -> None:
         table = record.table
         root_context = trace.set_span_in_context(record.span)
         tracer = record.tracer
@@ -150,6 +170,8 @@ class Resolver:
                         start_time=record.wall_ns(perf_ns),
                     )
                     created += 1
+                    if on_resolver_thread and not created % _SPANS_PER_YIELD:
+                        time.sleep(0)
                 open_calls.append((index, perf_ns, event, span))
                 continue
             closed = ~index

@@ -18,6 +18,10 @@ from visiontel.torch._safety import warn_once
 
 _CHECK_INTERVAL_S = 1.0
 _QUEUE_FILL_WARNING = 0.8
+# The queue must hold what is produced while one export is in flight; an OTLP export to a
+# remote collector can take a second. We suggest enough room for a 5 s stall.
+_EXPORT_STALL_S = 1.0
+_SUGGESTED_HEADROOM_S = 5.0
 
 
 class VolumeWatch:
@@ -40,13 +44,11 @@ class VolumeWatch:
             return
         queue_size, queue_capacity = _batch_queue_fill(self._tracer_provider)
         capacity = queue_capacity or _env_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
-        delay_s = _env_int("OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000
         filling = queue_capacity and queue_size >= _QUEUE_FILL_WARNING * queue_capacity
-        # A processor that exports once per schedule delay must hold one delay's worth.
-        outrunning = self.last_rate * delay_s > capacity
+        outrunning = self.last_rate * _EXPORT_STALL_S > capacity
         if filling or outrunning:
             self.warned = True
-            suggested = int(self.last_rate * delay_s * 2) + 1
+            suggested = int(self.last_rate * _SUGGESTED_HEADROOM_S) + 1
             warn_once(
                 "volume",
                 "visiontel.torch produces %.0f spans/s; the span processor queue (%d) will "

@@ -9,10 +9,11 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from torch_support import TinyDetector
 
 import visiontel.torch as vt
 from visiontel.torch import _safety
+
+from torch_support import TinyDetector
 
 
 def test_warns_once_when_the_batch_processor_cannot_keep_up(

@@ -172,3 +172,31 @@ def test_latency_histogram_at_the_sink(tracing, metric_reader):
     assert points[(("visiontel.frame.stream_id", "cam-9"),)].sum == pytest.approx(0.25)
     assert points[(("stage", "sink"), ("visiontel.frame.stream_id", "cam-9"))].count == 1
     assert 0.033 in points[(("visiontel.frame.stream_id", "cam-9"),)].explicit_bounds
+
+
+class _BrokenTracer(trace.Tracer):
+    def start_span(self, *args, **kwargs):
+        raise RuntimeError("broken SDK")
+
+    def start_as_current_span(self, *args, **kwargs):
+        raise RuntimeError("broken SDK")
+
+
+def test_a_broken_tracer_does_not_stop_the_batch(tracing, caplog):
+    frames = frames_in(tracing, 3)
+    with caplog.at_level(logging.ERROR, logger="visiontel.propagation"):
+        with vp.batch_span(frames, tracer=_BrokenTracer()) as batch:
+            ran = True
+    assert ran and batch.contexts == frames
+    assert not batch.span.get_span_context().is_valid
+    assert any("internal error in batch_span" in r.getMessage() for r in caplog.records)
+
+
+def test_a_broken_tracer_does_not_stop_a_stage(tracing):
+    (ctx,) = frames_in(tracing, 1)
+    with vp.start_frame("decode", vp.FrameIdentity("c", 1, 2), tracer=_BrokenTracer()) as span:
+        assert vp.get_frame() == vp.FrameIdentity("c", 1, 2)
+    assert not span.get_span_context().is_valid
+    with vp.continue_frame("track", ctx, tracer=_BrokenTracer()) as span:
+        assert vp.get_frame() is not None
+    assert not span.get_span_context().is_valid

@@ -114,11 +114,11 @@ def test_queue_over_an_unwrapped_producer(in_frame):
     q: vp.ContextQueue[object] = vp.ContextQueue(inner)
     inner.put("raw")
     before = vp.rejected_counts().get(("queue", "not_enveloped"), 0)
-    received = q.get_nowait()
-    assert received.item == "raw" and received.context == otel_context.Context()
+    item, ctx = q.get_nowait()
+    assert item == "raw" and ctx == otel_context.Context()
     assert vp.rejected_counts()[("queue", "not_enveloped")] == before + 1
     q.put_nowait("wrapped")
-    assert vp.get_frame(q.get().context) == FRAME
+    assert vp.get_frame(q.get()[1]) == FRAME
     with pytest.raises(queue.Empty):
         q.get(timeout=0.01)
 

@@ -37,7 +37,6 @@ from visiontel.propagation._handoff import (
     ContextProcessPoolExecutor,
     ContextQueue,
     ContextThreadPoolExecutor,
-    Received,
     bind,
     multiprocessing_queue,
 )
@@ -63,7 +62,6 @@ __all__ = [
     "FrameLatency",
     "FramePropagator",
     "Limits",
-    "Received",
     "__version__",
     "batch_span",
     "bind",

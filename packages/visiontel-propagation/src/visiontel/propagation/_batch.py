@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, SpanKind, Tracer
+from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Tracer
 from opentelemetry.util.types import AttributeValue
 
-from visiontel.propagation._diag import limits
+from visiontel.propagation._diag import internal_error, limits
 from visiontel.propagation._frame import get_frame
 from visiontel.propagation._stage import _tracer, frame_attributes
 
@@ -34,17 +34,6 @@ ATTR_CHUNKS = "visiontel.batch.link_chunks"
 ATTR_NO_CONTEXT = "visiontel.batch.frames_without_context"
 ATTR_INDEX = "visiontel.batch.index"
 ATTR_CHUNK = "visiontel.batch.chunk"
-
-
-def linked_frame_index(contexts: list[Context], per_span: int) -> int:
-    """Index of the first frame whose link does not fit on the batch span itself."""
-    valid = 0
-    for index, ctx in enumerate(contexts):
-        if trace.get_current_span(ctx).get_span_context().is_valid:
-            valid += 1
-            if valid > per_span:
-                return index
-    return len(contexts)
 
 
 @dataclass
@@ -91,29 +80,62 @@ def batch_span(
     per_span = max_links if max_links is not None else limits().max_links
     if per_span < 1:
         raise ValueError(f"max_links must be at least 1, got {per_span}")
+    try:
+        batch = _open(
+            tracer, contexts, name=name, kind=kind, member_spans=member_spans,
+            per_span=per_span, attributes=attributes,
+        )  # fmt: skip
+    except Exception:  # a broken SDK must not stop the inference
+        internal_error("batch_span")
+        batch = Batch(INVALID_SPAN, list(contexts))
+    span = batch.span
+    try:
+        with trace.use_span(span, end_on_exit=False, record_exception=True):
+            yield batch
+    finally:
+        end = time.time_ns()
+        try:
+            for member in batch._member_spans:
+                member.end(end)
+            span.end(end)
+        except Exception:
+            internal_error("batch_span end")
+
+
+def _open(
+    tracer: Tracer,
+    contexts: list[Context],
+    *,
+    name: str,
+    kind: SpanKind,
+    member_spans: bool,
+    per_span: int,
+    attributes: Mapping[str, AttributeValue] | None,
+) -> Batch:
     links: list[Link] = []
     sampled: list[int] = []  # indexes of sampled frames, in order
+    overflow_from = len(contexts)  # first frame whose link does not fit on the batch span
     for index, ctx in enumerate(contexts):
         span_context = trace.get_current_span(ctx).get_span_context()
         if span_context.is_valid:
+            if len(links) == per_span:
+                overflow_from = index
             if span_context.trace_flags.sampled:
                 sampled.append(index)
             links.append(Link(span_context))
     start = time.time_ns()
-    attrs: dict[str, AttributeValue] = dict(attributes) if attributes else {}
+    linked = min(len(links), per_span)
     chunk_count = max(0, (len(links) - 1) // per_span)
+    attrs: dict[str, AttributeValue] = dict(attributes) if attributes else {}
     attrs[BATCH_COUNT] = len(contexts)
-    attrs[ATTR_LINKED] = min(len(links), per_span)
+    attrs[ATTR_LINKED] = linked
     attrs[ATTR_CHUNKS] = chunk_count
     attrs[ATTR_NO_CONTEXT] = len(contexts) - len(links)
     span = tracer.start_span(
         name, kind=kind, attributes=attrs, links=links[:per_span], start_time=start
     )
-    batch = Batch(
-        span, list(contexts), min(len(links), per_span), chunk_count, len(contexts) - len(links)
-    )
-    recording = span.is_recording()
-    if recording and chunk_count:
+    batch = Batch(span, list(contexts), linked, chunk_count, len(contexts) - len(links))
+    if chunk_count and span.is_recording():
         _logger.debug(
             "batch of %d frames: %d links on %s, %d more on %d link-chunk spans",
             len(contexts), per_span, name, len(links) - per_span, chunk_count,
@@ -125,14 +147,12 @@ def batch_span(
                 f"{name} links", context=parent, kind=SpanKind.INTERNAL, links=part,
                 attributes={BATCH_COUNT: len(contexts), ATTR_CHUNK: chunk}, start_time=start,
             ).end(start)  # fmt: skip
-    batch_link = [Link(span.get_span_context())]
-    if not member_spans and not chunk_count:
-        sampled = []
     # Unsampled frames get no member span: they cost nothing past their link. Without
     # member_spans, only frames whose link went to a chunk span get one.
-    overflow_from = linked_frame_index(contexts, per_span) if not member_spans else 0
+    first_member = 0 if member_spans else overflow_from
+    batch_link = [Link(span.get_span_context())]
     for index in sampled:
-        if index < overflow_from:
+        if index < first_member:
             continue
         ctx = contexts[index]
         member_attrs: dict[str, AttributeValue] = {BATCH_COUNT: len(contexts), ATTR_INDEX: index}
@@ -145,11 +165,4 @@ def batch_span(
         )  # fmt: skip
         batch._member_spans.append(member)
         batch.contexts[index] = trace.set_span_in_context(member, ctx)
-    try:
-        with trace.use_span(span, end_on_exit=False, record_exception=True):
-            yield batch
-    finally:
-        end = time.time_ns()
-        for member in batch._member_spans:
-            member.end(end)
-        span.end(end)
+    return batch

@@ -14,7 +14,7 @@ import multiprocessing
 import queue as queue_module
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Any, Generic, NamedTuple, ParamSpec, Protocol, TypeVar
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
@@ -85,13 +85,6 @@ class _QueueLike(Protocol):
     def get(self, block: bool = ..., timeout: float | None = ...) -> Any: ...
 
 
-class Received(NamedTuple, Generic[T]):
-    """An item taken from a :class:`ContextQueue` with the context it was put under."""
-
-    item: T
-    context: Context
-
-
 _TAG = "visiontel/1"
 
 
@@ -101,7 +94,7 @@ class ContextQueue(Generic[T]):
     Works over ``queue.Queue``, ``multiprocessing`` and ``torch.multiprocessing``
     queues (fork or spawn; pass the wrapper to the child like the queue itself).
     ``put`` injects the current context into a small dict sent with the item;
-    ``get`` returns ``Received(item, context)``. An item that was put on the inner
+    ``get`` returns ``(item, context)``. An item that was put on the inner
     queue directly comes back with an empty context (counted, never an error).
     """
 
@@ -120,17 +113,18 @@ class ContextQueue(Generic[T]):
         inject_dict(carrier, context)
         self.inner.put((_TAG, carrier, item), block, timeout)
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Received[T]:
+    def get(self, block: bool = True, timeout: float | None = None) -> tuple[T, Context]:
+        """``(item, context)``: the next item and the context it was put under."""
         raw = self.inner.get(block, timeout)
         if isinstance(raw, tuple) and len(raw) == 3 and raw[0] == _TAG:
-            return Received(raw[2], extract_dict(raw[1]))
+            return raw[2], extract_dict(raw[1])
         reject("queue", "not_enveloped", type(raw))
-        return Received(raw, Context())
+        return raw, Context()
 
     def put_nowait(self, item: T, *, context: Context | None = None) -> None:
         self.put(item, False, context=context)
 
-    def get_nowait(self) -> Received[T]:
+    def get_nowait(self) -> tuple[T, Context]:
         return self.get(False)
 
 

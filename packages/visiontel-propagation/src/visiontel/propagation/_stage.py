@@ -60,11 +60,15 @@ def start_frame(
     base = trace.set_span_in_context(INVALID_SPAN) if parent is None else parent
     token = otel_context.attach(set_frame(frame, base))
     try:
-        span = _tracer(tracer).start_span(
-            name, kind=kind, start_time=frame.capture_ns, attributes=attributes
-        )
-        if span.is_recording():
-            span.set_attributes({ATTR_STREAM: frame.stream_id, ATTR_SEQUENCE: frame.sequence})
+        try:
+            span = _tracer(tracer).start_span(
+                name, kind=kind, start_time=frame.capture_ns, attributes=attributes
+            )
+            if span.is_recording():
+                span.set_attributes({ATTR_STREAM: frame.stream_id, ATTR_SEQUENCE: frame.sequence})
+        except Exception:  # never let tracing stop the frame
+            internal_error("start_frame")
+            span = INVALID_SPAN
         with trace.use_span(span, end_on_exit=True):
             yield span
     finally:
@@ -89,11 +93,15 @@ def continue_frame(
     """
     token = otel_context.attach(context)
     try:
-        span = _tracer(tracer).start_span(name, kind=kind, attributes=attributes)
-        if span.is_recording():
-            frame = get_frame(context)
-            if frame is not None:
-                span.set_attributes(frame_attributes(frame))
+        try:
+            span = _tracer(tracer).start_span(name, kind=kind, attributes=attributes)
+            if span.is_recording():
+                frame = get_frame(context)
+                if frame is not None:
+                    span.set_attributes(frame_attributes(frame))
+        except Exception:  # never let tracing stop the frame
+            internal_error("continue_frame")
+            span = INVALID_SPAN
         with trace.use_span(span, end_on_exit=True):
             yield span
     finally:

@@ -252,3 +252,21 @@ def test_entry_point_and_environment_configuration(sim, metrics, instrumentor, m
     assert "VISIONTEL_GPU_INTERVAL" in caplog.text
     assert GPUConfig.resolve(interval=0.5, processes=True).interval == 0.5
     assert config.nvml_library == str(sim.library)  # from VISIONTEL_GPU_NVML_LIBRARY
+
+
+def test_a_hung_driver_call_never_blocks_the_application(sim, metrics, instrumentor):
+    start(instrumentor, metrics, interval=0.05)
+    assert point(metrics.collect(), "hw.gpu.memory.usage", **{"hw.id": GPU0}) == 10 * GiB
+    sim.write(two_gpus(**{"gpu.0.delay.nvmlDeviceGetUtilizationRates": 1500}))
+    time.sleep(0.3)  # the sampler thread is now stuck inside NVML
+    started = time.perf_counter()
+    p = metrics.collect()  # the exporter's path makes no NVML call
+    assert time.perf_counter() - started < 0.5
+    assert point(p, "hw.gpu.memory.usage", **{"hw.id": GPU0}) == 10 * GiB  # last snapshot
+    sim.write(two_gpus(**{"gpu.0.memory.used": 12 * GiB}))
+    for _ in range(200):  # once the call returns, sweeps resume on their own
+        if point(metrics.collect(), "hw.gpu.memory.usage", **{"hw.id": GPU0}) == 12 * GiB:
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail("sweeps did not resume after the hung call returned")

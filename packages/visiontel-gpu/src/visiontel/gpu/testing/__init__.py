@@ -15,6 +15,7 @@ The real nvidia-ml-py bindings then load it like the driver's library. Script ke
       pcie.replay
     gpu.<i>.field.<nvml field id>=<value>  (or =!<code> for a per-field error)
     gpu.<i>.error.<nvml function name>=<code>  (`all` for every call: 15 is GPU_IS_LOST)
+    gpu.<i>.delay.<nvml function name>=<ms>  (the call hangs that long, like a stuck driver)
     gpu.<i>.process.<n>=<pid>,<used bytes>,<gpu instance>,<compute instance>
     gpu.<i>.process_utilization.<n>=<pid>,<sm %>,<mem %>,<enc %>,<dec %>
     gpu.<i>.mig.count=<n>, gpu.<i>.mig.<j>.<key>  (MIG instances, same keys)

@@ -47,6 +47,7 @@ static const char *VALUE_KEYS[V_COUNT] = {
 
 typedef struct { unsigned id; unsigned long long value; int ret; } field_t;
 typedef struct { char fn[64]; int code; } err_t;
+typedef struct { char fn[64]; unsigned ms; } delay_t;
 typedef struct { unsigned pid; unsigned long long used; unsigned gi, ci; } proc_t;
 typedef struct { unsigned pid; unsigned sm, mem, enc, dec; } putil_t;
 
@@ -57,6 +58,7 @@ typedef struct sim_device {
     unsigned has;
     field_t fields[MAX_FIELDS]; int nfields;
     err_t errs[MAX_ERRS]; int nerrs;
+    delay_t delays[MAX_ERRS]; int ndelays;
     proc_t procs[MAX_PROCS]; int nprocs;
     putil_t putil[MAX_PROCS]; int nputil;
     int mig_count;
@@ -119,6 +121,12 @@ static void set_device_key(sim_device *d, const char *key, const char *val) {
         err_t *e = &d->errs[d->nerrs++];
         snprintf(e->fn, sizeof e->fn, "%s", key + 6);
         e->code = atoi(val);
+        return;
+    }
+    if (strncmp(key, "delay.", 6) == 0 && d->ndelays < MAX_ERRS) {
+        delay_t *e = &d->delays[d->ndelays++];
+        snprintf(e->fn, sizeof e->fn, "%s", key + 6);
+        e->ms = (unsigned)atoi(val);
         return;
     }
     if (strncmp(key, "process.", 8) == 0 && d->nprocs < MAX_PROCS) {
@@ -225,6 +233,9 @@ static nvmlReturn_t enter(const sim_device *d, const char *fn) {
     if (!initialized) return E_UNINIT;
     maybe_reload();
     if (!d) return E_INVALID;
+    /* A hung driver call: sleeps with the library lock held, as a stuck ioctl would. */
+    for (int i = 0; i < d->ndelays; i++)
+        if (strcmp(d->delays[i].fn, fn) == 0) usleep(d->delays[i].ms * 1000u);
     for (int i = 0; i < d->nerrs; i++)
         if (strcmp(d->errs[i].fn, fn) == 0 || strcmp(d->errs[i].fn, "all") == 0) return d->errs[i].code;
     if (d->is_mig) {

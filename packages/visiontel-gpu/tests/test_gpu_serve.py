@@ -34,11 +34,13 @@ class Receiver:
     def __init__(self) -> None:
         self.metrics: list[ExportMetricsServiceRequest] = []
         self.logs: list[ExportLogsServiceRequest] = []
+        self.authorization: set[str] = set()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.authorization.add(self.headers.get("authorization", ""))
                 if self.path == "/v1/metrics":
                     receiver.metrics.append(ExportMetricsServiceRequest.FromString(body))
                 elif self.path == "/v1/logs":
@@ -119,6 +121,7 @@ def test_serve_pushes_otlp_serves_prometheus_and_exits_cleanly(sim):
         "OTEL_METRIC_EXPORT_INTERVAL": "200",
         "OTEL_BLRP_SCHEDULE_DELAY": "100",
         "OTEL_SERVICE_NAME": "gpu-node-7",
+        "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20t0ken",
         "VISIONTEL_GPU_INTERVAL": "0.1",
     }
     proc = subprocess.Popen(
@@ -136,6 +139,7 @@ def test_serve_pushes_otlp_serves_prometheus_and_exits_cleanly(sim):
         resource = receiver.resource()
         assert resource["service.name"] == "gpu-node-7"
         assert resource["nvidia.gpu.count"] == 2
+        assert receiver.authorization == {"Bearer t0ken"}  # OTLP headers from the environment
 
         def scrape() -> str:
             try:

@@ -74,3 +74,17 @@ def test_resource_detector_describes_the_gpus(sim):
 def test_resource_detector_without_gpu_is_empty(sim):
     sim.write({"device_count": 0})
     assert GPUResourceDetector().detect().attributes == {}
+
+
+def test_detector_is_found_through_its_entry_point(sim, monkeypatch):
+    monkeypatch.setenv("OTEL_EXPERIMENTAL_RESOURCE_DETECTORS", "gpu")
+    assert Resource.create().attributes["nvidia.gpu.count"] == 2
+
+
+def test_simulator_builds_from_the_command_line(tmp_path, capsys):
+    from visiontel.gpu.testing import main
+
+    assert main([str(tmp_path / "sim")]) == 0
+    library = capsys.readouterr().out.strip()
+    assert library.endswith("libnvidia-ml.so.1") and (tmp_path / "sim").exists()
+    assert main([]) == 2

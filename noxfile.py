@@ -54,9 +54,9 @@ def lint(session: nox.Session) -> None:
 @nox.parametrize(
     "torch",
     [
-        nox.param(TORCH_OLDEST, id=TORCH_OLDEST, tags=["ci"]),
-        nox.param(TORCH_MIDDLE, id=TORCH_MIDDLE),
-        nox.param(TORCH_NEWEST, id=TORCH_NEWEST, tags=["ci"]),
+        nox.param(TORCH_OLDEST, tags=["ci"]),
+        nox.param(TORCH_MIDDLE),
+        nox.param(TORCH_NEWEST, tags=["ci"]),
     ],
 )
 def tests(session: nox.Session, torch: str) -> None:

@@ -115,7 +115,10 @@ def _collector_tool(session: nox.Session, name: str) -> str:
 
     session.log(f"toolchain: {name}")
     out = subprocess.run(
-        [sys.executable, str(COLLECTOR_TOOLCHAIN), name], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(COLLECTOR_TOOLCHAIN), name],
+        check=False,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     if out.returncode != 0:
         session.error(f"collector-config/toolchain.py {name} failed ({out.returncode})")
@@ -130,4 +133,27 @@ def collector(session: nox.Session) -> None:
         "VISIONTEL_PROMTOOL": _collector_tool(session, "promtool"),
     }
     session.install(*COLLECTOR_TEST_DEPS)
-    session.run("pytest", str(ROOT / "tests" / "collector"), *session.posargs, env=env)
+    tests = str(ROOT / "tests" / "collector")
+    session.run("pytest", tests, "-m", "not e2e", *session.posargs, env=env)
+
+
+@nox.session(python=PYTHON)
+def stack(session: nox.Session) -> None:
+    """Jaeger (built from Go modules) + Prometheus (Debian) + otelcol-visiontel on loopback.
+
+    `nox -s stack` runs the end-to-end tests against it; `nox -s stack -- up` starts it
+    and keeps it running until Ctrl-C.
+    """
+    env = {
+        "VISIONTEL_OTELCOL": _collector_tool(session, "otelcol"),
+        "VISIONTEL_PROMTOOL": _collector_tool(session, "promtool"),
+        "VISIONTEL_PROMETHEUS": _collector_tool(session, "prometheus"),
+        "VISIONTEL_JAEGER": _collector_tool(session, "jaeger"),
+    }
+    if session.posargs == ["up"]:
+        stack_py = str(ROOT / "collector-config" / "stack" / "stack.py")
+        session.run("python", stack_py, "up", env=env)
+        return
+    session.install(*COLLECTOR_TEST_DEPS, "-e", str(ROOT / "packages" / "visiontel-propagation"))
+    tests = str(ROOT / "tests" / "collector")
+    session.run("pytest", tests, "-m", "e2e", *session.posargs, env=env)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import platform
 import sys
+import time
 import timeit
 from collections.abc import Callable
 
@@ -33,16 +34,20 @@ class _Discard(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def measure(fns: dict[str, Callable[[], object]], number: int, rounds: int = 9) -> dict[str, float]:
-    """Microseconds per call of each function: best of ``rounds`` runs of ``number`` calls.
+def measure(
+    fns: dict[str, Callable[[], object]], number: int, rounds: int = 15
+) -> dict[str, float]:
+    """CPU microseconds per call of each function: best of ``rounds`` runs of ``number`` calls.
 
-    Rounds interleave the functions so that a baseline and its candidates see the
-    same machine load (the reference machine is shared).
+    The reference machine is shared, so time is the calling thread's CPU time (time
+    spent preempted by other work does not count) and rounds interleave the functions
+    so that a baseline and its candidates see the same conditions.
     """
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(rounds):
         for name, fn in fns.items():
-            best[name] = min(best[name], timeit.timeit(fn, number=number) / number * 1e6)
+            elapsed = timeit.Timer(fn, timer=time.thread_time_ns).timeit(number=number)
+            best[name] = min(best[name], elapsed / number / 1e3)
     return best
 
 
@@ -122,7 +127,7 @@ def main() -> int:
     rows["dict, trace context only (no frame identity)"] = carriers(plain_ctx)["dict"]
     rows["dict, with one baggage entry"] = carriers(frame_context(with_baggage=True))["dict"]
     rows["dict, unsampled frame"] = carriers(frame_context(sampled=False))["dict"]
-    timings = measure(rows, 5000)
+    timings = measure(rows, 3000)
     baseline = next(iter(timings.values()))
     for name, us in timings.items():
         print(f"| {name} | {us:.2f} | {us / baseline:.2f} |")
@@ -161,7 +166,7 @@ def main() -> int:
         "`batch_span`, 64 unsampled frames (default)": unsampled_batch,
         "`batch_span`, links + 64 member spans (default)": with_members,
     }
-    timings = measure(batches, 100)
+    timings = measure(batches, 60)
     base = next(iter(timings.values()))
     for name, us in timings.items():
         print(f"| {name} | {us:.1f} | {us / base:.2f} |")
@@ -180,7 +185,7 @@ def main() -> int:
     print("\n## one downstream stage span (`continue_frame`)\n")
     print("| frame | µs / frame |")
     print("|---|---:|")
-    stages = measure({"sampled": stage(sampled_ctx), "unsampled": stage(unsampled_ctx)}, 2000)
+    stages = measure({"sampled": stage(sampled_ctx), "unsampled": stage(unsampled_ctx)}, 1000)
     for name, us in stages.items():
         print(f"| {name} | {us:.2f} |")
     provider.shutdown()

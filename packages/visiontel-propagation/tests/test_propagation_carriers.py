@@ -324,3 +324,12 @@ def test_bad_frame_identity_raises_at_the_source():
         vp.set_frame(vp.FrameIdentity("", 1, 2))
     with pytest.raises(ValueError, match="2\\*\\*63"):
         vp.set_frame(vp.FrameIdentity("cam", -1, 2))
+
+
+def test_extract_without_the_one_copy_context_shortcut(monkeypatch):
+    from visiontel.propagation import _w3c
+
+    assert _w3c._SPAN_KEY is not None  # the shortcut is in use with this API version
+    monkeypatch.setattr(_w3c, "_SPAN_KEY", None)
+    for round_trip in ROUND_TRIPS:
+        assert_same(round_trip(remote_context()))

@@ -53,6 +53,15 @@ def promtool() -> pathlib.Path:
     return _tool("VISIONTEL_PROMTOOL")
 
 
+@pytest.fixture(scope="session")
+def stack_binaries() -> None:
+    """The backends of the `stack` nox session (collector-config/stack/stack.py)."""
+    if not os.environ.get("VISIONTEL_JAEGER"):
+        pytest.skip("end-to-end stack tests need Jaeger and Prometheus: run `nox -s stack`")
+    for variable in ("VISIONTEL_OTELCOL", "VISIONTEL_JAEGER", "VISIONTEL_PROMETHEUS"):
+        _tool(variable)
+
+
 @pytest.fixture
 def start_collector(otelcol: pathlib.Path, tmp_path: pathlib.Path) -> Iterator[Any]:
     started: list[Collector] = []

@@ -329,7 +329,25 @@ def test_bad_frame_identity_raises_at_the_source():
 def test_extract_without_the_one_copy_context_shortcut(monkeypatch):
     from visiontel.propagation import _w3c
 
-    assert _w3c._SPAN_KEY is not None  # the shortcut is in use with this API version
+    # the shortcuts are in use with this API version
+    assert _w3c._SPAN_KEY is not None and _w3c._BAGGAGE_KEY is not None
     monkeypatch.setattr(_w3c, "_SPAN_KEY", None)
+    monkeypatch.setattr(_w3c, "_BAGGAGE_KEY", None)
     for round_trip in ROUND_TRIPS:
         assert_same(round_trip(remote_context()))
+
+
+def test_baggage_cache_never_hides_bad_input():
+    bad = "ok=1,=novalue,also=2"
+    before = vp.rejected_counts().get(("dict", "baggage_malformed"), 0)
+    for _ in range(3):
+        ctx = vp.extract_dict({"baggage": bad})
+        assert baggage.get_all(ctx) == {"ok": "1", "also": "2"}
+    assert vp.rejected_counts()[("dict", "baggage_malformed")] == before + 3
+
+
+def test_extracted_baggage_merges_with_the_base_context():
+    base = baggage.set_baggage("tenant", "a", Context())
+    ctx = vp.extract_dict({"baggage": "site=b"}, base)
+    assert baggage.get_all(ctx) == {"tenant": "a", "site": "b"}
+    assert baggage.get_all(base) == {"tenant": "a"}  # the base is not modified

@@ -96,6 +96,7 @@ def configure(
 
 _lock = threading.Lock()
 _tally: Counter[tuple[str, str]] = Counter()
+_total = 0
 _last_log: dict[tuple[str, str], float] = {}
 _LOG_EVERY_S = 10.0
 _counter: metrics.Counter | None = None
@@ -118,8 +119,10 @@ def reject(carrier: str, reason: str, detail: object = "") -> None:
     """Record one refused value: tally, metric and a rate-limited debug line."""
     key = (carrier, reason)
     now = time.monotonic()
+    global _total
     with _lock:
         _tally[key] += 1
+        _total += 1
         last = _last_log.get(key)
         should_log = last is None or now - last >= _LOG_EVERY_S
         if should_log:
@@ -131,6 +134,11 @@ def reject(carrier: str, reason: str, detail: object = "") -> None:
         _get_counter().add(1, {"visiontel.carrier": carrier, "visiontel.reason": reason})
     except Exception:  # a broken metrics SDK must not break extraction
         internal_error("rejection counter")
+
+
+def rejections() -> int:
+    """Values refused so far in this process, all reasons together."""
+    return _total
 
 
 def rejected_counts() -> dict[tuple[str, str], int]:

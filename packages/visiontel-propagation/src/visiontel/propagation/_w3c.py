@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import quote, unquote
 
 from opentelemetry import baggage, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
-from visiontel.propagation._diag import limits, reject
+from visiontel.propagation._diag import limits, reject, rejections
 from visiontel.propagation._frame import _FRAME_KEY, FRAME_HEADER, FrameIdentity, get_frame
 
 TRACEPARENT = "traceparent"
@@ -46,7 +47,27 @@ _BAGGAGE_VALUE_RE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
 
 
 def encode_baggage(entries: Mapping[str, object]) -> str:
-    return ",".join(f"{quote(k, safe='')}={quote(str(v), safe='')}" for k, v in entries.items())
+    key = tuple(entries.items())
+    text = _encoded.get(key)
+    if text is None:
+        text = ",".join(f"{quote(k, safe='')}={quote(str(v), safe='')}" for k, v in key)
+        _remember(_encoded, key, text)
+    return text
+
+
+# Baggage is usually the same on every frame of a stream (site, tenant, model
+# canary), so both directions are cached. Bounded: cleared when full. Only values
+# that parsed without a single rejection are cached, so bad input is counted on
+# every occurrence.
+_CACHE_SIZE = 256
+_encoded: dict[tuple[tuple[str, object], ...], str] = {}
+_decoded: dict[str, dict[str, str]] = {}
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= _CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
 
 
 def encode(context: Context | None) -> list[tuple[str, str]]:
@@ -109,6 +130,18 @@ def parse_tracestate(value: str, carrier: str) -> TraceState | None:
 
 
 def parse_baggage(value: str, carrier: str) -> dict[str, str]:
+    """Entries of a W3C baggage header (a fresh dict the caller may keep)."""
+    cached = _decoded.get(value)
+    if cached is not None:
+        return dict(cached)
+    before = rejections()
+    entries = _parse_baggage(value, carrier)
+    if rejections() == before:
+        _remember(_decoded, value, dict(entries))
+    return entries
+
+
+def _parse_baggage(value: str, carrier: str) -> dict[str, str]:
     if len(value.encode("utf-8", "surrogatepass")) > BAGGAGE_MAX_BYTES:
         reject(carrier, "baggage_too_long", value)
         return {}
@@ -152,7 +185,19 @@ def _span_key() -> str | None:
     return None
 
 
+def _baggage_key() -> str | None:
+    """Same idea for baggage, which OpenTelemetry keeps as one dict under one key."""
+    probe = baggage.set_baggage("k", "v", Context())
+    keys = list(probe)
+    if len(keys) == 1 and probe[keys[0]] == {"k": "v"}:
+        check = Context({keys[0]: {"a": "b"}})
+        if dict(baggage.get_all(check)) == {"a": "b"}:
+            return keys[0]
+    return None
+
+
 _SPAN_KEY = _span_key()
+_BAGGAGE_KEY = _baggage_key()
 
 
 def build(
@@ -178,6 +223,9 @@ def build(
             values[_SPAN_KEY] = NonRecordingSpan(span_context)
     if frame is not None:
         values[_FRAME_KEY] = frame
+    if entries and _BAGGAGE_KEY is not None:
+        values[_BAGGAGE_KEY] = {**baggage.get_all(base), **entries}
+        entries = None
     ctx = Context(values)
     if entries:
         for key, value in entries.items():

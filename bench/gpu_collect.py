@@ -3,7 +3,7 @@
     python bench/gpu_collect.py            (or: nox -s bench -- gpu_collect)
 
 For 1 and 8 simulated GPUs (two processes each) it times, per sweep, with the median over
-many sweeps of the calling thread's CPU time:
+many interleaved rounds of the calling thread's CPU time:
   - visiontel: NvmlBackend.sweep() (one field-value batch + scalar calls per device), and the
     SDK collection that reads its snapshot through every observable callback;
   - naive: a producer where each instrument makes its own NVML calls (handle lookup included);
@@ -92,19 +92,25 @@ def pynvml_alone(nvml: Any, handles: list[Any]) -> dict[str, float]:
     return out
 
 
-def measure(sim: NvmlSimulator, fn: Callable[[], object]) -> tuple[float, float]:
-    """(median CPU µs per sweep, NVML calls per sweep)."""
-    for _ in range(20):
+def measure(
+    sim: NvmlSimulator, rows: list[tuple[str, Callable[[], object]]]
+) -> list[tuple[float, int]]:
+    """(median CPU µs per sweep, NVML calls per sweep) of each row, measured interleaved:
+    every round runs each producer once, so load changes on the machine hit all alike."""
+    calls = []
+    for _name, fn in rows:
+        for _ in range(20):
+            fn()
+        before = sim.call_count()
         fn()
-    before = sim.call_count()
-    fn()
-    calls = sim.call_count() - before
-    cpu = []
+        calls.append(sim.call_count() - before)
+    cpu: list[list[int]] = [[] for _ in rows]
     for _ in range(SWEEPS):
-        t0 = time.thread_time_ns()
-        fn()
-        cpu.append(time.thread_time_ns() - t0)
-    return statistics.median(cpu) / 1000, calls
+        for samples, (_name, fn) in zip(cpu, rows):
+            t0 = time.thread_time_ns()
+            fn()
+            samples.append(time.thread_time_ns() - t0)
+    return [(statistics.median(c) / 1000, n) for c, n in zip(cpu, calls)]
 
 
 def main() -> int:
@@ -136,10 +142,9 @@ def main() -> int:
             ("nvidia-ml-py alone", lambda: pynvml_alone(nvml, handles)),
             ("visiontel SDK collect (callbacks)", reader.get_metrics_data),
         ]
-        ours = None
-        for name, fn in rows:
-            cpu, calls = measure(sim, fn)
-            ours = ours or cpu
+        results = measure(sim, rows)
+        ours = results[0][0]
+        for (name, _fn), (cpu, calls) in zip(rows, results):
             print(f"{gpus:>4}  {name:<34} {cpu:>13.1f} {calls:>11} {cpu / ours:>7.2f}x")
         provider.shutdown()
         backend.close()

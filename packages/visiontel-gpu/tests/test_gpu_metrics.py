@@ -270,3 +270,25 @@ def test_a_hung_driver_call_never_blocks_the_application(sim, metrics, instrumen
         time.sleep(0.02)
     else:
         pytest.fail("sweeps did not resume after the hung call returned")
+
+
+def test_field_values_of_every_declared_type_are_decoded(sim, metrics, instrumentor):
+    sim.write(
+        two_gpus(
+            **{
+                "gpu.0.field.186": "d:287250.5",  # power as a double, mW
+                "gpu.0.field.82": "u:47",  # memory temperature as unsigned int
+                "gpu.0.field.142": "i:12",  # remapped rows as signed 64-bit
+                "gpu.1.field.83": "18446744073709",  # energy as unsigned 64-bit, mJ
+            }
+        )
+    )
+    start(instrumentor, metrics)
+    p = metrics.collect()
+    assert point(p, "hw.power", **{"hw.id": GPU0}) == pytest.approx(287.2505)
+    assert point(p, "hw.temperature", **{"hw.id": f"{GPU0}/temperature/memory"}) == 47
+    cause = "nvidia.gpu.remap.cause"
+    assert (
+        point(p, "nvidia.gpu.memory.remapped_rows", **{"hw.id": GPU0, cause: "correctable"}) == 12
+    )
+    assert point(p, "hw.energy", **{"hw.id": GPU1}) == pytest.approx(18446744073.709)

@@ -95,6 +95,7 @@ def test_process_series_carry_pid_and_pod(sim, metrics, instrumentor, tmp_path):
     assert attrs["k8s.namespace.name"] == "vision"
     assert attrs["k8s.pod.name"] == "detector-0"
     assert attrs["container.id"] == CID
+    assert "nvidia.gpu.mig.gpu_instance_id" not in attrs  # GPU 0 is not in MIG mode
     host = next(a for a, _ in p[mem] if a["process.pid"] == 777)
     assert not any(k.startswith(("k8s.", "container.")) for k in host)
     util = "nvidia.gpu.process.utilization"
@@ -112,3 +113,11 @@ def test_processes_can_be_turned_off(sim, metrics, instrumentor):
     p = metrics.collect()
     assert "nvidia.gpu.process.memory.usage" not in p or p["nvidia.gpu.process.memory.usage"] == []
     assert sim.call_count() > calls
+
+
+def test_processes_on_a_mig_gpu_carry_their_gpu_instance(sim, metrics, instrumentor):
+    sim.write(two_gpus(**{"gpu.1.mig.count": 1, "gpu.1.process.0": "5150,4096,3,0"}))
+    instrumentor.instrument(meter_provider=metrics.provider, events=False, interval=60.0)
+    p = metrics.collect()
+    (attrs,) = [a for a, _ in p["nvidia.gpu.process.memory.usage"] if a["process.pid"] == 5150]
+    assert attrs["nvidia.gpu.mig.gpu_instance_id"] == 3

@@ -7,7 +7,12 @@ reports a series for it (never a fake 0).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import NamedTuple
+
+_NO_UTILIZATION: Mapping[str, float] = MappingProxyType({})
 
 # Reading keys shared by backends and instruments.
 MEMORY_USED = "memory.used"  # bytes
@@ -55,34 +60,32 @@ class DeviceInfo:
     mig_index: int | None = None
 
 
-@dataclass(frozen=True)
-class ProcessSample:
+# Per-sweep records are NamedTuples: built several times per GPU per second, and a frozen
+# dataclass costs several times more to construct.
+class ProcessSample(NamedTuple):
     """One process's use of one device."""
 
     pid: int
     memory_used: int | None = None  # bytes
-    utilization: dict[str, float] = field(default_factory=dict)  # hw.gpu.task -> ratio
+    utilization: Mapping[str, float] = _NO_UTILIZATION  # hw.gpu.task -> ratio
     gpu_instance_id: int | None = None
 
 
-@dataclass(frozen=True)
-class DeviceSample:
+class DeviceSample(NamedTuple):
     info: DeviceInfo
     readings: dict[str, float]
     state: str = "ok"  # hw.state: ok, degraded or failed
     processes: tuple[ProcessSample, ...] = ()
 
 
-@dataclass(frozen=True)
-class CollectionError:
+class CollectionError(NamedTuple):
     """A read that failed, counted by visiontel.gpu.collection.errors."""
 
     error_type: str  # e.g. gpu_is_lost, not_supported, timeout
     device: str | None = None  # hw.id, when the failure belongs to one device
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(NamedTuple):
     """The result of one sweep; instruments read the latest one."""
 
     taken_at: float  # time.monotonic()

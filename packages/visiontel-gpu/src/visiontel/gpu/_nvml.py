@@ -44,9 +44,27 @@ _FIELDS: dict[int, tuple[str, float]] = {
 }
 _POWER_FIELD = 186
 # nvmlFieldValue_t: fieldId, scopeId, timestamp, latencyUsec, valueType, nvmlReturn, value.
-_FIELD_VALUE = struct.Struct("=IIqqII8s")
-# nvmlValue_t members by valueType: double, uint, ulong, ulonglong, longlong, int, ushort.
-_VALUE_FORMATS = tuple(struct.Struct(f"={c}") for c in "dILQqiH")
+_FIELD_VALUE = struct.Struct("=IIqqIIQ")
+_DOUBLE = struct.Struct("=d")
+_CLOCK_CALLS = {1: "nvmlDeviceGetClockInfo/1", 2: "nvmlDeviceGetClockInfo/2"}
+# nvmlProcessUtilizationSample_t: pid, timeStamp, smUtil, memUtil, encUtil, decUtil.
+_SAMPLE = struct.Struct("=I4xQIIII")
+
+
+def _field_number(value_type: int, bits: int) -> float:
+    """The nvmlValue_t union, read as an unsigned 64-bit integer, as its declared type."""
+    if value_type in (2, 3):  # unsigned long, unsigned long long
+        return float(bits)
+    if value_type == 1:  # unsigned int
+        return float(bits & 0xFFFFFFFF)
+    if value_type == 0:  # double
+        return float(_DOUBLE.unpack(bits.to_bytes(8, "little"))[0])
+    if value_type == 4:  # signed long long
+        return float(bits - (1 << 64) if bits >> 63 else bits)
+    if value_type == 5:  # signed int
+        low = bits & 0xFFFFFFFF
+        return float(low - (1 << 32) if low >> 31 else low)
+    return float(bits & 0xFFFF)  # unsigned short
 
 
 @functools.lru_cache(maxsize=64)
@@ -286,7 +304,7 @@ class NvmlBackend:
         return self._read_processes(dev, errors) if self._processes else ()
 
     def _call_clock(self, dev: _Device, clock_type: int, errors: list[m.CollectionError]) -> Any:
-        what = f"nvmlDeviceGetClockInfo/{clock_type}"
+        what = _CLOCK_CALLS[clock_type]
         if what in dev.unsupported:
             return None
         value = self._call(dev, "nvmlDeviceGetClockInfo", errors, clock_type)
@@ -310,7 +328,7 @@ class NvmlBackend:
         for field_id, _scope, _ts, _lat, value_type, ret, value in _FIELD_VALUE.iter_unpack(raw):
             key, scale = _FIELDS[field_id]
             if ret == 0:
-                out[key] = _VALUE_FORMATS[value_type].unpack_from(value)[0] * scale
+                out[key] = _field_number(value_type, value) * scale
                 continue
             if ret == _GPU_IS_LOST:
                 raise _Lost
@@ -328,16 +346,17 @@ class NvmlBackend:
         procs = self._call(dev, "nvmlDeviceGetComputeRunningProcesses", errors) or []
         util: dict[int, dict[str, float]] = {}
         samples = self._call_process_utilization(dev, errors)
-        for s in samples:
-            dev.last_process_ts = max(dev.last_process_ts, int(s.timeStamp))
-            util[int(s.pid)] = {
-                "general": s.smUtil / 100.0,
-                "encoder": s.encUtil / 100.0,
-                "decoder": s.decUtil / 100.0,
-            }
+        if samples:
+            # The samples share one nvmlProcessUtilizationSample_t array; read its bytes
+            # rather than six slow attribute lookups per sample.
+            raw = ctypes.string_at(ctypes.addressof(samples[0]), len(samples) * _SAMPLE.size)
+            for pid, stamp, sm, _mem, enc, dec in _SAMPLE.iter_unpack(raw):
+                dev.last_process_ts = max(dev.last_process_ts, stamp)
+                util[pid] = {"general": sm / 100.0, "encoder": enc / 100.0, "decoder": dec / 100.0}
         result = []
+        mig = bool(dev.migs)  # outside MIG mode the instance ids mean nothing
         for p in procs:
-            gi = getattr(p, "gpuInstanceId", None)
+            gi = getattr(p, "gpuInstanceId", None) if mig else None
             result.append(
                 m.ProcessSample(
                     pid=int(p.pid),

@@ -13,7 +13,8 @@ The real nvidia-ml-py bindings then load it like the driver's library. Script ke
       encoder / decoder / temperature / power_mw / energy_mj / clock.sm / clock.mem /
       clocks_event_reasons / ecc.corrected / ecc.uncorrected / pcie.tx_kbps / pcie.rx_kbps /
       pcie.replay
-    gpu.<i>.field.<nvml field id>=<value>  (or =!<code> for a per-field error)
+    gpu.<i>.field.<nvml field id>=<value>  (or =!<code> for a per-field error; d:<x>, i:<x>,
+      u:<x> answer as double, signed 64-bit or unsigned 32-bit instead of unsigned 64-bit)
     gpu.<i>.error.<nvml function name>=<code>  (`all` for every call: 15 is GPU_IS_LOST)
     gpu.<i>.delay.<nvml function name>=<ms>  (the call hangs that long, like a stuck driver)
     gpu.<i>.process.<n>=<pid>,<used bytes>,<gpu instance>,<compute instance>

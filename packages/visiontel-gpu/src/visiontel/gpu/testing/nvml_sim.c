@@ -45,7 +45,7 @@ static const char *VALUE_KEYS[V_COUNT] = {
     "clocks_event_reasons", "ecc.corrected", "ecc.uncorrected", "pcie.tx_kbps", "pcie.rx_kbps",
     "pcie.replay"};
 
-typedef struct { unsigned id; unsigned long long value; int ret; } field_t;
+typedef struct { unsigned id; unsigned long long value; int ret; unsigned type; } field_t;
 typedef struct { char fn[64]; int code; } err_t;
 typedef struct { char fn[64]; unsigned ms; } delay_t;
 typedef struct { unsigned pid; unsigned long long used; unsigned gi, ci; } proc_t;
@@ -113,8 +113,16 @@ static void set_device_key(sim_device *d, const char *key, const char *val) {
         /* field.<id>=<value> or field.<id>=!<nvml error code> */
         field_t *f = &d->fields[d->nfields++];
         f->id = (unsigned)atoi(key + 6);
+        /* value, !<error code>, d:<double>, i:<signed 64-bit> or u:<unsigned 32-bit> */
+        f->ret = OK; f->type = 3;
         if (val[0] == '!') { f->ret = atoi(val + 1); f->value = 0; }
-        else { f->ret = OK; f->value = strtoull(val, NULL, 10); }
+        else if (strncmp(val, "d:", 2) == 0) {
+            double x = strtod(val + 2, NULL); f->type = 0; memcpy(&f->value, &x, sizeof x);
+        } else if (strncmp(val, "i:", 2) == 0) {
+            long long x = strtoll(val + 2, NULL, 10); f->type = 4; memcpy(&f->value, &x, sizeof x);
+        } else if (strncmp(val, "u:", 2) == 0) {
+            f->type = 1; f->value = (unsigned)strtoul(val + 2, NULL, 10);
+        } else f->value = strtoull(val, NULL, 10);
         return;
     }
     if (strncmp(key, "error.", 6) == 0 && d->nerrs < MAX_ERRS) {
@@ -415,7 +423,7 @@ nvmlReturn_t nvmlDeviceGetFieldValues(sim_device *d, int count, nvmlFieldValue_t
         for (int j = 0; j < d->nfields; j++) {
             if (d->fields[j].id != v->fieldId) continue;
             v->nvmlReturn = d->fields[j].ret;
-            v->valueType = 3; /* unsigned long long */
+            v->valueType = d->fields[j].type;
             v->value.ull = d->fields[j].value;
             break;
         }

@@ -351,3 +351,18 @@ def test_extracted_baggage_merges_with_the_base_context():
     ctx = vp.extract_dict({"baggage": "site=b"}, base)
     assert baggage.get_all(ctx) == {"tenant": "a", "site": "b"}
     assert baggage.get_all(base) == {"tenant": "a"}  # the base is not modified
+
+
+def test_inject_replaces_our_entries_whatever_their_key_type():
+    headers = [(b"traceparent", b"stale"), ("TraceParent", b"stale"), ("x", b"1")]
+    vp.inject_mq(headers, remote_context())
+    assert [k for k, _ in headers].count("traceparent") == 1
+    assert (b"traceparent", b"stale") not in headers and ("x", b"1") in headers
+
+
+def test_inject_into_something_unwritable_does_not_raise():
+    from types import MappingProxyType
+
+    vp.inject_dict(MappingProxyType({}), remote_context())  # type: ignore[arg-type]
+    vp.inject_grpc([42], remote_context())  # type: ignore[list-item]
+    vp.inject_mq(None, remote_context())  # type: ignore[arg-type]

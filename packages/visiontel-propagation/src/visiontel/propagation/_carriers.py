@@ -28,15 +28,18 @@ def inject_dict(carrier: MutableMapping[str, Any], context: Context | None = Non
     Keys this package owns but has nothing for are removed, so a reused dict never
     carries a previous frame's values.
     """
-    reused = bool(carrier)
-    written = _w3c.encode(context)
-    for key, value in written:
-        carrier[key] = value
-    if reused and len(written) < len(_w3c.FIELDS):
-        done = {key for key, _ in written}
-        for key in _w3c.FIELDS:
-            if key not in done and key in carrier:
-                del carrier[key]
+    try:
+        reused = bool(carrier)
+        written = _w3c.encode(context)
+        for key, value in written:
+            carrier[key] = value
+        if reused and len(written) < len(_w3c.FIELDS):
+            done = {key for key, _ in written}
+            for key in _w3c.FIELDS:
+                if key not in done and key in carrier:
+                    del carrier[key]
+    except Exception:  # e.g. a read-only mapping: the frame goes on without context
+        internal_error("inject_dict")
 
 
 def extract_dict(carrier: Mapping[str, Any] | None, context: Context | None = None) -> Context:
@@ -195,9 +198,12 @@ def inject_grpc(metadata: list[tuple[str, str | bytes]], context: Context | None
     Keys are lowercase and values printable ASCII strings, as gRPC requires for keys
     that do not end in ``-bin``. Pass the list as ``metadata=`` of a stub call.
     """
-    if metadata:
-        metadata[:] = [entry for entry in metadata if entry[0].lower() not in _FIELDS]
-    metadata.extend(_w3c.encode(context))
+    try:
+        if metadata:
+            metadata[:] = [entry for entry in metadata if not _ours(entry)]
+        metadata.extend(_w3c.encode(context))
+    except Exception:
+        internal_error("inject_grpc")
 
 
 def extract_grpc(
@@ -251,9 +257,20 @@ def inject_mq(headers: list[tuple[str, bytes]], context: Context | None = None) 
 
     Entries with our keys already in the list are replaced, never duplicated.
     """
-    if headers:
-        headers[:] = [entry for entry in headers if entry[0].lower() not in _FIELDS]
-    headers.extend([(key, value.encode("ascii")) for key, value in _w3c.encode(context)])
+    try:
+        if headers:
+            headers[:] = [entry for entry in headers if not _ours(entry)]
+        headers.extend([(key, value.encode("ascii")) for key, value in _w3c.encode(context)])
+    except Exception:
+        internal_error("inject_mq")
+
+
+def _ours(entry: Any) -> bool:
+    """Whether a list entry carries one of our keys (which inject replaces)."""
+    key = entry[0]
+    if isinstance(key, bytes):
+        key = key.decode("latin-1")
+    return isinstance(key, str) and key.lower() in _FIELDS
 
 
 def extract_mq(

@@ -101,6 +101,13 @@ def bench(session: nox.Session) -> None:
         session.run("python", str(script))
 
 
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The main job: `visiontel demo` on embedded defaults (flags after `--`: `-- --frames 100`)."""
+    _install_workspace(session, TORCH_NEWEST, "-e", f"{ROOT / 'packages' / 'visiontel'}[demo]")
+    session.run("visiontel", "demo", *session.posargs)
+
+
 # --- collector-config/ (issue 5): otelcol-visiontel, recipes, Prometheus rules, Grafana ----------
 # The binaries are built or fetched by collector-config/toolchain.py and cached under
 # ~/.cache/visiontel/ (the collector keyed by a hash of its builder manifest), so only the

@@ -1,0 +1,3 @@
+"""The meta distribution instruments nothing itself; the three it installs do."""
+
+_instruments: tuple[str, ...] = ()

@@ -1,0 +1,69 @@
+"""Entry point of one demo service process: ``python -m visiontel.demo._child ROLE CONFIG``.
+
+Talks to the launcher through stdout, one line per event (``READY port``, ``DONE seq
+latency_ns detections version``, ``GPU ...``, ``END count``, ``ERROR message``); anything
+else a library prints goes to stderr, which the launcher keeps in a file of the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
+from visiontel.demo._config import DemoConfig
+from visiontel.demo._errors import DemoError
+from visiontel.demo._telemetry import setup
+
+_print_lock = threading.Lock()
+stop = threading.Event()
+"""Set when the source should stop reading and end the stream (Ctrl-C, SIGTERM)."""
+
+
+def say(*fields: object) -> None:
+    """One protocol line to the launcher."""
+    line = " ".join(str(f) for f in fields)
+    with _print_lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    if stop.is_set() or signum == signal.SIGTERM:
+        raise SystemExit(128 + signum)  # second request, or a hard stop: unwind and flush
+    stop.set()
+
+
+def main(argv: list[str]) -> int:
+    role, raw = argv
+    config = DemoConfig.from_json(raw)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s"
+    )
+    signal.signal(signal.SIGTERM, _on_signal)
+    # Ctrl-C reaches every process of the terminal's group: only the source acts on it
+    # (it ends the stream); the others finish the frames already sent, then exit.
+    signal.signal(signal.SIGINT, _on_signal if role == "source" else signal.SIG_IGN)
+    telemetry = setup(role, config.run_id, config.run_path, enabled=config.telemetry)
+    try:
+        if role == "source":
+            from visiontel.demo._source import run
+        elif role == "detector":
+            from visiontel.demo._detector import run
+        else:
+            from visiontel.demo._sink import run
+        run(config, telemetry)
+        return 0
+    except DemoError as exc:
+        say("ERROR", str(exc))
+        return exc.exit_code
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        telemetry.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

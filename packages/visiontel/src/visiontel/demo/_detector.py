@@ -1,0 +1,177 @@
+"""The detector service: queues frames from gRPC, runs the model, sends results on.
+
+Each frame continues its own trace: ``detect`` with the stages ``preprocess``, the
+model's ``inference`` span (children ``backbone``, ``neck``, ``head``, ``nms`` from
+visiontel.torch), ``postprocess`` and the ``send result`` client call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import random
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import grpc
+import torch
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind
+
+import visiontel.propagation as vp
+import visiontel.torch as vt
+from visiontel.demo import _child
+from visiontel.demo._config import DemoConfig
+from visiontel.demo._errors import DemoError
+from visiontel.demo._model import MAX_SIDE, build, preprocess, to_frame
+from visiontel.demo._telemetry import Telemetry
+from visiontel.demo._wire import (
+    FRAME_METHOD,
+    KIND_END,
+    KIND_FRAME,
+    RESULT_METHOD,
+    Frame,
+    Result,
+    WireError,
+    connect,
+    serve,
+)  # fmt: skip
+
+_log = logging.getLogger("visiontel.demo.detector")
+MODEL_NAME = "tinydet"
+_QUEUE = 4  # frames waiting; a full queue holds the source's call: backpressure
+_CONNECT_TIMEOUT = 60.0
+
+
+class _GPUNote(logging.Handler):
+    """Keeps what visiontel-gpu says when it finds no GPU, for the run's summary."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _start_gpu_metrics(telemetry: Telemetry) -> None:
+    from visiontel.gpu import GPUInstrumentor
+
+    note = _GPUNote()
+    gpu_log = logging.getLogger("visiontel.gpu")
+    gpu_log.addHandler(note)
+    try:
+        instrumentor = GPUInstrumentor()
+        instrumentor.instrument(
+            meter_provider=telemetry.meter_provider, logger_provider=telemetry.logger_provider
+        )
+        devices = instrumentor.devices
+    finally:
+        gpu_log.removeHandler(note)
+    if devices:
+        _child.say("GPU", len(devices))
+    else:
+        reason = note.messages[-1] if note.messages else "no GPU metrics"
+        _child.say("NOGPU", reason.replace("\n", " "))
+
+
+def _router(config: DemoConfig) -> Callable[[int], str]:
+    """Which model version serves a frame: a seeded coin per frame, so reruns agree."""
+    if not config.canary_version:
+        return lambda sequence: config.model_version
+    canary, stable, fraction = config.canary_version, config.model_version, config.canary_fraction
+    return lambda sequence: canary if random.Random(sequence).random() < fraction else stable
+
+
+def _device(config: DemoConfig) -> torch.device:
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise DemoError("--device cuda: torch sees no CUDA device; use --device cpu or auto")
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+def run(config: DemoConfig, telemetry: Telemetry) -> None:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = _device(config)
+    if telemetry.enabled:
+        _start_gpu_metrics(telemetry)
+    models = {version: build(version).to(device) for version in config.versions}
+    if telemetry.enabled:
+        for version, model in models.items():
+            vt.instrument_model(model, name=MODEL_NAME, version=version)
+    route = _router(config)
+    tracer = trace.get_tracer("visiontel.demo.detector")
+    inbox: queue.Queue[tuple[Frame, Context | None]] = queue.Queue(_QUEUE)
+
+    def submit(request: bytes, context: grpc.ServicerContext) -> bytes:
+        try:
+            frame = Frame.unpack(request)
+        except WireError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        carried = vp.extract_grpc(context.invocation_metadata()) if telemetry.enabled else None
+        inbox.put((frame, carried))
+        return b""
+
+    try:
+        server = serve(FRAME_METHOD, submit, config.detector_port)
+    except OSError as exc:
+        raise DemoError(f"{exc}: pick another --detector-port, or 0 for a free one") from None
+    try:
+        channel = connect(config.sink_port, _CONNECT_TIMEOUT)
+    except grpc.FutureTimeoutError:
+        server.stop(0)
+        raise DemoError(f"the tracker did not answer on port {config.sink_port}") from None
+    send = channel.unary_unary(RESULT_METHOD)
+    _log.info("serving %s %s on %s", MODEL_NAME, "/".join(config.versions), device)
+    _child.say("READY", config.detector_port)
+
+    def stage(name: str, version: str) -> AbstractContextManager[object]:
+        if telemetry.enabled:
+            return vt.stage(name, model=MODEL_NAME, version=version)
+        return contextlib.nullcontext()
+
+    done = 0
+    with torch.inference_mode():
+        while True:
+            frame, carried = inbox.get()
+            if frame.kind == KIND_END:
+                break
+            if frame.kind != KIND_FRAME:
+                continue
+            version = route(frame.sequence)
+            metadata: list[tuple[str, str | bytes]] = []
+            span_cm: AbstractContextManager[object] = contextlib.nullcontext()
+            if carried is not None:
+                model_attributes = {
+                    "visiontel.model.name": MODEL_NAME,
+                    "visiontel.model.version": version,
+                }
+                span_cm = vp.continue_frame(
+                    "detect", carried, tracer=tracer, attributes=model_attributes
+                )
+            with span_cm:
+                with stage("preprocess", version):
+                    tensor, scale = preprocess(
+                        frame.pixels, frame.width, frame.height, frame.channels, device
+                    )
+                rows = models[version](tensor)[0]
+                with stage("postprocess", version):
+                    boxes = to_frame(rows, scale, frame.width, frame.height)
+                    result = Result(KIND_FRAME, frame.sequence, frame.capture_ns, version, boxes)
+                if telemetry.enabled:
+                    with tracer.start_as_current_span("send result", kind=SpanKind.CLIENT):
+                        vp.inject_grpc(metadata)
+                        send(result.pack(), metadata=metadata, timeout=30)
+                else:
+                    send(result.pack(), timeout=30)
+            done += 1
+    send(Result(KIND_END, done, 0).pack(), timeout=30)
+    channel.close()
+    server.stop(0.2).wait()
+    if telemetry.enabled:
+        vt.flush(5.0)
+    _log.info("detected on %d frames (max input side %d)", done, MAX_SIDE)

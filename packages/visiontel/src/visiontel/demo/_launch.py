@@ -1,0 +1,222 @@
+"""Starts the three services, shows live progress, prints the report at the end."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import IO, TextIO
+
+from visiontel.demo import _preflight, _report
+from visiontel.demo._config import DemoConfig
+from visiontel.demo._errors import DemoError
+from visiontel.demo._frames import describe, redact_url
+from visiontel.demo._telemetry import SERVICE_NAMES
+
+ROLES = ("sink", "detector", "source")  # start order: each connects to the one before
+_STALL_S = 120.0  # no event from any service for this long: give up
+
+
+@dataclass
+class _Stats:
+    started: float = field(default_factory=time.monotonic)
+    first: float | None = None
+    last: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    per_version: dict[str, int] = field(default_factory=dict)
+    gpu: str = ""
+
+    def add(self, latency_ns: int, version: str) -> None:
+        self.last = time.monotonic()
+        if self.first is None:
+            self.first = self.last
+        self.latencies_ms.append(latency_ns / 1e6)
+        self.per_version[version] = self.per_version.get(version, 0) + 1
+
+    @property
+    def fps(self) -> float:
+        # From the first result on: start-up (importing torch) is not pipeline speed.
+        if self.first is None or len(self.latencies_ms) < 2:
+            return 0.0
+        return (len(self.latencies_ms) - 1) / max(self.last - self.first, 1e-9)
+
+    def line(self, frames: int) -> str:
+        done = len(self.latencies_ms)
+        of = f"/{frames}" if frames else ""
+        if not done:
+            return f"frames 0{of}  (starting: the detector loads torch and its models)"
+        p50 = _report.percentile(self.latencies_ms, 50)
+        p99 = _report.percentile(self.latencies_ms, 99)
+        return (
+            f"frames {done}{of}  {self.fps:6.1f} fps  latency p50 {p50:6.1f} ms  p99 {p99:6.1f} ms"
+        )
+
+
+def _reader(role: str, stream: IO[str], events: queue.Queue[tuple[str, list[str]]]) -> None:
+    for line in stream:
+        events.put((role, line.split()))
+    events.put((role, ["EOF"]))
+
+
+def _spawn(role: str, config: DemoConfig, env: dict[str, str]) -> subprocess.Popen[str]:
+    log = (config.run_path / f"{SERVICE_NAMES[role]}.stderr.log").open("w", encoding="utf-8")
+    command = [sys.executable, "-m", "visiontel.demo._child", role, config.to_json()]
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True, env=env
+    )
+
+
+class Pipeline:
+    def __init__(self, config: DemoConfig, out: TextIO) -> None:
+        self.config = config
+        self.out = out
+        self.stats = _Stats()
+        self.processes: dict[str, subprocess.Popen[str]] = {}
+        self.events: queue.Queue[tuple[str, list[str]]] = queue.Queue()
+        self.interrupted = 0
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        if self.config.otlp_endpoint:
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.config.otlp_endpoint
+        else:
+            env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        for role in ROLES:
+            process = _spawn(role, self.config, env)
+            self.processes[role] = process
+            assert process.stdout is not None
+            threading.Thread(
+                target=_reader, args=(role, process.stdout, self.events), daemon=True
+            ).start()
+
+    def _failure(self, role: str, message: str | None) -> DemoError:
+        service = SERVICE_NAMES[role]
+        if message:
+            return DemoError(f"{service}: {message}")
+        log = self.config.run_path / f"{service}.stderr.log"
+        code = self.processes[role].poll()
+        return DemoError(f"the {service} service stopped unexpectedly (exit {code}): see {log}")
+
+    def watch(self) -> None:
+        """Follow the services until every one has exited; raise on the first failure."""
+        live = self.out.isatty()
+        last_draw = 0.0
+        last_event = time.monotonic()
+        open_streams = set(ROLES)
+        errors: dict[str, str] = {}
+        while open_streams:
+            try:
+                role, fields = self.events.get(timeout=0.25)
+                last_event = time.monotonic()
+            except queue.Empty:
+                role, fields = "", []
+            if time.monotonic() - last_event > _STALL_S:
+                raise DemoError(f"no progress for {_STALL_S:.0f}s: the pipeline is stuck")
+            kind = fields[0] if fields else ""
+            if kind == "DONE" and len(fields) >= 4:
+                self.stats.add(int(fields[2]), fields[4] if len(fields) > 4 else "")
+            elif kind == "ERROR":
+                errors[role] = " ".join(fields[1:])
+            elif kind in ("GPU", "NOGPU"):
+                self.stats.gpu = " ".join(fields[1:]) if kind == "NOGPU" else ""
+            elif kind == "EOF":
+                open_streams.discard(role)
+                code = self.processes[role].wait()
+                if code != 0 and not self.interrupted:
+                    raise self._failure(role, errors.get(role))
+            now = time.monotonic()
+            if now - last_draw >= (0.25 if live else 2.0):
+                last_draw = now
+                text = self.stats.line(self.config.frames)
+                self.out.write(f"\r{text}" if live else f"{text}\n")
+                self.out.flush()
+        self.out.write(("\r" if live else "") + self.stats.line(self.config.frames) + "\n")
+
+    def interrupt(self) -> None:
+        """First Ctrl-C: the source ends the stream and the rest drain. Second: stop all."""
+        self.interrupted += 1
+        source = self.processes.get("source")
+        if self.interrupted == 1 and source is not None and source.poll() is None:
+            source.send_signal(signal.SIGINT)
+        else:
+            self.stop()
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _print_report(config: DemoConfig, stats: _Stats, out: TextIO) -> None:
+    run_dir = config.run_path
+    write = out.write
+    if stats.per_version and config.canary_version:
+        shares = ", ".join(f"{v}: {n}" for v, n in sorted(stats.per_version.items()))
+        write(f"frames per model version: {shares}\n")
+    if config.otlp_endpoint:
+        write(f"\nTelemetry went to {redact_url(config.otlp_endpoint)} as OTLP; look for the "
+              "services frame-source, detector and tracker (namespace visiontel-demo), "
+              f"visiontel.demo.run_id={config.run_id}.\n")  # fmt: skip
+    elif config.telemetry:
+        spans = _report.load_spans(run_dir)
+        traces = _report.frame_traces(spans)
+        typical = _report.typical_trace(traces)
+        write("\n")
+        if typical is None:
+            write("no complete frame trace was written (see the *.stderr.log files)\n")
+        else:
+            write("\n".join(_report.waterfall(typical)) + "\n\n")
+            write("\n".join(_report.stage_table(traces)) + "\n")
+        names, logs = _report.metric_summary(run_dir)
+        write(f"\n{len(traces)} frame traces, {len(spans)} spans; metrics and log records:\n")
+        for service in SERVICE_NAMES.values():
+            write(f"  {service:<13} {', '.join(sorted(names[service])) or '-'}; "
+                  f"{logs[service]} log records\n")  # fmt: skip
+        write(f"\nOTLP JSON files in {run_dir}/:\n" + "\n".join(_report.files_summary(run_dir)))
+        write("\n")
+    if not config.telemetry:
+        write("telemetry was off (--no-telemetry)\n")
+    elif stats.gpu:
+        write(f"\nno GPU found ({stats.gpu})\n")
+    elif not config.otlp_endpoint:
+        write("\nGPU (last reading):\n" + "\n".join(_report.gpu_summary(run_dir)) + "\n")
+
+
+def run(config: DemoConfig, out: TextIO = sys.stdout) -> int:
+    """Run the demo; returns the exit code. Raises DemoError on a problem a user can fix."""
+    if config.stack:
+        config.otlp_endpoint = _preflight.stack()
+    if config.otlp_endpoint:
+        _preflight.endpoint(config.otlp_endpoint)
+    _preflight.source(config)
+    _preflight.ports(config)
+    config.run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    config.run_dir = str(_preflight.output(config).resolve())
+    kind, name = describe(config.source)
+    target = redact_url(config.otlp_endpoint) if config.otlp_endpoint else f"{config.run_dir}/"
+    out.write(f"visiontel demo {config.run_id}: {kind} frames from {name}, model "
+              f"{' + '.join(config.versions)}, telemetry "
+              f"{'to ' + target if config.telemetry else 'off'}\n")  # fmt: skip
+    out.flush()
+    pipeline = Pipeline(config, out)
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pipeline.interrupt())
+    try:
+        pipeline.start()
+        pipeline.watch()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        pipeline.stop()
+    _print_report(config, pipeline.stats, out)
+    return 130 if pipeline.interrupted > 1 else 0

@@ -1,0 +1,110 @@
+"""Checks made before any process starts, each failing with one line saying what to do."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+import socket
+import urllib.request
+from urllib.parse import urlsplit
+
+from visiontel.demo._config import DemoConfig
+from visiontel.demo._errors import UsageError
+from visiontel.demo._frames import SourceError, check, redact_url
+
+_TIMEOUT = 3.0
+STACK_HEALTH = "VISIONTEL_HEALTH_ENDPOINT"
+STACK_OTLP_HTTP = "VISIONTEL_OTLP_HTTP_ENDPOINT"
+
+
+def _port_free(port: int) -> bool:
+    # No SO_REUSEADDR/SO_REUSEPORT: a port anything listens on must fail here, exactly
+    # as it would for gRPC's own bind (which does set SO_REUSEPORT).
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def ports(config: DemoConfig) -> None:
+    """Check the ports given, pick free ones for those left at 0."""
+    for flag, attr in (("--detector-port", "detector_port"), ("--sink-port", "sink_port")):
+        port = getattr(config, attr)
+        if port and not _port_free(port):
+            raise UsageError(
+                f"port {port} on 127.0.0.1 is in use ({flag}): stop what holds it, pick "
+                f"another {flag}, or leave {flag} out to use a free port"
+            )
+    while not config.detector_port or config.detector_port == config.sink_port:
+        config.detector_port = free_port()
+    while not config.sink_port or config.sink_port == config.detector_port:
+        config.sink_port = free_port()
+
+
+def source(config: DemoConfig) -> None:
+    try:
+        check(config.source, _TIMEOUT)
+    except SourceError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def endpoint(url: str) -> None:
+    """The OTLP endpoint must at least accept a TCP connection."""
+    safe = redact_url(url)
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 4318)
+    except ValueError:
+        raise UsageError(f"OTLP endpoint {safe} has an invalid port") from None
+    if not parts.hostname:
+        raise UsageError(f"OTLP endpoint {safe} names no host: e.g. http://localhost:4318")
+    try:
+        socket.create_connection((parts.hostname, port), timeout=_TIMEOUT).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UsageError(
+            f"cannot reach the OTLP endpoint {safe} ({reason}): start the collector, correct "
+            "--otlp-endpoint / OTEL_EXPORTER_OTLP_ENDPOINT, or unset it to write files"
+        ) from None
+
+
+def output(config: DemoConfig) -> pathlib.Path:
+    base = pathlib.Path(config.output)
+    run_dir = base / config.run_id
+    try:
+        run_dir.mkdir(parents=True, exist_ok=False)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot create {run_dir} ({exc.strerror}): choose a writable --output"
+        ) from None
+    return run_dir
+
+
+def stack() -> str:
+    """The local collector stack's OTLP/HTTP endpoint, if its health check answers."""
+    health = os.environ.get(STACK_HEALTH, "localhost:13133")
+    otlp = os.environ.get(STACK_OTLP_HTTP, "localhost:4318")
+    try:
+        with urllib.request.urlopen(f"http://{health}/", timeout=_TIMEOUT) as answer:
+            healthy = answer.status == 200
+    except OSError:
+        healthy = False
+    if not healthy:
+        raise UsageError(
+            f"--stack: no local collector stack answers its health check at {health}: start "
+            "otelcol-visiontel with collector-config/local.yaml first (see docs/demo.md), or "
+            "set OTEL_EXPORTER_OTLP_ENDPOINT to your own collector"
+        )
+    return f"http://{otlp}"

@@ -366,3 +366,10 @@ def test_inject_into_something_unwritable_does_not_raise():
     vp.inject_dict(MappingProxyType({}), remote_context())  # type: ignore[arg-type]
     vp.inject_grpc([42], remote_context())  # type: ignore[list-item]
     vp.inject_mq(None, remote_context())  # type: ignore[arg-type]
+
+
+def test_baggage_value_of_any_type_is_sent_as_text():
+    ctx = baggage.set_baggage("roi", [1, 2], remote_context())  # the API accepts objects
+    meta: dict[str, str] = {}
+    vp.inject_dict(meta, ctx)
+    assert baggage.get_all(vp.extract_dict(meta))["roi"] == "[1, 2]"

@@ -48,11 +48,18 @@ _BAGGAGE_VALUE_RE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
 
 def encode_baggage(entries: Mapping[str, object]) -> str:
     key = tuple(entries.items())
-    text = _encoded.get(key)
+    try:
+        text = _encoded.get(key)
+    except TypeError:  # an unhashable value (the API accepts any object)
+        return _encode_baggage(key)
     if text is None:
-        text = ",".join(f"{quote(k, safe='')}={quote(str(v), safe='')}" for k, v in key)
+        text = _encode_baggage(key)
         _remember(_encoded, key, text)
     return text
+
+
+def _encode_baggage(items: tuple[tuple[str, object], ...]) -> str:
+    return ",".join(f"{quote(k, safe='')}={quote(str(v), safe='')}" for k, v in items)
 
 
 # Baggage is usually the same on every frame of a stream (site, tenant, model

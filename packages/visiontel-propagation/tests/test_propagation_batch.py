@@ -77,6 +77,7 @@ def test_batches_past_the_link_limit_lose_no_frame(tracing, caplog, n):
     (span,) = tracing.named("detect")
     chunks = tracing.named("detect links")
     assert len(span.links) == 128  # what the SDK keeps by default
+    assert span.dropped_links == 0 and all(c.dropped_links == 0 for c in chunks)
     assert span.attributes["visiontel.batch.linked_frames"] == 128
     assert span.attributes["visiontel.batch.link_chunks"] == len(chunks) == (n - 1) // 128
     assert all(c.parent.span_id == span.context.span_id for c in chunks)
@@ -203,3 +204,21 @@ def test_a_broken_tracer_does_not_stop_a_stage(tracing):
     with vp.continue_frame("track", ctx, tracer=_BrokenTracer()) as span:
         assert vp.get_frame() is not None
     assert not span.get_span_context().is_valid
+
+
+def test_link_limit_set_in_code_on_the_sdk_is_respected(tracing):
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(span_limits=SpanLimits(max_links=5))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    frames = frames_in(tracing, 12)
+    with vp.batch_span(frames, "detect", tracer=provider.get_tracer("t"), member_spans=False):
+        pass
+    spans = exporter.get_finished_spans()
+    batch = next(s for s in spans if s.name == "detect")
+    chunks = [s for s in spans if s.name == "detect links"]
+    assert len(batch.links) == 5 and [len(c.links) for c in chunks] == [5, 2]
+    assert batch.dropped_links == 0 and all(c.dropped_links == 0 for c in chunks)

@@ -73,11 +73,12 @@ def batch_span(
     no single frame's trace. With ``member_spans`` (default) every sampled frame's
     trace gets a ``"<name> member"`` span, linked to the batch span and lasting as
     long as it; frames past ``max_links`` get one whatever ``member_spans`` says.
-    ``max_links`` defaults to ``OTEL_SPAN_LINK_COUNT_LIMIT`` (128).
+    ``max_links`` defaults to ``OTEL_SPAN_LINK_COUNT_LIMIT`` (128), or the SDK
+    tracer's own link limit where that is lower.
     """
     tracer = _tracer(tracer)
     contexts = list(frames)
-    per_span = max_links if max_links is not None else limits().max_links
+    per_span = max_links if max_links is not None else _link_limit(tracer)
     if per_span < 1:
         raise ValueError(f"max_links must be at least 1, got {per_span}")
     try:
@@ -100,6 +101,18 @@ def batch_span(
             span.end(end)
         except Exception:
             internal_error("batch_span end")
+
+
+def _link_limit(tracer: Tracer) -> int:
+    """Links one span may keep: ours, or the SDK tracer's own if it says less.
+
+    The SDK's limit can be set in code (``TracerProvider(span_limits=...)``), not
+    only through ``OTEL_SPAN_LINK_COUNT_LIMIT``; it is read where the tracer exposes
+    it, so links past it go to chunk spans instead of being dropped by the SDK.
+    """
+    ours = limits().max_links
+    sdk = getattr(getattr(tracer, "_span_limits", None), "max_links", None)
+    return min(ours, sdk) if isinstance(sdk, int) and sdk > 0 else ours
 
 
 def _open(

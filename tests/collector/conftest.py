@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from collector_support import SESSION_HINT, Collector
+from collector_support import SESSION_HINT, Stack
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -64,17 +64,17 @@ def stack_binaries() -> None:
 
 @pytest.fixture
 def start_collector(otelcol: pathlib.Path, tmp_path: pathlib.Path) -> Iterator[Any]:
-    started: list[Collector] = []
+    """start(configs, env, name) runs otelcol-visiontel until the test ends.
 
-    def start(configs: list[pathlib.Path], env: dict[str, str], name: str = "otelcol") -> Collector:
-        collector = Collector(otelcol, configs, env, tmp_path / f"{name}.log")
-        started.append(collector)
-        collector.wait_ready()
-        return collector
+    Depends on `otelcol` so a missing binary fails with the session hint first.
+    """
+    stack = Stack(tmp_path)
+
+    def start(configs: list[pathlib.Path], env: dict[str, str], name: str = "otelcol") -> None:
+        stack.start_otelcol(name, configs, env)
 
     yield start
-    for collector in reversed(started):
-        collector.stop()
+    stack.stop()
 
 
 @pytest.fixture(scope="session")

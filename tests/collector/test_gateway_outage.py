@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import os
 import pathlib
-import sys
 import time
 from collections.abc import Iterator
 
 import pytest
-from collector_support import CONFIG_DIR, free_port
+from collector_support import CONFIG_DIR, Stack, free_port
 from otlp_json import post, span, traces
-
-sys.path.insert(0, str(CONFIG_DIR / "stack"))
-from stack import Stack
 
 pytestmark = pytest.mark.e2e
 OUTAGE_S = 30.0

@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from collector_support import CONFIG_DIR
+from collector_support import Stack
 from e2e_pipeline import CAMERA_URL, run_pipeline
-
-sys.path.insert(0, str(CONFIG_DIR / "stack"))
-from stack import Stack
 
 pytestmark = pytest.mark.e2e
 T = TypeVar("T")

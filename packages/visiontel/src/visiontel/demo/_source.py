@@ -7,7 +7,7 @@ import logging
 import time
 
 import grpc
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 
 import visiontel.propagation as vp
 from visiontel.demo import _child
@@ -25,6 +25,9 @@ _CONNECT_TIMEOUT = 120.0  # the detector imports torch and builds its models fir
 def run(config: DemoConfig, telemetry: Telemetry) -> None:
     kind, name = describe(config.source)
     tracer = trace.get_tracer("visiontel.demo.source")
+    frames_sent = metrics.get_meter("visiontel.demo.source").create_counter(
+        "visiontel.demo.frames.sent", unit="{frame}", description="Frames sent to the detector"
+    )
     try:
         channel = connect(config.detector_port, _CONNECT_TIMEOUT)
     except grpc.FutureTimeoutError:
@@ -65,6 +68,8 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
                 ).pack()
                 submit(payload, metadata=metadata, timeout=60)
             sent += 1
+            if telemetry.enabled:
+                frames_sent.add(1, {"visiontel.source.kind": kind})
     except SourceError as exc:
         raise DemoError(str(exc)) from None
     finally:

@@ -105,7 +105,11 @@ def bench(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """The main job: `visiontel demo` on embedded defaults (flags after `--`: `-- --frames 100`)."""
     _install_workspace(session, TORCH_NEWEST, "-e", f"{ROOT / 'packages' / 'visiontel'}[demo]")
-    session.run("visiontel", "demo", *session.posargs)
+    env = {}
+    if "--stack" in session.posargs:  # the local stack's binaries, built once and cached
+        for tool in ("otelcol", "jaeger", "prometheus"):
+            env[f"VISIONTEL_{tool.upper()}"] = _collector_tool(session, tool)
+    session.run("visiontel", "demo", *session.posargs, env=env)
 
 
 # --- collector-config/ (issue 5): otelcol-visiontel, recipes, Prometheus rules, Grafana ----------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -13,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import IO, TextIO
 
-from visiontel.demo import _preflight, _report
+from visiontel.demo import _preflight, _report, _stack
 from visiontel.demo._config import DemoConfig
 from visiontel.demo._errors import DemoError
 from visiontel.demo._frames import describe, redact_url
@@ -196,14 +197,27 @@ def _print_report(config: DemoConfig, stats: _Stats, out: TextIO) -> None:
 
 def run(config: DemoConfig, out: TextIO = sys.stdout) -> int:
     """Run the demo; returns the exit code. Raises DemoError on a problem a user can fix."""
-    if config.stack:
-        config.otlp_endpoint = _preflight.stack()
-    if config.otlp_endpoint:
+    script = _stack.check() if config.stack else None
+    if config.otlp_endpoint and not script:
         _preflight.endpoint(config.otlp_endpoint)
     _preflight.source(config)
     _preflight.ports(config)
     config.run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     config.run_dir = str(_preflight.output(config).resolve())
+    stack = None
+    if script is not None:
+        out.write("starting the local stack (collector, Jaeger, Prometheus)...\n")
+        out.flush()
+        stack = _stack.LocalStack(script, config.run_path / "stack")
+        config.otlp_endpoint = stack.endpoint
+    try:
+        return _run_pipeline(config, out, stack)
+    finally:
+        if stack is not None:
+            stack.stop()
+
+
+def _run_pipeline(config: DemoConfig, out: TextIO, stack: _stack.LocalStack | None) -> int:
     kind, name = describe(config.source)
     target = redact_url(config.otlp_endpoint) if config.otlp_endpoint else f"{config.run_dir}/"
     out.write(f"visiontel demo {config.run_id}: {kind} frames from {name}, model "
@@ -219,4 +233,11 @@ def run(config: DemoConfig, out: TextIO = sys.stdout) -> int:
         signal.signal(signal.SIGINT, previous)
         pipeline.stop()
     _print_report(config, pipeline.stats, out)
+    if stack is not None:
+        out.write("\nThe local stack:\n" + "\n".join(stack.describe()) + "\n")
+        if out.isatty() and not pipeline.interrupted:
+            out.write("It stays up until Ctrl-C.\n")
+            out.flush()
+            with contextlib.suppress(KeyboardInterrupt):
+                signal.pause()
     return 130 if pipeline.interrupted > 1 else 0

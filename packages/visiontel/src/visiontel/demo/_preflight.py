@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import errno
-import os
 import pathlib
 import socket
-import urllib.request
 from urllib.parse import urlsplit
 
 from visiontel.demo._config import DemoConfig
@@ -14,8 +12,6 @@ from visiontel.demo._errors import UsageError
 from visiontel.demo._frames import SourceError, check, redact_url
 
 _TIMEOUT = 3.0
-STACK_HEALTH = "VISIONTEL_HEALTH_ENDPOINT"
-STACK_OTLP_HTTP = "VISIONTEL_OTLP_HTTP_ENDPOINT"
 
 
 def _port_free(port: int) -> bool:
@@ -90,21 +86,3 @@ def output(config: DemoConfig) -> pathlib.Path:
             f"cannot create {run_dir} ({exc.strerror}): choose a writable --output"
         ) from None
     return run_dir
-
-
-def stack() -> str:
-    """The local collector stack's OTLP/HTTP endpoint, if its health check answers."""
-    health = os.environ.get(STACK_HEALTH, "localhost:13133")
-    otlp = os.environ.get(STACK_OTLP_HTTP, "localhost:4318")
-    try:
-        with urllib.request.urlopen(f"http://{health}/", timeout=_TIMEOUT) as answer:
-            healthy = answer.status == 200
-    except OSError:
-        healthy = False
-    if not healthy:
-        raise UsageError(
-            f"--stack: no local collector stack answers its health check at {health}: start "
-            "otelcol-visiontel with collector-config/local.yaml first (see docs/demo.md), or "
-            "set OTEL_EXPORTER_OTLP_ENDPOINT to your own collector"
-        )
-    return f"http://{otlp}"

@@ -1,0 +1,70 @@
+"""Frames per second of the `visiontel demo` pipeline, all instrumentation on vs all off.
+
+    nox -s bench -- pipeline            # or: python bench/pipeline.py --rounds 5 --frames 400
+
+Same three processes, same gRPC hops, same model, source unpaced (``--fps 0``) so the
+pipeline runs as fast as its slowest stage (the detector). "on" is the embedded default:
+visiontel-torch stage spans and metrics, visiontel-propagation context on every hop,
+visiontel-gpu (which finds no GPU on a CPU machine), SDK batch processors writing OTLP
+JSON files. "off" is ``--no-telemetry``: no SDK, no instrumentation, no context.
+
+Runs alternate (on, off, off, on, ...) so drift in a shared machine's load hits both
+sides alike. The figure of a run is the demo's own: results per second at the tracker
+from the first result to the last (process start-up, mostly importing torch, excluded).
+Reported: median fps of each side and their ratio, plus each round's ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+
+_FPS = re.compile(r"frames (\d+)/(\d+) +([0-9.]+) fps")
+
+
+def _once(frames: int, telemetry: bool, output: str) -> float:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "VISIONTEL_DEMO_"))}
+    command = [sys.executable, "-m", "visiontel.cli", "demo", "--frames", str(frames)]
+    command += ["--fps", "0", "--output", output]
+    if not telemetry:
+        command.append("--no-telemetry")
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"demo failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    done = [m for m in _FPS.finditer(result.stdout) if m.group(1) == m.group(2)]
+    if not done:
+        raise SystemExit(f"no final progress line in:\n{result.stdout}")
+    return float(done[-1].group(3))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="pairs of runs (default 3)")
+    parser.add_argument("--frames", type=int, default=400, help="frames per run (default 400)")
+    args = parser.parse_args()
+    fps: dict[bool, list[float]] = {True: [], False: []}
+    rounds: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="visiontel-bench-") as output:
+        for index in range(args.rounds):
+            order = (True, False) if index % 2 == 0 else (False, True)
+            got = {on: _once(args.frames, on, output) for on in order}
+            for on, value in got.items():
+                fps[on].append(value)
+            rounds.append(got[True] / got[False])
+            print(f"round {index + 1}: on {got[True]:.1f} fps, off {got[False]:.1f} fps, "
+                  f"ratio {rounds[-1]:.3f}", flush=True)  # fmt: skip
+    on, off = statistics.median(fps[True]), statistics.median(fps[False])
+    print(f"\npipeline ({args.frames} frames/run, {args.rounds} rounds, {os.cpu_count()} CPUs)")
+    print("| variant | median fps | ratio |\n|---|---:|---:|")
+    print(f"| all instrumentation off (`--no-telemetry`) | {off:.1f} | 1.00 |")
+    print(f"| all on, OTLP JSON files (embedded default) | {on:.1f} | {on / off:.3f} |")
+    print("per-round on/off ratios: " + ", ".join(f"{r:.3f}" for r in rounds))
+
+
+if __name__ == "__main__":
+    main()

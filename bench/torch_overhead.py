@@ -6,6 +6,11 @@ Two models defined here: a ResNet-18-like net at 224x224 (batch 1), compute-boun
 launch-bound detector at 320x320 whose ~90 layers each do very little work. Variants are
 run interleaved (one timed block of each per round, in a rotating order) and the table
 reports, per variant, median(block time) / median(baseline block time).
+
+Time is the inference thread's CPU time (``time.thread_time``) by default: with one torch
+thread every operator runs on it, and on a shared, loaded machine CPU time is far steadier
+than wall time (which also counts the time the OS gave the core to someone else).
+``--clock wall`` reports wall time instead.
 """
 
 from __future__ import annotations
@@ -183,7 +188,7 @@ def variants(model: torch.nn.Module) -> dict[str, Variant]:
 
 
 def measure(
-    model: torch.nn.Module, images: torch.Tensor, rounds: int, iters: int
+    model: torch.nn.Module, images: torch.Tensor, rounds: int, iters: int, clock: Any
 ) -> dict[str, Any]:
     model.eval()
     table = variants(model)
@@ -198,11 +203,11 @@ def measure(
                 install, remove, around = table[name]
                 install()
                 model(images)  # first call outside timing (discovery, arming caches)
+                start = clock()  # includes entering/leaving the context (profiler teardown)
                 with around():
-                    start = time.perf_counter()
                     for _ in range(iters):
                         model(images)
-                    elapsed = time.perf_counter() - start
+                elapsed = clock() - start
                 remove()
                 times[name].append(elapsed / iters)
     base = statistics.median(times["baseline"])
@@ -220,6 +225,7 @@ def main() -> int:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads (1 is steadiest)"
     )
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -233,10 +239,12 @@ def main() -> int:
     results: dict[str, Any] = {}
     for case, (model, images) in cases.items():
         print(f"measuring {case} ({args.rounds} rounds x {args.iters} forwards)...", flush=True)
-        results[case] = measure(model, images, args.rounds, args.iters)
+        clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+        results[case] = measure(model, images, args.rounds, args.iters, clock)
     header = "| variant | " + " | ".join(cases) + " |"
     python = sys.version.split()[0]
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, python {python}")
+    threads = torch.get_num_threads()
+    print(f"\ntorch {torch.__version__}, {threads} threads, python {python}, {args.clock} time")
     print(header)
     print("|---|" + "---|" * len(cases))
     for variant in next(iter(results.values())):

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 SCRIPT = textwrap.dedent(
     """
@@ -33,11 +34,11 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def run(propagators: str) -> dict:
-    env = {**os.environ, "OTEL_PROPAGATORS": propagators}
+def python(script: str, **env: str) -> Any:
+    """Run ``script`` in a fresh interpreter and return the JSON it prints."""
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        env=env,
+        [sys.executable, "-c", script],
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=60,
@@ -45,6 +46,10 @@ def run(propagators: str) -> dict:
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+def run(propagators: str) -> dict:
+    return python(SCRIPT, OTEL_PROPAGATORS=propagators)
 
 
 def test_registered_propagator_is_used_by_opentelemetry():
@@ -71,3 +76,45 @@ def test_entry_point_metadata():
     from visiontel.propagation import FramePropagator
 
     assert ep.load() is FramePropagator
+
+
+METRIC_SCRIPT = textwrap.dedent(
+    """
+    import json
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    import visiontel.propagation as vp
+
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    vp.extract_mq([("traceparent", b"00-nonsense")])
+    vp.extract_mq([("traceparent", b"00-nonsense")])
+    vp.extract_slot(b"XXXX" + bytes(252))
+    points = [
+        {"attributes": dict(p.attributes), "value": p.value}
+        for rm in reader.get_metrics_data().resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "visiontel.propagation.rejected"
+        for p in m.data.data_points
+    ]
+    print(json.dumps(points))
+    """
+)
+
+
+def test_rejections_are_a_metric():
+    done = subprocess.run(
+        [sys.executable, "-c", METRIC_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    points = {
+        (p["attributes"]["visiontel.carrier"], p["attributes"]["visiontel.reason"]): p["value"]
+        for p in python(METRIC_SCRIPT)
+    }
+    assert points == {("mq", "traceparent_malformed"): 2, ("slot", "bad_magic"): 1}

@@ -67,6 +67,20 @@ def test_every_text_extract_path_survives_anything(carrier):
 
 
 @FUZZ
+@given(st.lists(st.tuples(KEYS, st.one_of(NEAR_TRACEPARENT, NEAR_FRAME, NEAR_BAGGAGE, TEXT))))
+def test_http_header_objects_survive_anything(fields):
+    import email.message
+
+    message = email.message.Message()
+    for key, value in fields:
+        try:
+            message[key] = value
+        except ValueError:  # the email package refuses some header values itself
+            continue
+    check(vp.extract_http(message))
+
+
+@FUZZ
 @given(st.dictionaries(KEYS, st.one_of(TEXT, NEAR_TRACEPARENT, NEAR_FRAME, NEAR_BAGGAGE)))
 def test_dict_and_propagator_agree_on_frames(carrier):
     ours = vp.get_frame(vp.extract_dict(carrier))

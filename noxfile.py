@@ -65,10 +65,9 @@ def tests(session: nox.Session, torch: str) -> None:
     targets = [str(p / "tests") for p in PACKAGES if (p / "tests").exists()]
     targets.append(str(ROOT / "tests"))
     # tests/collector needs the built collector and promtool: the `collector` session runs it.
-    ignore = [f"--ignore={ROOT / 'tests' / 'collector'}"]
-    session.run(
-        "pytest", *targets, *ignore, *session.posargs, env={"VISIONTEL_TEST_TORCH": torch}
-    )
+    # tests/reliability has its own sessions (reliability, reliability_short).
+    ignore = [f"--ignore={ROOT / 'tests' / d}" for d in ("collector", "reliability")]
+    session.run("pytest", *targets, *ignore, *session.posargs, env={"VISIONTEL_TEST_TORCH": torch})
 
 
 @nox.session(python=PYTHON, tags=["ci"])
@@ -168,3 +167,38 @@ def stack(session: nox.Session) -> None:
     session.install(*COLLECTOR_TEST_DEPS, "-e", str(ROOT / "packages" / "visiontel-propagation"))
     tests = str(ROOT / "tests" / "collector")
     session.run("pytest", tests, "-m", "e2e", *session.posargs, env=env)
+
+
+# --- tests/reliability (issue 7): faults, load, hostile input, secrets ------------------------
+# VISIONTEL_RELIABILITY_PROFILE=short|full picks outage/load durations; `reliability` runs
+# the full profile (~20 min) and rewrites docs/reliability.md from the measured rows,
+# `reliability_short` (CI) runs the short one and checks the doc lists every fault.
+RELIABILITY_DEPS = ("cryptography", "psutil", "opentelemetry-exporter-otlp", "pyyaml")
+
+
+def _reliability(session: nox.Session, profile: str) -> None:
+    _install_workspace(session, TORCH_NEWEST, *RELIABILITY_DEPS)
+    env = {
+        "VISIONTEL_RELIABILITY_PROFILE": os.environ.get("VISIONTEL_RELIABILITY_PROFILE", profile),
+        "VISIONTEL_OTELCOL": _collector_tool(session, "otelcol"),
+    }
+    profile = env["VISIONTEL_RELIABILITY_PROFILE"]
+    results = pathlib.Path(session.create_tmp()) / f"reliability-{profile}.jsonl"
+    results.unlink(missing_ok=True)
+    env["VISIONTEL_RELIABILITY_RESULTS"] = str(results)
+    suite = ROOT / "tests" / "reliability"
+    session.run("pytest", str(suite), *session.posargs, env=env)
+    render = ["python", str(suite / "render.py"), str(results)]
+    session.run(*render, "--write" if profile == "full" else "--check")
+
+
+@nox.session(python=PYTHON)
+def reliability(session: nox.Session) -> None:
+    """The whole reliability suite, full profile; regenerates docs/reliability.md."""
+    _reliability(session, "full")
+
+
+@nox.session(python=PYTHON, tags=["ci"])
+def reliability_short(session: nox.Session) -> None:
+    """The reliability suite with short outages and load (CI, a few minutes)."""
+    _reliability(session, "short")

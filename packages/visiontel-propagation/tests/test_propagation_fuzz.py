@@ -38,7 +38,7 @@ VALUES = st.one_of(
 PAIRS = st.lists(st.tuples(st.one_of(KEYS, TEXT, BYTES), VALUES), max_size=12)
 ANY = st.one_of(PAIRS, st.dictionaries(KEYS, VALUES), TEXT, BYTES, st.none(), st.lists(VALUES))
 
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture(autouse=True)

@@ -373,3 +373,31 @@ def test_baggage_value_of_any_type_is_sent_as_text():
     meta: dict[str, str] = {}
     vp.inject_dict(meta, ctx)
     assert baggage.get_all(vp.extract_dict(meta))["roi"] == "[1, 2]"
+
+
+@pytest.mark.parametrize(
+    ("stream_id", "sent"),
+    [
+        ("rtsp://admin:s3cret@10.0.0.7:554/stream1", "rtsp://10.0.0.7:554/stream1"),
+        ("rtsp://token@cam.local/live", "rtsp://cam.local/live"),
+        ("cam-1@site", "cam-1@site"),  # not a URL: kept
+        ("rtsp://cam.local/live", "rtsp://cam.local/live"),
+    ],
+)
+def test_credentials_never_leave_with_a_url_stream_id(stream_id, sent):
+    ctx = vp.set_frame(vp.FrameIdentity(stream_id, 1, 2), Context())
+    meta: dict[str, str] = {}
+    vp.inject_dict(meta, ctx)
+    assert vp.get_frame(ctx).stream_id == sent
+    assert "s3cret" not in meta["visiontel-frame"] and "token@" not in meta["visiontel-frame"]
+    assert vp.get_frame(vp.extract_dict(meta)).stream_id == sent
+    # a careless peer sending credentials does not get them recorded here either
+    raw = {"visiontel-frame": vp.FrameIdentity(stream_id, 1, 2).to_header()}
+    assert vp.get_frame(vp.extract_dict(raw)).stream_id == sent
+
+
+def test_start_frame_records_the_stream_without_credentials(tracing):
+    frame = vp.FrameIdentity("rtsp://u:p@cam/1", 1, 2)
+    with vp.start_frame("decode", frame, tracer=tracing.tracer):
+        assert vp.get_frame().stream_id == "rtsp://cam/1"
+    assert tracing.named("decode")[0].attributes["visiontel.frame.stream_id"] == "rtsp://cam/1"

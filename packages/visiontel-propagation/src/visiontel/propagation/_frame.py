@@ -6,7 +6,7 @@ import functools
 import re
 import time
 from typing import NamedTuple
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
@@ -74,7 +74,7 @@ class FrameIdentity(NamedTuple):
         if not (0 < len(stream_id) <= max_stream):
             reject(carrier, "frame_out_of_range", value)
             return None
-        return cls(stream_id, sequence, capture_ns)
+        return cls(strip_credentials(stream_id), sequence, capture_ns)
 
 
 # A pipeline has a handful of cameras, so stream ids repeat on every frame: their
@@ -109,9 +109,31 @@ def check_frame(frame: FrameIdentity) -> None:
 
 
 def set_frame(frame: FrameIdentity, context: Context | None = None) -> Context:
-    """Return ``context`` (default: current) carrying ``frame``."""
+    """Return ``context`` (default: current) carrying ``frame``.
+
+    A stream id that is a URL with credentials (``rtsp://user:pass@cam/1``) is
+    stored, sent and recorded without them (``rtsp://cam/1``).
+    """
     check_frame(frame)
+    clean = strip_credentials(frame.stream_id)
+    if clean != frame.stream_id:
+        frame = frame._replace(stream_id=clean)
     return otel_context.set_value(_FRAME_KEY, frame, context)
+
+
+@functools.lru_cache(maxsize=1024)
+def strip_credentials(stream_id: str) -> str:
+    """``stream_id`` without the user-info part if it is a URL carrying one."""
+    if "@" not in stream_id or "://" not in stream_id:
+        return stream_id
+    try:
+        parts = urlsplit(stream_id)
+    except ValueError:
+        return stream_id
+    if "@" not in parts.netloc:
+        return stream_id
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=host))
 
 
 def get_frame(context: Context | None = None) -> FrameIdentity | None:

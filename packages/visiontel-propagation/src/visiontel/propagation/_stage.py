@@ -58,7 +58,9 @@ def start_frame(
     block the current context carries ``frame``, so every ``inject_*`` call sends it.
     """
     base = trace.set_span_in_context(INVALID_SPAN) if parent is None else parent
-    token = otel_context.attach(set_frame(frame, base))
+    ctx = set_frame(frame, base)
+    frame = get_frame(ctx) or frame  # as stored: credentials stripped from URL stream ids
+    token = otel_context.attach(ctx)
     try:
         try:
             span = _tracer(tracer).start_span(

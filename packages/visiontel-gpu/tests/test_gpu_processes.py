@@ -121,3 +121,22 @@ def test_processes_on_a_mig_gpu_carry_their_gpu_instance(sim, metrics, instrumen
     p = metrics.collect()
     (attrs,) = [a for a, _ in p["nvidia.gpu.process.memory.usage"] if a["process.pid"] == 5150]
     assert attrs["nvidia.gpu.mig.gpu_instance_id"] == 3
+
+
+def test_many_processes_and_unavailable_memory(sim, metrics, instrumentor):
+    # More processes than the first buffer holds (NVML answers INSUFFICIENT_SIZE, we grow),
+    # and one whose memory NVML cannot tell (NVML_VALUE_NOT_AVAILABLE): no series for it.
+    procs = {f"gpu.0.process.{n}": f"{3000 + n},{(n + 1) * 1024},0,0" for n in range(20)}
+    procs["gpu.0.process.20"] = "3999,18446744073709551615,0,0"
+    procs.update({f"gpu.0.process_utilization.{n}": f"{3000 + n},{n},0,0,0" for n in range(20)})
+    sim.write(two_gpus(**procs))
+    instrumentor.instrument(meter_provider=metrics.provider, events=False, interval=60.0)
+    p = metrics.collect()
+    memory = {a["process.pid"]: v for a, v in p["nvidia.gpu.process.memory.usage"]}
+    assert memory == {3000 + n: (n + 1) * 1024 for n in range(20)}
+    general = {
+        a["process.pid"]: v
+        for a, v in p["nvidia.gpu.process.utilization"]
+        if a["hw.gpu.task"] == "general"
+    }
+    assert general == {3000 + n: n / 100 for n in range(20)}

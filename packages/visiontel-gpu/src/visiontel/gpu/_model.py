@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
 
-_NO_UTILIZATION: Mapping[str, float] = MappingProxyType({})
+NO_UTILIZATION: Mapping[str, float] = MappingProxyType({})
 
 # Reading keys shared by backends and instruments.
 MEMORY_USED = "memory.used"  # bytes
@@ -67,7 +67,7 @@ class ProcessSample(NamedTuple):
 
     pid: int
     memory_used: int | None = None  # bytes
-    utilization: Mapping[str, float] = _NO_UTILIZATION  # hw.gpu.task -> ratio
+    utilization: Mapping[str, float] = NO_UTILIZATION  # hw.gpu.task -> ratio
     gpu_instance_id: int | None = None
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from visiontel.gpu import _model as m
 from visiontel.gpu._backend import BackendUnavailable
+from visiontel.gpu._nvml_requests import FieldValues, ProcessUtilization, RunningProcesses
 
 _log = logging.getLogger("visiontel.gpu")
 
@@ -47,8 +48,8 @@ _POWER_FIELD = 186
 _FIELD_VALUE = struct.Struct("=IIqqIIQ")
 _DOUBLE = struct.Struct("=d")
 _CLOCK_CALLS = {1: "nvmlDeviceGetClockInfo/1", 2: "nvmlDeviceGetClockInfo/2"}
-# nvmlProcessUtilizationSample_t: pid, timeStamp, smUtil, memUtil, encUtil, decUtil.
-_SAMPLE = struct.Struct("=I4xQIIII")
+_PROCESSES = "nvmlDeviceGetComputeRunningProcesses_v3"
+_UTILIZATION = "nvmlDeviceGetProcessUtilization"
 
 
 def _field_number(value_type: int, bits: int) -> float:
@@ -112,7 +113,9 @@ def open_nvml(library: str) -> Any:
 class _Device:
     info: m.DeviceInfo
     handle: Any
-    fields: _FieldBatch | None
+    fields: FieldValues | None
+    processes: RunningProcesses | None = None
+    utilization: ProcessUtilization | None = None
     unsupported: set[str] = field(default_factory=set)
     power_by_call: bool = False
     last_process_ts: int = 0
@@ -121,33 +124,6 @@ class _Device:
 
 class _Lost(Exception):
     pass
-
-
-class _FieldBatch:
-    """One reusable nvmlDeviceGetFieldValues request for a device.
-
-    nvidia-ml-py's wrapper builds a new ctypes array and sets two attributes per field on
-    every call (~15 µs for 12 fields, more than all other calls of a sweep together). This
-    keeps one array per device and calls the same NVML entry point, looked up through
-    nvidia-ml-py, with the request bytes copied in: ~1 µs.
-    """
-
-    def __init__(self, nvml: Any, field_ids: list[int]) -> None:
-        self.field_ids = field_ids
-        self._fn = nvml._nvmlGetFunctionPointer("nvmlDeviceGetFieldValues")
-        self._error = nvml.NVMLError
-        self._buffer = (nvml.c_nvmlFieldValue_t * len(field_ids))()
-        for slot, field_id in zip(self._buffer, field_ids, strict=True):
-            slot.fieldId = field_id
-        self._size = ctypes.sizeof(self._buffer)
-        self._request = ctypes.string_at(ctypes.addressof(self._buffer), self._size)
-
-    def __call__(self, handle: Any) -> bytes:
-        ctypes.memmove(self._buffer, self._request, self._size)  # outputs from last time out
-        ret = self._fn(handle, ctypes.c_int32(len(self.field_ids)), ctypes.byref(self._buffer))
-        if ret != 0:
-            raise self._error(ret)
-        return ctypes.string_at(ctypes.addressof(self._buffer), self._size)
 
 
 class NvmlBackend:
@@ -184,7 +160,13 @@ class NvmlBackend:
         model = str(nvml.nvmlDeviceGetName(handle))
         uuid = str(nvml.nvmlDeviceGetUUID(handle))
         info = m.DeviceInfo(index, uuid, f"GPU {index}", model, self.driver_version)
-        device = _Device(info, handle, _FieldBatch(nvml, list(_FIELDS)))
+        device = _Device(
+            info,
+            handle,
+            FieldValues(nvml, list(_FIELDS)),
+            RunningProcesses(nvml),
+            ProcessUtilization(nvml),
+        )
         try:
             current, _pending = nvml.nvmlDeviceGetMigMode(handle)
         except nvml.NVMLError:
@@ -336,54 +318,28 @@ class NvmlBackend:
             if ret == _NOT_SUPPORTED:
                 dropped.append(field_id)
         if dropped:
-            dev.fields = _FieldBatch(self._nvml, [f for f in batch.field_ids if f not in dropped])
+            dev.fields = FieldValues(self._nvml, [f for f in batch.field_ids if f not in dropped])
             # Drivers before the instant-power field still answer the older call.
             dev.power_by_call = _POWER_FIELD in dropped or dev.power_by_call
 
     def _read_processes(
         self, dev: _Device, errors: list[m.CollectionError]
     ) -> tuple[m.ProcessSample, ...]:
-        procs = self._call(dev, "nvmlDeviceGetComputeRunningProcesses", errors) or []
+        if dev.processes is None or dev.utilization is None:
+            return ()
+        procs = self._guarded(dev, _PROCESSES, errors, dev.processes) or []
         util: dict[int, dict[str, float]] = {}
-        samples = self._call_process_utilization(dev, errors)
-        if samples:
-            # The samples share one nvmlProcessUtilizationSample_t array; read its bytes
-            # rather than six slow attribute lookups per sample.
-            raw = ctypes.string_at(ctypes.addressof(samples[0]), len(samples) * _SAMPLE.size)
-            for pid, stamp, sm, _mem, enc, dec in _SAMPLE.iter_unpack(raw):
-                dev.last_process_ts = max(dev.last_process_ts, stamp)
-                util[pid] = {"general": sm / 100.0, "encoder": enc / 100.0, "decoder": dec / 100.0}
-        result = []
+        samples = self._guarded(dev, _UTILIZATION, errors, dev.utilization, dev.last_process_ts)
+        for pid, stamp, sm, enc, dec in samples or ():
+            dev.last_process_ts = max(dev.last_process_ts, stamp)
+            util[pid] = {"general": sm / 100.0, "encoder": enc / 100.0, "decoder": dec / 100.0}
         mig = bool(dev.migs)  # outside MIG mode the instance ids mean nothing
-        for p in procs:
-            gi = getattr(p, "gpuInstanceId", None) if mig else None
-            result.append(
-                m.ProcessSample(
-                    pid=int(p.pid),
-                    memory_used=None if p.usedGpuMemory is None else int(p.usedGpuMemory),
-                    utilization=util.pop(int(p.pid), {}),
-                    gpu_instance_id=gi if isinstance(gi, int) and gi != 0xFFFFFFFF else None,
-                )
-            )
-        result.extend(m.ProcessSample(pid=pid, utilization=u) for pid, u in util.items())
+        result = [
+            m.ProcessSample(pid, used, util.pop(pid, m.NO_UTILIZATION), gi if mig else None)
+            for pid, used, gi in procs
+        ]
+        result.extend(m.ProcessSample(pid, None, u) for pid, u in util.items())
         return tuple(result)
-
-    def _call_process_utilization(self, dev: _Device, errors: list[m.CollectionError]) -> Any:
-        what = "nvmlDeviceGetProcessUtilization"
-        if what in dev.unsupported:
-            return []
-        nvml = self._nvml
-        try:
-            return nvml.nvmlDeviceGetProcessUtilization(dev.handle, dev.last_process_ts)
-        except nvml.NVMLError as exc:
-            if exc.value == _NOT_FOUND:
-                return []  # no process ran since the last sample: not a failure
-            if exc.value == _GPU_IS_LOST:
-                raise _Lost from exc
-            if exc.value == _NOT_SUPPORTED:
-                dev.unsupported.add(what)
-            errors.append(m.CollectionError(error_name(int(exc.value)), dev.info.uuid))
-            return []
 
     def _sample_mig(self, mig: _Device, errors: list[m.CollectionError]) -> m.DeviceSample:
         readings: dict[str, float] = {}

@@ -153,3 +153,14 @@ def test_round_trip_property(ids, frame, entries):
     assert trace.get_current_span(slot).get_span_context().trace_id == trace_id
     if frame is not None and len(frame.stream_id.encode()) <= 64:
         assert vp.get_frame(slot) == frame
+
+
+@FUZZ
+@given(st.one_of(ANY, st.tuples(st.just("visiontel/1"), ANY, VALUES)))
+def test_queue_get_survives_anything_put_on_the_inner_queue(raw):
+    import queue
+
+    inner: queue.Queue[object] = queue.Queue()
+    inner.put(raw)
+    item, ctx = vp.ContextQueue(inner).get_nowait()
+    check(ctx)

@@ -7,6 +7,7 @@ raises: values it cannot use are dropped, logged at debug level and counted.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from itertools import islice
 from typing import Any, cast
 
 from opentelemetry.context import Context
@@ -83,7 +84,8 @@ def extract_http(headers: object, context: Context | None = None) -> Context:
                 except KeyError:  # aiohttp's getall() without a default
                     values = None
                 if values:
-                    _merge(found, key, list(values), "http")
+                    bounded = list(islice(values, limits().max_entries))
+                    _merge(found, key, bounded, "http")
         elif isinstance(headers, Mapping):
             found = _from_mapping(headers)
         elif isinstance(headers, Iterable) and not isinstance(headers, str | bytes):

@@ -171,5 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("VISIONTEL_GPU_LOG_LEVEL", "INFO").upper())
     args = _parser().parse_args(argv)
     if args.command == "serve":
-        return serve(args)
+        try:
+            return serve(args)
+        except ImportError as exc:
+            print(
+                f"visiontel-gpu serve needs its exporters ({exc.name or exc} is missing): "
+                "pip install 'visiontel-gpu[serve]'",
+                file=sys.stderr,
+            )
+            return 2
     return 2  # pragma: no cover - argparse rejects unknown commands

@@ -5,7 +5,8 @@
 Two models defined here: a ResNet-18-like net at 224x224 (batch 1), compute-bound, and a
 launch-bound detector at 320x320 whose ~90 layers each do very little work. Variants are
 run interleaved (one timed block of each per round, in a rotating order) and the table
-reports, per variant, median(block time) / median(baseline block time).
+reports, per variant, the median over rounds of (block time / baseline block time of the
+same round).
 
 Time is the inference thread's CPU time (``time.thread_time``) by default: with one torch
 thread every operator runs on it, and on a shared, loaded machine CPU time is far steadier
@@ -210,9 +211,13 @@ def measure(
                 elapsed = clock() - start
                 remove()
                 times[name].append(elapsed / iters)
-    base = statistics.median(times["baseline"])
+    # Ratio within each round (variant vs the baseline block of the same round), then the
+    # median over rounds: drift in machine load cancels out within a round.
     return {
-        name: {"median_ms": statistics.median(t) * 1e3, "ratio": statistics.median(t) / base}
+        name: {
+            "median_ms": statistics.median(t) * 1e3,
+            "ratio": statistics.median(v / b for v, b in zip(t, times["baseline"])),
+        }
         for name, t in times.items()
     }
 

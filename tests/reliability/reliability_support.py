@@ -1,0 +1,183 @@
+"""Helpers of the reliability suite (a uniquely named module: several conftest.py files
+share one pytest session, so helpers cannot live in conftest)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shlex
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+CONFIG_DIR = ROOT / "collector-config"
+COLLECTOR_HINT = "run `nox -s reliability` (or `nox -s reliability_short`), which builds it"
+
+# Process start/stop, readiness and free ports are the local stack's (standard library only).
+sys.path.insert(0, str(CONFIG_DIR / "stack"))
+from stack import Stack, free_port  # noqa: E402
+
+__all__ = ["CONFIG_DIR", "ROOT", "Collectors", "Profile", "free_port"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    name: str
+    outage_s: float  # collector / gateway stopped this long
+    window_s: float  # collector-up throughput windows before and after the outage
+    load_s: float  # 8 inference threads + 64-frame batches
+    slow_s: float  # time spent exporting to the slow collector
+    hypothesis_examples: int
+
+
+PROFILES = {
+    "short": Profile("short", outage_s=10, window_s=8, load_s=30, slow_s=8, hypothesis_examples=150),
+    "full": Profile("full", outage_s=60, window_s=30, load_s=300, slow_s=30, hypothesis_examples=2000),
+}
+_chosen = os.environ.get("VISIONTEL_RELIABILITY_PROFILE", "short").strip().lower()
+if _chosen not in PROFILES:
+    raise SystemExit(f"VISIONTEL_RELIABILITY_PROFILE must be short or full, got {_chosen!r}")
+PROFILE = PROFILES[_chosen]
+
+
+# --- results ------------------------------------------------------------------------------
+def results_path() -> pathlib.Path:
+    default = ROOT / ".nox" / f"reliability-{PROFILE.name}.jsonl"
+    return pathlib.Path(os.environ.get("VISIONTEL_RELIABILITY_RESULTS", default))
+
+
+def append_row(row_id: str, test_name: str, fields: dict[str, object]) -> None:
+    """One JSON line per measured fault; render.py makes the table of docs/reliability.md."""
+    session = "reliability" if PROFILE.name == "full" else "reliability_short"
+    row = {
+        "id": row_id,
+        "profile": PROFILE.name,
+        "command": f"nox -s {session} -- -k {test_name}",
+        **{k: str(v) for k, v in fields.items()},
+    }
+    path = results_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as out:
+        out.write(json.dumps(row) + "\n")
+
+
+# --- process measurements ----------------------------------------------------------------
+def rss_mb() -> float:
+    """Resident set size of this process, MB (Linux /proc)."""
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class Stopwatch:
+    """Longest gap between ticks of one thread: a stall of that thread shows up here."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+        self.worst = 0.0
+        self.lock = threading.Lock()
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        with self.lock:
+            self.worst = max(self.worst, now - self.last)
+            self.last = now
+
+    def reset(self) -> None:
+        with self.lock:
+            self.last, self.worst = time.perf_counter(), 0.0
+
+
+# --- collectors -----------------------------------------------------------------------------
+class Collectors:
+    """otelcol-visiontel processes started by this test (by pid, through the stack module)."""
+
+    def __init__(self, binary: pathlib.Path, workdir: pathlib.Path) -> None:
+        os.environ["VISIONTEL_OTELCOL"] = str(binary)
+        self.workdir = workdir
+        self.stack = Stack(workdir)
+        self.envs: dict[str, dict[str, str]] = {}
+        self.configs: dict[str, list[pathlib.Path]] = {}
+        self.incarnation: dict[str, int] = {}
+
+    def start(self, name: str, configs: list[pathlib.Path], env: dict[str, str]) -> None:
+        self.envs[name], self.configs[name] = env, configs
+        self.stack.start_otelcol(name, configs, env)
+
+    def stop(self, name: str) -> None:
+        self.stack.stop_one(name)
+
+    def restart(self, name: str) -> None:
+        self.stack.start_otelcol(name, self.configs[name], self.envs[name])
+
+    def log(self, name: str) -> str:
+        return self.stack.log(name)
+
+    def stop_all(self) -> None:
+        self.stack.stop()
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """Loopback ports for the addresses every recipe reads from the environment."""
+    env = {
+        "VISIONTEL_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{free_port()}",
+        "VISIONTEL_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{free_port()}",
+        "VISIONTEL_HEALTH_ENDPOINT": f"127.0.0.1:{free_port()}",
+        "VISIONTEL_OTELCOL_METRICS_PORT": str(free_port()),
+        "VISIONTEL_PROMETHEUS_EXPORTER_ENDPOINT": f"127.0.0.1:{free_port()}",
+    }
+    env.update(extra)
+    return env
+
+
+def file_override(workdir: pathlib.Path, name: str, pipelines: Iterable[str]) -> pathlib.Path:
+    """A config layered over a recipe: the given pipelines export to a JSON-lines file.
+
+    The file exporter appends, so a restarted collector keeps adding to the same file.
+    """
+    out = workdir / f"{name}-out.jsonl"
+    exporters = {"file/out": {"path": str(out), "flush_interval": "100ms"}}
+    override = workdir / f"{name}-override.yaml"
+    override.write_text(
+        json.dumps({
+            "exporters": exporters,
+            "service": {"pipelines": {p: {"exporters": ["file/out"]} for p in pipelines}},
+        })
+    )
+    return override
+
+
+def read_spans(path: pathlib.Path) -> list[dict[str, Any]]:
+    """Every span in a file exporter's output (OTLP JSON, one request per line)."""
+    spans: list[dict[str, Any]] = []
+    if not path.exists():
+        return spans
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line being written right now
+        for resource in request.get("resourceSpans", []):
+            for scope in resource.get("scopeSpans", []):
+                spans.extend(scope.get("spans", []))
+    return spans
+
+
+def attribute(span: dict[str, Any], key: str) -> Any:
+    for item in span.get("attributes", []):
+        if item["key"] == key:
+            value = item["value"]
+            return next(iter(value.values())) if value else None
+    return None
+
+
+def quote(args: Iterable[str]) -> str:
+    return " ".join(shlex.quote(a) for a in args)

@@ -37,8 +37,12 @@ class Profile:
 
 
 PROFILES = {
-    "short": Profile("short", outage_s=10, window_s=8, load_s=30, slow_s=8, hypothesis_examples=150),
-    "full": Profile("full", outage_s=60, window_s=30, load_s=300, slow_s=30, hypothesis_examples=2000),
+    "short": Profile(
+        "short", outage_s=10, window_s=8, load_s=30, slow_s=8, hypothesis_examples=150
+    ),
+    "full": Profile(
+        "full", outage_s=60, window_s=30, load_s=300, slow_s=30, hypothesis_examples=2000
+    ),
 }
 _chosen = os.environ.get("VISIONTEL_RELIABILITY_PROFILE", "short").strip().lower()
 if _chosen not in PROFILES:
@@ -145,10 +149,12 @@ def file_override(workdir: pathlib.Path, name: str, pipelines: Iterable[str]) ->
     exporters = {"file/out": {"path": str(out), "flush_interval": "100ms"}}
     override = workdir / f"{name}-override.yaml"
     override.write_text(
-        json.dumps({
-            "exporters": exporters,
-            "service": {"pipelines": {p: {"exporters": ["file/out"]} for p in pipelines}},
-        })
+        json.dumps(
+            {
+                "exporters": exporters,
+                "service": {"pipelines": {p: {"exporters": ["file/out"]} for p in pipelines}},
+            }
+        )
     )
     return override
 

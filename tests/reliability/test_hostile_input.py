@@ -192,7 +192,8 @@ def test_oversized_values_are_ignored_whole(record, internal_errors):
         "hostile-oversized",
         fault="values over the documented limits on dict, gRPC and message-queue carriers",
         duration=f"{len(cases)} cases x 3 carriers, {time.perf_counter() - started:.3f} s",
-        measured=f"over-limit values ignored whole, baggage cut to 180 entries, tracestate <= 32 ({rejected} rejections counted); "
+        measured="over-limit values ignored whole, baggage cut to 180 entries, tracestate "
+        f"<= 32 ({rejected} rejections counted); "
         f"list scan stops at {limits.max_entries} entries; no exception",
         lost="only the hostile values",
     )

@@ -295,6 +295,8 @@ def test_slot_cleared_or_short_reads_as_empty():
     assert vp.extract_slot(ring) == Context()
     assert vp.extract_slot(b"VTFC") == Context()
     assert vp.extract_slot(bytes(300), offset=100) == Context()
+    assert vp.extract_slot("not a buffer") == Context()  # type: ignore[arg-type]
+    assert vp.extract_slot(memoryview(bytes(600))[::2]) == Context()  # not contiguous
     with pytest.raises(ValueError, match="256 bytes"):
         vp.inject_slot(bytearray(100))
 

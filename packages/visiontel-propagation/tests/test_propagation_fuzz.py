@@ -63,6 +63,7 @@ def test_every_text_extract_path_survives_anything(carrier):
     check(vp.extract_http(carrier))
     check(vp.extract_grpc(carrier))
     check(vp.extract_mq(carrier))
+    check(vp.extract_slot(carrier))
     check(vp.FramePropagator().extract(carrier if isinstance(carrier, dict) else {}))
 
 

@@ -124,7 +124,11 @@ def extract_slot(
     """Context from the slot at ``buffer[offset:]``; an invalid slot yields ``context``."""
     base = Context() if context is None else context
     try:
-        view = memoryview(buffer).cast("B")[offset : offset + SLOT_SIZE]
+        try:
+            view = memoryview(buffer).cast("B")[offset : offset + SLOT_SIZE]
+        except (TypeError, ValueError):  # not a (contiguous) buffer
+            reject("slot", "not_a_buffer", type(buffer))
+            return base
         if offset < 0 or len(view) < SLOT_SIZE:
             reject("slot", "short_buffer", len(view))
             return base

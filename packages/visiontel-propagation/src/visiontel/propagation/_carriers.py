@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from itertools import islice
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 from opentelemetry.context import Context
 
@@ -88,7 +88,7 @@ def extract_http(headers: object, context: Context | None = None) -> Context:
                     _merge(found, key, bounded, "http")
         elif isinstance(headers, Mapping):
             found = _from_mapping(headers)
-        elif isinstance(headers, Iterable) and not isinstance(headers, str | bytes):
+        elif _is_pair_list(headers):
             found = _scan(headers, "http")
         else:
             reject("http", "not_headers", type(headers))
@@ -146,6 +146,11 @@ def _as_text(value: object, carrier: str) -> str | None:
             return None
     reject(carrier, "value_not_text", type(value))
     return None
+
+
+def _is_pair_list(value: object) -> TypeGuard[Iterable[Any]]:
+    """Could ``value`` be a list of (key, value) pairs (not a str, bytes or mapping)?"""
+    return isinstance(value, Iterable) and not isinstance(value, str | bytes | Mapping)
 
 
 def _scan(pairs: Iterable[Any], carrier: str, extra: str | None = None) -> dict[str, object]:
@@ -220,6 +225,9 @@ def extract_grpc(
     if metadata is None:
         return base
     try:
+        if not _is_pair_list(metadata):
+            reject("grpc", "not_a_metadata_list", type(metadata))
+            return base
         found = _scan(metadata, "grpc", extra=_GRPC_TRACE_BIN)
         binary = found.pop(_GRPC_TRACE_BIN, None)
         if not found and binary is None:
@@ -284,7 +292,7 @@ def extract_mq(
     if headers is None:
         return base
     try:
-        if isinstance(headers, str | bytes | Mapping):
+        if not _is_pair_list(headers):
             reject("mq", "not_a_header_list", type(headers))
             return base
         found = _scan(headers, "mq")

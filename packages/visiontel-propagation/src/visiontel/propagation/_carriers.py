@@ -150,6 +150,8 @@ def _as_text(value: object, carrier: str) -> str | None:
 
 def _is_pair_list(value: object) -> TypeGuard[Iterable[Any]]:
     """Could ``value`` be a list of (key, value) pairs (not a str, bytes or mapping)?"""
+    if type(value) is list or type(value) is tuple:  # the usual case, without ABC checks
+        return True
     return isinstance(value, Iterable) and not isinstance(value, str | bytes | Mapping)
 
 
@@ -157,7 +159,8 @@ def _scan(pairs: Iterable[Any], carrier: str, extra: str | None = None) -> dict[
     """Collect our keys from a (key, value) list, bounded by ``max_entries``."""
     first: dict[str, Any] = {}
     repeated: dict[str, list[Any]] = {}  # rare: only keys seen more than once
-    max_entries = limits().max_entries
+    lim = limits()
+    max_entries, max_len = lim.max_entries, lim.max_value_bytes
     for index, pair in enumerate(pairs):
         if index >= max_entries:
             reject(carrier, "too_many_entries", index)
@@ -189,6 +192,8 @@ def _scan(pairs: Iterable[Any], carrier: str, extra: str | None = None) -> dict[
             _merge(found, key, repeated[key], carrier)
         elif type(value) is str:
             found[key] = value
+        elif type(value) is bytes and len(value) <= max_len and value.isascii():
+            found[key] = value.decode("ascii")  # the message-queue case, checks inlined
         else:
             text = _as_text(value, carrier)
             if text is not None:

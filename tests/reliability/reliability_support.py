@@ -140,8 +140,11 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def file_override(workdir: pathlib.Path, name: str, pipelines: Iterable[str]) -> pathlib.Path:
-    """A config layered over a recipe: the given pipelines export to a JSON-lines file.
+def file_override(
+    workdir: pathlib.Path, name: str, pipelines: Iterable[str], keep: Iterable[str] = ()
+) -> pathlib.Path:
+    """A config layered over a recipe: the given pipelines export to a JSON-lines file
+    (plus the exporters named in `keep`, e.g. a connector the recipe needs).
 
     The file exporter appends, so a restarted collector keeps adding to the same file.
     """
@@ -152,7 +155,9 @@ def file_override(workdir: pathlib.Path, name: str, pipelines: Iterable[str]) ->
         json.dumps(
             {
                 "exporters": exporters,
-                "service": {"pipelines": {p: {"exporters": ["file/out"]} for p in pipelines}},
+                "service": {
+                    "pipelines": {p: {"exporters": [*keep, "file/out"]} for p in pipelines}
+                },
             }
         )
     )

@@ -11,7 +11,9 @@ JSON files. "off" is ``--no-telemetry``: no SDK, no instrumentation, no context.
 Runs alternate (on, off, off, on, ...) so drift in a shared machine's load hits both
 sides alike. The figure of a run is the demo's own: results per second at the tracker
 from the first result to the last (process start-up, mostly importing torch, excluded).
-Reported: median fps of each side and their ratio, plus each round's ratio.
+Reported: median fps of each side and their ratio, each round's ratio, and the CPU time
+per frame summed over the three processes (all their threads, from each one's first
+frame), which a loaded machine disturbs far less than throughput.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import sys
 import tempfile
 
 _FPS = re.compile(r"frames (\d+)/(\d+) +([0-9.]+) fps")
+_CPU = re.compile(r"CPU per frame: ([0-9.]+) ms \((.*)\)")
 
 
-def _once(frames: int, telemetry: bool, output: str) -> float:
+def _once(frames: int, telemetry: bool, output: str) -> tuple[float, float, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "VISIONTEL_DEMO_"))}
     command = [sys.executable, "-m", "visiontel.cli", "demo", "--frames", str(frames)]
     command += ["--fps", "0", "--output", output]
@@ -39,7 +42,10 @@ def _once(frames: int, telemetry: bool, output: str) -> float:
     done = [m for m in _FPS.finditer(result.stdout) if m.group(1) == m.group(2)]
     if not done:
         raise SystemExit(f"no final progress line in:\n{result.stdout}")
-    return float(done[-1].group(3))
+    cpu = _CPU.search(result.stdout)
+    if cpu is None:
+        raise SystemExit(f"no CPU line in:\n{result.stdout}")
+    return float(done[-1].group(3)), float(cpu.group(1)), cpu.group(2)
 
 
 def main() -> None:
@@ -48,21 +54,30 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=400, help="frames per run (default 400)")
     args = parser.parse_args()
     fps: dict[bool, list[float]] = {True: [], False: []}
+    cpu: dict[bool, list[float]] = {True: [], False: []}
     rounds: list[float] = []
     with tempfile.TemporaryDirectory(prefix="visiontel-bench-") as output:
         for index in range(args.rounds):
             order = (True, False) if index % 2 == 0 else (False, True)
             got = {on: _once(args.frames, on, output) for on in order}
-            for on, value in got.items():
-                fps[on].append(value)
-            rounds.append(got[True] / got[False])
-            print(f"round {index + 1}: on {got[True]:.1f} fps, off {got[False]:.1f} fps, "
-                  f"ratio {rounds[-1]:.3f}", flush=True)  # fmt: skip
+            for on, (rate, cpu_ms, _) in got.items():
+                fps[on].append(rate)
+                cpu[on].append(cpu_ms)
+            rounds.append(got[True][0] / got[False][0])
+            (fps_on, cpu_on, each_on), (fps_off, cpu_off, each_off) = got[True], got[False]
+            print(f"round {index + 1}: on {fps_on:.1f} fps, off {fps_off:.1f} fps, ratio "
+                  f"{rounds[-1]:.3f}; CPU ms/frame on {cpu_on:.1f} ({each_on}), "
+                  f"off {cpu_off:.1f} ({each_off})", flush=True)  # fmt: skip
     on, off = statistics.median(fps[True]), statistics.median(fps[False])
     print(f"\npipeline ({args.frames} frames/run, {args.rounds} rounds, {os.cpu_count()} CPUs)")
-    print("| variant | median fps | ratio |\n|---|---:|---:|")
-    print(f"| all instrumentation off (`--no-telemetry`) | {off:.1f} | 1.00 |")
-    print(f"| all on, OTLP JSON files (embedded default) | {on:.1f} | {on / off:.3f} |")
+    cpu_on, cpu_off = statistics.median(cpu[True]), statistics.median(cpu[False])
+    print("| variant | median fps | fps ratio | CPU ms/frame | CPU ratio |")
+    print("|---|---:|---:|---:|---:|")
+    print(
+        f"| all instrumentation off (`--no-telemetry`) | {off:.1f} | 1.00 | {cpu_off:.1f} | 1.00 |"
+    )
+    print(f"| all on, OTLP JSON files (embedded default) | {on:.1f} | {on / off:.3f} | "
+          f"{cpu_on:.1f} | {cpu_on / cpu_off:.2f} |")  # fmt: skip
     print("per-round on/off ratios: " + ", ".join(f"{r:.3f}" for r in rounds))
 
 

@@ -138,6 +138,7 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
     with torch.inference_mode():
         while True:
             frame, carried = inbox.get()
+            _child.first_frame()
             if frame.kind == KIND_END:
                 break
             if frame.kind != KIND_FRAME:

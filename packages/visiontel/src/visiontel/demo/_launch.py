@@ -32,6 +32,7 @@ class _Stats:
     latencies_ms: list[float] = field(default_factory=list)
     per_version: dict[str, int] = field(default_factory=dict)
     gpu: str = ""
+    cpu_s: dict[str, float] = field(default_factory=dict)
 
     def add(self, latency_ns: int, version: str) -> None:
         self.last = time.monotonic()
@@ -125,6 +126,8 @@ class Pipeline:
                 self.stats.add(int(fields[2]), fields[4] if len(fields) > 4 else "")
             elif kind == "ERROR":
                 errors[role] = " ".join(fields[1:])
+            elif kind == "CPU" and len(fields) == 2:
+                self.stats.cpu_s[SERVICE_NAMES[role]] = float(fields[1])
             elif kind in ("GPU", "NOGPU"):
                 self.stats.gpu = " ".join(fields[1:]) if kind == "NOGPU" else ""
             elif kind == "EOF":
@@ -139,6 +142,12 @@ class Pipeline:
                 self.out.write(f"\r{text}" if live else f"{text}\n")
                 self.out.flush()
         self.out.write(("\r" if live else "") + self.stats.line(self.config.frames) + "\n")
+        frames = len(self.stats.latencies_ms)
+        if frames and self.stats.cpu_s:
+            # Every thread of each process (exporters included) from its first frame on.
+            each = ", ".join(f"{s} {c / frames * 1e3:.1f}" for s, c in self.stats.cpu_s.items())
+            total = sum(self.stats.cpu_s.values()) / frames * 1e3
+            self.out.write(f"CPU per frame: {total:.1f} ms ({each})\n")
 
     def interrupt(self) -> None:
         """First Ctrl-C: the source ends the stream and the rest drain. Second: stop all."""

@@ -109,6 +109,7 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
             expected.append(message.sequence)
             ended.set()
             return b""
+        _child.first_frame()
         rows = np.frombuffer(message.detections, np.float32).reshape(-1, DETECTION_FIELDS)
         version = {"visiontel.model.version": message.model_version}
         span_cm: contextlib.AbstractContextManager[object] = contextlib.nullcontext()

@@ -51,6 +51,7 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
                 if delay > 0:
                     time.sleep(delay)
                 next_due = max(next_due + interval, time.perf_counter())
+            _child.first_frame()
             height, width, channels = image.shape
             identity = vp.FrameIdentity.now(STREAM_ID, sent)
             metadata: list[tuple[str, str | bytes]] = []

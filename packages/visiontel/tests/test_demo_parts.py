@@ -1,0 +1,136 @@
+"""The demo's pieces: wire format, model, tracker, OTLP JSON files, report."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.trace import SpanKind
+
+from visiontel.demo._model import MAX_DETECTIONS, MAX_SIDE, build, preprocess, to_frame
+from visiontel.demo._otlpjson import FileSpanExporter
+from visiontel.demo._report import Span, percentile, waterfall
+from visiontel.demo._sink import IoUTracker
+from visiontel.demo._wire import KIND_FRAME, Frame, Result, WireError
+
+
+def test_frame_and_result_round_trip() -> None:
+    frame = Frame(KIND_FRAME, 7, 123456789, 4, 2, 3, bytes(range(24)))
+    assert Frame.unpack(frame.pack()) == frame
+    rows = np.arange(12, dtype=np.float32).tobytes()
+    result = Result(KIND_FRAME, 7, 123456789, "2.0-canary", rows)
+    back = Result.unpack(result.pack())
+    assert back == result and back.count == 2
+
+
+@pytest.mark.parametrize("payload", [b"", b"VTF1", b"XXXX" + bytes(40)])
+def test_foreign_bytes_are_refused(payload: bytes) -> None:
+    with pytest.raises(WireError):
+        Frame.unpack(payload)
+    with pytest.raises(WireError):
+        Result.unpack(payload)
+
+
+def test_model_versions_are_reproducible_and_distinct() -> None:
+    image = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    tensor, scale = preprocess(image.tobytes(), 320, 240, 3)
+    assert scale == 1.0 and tensor.shape == (1, 3, 240, 320)
+    with torch.inference_mode():
+        a1, a2, b = build("1.0")(tensor)[0], build("1.0")(tensor)[0], build("2.0")(tensor)[0]
+    assert torch.equal(a1, a2)
+    assert not (a1.shape == b.shape and torch.equal(a1, b))
+    for rows in (a1, b):
+        assert rows.shape[1] == 6 and rows.shape[0] <= MAX_DETECTIONS
+        assert bool((rows[:, 4] >= 0.3).all())  # above the score threshold
+
+
+def test_large_frames_are_scaled_and_boxes_mapped_back() -> None:
+    image = np.zeros((1080, 1920, 3), np.uint8)
+    tensor, scale = preprocess(image.tobytes(), 1920, 1080, 3)
+    assert max(tensor.shape[2:]) == MAX_SIDE and scale == pytest.approx(MAX_SIDE / 1920)
+    rows = torch.tensor([[10.0, 10.0, 700.0, 400.0, 0.9, 1.0]])
+    boxes = np.frombuffer(to_frame(rows, scale, 1920, 1080), np.float32).reshape(-1, 6)
+    assert boxes[0, 0] == pytest.approx(30.0) and boxes[0, 2] == 1920  # clipped
+    assert boxes[0, 3] == 1080
+
+
+def test_tracker_keeps_identity_of_a_moving_box() -> None:
+    tracker = IoUTracker()
+    box = np.array([[10, 10, 50, 50, 0.9, 0]], np.float32)
+    assert tracker.update(box) == (1, 1)
+    moved = box.copy()
+    moved[0, :4] += 5
+    assert tracker.update(moved) == (1, 0)  # same track
+    far = np.array([[200, 200, 240, 240, 0.9, 0]], np.float32)
+    assert tracker.update(far) == (2, 1)  # new track; the old one is only missing
+    for _ in range(6):
+        tracker.update(far)
+    assert tracker.update(far) == (1, 0)  # the missing one was dropped
+
+
+def _decode_ids_to_base64(node: object) -> object:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("traceId", "spanId", "parentSpanId"):
+                node[key] = base64.b64encode(bytes.fromhex(value)).decode()
+            else:
+                _decode_ids_to_base64(value)
+    elif isinstance(node, list):
+        for item in node:
+            _decode_ids_to_base64(item)
+    return node
+
+
+def test_span_file_is_otlp_json(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "traces.jsonl"
+    provider = TracerProvider(resource=Resource.create({"service.name": "unit"}))
+    provider.add_span_processor(SimpleSpanProcessor(FileSpanExporter(path)))
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("parent", kind=SpanKind.SERVER) as parent:
+        with tracer.start_as_current_span("child", attributes={"n": 3}):
+            pass
+    provider.shutdown()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    spans = [json.loads(line)["resourceSpans"][0]["scopeSpans"][0]["spans"][0] for line in lines]
+    child, outer = spans
+    context = parent.get_span_context()
+    assert outer["traceId"] == f"{context.trace_id:032x}"  # hex, not base64
+    assert outer["spanId"] == f"{context.span_id:016x}"
+    assert child["parentSpanId"] == outer["spanId"]
+    assert outer["kind"] == 2  # enums as integers (SPAN_KIND_SERVER)
+    assert child["attributes"] == [{"key": "n", "value": {"intValue": "3"}}]
+    # Apart from the hex ids, it is the protobuf JSON mapping: it parses back.
+    request = json_format.ParseDict(
+        _decode_ids_to_base64(json.loads(lines[1])), ExportTraceServiceRequest()
+    )
+    assert request.resource_spans[0].scope_spans[0].spans[0].name == "parent"
+
+
+def test_waterfall_and_percentile() -> None:
+    ms = 1_000_000
+    spans = [
+        Span("frame-source", "t", "a", "", "capture", 0, 2 * ms, {"visiontel.frame.sequence": 4}),
+        Span("detector", "t", "b", "a", "detect", 3 * ms, 9 * ms),
+        Span("detector", "t", "c", "b", "preprocess", 3 * ms, 4 * ms),
+        Span("tracker", "t", "d", "b", "track", 9 * ms, 10 * ms),
+    ]
+    lines = waterfall(spans)
+    assert "frame 4" in lines[0] and "10.0 ms" in lines[0]
+    body = lines[2:]
+    assert [line.split("|")[0].split()[-1] for line in body] == [
+        "capture", "detect", "preprocess", "track",
+    ]  # fmt: skip
+    assert body[2].split("|")[0].index("preprocess") > body[1].split("|")[0].index("detect")
+    assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 50) == 3.0
+    assert percentile([1.0] * 99 + [100.0], 99) == 1.0
+    assert percentile([1.0] * 98 + [100.0] * 2, 99) == 100.0

@@ -292,3 +292,20 @@ def test_field_values_of_every_declared_type_are_decoded(sim, metrics, instrumen
         point(p, "nvidia.gpu.memory.remapped_rows", **{"hw.id": GPU0, cause: "correctable"}) == 12
     )
     assert point(p, "hw.energy", **{"hw.id": GPU1}) == pytest.approx(18446744073.709)
+
+
+def test_a_stale_snapshot_is_withheld_not_exported_as_current(sim, metrics, instrumentor):
+    start(instrumentor, metrics, interval=0.05)  # stale after 3 × 0.05 + 2 = 2.15 s
+    assert point(metrics.collect(), "hw.gpu.memory.usage", **{"hw.id": GPU0}) == 10 * GiB
+    sim.write(two_gpus(**{"gpu.0.delay.nvmlDeviceGetUtilizationRates": 3500}))
+    time.sleep(2.8)  # the sampler has been stuck in NVML for more than 2.15 s
+    p = metrics.collect()
+    assert p.get("hw.gpu.memory.usage", []) == []  # no stale value passed off as current
+    assert p.get("hw.status", []) == []
+    sim.write(two_gpus())
+    for _ in range(300):  # the call returns; the next sweep brings the series back
+        if point(metrics.collect(), "hw.gpu.memory.usage", **{"hw.id": GPU0}) == 10 * GiB:
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail("series did not come back after the stuck call returned")

@@ -51,8 +51,9 @@ class Sampler:
     ) -> None:
         self.backend = backend
         self.interval = interval
-        # Missing three sweeps in a row (or 10 s, for short intervals) means the data is old.
-        self.stale_after = max(3 * interval, 10.0)
+        # Three missed sweeps plus two seconds of slack (NVML calls can take a while on a
+        # busy driver) and the data is old: 5 s at the default 1 s interval.
+        self.stale_after = 3 * interval + 2.0
         self.errors: Counter[tuple[str, str | None]] = Counter()
         self._latest: Collected | None = None
         self._processes = ProcessAttributes(proc_root) if proc_root else None

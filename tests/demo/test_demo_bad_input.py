@@ -86,3 +86,14 @@ def test_malformed_environment_default(run) -> None:
     env = clean_env()
     env["VISIONTEL_DEMO_FPS"] = "fast"
     _one_line_error(run("demo", env=env), "VISIONTEL_DEMO_FPS", "fast")
+
+
+def test_undecodable_video_fails_at_the_source(run, tmp_path: pathlib.Path) -> None:
+    pytest.importorskip("cv2", reason="opencv-python-headless (the test extra) is missing")
+    video = tmp_path / "broken.mp4"
+    video.write_bytes(b"\x00not a video" * 100)
+    result = run("demo", "--source", str(video), "--output", str(tmp_path / "out"))
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "frame-source: cannot open video file" in lines[0], lines

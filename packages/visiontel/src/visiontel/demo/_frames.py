@@ -8,47 +8,25 @@ as :class:`SourceError` with a one-line message saying what to do.
 from __future__ import annotations
 
 import pathlib
-import socket
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 import numpy.typing as npt
+
+from visiontel.demo._net import probe, redact_url
 
 Image = npt.NDArray[np.uint8]
 SYNTHETIC = "synthetic"
 IMAGE_SUFFIXES = frozenset((".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff"))
 _STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https")
-_SECRET_KEYS = ("pass", "pwd", "secret", "token", "key", "auth", "user", "sig")
+_DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "http": 80, "https": 443}
+__all__ = ["SourceError", "check", "describe", "open_source", "redact_url", "synthetic"]
 _INSTALL_VIDEO = 'reading video needs OpenCV: pip install "visiontel[video]"'
 
 
 class SourceError(Exception):
     """A frame source that cannot be used; the message says what to do."""
-
-
-def redact_url(url: str) -> str:
-    """``url`` without credentials: no user:password, secret-looking query values hidden."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = f"{host}:{port}" if port else host
-    query = urlencode(
-        [
-            (k, "REDACTED" if any(s in k.lower() for s in _SECRET_KEYS) else v)
-            for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        ]
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def is_stream(spec: str) -> bool:
@@ -71,18 +49,11 @@ def check(spec: str, timeout: float = 3.0) -> None:
         return
     if is_stream(spec):
         safe = redact_url(spec)
-        parts = urlsplit(spec)
-        default_port = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "http": 80, "https": 443}
         try:
-            port = parts.port or default_port[parts.scheme.lower()]
-        except ValueError:
-            raise SourceError(f"{safe} has an invalid port: check the camera URL") from None
-        if not parts.hostname:
-            raise SourceError(f"{safe} names no host: give a URL like rtsp://camera:554/stream")
-        try:
-            socket.create_connection((parts.hostname, port), timeout=timeout).close()
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
+            reason = probe(spec, _DEFAULT_PORTS, timeout)
+        except ValueError as exc:
+            raise SourceError(f"camera URL {safe} {exc}: e.g. rtsp://camera:554/stream") from None
+        if reason is not None:
             raise SourceError(
                 f"cannot reach camera {safe} ({reason}): check the URL, that the camera is "
                 "on and reachable, or leave --source out for synthetic frames"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import errno
 import pathlib
 import socket
-from urllib.parse import urlsplit
 
 from visiontel.demo._config import DemoConfig
 from visiontel.demo._errors import UsageError
-from visiontel.demo._frames import SourceError, check, redact_url
+from visiontel.demo._frames import SourceError, check
+from visiontel.demo._net import probe, redact_url
 
 _TIMEOUT = 3.0
 
@@ -59,17 +59,11 @@ def source(config: DemoConfig) -> None:
 def endpoint(url: str) -> None:
     """The OTLP endpoint must at least accept a TCP connection."""
     safe = redact_url(url)
-    parts = urlsplit(url if "://" in url else f"http://{url}")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 4318)
-    except ValueError:
-        raise UsageError(f"OTLP endpoint {safe} has an invalid port") from None
-    if not parts.hostname:
-        raise UsageError(f"OTLP endpoint {safe} names no host: e.g. http://localhost:4318")
-    try:
-        socket.create_connection((parts.hostname, port), timeout=_TIMEOUT).close()
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
+        reason = probe(url, {"http": 4318, "https": 443}, _TIMEOUT)
+    except ValueError as exc:
+        raise UsageError(f"OTLP endpoint {safe} {exc}: e.g. http://localhost:4318") from None
+    if reason is not None:
         raise UsageError(
             f"cannot reach the OTLP endpoint {safe} ({reason}): start the collector, correct "
             "--otlp-endpoint / OTEL_EXPORTER_OTLP_ENDPOINT, or unset it to write files"

@@ -1,7 +1,8 @@
 """Two agents -> gateway -> tail sampling -> Jaeger, all on loopback with TLS and the
 bearer token of the recipes. The gateway is stopped for 30 s while both agents keep
-receiving spans; after it comes back every span is in Jaeger (agent.yaml's persistent
-queue held them). Run with `nox -s stack`.
+receiving spans, and one agent is restarted in the middle of the outage; after the
+gateway comes back every span is in Jaeger (agent.yaml's persistent queue held them).
+Run with `nox -s stack`.
 """
 
 from __future__ import annotations
@@ -110,10 +111,17 @@ def test_gateway_outage_loses_no_span(tier: tuple[Stack, dict[str, dict[str, str
 
     stack.stop_one("gateway")
     outage_started = time.monotonic()
+    restarted = False
     while time.monotonic() - outage_started < OUTAGE_S:
         for agent in agents:
             sent += _send(agent, "during", 2)
         time.sleep(5)
+        if not restarted and time.monotonic() - outage_started > OUTAGE_S / 2:
+            # An agent restarted mid-outage keeps what it had queued: the queue is on
+            # disk (file_storage), not in the process.
+            stack.stop_one("agent-a")
+            stack.start_otelcol("agent-a", [CONFIG_DIR / "agent.yaml"], envs["agent-a"])
+            restarted = True
     stack.start_otelcol("gateway", [CONFIG_DIR / "gateway.yaml"], envs["gateway"])
     sent += [tid for agent in agents for tid in _send(agent, "after", TRACES_PER_AGENT_AND_PHASE)]
 

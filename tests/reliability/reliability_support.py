@@ -118,6 +118,12 @@ class Collectors:
         self.stack.stop_one(name)
 
     def restart(self, name: str) -> None:
+        # The file exporter truncates its file when it starts: keep what the previous
+        # run wrote beside it (read_spans reads both).
+        out = self.workdir / f"{name}-out.jsonl"
+        if out.exists():
+            self.incarnation[name] = self.incarnation.get(name, 0) + 1
+            out.rename(out.with_name(f"{name}-out.jsonl.{self.incarnation[name]}"))
         self.stack.start_otelcol(name, self.configs[name], self.envs[name])
 
     def log(self, name: str) -> str:
@@ -144,10 +150,7 @@ def file_override(
     workdir: pathlib.Path, name: str, pipelines: Iterable[str], keep: Iterable[str] = ()
 ) -> pathlib.Path:
     """A config layered over a recipe: the given pipelines export to a JSON-lines file
-    (plus the exporters named in `keep`, e.g. a connector the recipe needs).
-
-    The file exporter appends, so a restarted collector keeps adding to the same file.
-    """
+    (plus the exporters named in `keep`, e.g. a connector the recipe needs)."""
     out = workdir / f"{name}-out.jsonl"
     exporters = {"file/out": {"path": str(out), "flush_interval": "100ms"}}
     override = workdir / f"{name}-override.yaml"
@@ -165,11 +168,12 @@ def file_override(
 
 
 def read_spans(path: pathlib.Path) -> list[dict[str, Any]]:
-    """Every span in a file exporter's output (OTLP JSON, one request per line)."""
+    """Every span in a file exporter's output (OTLP JSON, one request per line), the
+    outputs of earlier runs of a restarted collector (`path.N`) included."""
     spans: list[dict[str, Any]] = []
-    if not path.exists():
-        return spans
-    for line in path.read_text().splitlines():
+    files = [path, *path.parent.glob(path.name + ".*")]
+    text = "\n".join(f.read_text() for f in files if f.exists())
+    for line in text.splitlines():
         if not line.strip():
             continue
         try:

@@ -134,3 +134,55 @@ def test_waterfall_and_percentile() -> None:
     assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 50) == 3.0
     assert percentile([1.0] * 99 + [100.0], 99) == 1.0
     assert percentile([1.0] * 98 + [100.0] * 2, 99) == 100.0
+
+
+def test_direct_span_json_equals_the_protobuf_path() -> None:
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import (
+        Link,
+        NonRecordingSpan,
+        SpanContext,
+        Status,
+        StatusCode,
+        TraceFlags,
+        TraceState,
+        set_span_in_context,
+    )
+
+    from visiontel.demo import _spanjson
+    from visiontel.demo._otlpjson import _hex_ids
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "unit", "n": 1}, schema_url="https://x/1")
+    )
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("scope-a", "1.2", schema_url="https://x/s")
+    other = provider.get_tracer("scope-b")
+    remote = SpanContext(
+        0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(1),
+        trace_state=TraceState([("vendor", "v1")]),
+    )  # fmt: skip
+    values = {
+        "s": "x", "b": True, "i": -3, "f": 0.25, "nan": float("nan"), "inf": float("-inf"),
+        "strs": ["a", "b"], "ints": [1, 2], "empty": [], "bytes": b"\x00\xff",
+    }  # fmt: skip
+    with tracer.start_as_current_span(
+        "parent", context=set_span_in_context(NonRecordingSpan(remote)), kind=SpanKind.CONSUMER,
+        attributes=values, links=[Link(remote, {"why": "batch"})],
+    ) as parent:  # fmt: skip
+        parent.add_event("evt", {"k": 1}, timestamp=123)
+        parent.add_event("bare")
+        with other.start_as_current_span("child") as child:
+            child.set_status(Status(StatusCode.ERROR, "boom"))
+        with tracer.start_as_current_span("ok") as fine:
+            fine.set_status(Status(StatusCode.OK))
+    spans = memory.get_finished_spans()
+    assert len(spans) == 3
+    direct = json.loads(json.dumps(_spanjson.request(spans)))
+    reference = _hex_ids(
+        json_format.MessageToDict(encode_spans(spans), use_integers_for_enums=True)
+    )
+    # NaN never equals itself: compare the JSON texts, sorted so key order does not matter.
+    assert json.dumps(direct, sort_keys=True) == json.dumps(reference, sort_keys=True)

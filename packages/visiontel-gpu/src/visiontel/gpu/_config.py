@@ -6,6 +6,7 @@ The README's table is the one list of these; keep the two in step.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -36,6 +37,9 @@ def _env_float(name: str, default: float, minimum: float) -> float:
         value = float(raw)
     except ValueError:
         _log.warning("%s=%r is not a number of seconds; using %s", name, raw, default)
+        return default
+    if not math.isfinite(value):  # nan passes every comparison below; inf never sweeps again
+        _log.warning("%s=%r is not a finite number of seconds; using %s", name, raw, default)
         return default
     if value < minimum:
         _log.warning("%s=%s is below the minimum %s; using %s", name, raw, minimum, minimum)

@@ -29,6 +29,19 @@ from visiontel.gpu.version import __version__
 _log = logging.getLogger("visiontel.gpu")
 
 
+def _env_port(name: str) -> int:
+    """A port from the environment; a malformed one is logged and means "off" (0)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return 0
+    if raw.isdigit() and int(raw) <= 65535:
+        return int(raw)
+    _log.warning(
+        "%s=%r is not a port number (0-65535); the Prometheus endpoint stays off", name, raw
+    )
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visiontel-gpu", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--prometheus-port",
         type=int,
-        default=int(os.environ.get("VISIONTEL_GPU_PROMETHEUS_PORT", "0") or 0),
+        default=_env_port("VISIONTEL_GPU_PROMETHEUS_PORT"),
         help="serve /metrics for Prometheus on this port (0: off)",
     )
     serve.add_argument(

@@ -43,7 +43,15 @@ def _install_workspace(session: nox.Session, torch_version: str, *extra: str) ->
 @nox.session(python=PYTHON, tags=["ci"])
 def lint(session: nox.Session) -> None:
     """ruff on everything, mypy --strict on every distribution's src/."""
-    _install_workspace(session, TORCH_NEWEST, "ruff>=0.6", "mypy>=1.11", "types-PyYAML")
+    _install_workspace(
+        session,
+        TORCH_NEWEST,
+        "ruff>=0.6",
+        "mypy>=1.11",
+        "types-PyYAML",
+        "types-protobuf",
+        "opentelemetry-exporter-otlp",
+    )
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     env = {"MYPYPATH": os.pathsep.join(SOURCE_DIRS)}

@@ -229,7 +229,10 @@ def run(config: DemoConfig, out: TextIO = sys.stdout) -> int:
 def _run_pipeline(config: DemoConfig, out: TextIO, stack: _stack.LocalStack | None) -> int:
     kind, name = describe(config.source)
     target = redact_url(config.otlp_endpoint) if config.otlp_endpoint else f"{config.run_dir}/"
-    out.write(f"visiontel demo {config.run_id}: {kind} frames from {name}, model "
+    if kind == "synthetic":
+        pace = f"at {config.fps:g} fps" if config.fps else "unpaced"
+        name = f"{config.width}x{config.height}, {pace}"
+    out.write(f"visiontel demo {config.run_id}: {kind} frames ({name}), model "
               f"{' + '.join(config.versions)}, telemetry "
               f"{'to ' + target if config.telemetry else 'off'}\n")  # fmt: skip
     out.flush()

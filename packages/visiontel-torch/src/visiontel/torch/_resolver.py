@@ -20,6 +20,7 @@ from typing import Any
 
 from opentelemetry import trace
 
+from visiontel.torch._children import Children, ChildSpan, children_for
 from visiontel.torch._metrics import InferenceMetrics
 from visiontel.torch._record import ForwardRecord
 from visiontel.torch._safety import report_internal_error
@@ -50,6 +51,9 @@ class Resolver:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self.volume = VolumeWatch(tracer_provider)
+        self._tracer_provider = tracer_provider
+        self._children: Children | None = None
+        self._children_provider: object = None
         self.gpu_timeouts = 0
         atexit.register(self.flush, 2.0)
 
@@ -64,6 +68,13 @@ class Resolver:
             self._done()
             return False
         return True
+
+    def _children_for(self, record: ForwardRecord) -> Children:
+        provider = self._tracer_provider or trace.get_tracer_provider()
+        if provider is not self._children_provider or self._children is None:
+            self._children = children_for(provider, record.tracer)
+            self._children_provider = provider
+        return self._children
 
     def resolve_inline(self, record: ForwardRecord) -> None:
         """Materialise a forward that has no GPU events, on the caller's thread.
@@ -145,9 +156,8 @@ class Resolver:
         self, record: ForwardRecord, with_gpu: bool, on_resolver_thread: bool = True
     ) -> None:
         table = record.table
-        root_context = trace.set_span_in_context(record.span)
-        tracer = record.tracer
-        open_calls: list[tuple[int, int, Any, trace.Span | None]] = []
+        children = self._children_for(record)
+        open_calls: list[tuple[int, int, Any, ChildSpan | None]] = []
         call_counts: dict[int, int] = {}
         created = aggregated = 0
         layer_attributes = {"visiontel.model.name": table.model_name}
@@ -157,17 +167,16 @@ class Resolver:
                 span = None
                 if created < table.budget:
                     parent = next((s for *_, s in reversed(open_calls) if s), None)
-                    context = trace.set_span_in_context(parent) if parent else root_context
                     attributes: dict[str, Any] = {
                         "visiontel.module.class": table.classes[index],
                     }
                     if call > 1:
                         attributes["visiontel.module.call"] = call
-                    span = tracer.start_span(
+                    span = children.start(
                         table.names[index],
-                        context=context,
-                        attributes=attributes,
-                        start_time=record.wall_ns(perf_ns),
+                        parent or record.span,
+                        record.wall_ns(perf_ns),
+                        attributes,
                     )
                     created += 1
                     if on_resolver_thread and not created % _SPANS_PER_YIELD:
@@ -208,7 +217,7 @@ def _events_done(record: ForwardRecord) -> bool:
 
 
 def _set_gpu_times(
-    span: trace.Span, record: ForwardRecord, start_event: Any, end_event: Any, start_ns: int
+    span: ChildSpan, record: ForwardRecord, start_event: Any, end_event: Any, start_ns: int
 ) -> None:
     span.set_attribute("visiontel.gpu.duration", start_event.elapsed_time(end_event) / 1e3)
     if record.events is not None:

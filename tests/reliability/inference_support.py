@@ -51,6 +51,13 @@ def queue_full_logged(records: list[logging.LogRecord]) -> int:
     return sum("queue full" in r.getMessage().lower() for r in records)
 
 
+def export_failures_logged(records: list[logging.LogRecord]) -> int:
+    """The exporter's errors for a batch it gave up on (timeout, retries exhausted)."""
+    return sum(
+        r.name.startswith("opentelemetry.exporter") and r.levelno >= logging.ERROR for r in records
+    )
+
+
 class SmallDetector(torch.nn.Module):
     """Three top-level stages, like a detector's backbone / neck / head."""
 
@@ -79,14 +86,16 @@ class Telemetry:
         self.provider.shutdown()
 
 
-def telemetry(endpoint: str, *, max_queue_size: int = 8192) -> Telemetry:
+def telemetry(
+    endpoint: str, *, max_queue_size: int = 8192, export_timeout_s: float = EXPORT_TIMEOUT_S
+) -> Telemetry:
     """SDK pipeline to an OTLP/HTTP endpoint (host:port or URL) and an instrumented model."""
     torch.set_num_threads(1)
     base = endpoint if endpoint.startswith("http") else f"http://{endpoint}"
     provider = TracerProvider(resource=Resource.create({"service.name": "reliability"}))
     counting = Counting()
     provider.add_span_processor(counting)
-    exporter = OTLPSpanExporter(endpoint=f"{base}/v1/traces", timeout=EXPORT_TIMEOUT_S)
+    exporter = OTLPSpanExporter(endpoint=f"{base}/v1/traces", timeout=export_timeout_s)
     provider.add_span_processor(
         # The settings visiontel-torch's README gives for this span rate.
         BatchSpanProcessor(

@@ -19,8 +19,11 @@ ROOT = HERE.parents[1]
 CONFIG_DIR = ROOT / "collector-config"
 COLLECTOR_HINT = "run `nox -s reliability` (or `nox -s reliability_short`), which builds it"
 
-# Process start/stop, readiness and free ports are the local stack's (standard library only).
+# Process start/stop, readiness and free ports are the local stack's (standard library only);
+# the recipes' loopback addresses are set as the collector-config tests set them.
 sys.path.insert(0, str(CONFIG_DIR / "stack"))
+sys.path.insert(0, str(ROOT / "tests" / "collector"))
+from collector_support import collector_env  # noqa: E402
 from stack import Stack, free_port  # noqa: E402
 
 __all__ = ["CONFIG_DIR", "ROOT", "Collectors", "Profile", "free_port"]
@@ -98,6 +101,41 @@ class Stopwatch:
             self.last, self.worst = time.perf_counter(), 0.0
 
 
+class RssPeak:
+    """Highest resident set size seen, sampled every 200 ms on a thread of its own."""
+
+    def __init__(self) -> None:
+        self.peak = rss_mb()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.2):
+            self.peak = max(self.peak, rss_mb())
+
+    def reset(self) -> float:
+        self.peak = rss_mb()
+        return self.peak
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def settle(path: pathlib.Path, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """The file exporter's spans once their count has stopped changing for 2 s."""
+    last, stable_since, deadline = -1, time.monotonic(), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        spans = read_spans(path)
+        if len(spans) != last:
+            last, stable_since = len(spans), time.monotonic()
+        elif time.monotonic() - stable_since > 2.0:
+            return spans
+        time.sleep(0.25)
+    return read_spans(path)
+
+
 # --- collectors -----------------------------------------------------------------------------
 class Collectors:
     """otelcol-visiontel processes started by this test (by pid, through the stack module)."""
@@ -135,15 +173,22 @@ class Collectors:
 
 def base_env(**extra: str) -> dict[str, str]:
     """Loopback ports for the addresses every recipe reads from the environment."""
-    env = {
-        "VISIONTEL_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{free_port()}",
-        "VISIONTEL_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{free_port()}",
-        "VISIONTEL_HEALTH_ENDPOINT": f"127.0.0.1:{free_port()}",
-        "VISIONTEL_OTELCOL_METRICS_PORT": str(free_port()),
-        "VISIONTEL_PROMETHEUS_EXPORTER_ENDPOINT": f"127.0.0.1:{free_port()}",
-    }
-    env.update(extra)
-    return env
+    return collector_env(VISIONTEL_PROMETHEUS_EXPORTER_ENDPOINT=f"127.0.0.1:{free_port()}", **extra)
+
+
+def gateway_env(tls: dict[str, pathlib.Path], token: str, grpc_port: int) -> dict[str, str]:
+    """gateway.yaml's required settings: TLS files, the agents' token, dead-end backends."""
+    return base_env(
+        VISIONTEL_GATEWAY_GRPC_ENDPOINT=f"127.0.0.1:{grpc_port}",
+        VISIONTEL_GATEWAY_TOKEN=token,
+        VISIONTEL_GATEWAY_CERT_FILE=str(tls["cert"]),
+        VISIONTEL_GATEWAY_KEY_FILE=str(tls["key"]),
+        VISIONTEL_TAILSAMPLING_DNS="127.0.0.1",
+        VISIONTEL_TAILSAMPLING_PORT=str(free_port()),
+        VISIONTEL_TAILSAMPLING_CA_FILE=str(tls["ca"]),
+        VISIONTEL_PROMETHEUS_REMOTE_WRITE_URL=f"http://127.0.0.1:{free_port()}/api/v1/write",
+        VISIONTEL_PROMETHEUS_TOKEN="unused",
+    )
 
 
 def file_override(

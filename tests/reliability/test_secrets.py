@@ -24,6 +24,7 @@ from reliability_support import (
     base_env,
     file_override,
     free_port,
+    gateway_env,
     read_spans,
 )
 from secrets_support import otlp_receiver, self_signed_tls
@@ -235,21 +236,11 @@ def test_gateway_tls_and_bearer_token(collectors, record, tmp_path):
 
     tls = self_signed_tls(tmp_path)
     token = "token-" + os.urandom(12).hex()
-    grpc_endpoint = f"127.0.0.1:{free_port()}"
-    env = base_env(
-        VISIONTEL_GATEWAY_GRPC_ENDPOINT=grpc_endpoint,
-        VISIONTEL_GATEWAY_TOKEN=token,
-        VISIONTEL_GATEWAY_CERT_FILE=str(tls["cert"]),
-        VISIONTEL_GATEWAY_KEY_FILE=str(tls["key"]),
-        VISIONTEL_TAILSAMPLING_DNS="127.0.0.1",
-        VISIONTEL_TAILSAMPLING_PORT=str(free_port()),
-        VISIONTEL_TAILSAMPLING_CA_FILE=str(tls["ca"]),
-        VISIONTEL_PROMETHEUS_REMOTE_WRITE_URL=f"http://127.0.0.1:{free_port()}/api/v1/write",
-        VISIONTEL_PROMETHEUS_TOKEN="unused",
-    )
+    grpc_port = free_port()
+    env = gateway_env(tls, token, grpc_port)
     override = file_override(tmp_path, "gateway", ["traces"], keep=["span_metrics"])
     collectors.start("gateway", [CONFIG_DIR / "gateway.yaml", override], env)
-    endpoint = f"localhost:{grpc_endpoint.split(':')[1]}"
+    endpoint = f"localhost:{grpc_port}"
     wrong = _export(endpoint, tls["ca"], "wrong-" + token, 5)
     time.sleep(1.5)
     after_wrong = len(read_spans(tmp_path / "gateway-out.jsonl"))

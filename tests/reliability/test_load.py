@@ -1,0 +1,129 @@
+"""Load: 8 inference threads sharing one instrumented model plus a thread batching 64 frames
+at a time through visiontel.propagation's batch_span, every span sampled, exported over
+OTLP/HTTP to the real collector. Memory stays bounded, nothing blocks, and spans are lost
+only when the SDK's queue is full (counted here, logged by the SDK)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import torch
+from inference_support import Counting, queue_full_logged, telemetry
+from reliability_support import (
+    CONFIG_DIR,
+    PROFILE,
+    RssPeak,
+    Stopwatch,
+    base_env,
+    file_override,
+    rss_mb,
+    settle,
+)
+
+import visiontel.propagation as vp
+
+THREADS = 8
+BATCH = 64
+RSS_BOUND_MB = 150.0  # growth after warm-up: queue (8192 spans) + allocator slack
+STALL_BOUND_S = 2.0  # 10 busy threads share 2 cores and one GIL: gaps of a few 100 ms
+
+
+def test_load_8_threads_and_64_frame_batches(collectors, record, tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    env = base_env()
+    override = file_override(tmp_path, "collector", ["traces"])
+    collectors.start("collector", [CONFIG_DIR / "local.yaml", override], env)
+    tel = telemetry(env["VISIONTEL_OTLP_HTTP_ENDPOINT"])
+    counting: Counting = tel.counting
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    watches = [Stopwatch() for _ in range(THREADS + 1)]
+    done = [0] * (THREADS + 1)
+
+    def infer(index: int) -> None:
+        image = torch.rand(1, 3, 64, 64)
+        with torch.inference_mode():
+            while not stop.is_set():
+                try:
+                    with tel.tracer.start_as_current_span("frame"):
+                        tel.model(image)
+                    done[index] += 1
+                except BaseException as exc:
+                    errors.append(exc)
+                watches[index].tick()
+
+    def batches() -> None:
+        images = torch.rand(BATCH, 3, 32, 32)
+        sequence = 0
+        with torch.inference_mode():
+            while not stop.is_set():
+                try:
+                    contexts = []
+                    for _ in range(BATCH):
+                        frame = vp.FrameIdentity.now(f"cam-{sequence % 4}", sequence)
+                        with vp.start_frame("capture", frame, tracer=tel.tracer):
+                            carrier: list[tuple[str, bytes]] = []
+                            vp.inject_mq(carrier)
+                        contexts.append(vp.extract_mq(carrier))
+                        sequence += 1
+                    with vp.batch_span(contexts, "detect", tracer=tel.tracer):
+                        tel.model(images)
+                    done[THREADS] += 1
+                except BaseException as exc:
+                    errors.append(exc)
+                watches[THREADS].tick()
+
+    threads = [threading.Thread(target=infer, args=(i,), daemon=True) for i in range(THREADS)]
+    threads.append(threading.Thread(target=batches, daemon=True))
+    rss = RssPeak()
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(5.0)  # warm-up
+        for watch in watches:
+            watch.reset()
+        rss_start = rss.reset()
+        samples = []
+        end = time.monotonic() + PROFILE.load_s
+        while time.monotonic() < end:
+            time.sleep(min(5.0, max(0.0, end - time.monotonic())))
+            samples.append(rss_mb())
+        growth = rss.peak - rss_start
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        rss.close()
+        tel.shutdown()  # flushes what the queue still holds
+    elapsed = time.monotonic() - started
+    produced = counting.total
+    arrived = len({s["spanId"] for s in settle(tmp_path / "collector-out.jsonl", timeout=60)})
+    lost = produced - arrived
+    worst = max(w.worst for w in watches)
+    warned = queue_full_logged(caplog.records)
+    half = len(samples) // 2
+    drift = (sum(samples[half:]) / max(1, len(samples) - half)) - (
+        sum(samples[:half]) / max(1, half)
+    )
+    record(
+        "load-8-threads-64-batches",
+        fault=f"{THREADS} inference threads on one instrumented model + 64-frame batch_span "
+        "batches, ALWAYS_ON sampling, BatchSpanProcessor queue 8192 / batch 2048, real "
+        "collector (local.yaml)",
+        duration=f"{PROFILE.load_s:.0f} s after 5 s warm-up",
+        measured=f"{sum(done[:THREADS]) / elapsed:.0f} frames/s + {done[THREADS] / elapsed:.1f} "
+        f"batches/s, {produced / elapsed:.0f} spans/s; RSS growth {growth:.1f} MB (bound "
+        f"{RSS_BOUND_MB:.0f}; second half vs first half {drift:+.1f} MB); longest gap of any "
+        f"thread {worst * 1000:.0f} ms (bound {STALL_BOUND_S * 1000:.0f}); errors {len(errors)}",
+        lost=f"{lost}/{produced} spans ({100 * lost / max(1, produced):.1f} %), dropped by the "
+        f"full SDK queue ({warned} queue-full warnings logged)",
+    )
+    assert not errors, repr(errors[:3])
+    assert all(done), f"a thread made no progress: {done}"
+    assert growth <= RSS_BOUND_MB
+    assert worst <= STALL_BOUND_S
+    assert lost >= 0
+    assert lost == 0 or warned > 0, "spans were lost without the SDK saying its queue was full"

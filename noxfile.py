@@ -181,7 +181,7 @@ def stack(session: nox.Session) -> None:
 # VISIONTEL_RELIABILITY_PROFILE=short|full picks outage/load durations; `reliability` runs
 # the full profile (~20 min) and rewrites docs/reliability.md from the measured rows,
 # `reliability_short` (CI) runs the short one and checks the doc lists every fault.
-RELIABILITY_DEPS = ("cryptography", "psutil", "opentelemetry-exporter-otlp", "pyyaml")
+RELIABILITY_DEPS = ("cryptography", "atheris", "opentelemetry-exporter-otlp", "pyyaml")
 
 
 def _reliability(session: nox.Session, profile: str) -> None:

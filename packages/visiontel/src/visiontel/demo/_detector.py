@@ -7,6 +7,7 @@ visiontel.torch), ``postprocess`` and the ``send result`` client call.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import queue
@@ -43,6 +44,7 @@ _log = logging.getLogger("visiontel.demo.detector")
 MODEL_NAME = "tinydet"
 _QUEUE = 4  # frames waiting; a full queue holds the source's call: backpressure
 _CONNECT_TIMEOUT = 60.0
+_IN_FLIGHT = 8  # results sent and not yet acknowledged by the tracker
 
 
 class _GPUNote(logging.Handler):
@@ -75,6 +77,35 @@ def _start_gpu_metrics(telemetry: Telemetry) -> None:
     else:
         reason = note.messages[-1] if note.messages else "no GPU metrics"
         _child.say("NOGPU", reason.replace("\n", " "))
+
+
+class _Sender:
+    """Results go to the tracker without waiting for it: the model never idles on a hop.
+
+    At most ``_IN_FLIGHT`` calls are outstanding (then the oldest is waited for); the
+    ``send result`` client span ends when its call completes, so it covers the RPC.
+    """
+
+    def __init__(self, send: grpc.UnaryUnaryMultiCallable) -> None:
+        self._send = send
+        self._pending: collections.deque[grpc.Future] = collections.deque()
+
+    def send(self, payload: bytes, tracer: trace.Tracer | None) -> None:
+        metadata: list[tuple[str, str | bytes]] = []
+        if tracer is None:
+            future = self._send.future(payload, timeout=30)
+        else:
+            span = tracer.start_span("send result", kind=SpanKind.CLIENT)
+            vp.inject_grpc(metadata, trace.set_span_in_context(span))
+            future = self._send.future(payload, metadata=metadata, timeout=30)
+            future.add_done_callback(lambda _: span.end())
+        self._pending.append(future)
+        while self._pending and (len(self._pending) > _IN_FLIGHT or self._pending[0].done()):
+            self._pending.popleft().result()  # a failed call stops the detector here
+
+    def drain(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
 
 
 def _router(config: DemoConfig) -> Callable[[int], str]:
@@ -126,6 +157,7 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
         server.stop(0)
         raise DemoError(f"the tracker did not answer on port {config.sink_port}") from None
     send = channel.unary_unary(RESULT_METHOD)
+    sender = _Sender(send)
     _log.info("serving %s %s on %s", MODEL_NAME, "/".join(config.versions), device)
     _child.say("READY", config.detector_port)
 
@@ -144,7 +176,6 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
             if frame.kind != KIND_FRAME:
                 continue
             version = route(frame.sequence)
-            metadata: list[tuple[str, str | bytes]] = []
             span_cm: AbstractContextManager[object] = contextlib.nullcontext()
             if carried is not None:
                 model_attributes = {
@@ -163,13 +194,9 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
                 with stage("postprocess", version):
                     boxes = to_frame(rows, scale, frame.width, frame.height)
                     result = Result(KIND_FRAME, frame.sequence, frame.capture_ns, version, boxes)
-                if telemetry.enabled:
-                    with tracer.start_as_current_span("send result", kind=SpanKind.CLIENT):
-                        vp.inject_grpc(metadata)
-                        send(result.pack(), metadata=metadata, timeout=30)
-                else:
-                    send(result.pack(), timeout=30)
+                sender.send(result.pack(), tracer if telemetry.enabled else None)
             done += 1
+    sender.drain()
     send(Result(KIND_END, done, 0).pack(), timeout=30)
     channel.close()
     server.stop(0.2).wait()

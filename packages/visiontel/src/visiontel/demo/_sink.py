@@ -136,7 +136,8 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
         return b""
 
     try:
-        server = serve(RESULT_METHOD, result, config.sink_port, workers=2)
+        # One worker: results are tracked in the order they arrive, as a tracker needs.
+        server = serve(RESULT_METHOD, result, config.sink_port, workers=1)
     except OSError as exc:
         raise DemoError(f"{exc}: pick another --sink-port, or 0 for a free one") from None
     _child.say("READY", config.sink_port)

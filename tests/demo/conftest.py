@@ -1,48 +1,11 @@
-"""Runs the `visiontel` command in a subprocess, as a user would."""
+"""Fixtures of the `visiontel demo` tests; helpers live in demo_support."""
 
 from __future__ import annotations
 
-import os
 import pathlib
-import shutil
-import subprocess
-import sys
 
 import pytest
-
-
-def visiontel_command() -> list[str]:
-    """The installed console script when there is one, else ``python -m visiontel.cli``."""
-    script = pathlib.Path(sys.executable).parent / "visiontel"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("visiontel")
-    return [found] if found else [sys.executable, "-m", "visiontel.cli"]
-
-
-def clean_env() -> dict[str, str]:
-    """The environment minus anything that would point the demo elsewhere."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not (k.startswith("OTEL_") or k.startswith("VISIONTEL_DEMO_"))
-    }
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def run_visiontel(
-    *args: str, cwd: pathlib.Path, env: dict[str, str] | None = None, timeout: float = 240
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*visiontel_command(), *args],
-        check=False,
-        cwd=cwd,
-        env=env if env is not None else clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from demo_support import run_visiontel
 
 
 @pytest.fixture

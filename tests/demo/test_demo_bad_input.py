@@ -10,7 +10,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from conftest import clean_env
+from demo_support import clean_env
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import run_visiontel
+from demo_support import run_visiontel
 
 cv2 = pytest.importorskip("cv2", reason="opencv-python-headless (the test extra) is missing")
 

@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 import pytest
-from conftest import clean_env, run_visiontel
+from demo_support import clean_env, run_visiontel
 
 FRAMES = 50
 SERVICES = ("frame-source", "detector", "tracker")

@@ -13,7 +13,7 @@ import os
 import pathlib
 
 import pytest
-from conftest import clean_env, run_visiontel
+from demo_support import clean_env, run_visiontel
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BINARIES = ("VISIONTEL_OTELCOL", "VISIONTEL_JAEGER", "VISIONTEL_PROMETHEUS")

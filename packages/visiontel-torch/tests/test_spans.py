@@ -126,7 +126,8 @@ def test_uninstrument_leaves_no_hook(telemetry: Telemetry) -> None:
     assert not vt.uninstrument_model(model)
 
 
-def test_child_hooks_are_only_armed_during_sampled_forwards(telemetry: Telemetry) -> None:
+def _probed_detector() -> tuple[TinyDetector, list[int]]:
+    """A detector whose backbone records how many pre-hooks ``neck`` has mid-forward."""
     model = TinyDetector()
     seen: list[int] = []
 
@@ -136,6 +137,11 @@ def test_child_hooks_are_only_armed_during_sampled_forwards(telemetry: Telemetry
             return x
 
     model.backbone.append(Probe())
+    return model, seen
+
+
+def test_child_hooks_are_only_armed_during_sampled_forwards(telemetry: Telemetry) -> None:
+    model, seen = _probed_detector()
     telemetry.instrument(model, granularity="layer")
     assert len(model.neck._forward_pre_hooks) == 0  # parked between forwards
     model(torch.randn(1, 3, 8, 8))
@@ -149,15 +155,7 @@ def test_unsampled_forward_arms_nothing_and_exports_nothing() -> None:
     from torch_support import make_telemetry
 
     telemetry = make_telemetry(ALWAYS_OFF)
-    model = TinyDetector()
-    seen: list[int] = []
-
-    class Probe(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            seen.append(len(model.neck._forward_pre_hooks))
-            return x
-
-    model.backbone.append(Probe())
+    model, seen = _probed_detector()
     telemetry.instrument(model, granularity="layer")
     try:
         model(torch.randn(1, 3, 8, 8))

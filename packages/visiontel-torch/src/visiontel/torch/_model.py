@@ -115,11 +115,11 @@ class ModelInstrumentation:
         return self._runtime.resolver
 
     # -- child hooks ---------------------------------------------------------------------
-    def _add_child_hooks(self, index: int, module: Any) -> None:
+    def _stamp_hook(self, stamp_index: int, site: str) -> Callable[..., None]:
+        """A hook that appends ``(stamp_index, now, event)``: pre (index) or post (~index)."""
         state, clock, compiling = self._tls, time.perf_counter_ns, self._is_compiling
-        post_index = ~index
 
-        def child_pre(_module: Any, _args: Any) -> None:
+        def stamp(_module: Any, *_inputs_and_output: Any) -> None:
             if compiling():
                 return
             record = state.record
@@ -127,22 +127,15 @@ class ModelInstrumentation:
                 return
             try:
                 events = record.events
-                record.stamps.append((index, clock(), events.acquire() if events else None))
+                record.stamps.append((stamp_index, clock(), events.acquire() if events else None))
             except Exception as exc:
-                report_internal_error("layer pre-hook", exc)
+                report_internal_error(site, exc)
 
-        def child_post(_module: Any, _args: Any, _output: Any) -> None:
-            if compiling():
-                return
-            record = state.record
-            if record is None or record.stamps is None:
-                return
-            try:
-                events = record.events
-                record.stamps.append((post_index, clock(), events.acquire() if events else None))
-            except Exception as exc:
-                report_internal_error("layer post-hook", exc)
+        return stamp
 
+    def _add_child_hooks(self, index: int, module: Any) -> None:
+        child_pre = self._stamp_hook(index, "layer pre-hook")
+        child_post = self._stamp_hook(~index, "layer post-hook")
         # Register through the public API, then park: keep the dictionaries the handle
         # points at, so arming is a few dict stores and disarming a few pops (a
         # RemovableHandle.remove() per hook costs microseconds on every sampled forward).

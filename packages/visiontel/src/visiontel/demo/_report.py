@@ -196,27 +196,42 @@ def metric_summary(run_dir: pathlib.Path) -> tuple[dict[str, set[str]], dict[str
 
 
 def gpu_summary(run_dir: pathlib.Path) -> list[str]:
-    """Last value of every hw.gpu.* gauge/sum, per device, from the detector's metrics."""
-    latest: dict[tuple[str, str], tuple[int, float, str]] = {}
+    """Last value of every hw.* gauge/sum (GPU, power, temperature) per device and series."""
+    latest: dict[tuple[str, str, str], tuple[int, float, str]] = {}
     for request in requests(run_dir, SERVICE_NAMES["detector"], "metrics"):
         for rm in request.get("resourceMetrics", []):
             for scope in rm.get("scopeMetrics", []):
                 for metric in scope.get("metrics", []):
-                    if not metric["name"].startswith("hw.gpu"):
+                    if not metric["name"].startswith("hw."):
                         continue
                     data = metric.get("gauge") or metric.get("sum") or {}
                     for point in data.get("dataPoints", []):
                         attrs = attributes(point.get("attributes", []))
-                        device = str(attrs.get("hw.name") or attrs.get("hw.id") or "gpu")
+                        device = str(attrs.pop("hw.name", None) or attrs.get("hw.id") or "gpu")
+                        # What tells a device's series apart (direction, task, state...).
+                        series = ",".join(
+                            f"{v}" for k, v in sorted(attrs.items()) if not k.startswith("hw.")
+                        )
                         value = float(point.get("asDouble", point.get("asInt", 0)))
                         when = int(point.get("timeUnixNano", 0))
-                        key = (device, metric["name"])
+                        key = (device, metric["name"], series)
                         if key not in latest or when >= latest[key][0]:
                             latest[key] = (when, value, metric.get("unit", ""))
     return [
-        f"  {device}: {name} = {value:g} {unit}".rstrip()
-        for (device, name), (_, value, unit) in sorted(latest.items())
+        f"  {device}: {name}{f' ({series})' if series else ''} = {_quantity(value, unit)}"
+        for (device, name, series), (_, value, unit) in sorted(latest.items())
     ]
+
+
+def _quantity(value: float, unit: str) -> str:
+    if unit == "By":
+        for scale, suffix in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+            if abs(value) >= scale:
+                return f"{value / scale:.1f} {suffix}"
+        return f"{value:g} B"
+    if unit == "1":
+        return f"{value * 100:.1f} %"
+    return f"{value:g} {unit}".rstrip()
 
 
 def files_summary(run_dir: pathlib.Path) -> list[str]:

@@ -41,6 +41,21 @@ fault). The *profile* column says which run produced the figures.
 Bounds the tests assert are stated in the "What was measured" column; a row exists only
 if its test ran, and the session fails if any assertion failed.
 
+How to read the figures:
+
+* **Throughput** ratios compare the median, over one-second chunks, of frames per second of
+  process CPU time (the machines these ran on are 2 shared cores, where wall-clock frame
+  rates move by ±20 % with the neighbours' load); the wall-clock ratio is given beside it.
+  The slow-collector test alternates prompt and slow phases for the same reason.
+* **Stalls** are the longest gap between two consecutive frames of an inference thread;
+  waiting on an export would show up as a gap of the export's timeout or delay (3 s).
+* **Memory** is the growth of the test process's resident set size (Linux `statm`), which
+  includes the test's own per-frame ledger. The suite runs with `pytest -p no:logging`:
+  pytest's log capture would keep the exporter's retry records, and through their
+  tracebacks the batches being retried, alive.
+* **Lost spans** are counted by the test: every span ended is tallied in-process, every
+  span stored is read back from the collector's file exporter output.
+
 """
 
 

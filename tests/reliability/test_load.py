@@ -5,12 +5,11 @@ only when the SDK's queue is full (counted here, logged by the SDK)."""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 
 import torch
-from inference_support import Counting, queue_full_logged, telemetry
+from inference_support import Counting, LogTally, telemetry
 from reliability_support import (
     CONFIG_DIR,
     PROFILE,
@@ -30,8 +29,7 @@ RSS_BOUND_MB = 150.0  # growth after warm-up: queue (8192 spans) + allocator sla
 STALL_BOUND_S = 2.0  # 10 busy threads share 2 cores and one GIL: gaps of a few 100 ms
 
 
-def test_load_8_threads_and_64_frame_batches(collectors, record, tmp_path, caplog):
-    caplog.set_level(logging.WARNING)
+def test_load_8_threads_and_64_frame_batches(collectors, record, tmp_path):
     env = base_env()
     override = file_override(tmp_path, "collector", ["traces"])
     collectors.start("collector", [CONFIG_DIR / "local.yaml", override], env)
@@ -78,6 +76,7 @@ def test_load_8_threads_and_64_frame_batches(collectors, record, tmp_path, caplo
     threads = [threading.Thread(target=infer, args=(i,), daemon=True) for i in range(THREADS)]
     threads.append(threading.Thread(target=batches, daemon=True))
     rss = RssPeak()
+    tally = LogTally().__enter__()
     started = time.monotonic()
     for thread in threads:
         thread.start()
@@ -98,12 +97,13 @@ def test_load_8_threads_and_64_frame_batches(collectors, record, tmp_path, caplo
             thread.join(timeout=60)
         rss.close()
         tel.shutdown()  # flushes what the queue still holds
+        tally.__exit__()
     elapsed = time.monotonic() - started
     produced = counting.total
     arrived = len({s["spanId"] for s in settle(tmp_path / "collector-out.jsonl", timeout=60)})
     lost = produced - arrived
     worst = max(w.worst for w in watches)
-    warned = queue_full_logged(caplog.records)
+    warned = tally.queue_full
     half = len(samples) // 2
     drift = (sum(samples[half:]) / max(1, len(samples) - half)) - (
         sum(samples[:half]) / max(1, half)

@@ -337,12 +337,6 @@ def test_gpu_serve_with_malformed_port_variable():
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="visiontel (demo) bug: visiontel/demo/_telemetry.py setup() calls "
-    "float(OTEL_METRIC_EXPORT_INTERVAL) unguarded, so a malformed value kills every demo "
-    "process with a ValueError instead of using the 2000 ms default",
-)
 def test_demo_telemetry_with_malformed_metric_interval(tmp_path):
     out = _run_with_env(
         "import pathlib; from visiontel.demo._telemetry import setup; "

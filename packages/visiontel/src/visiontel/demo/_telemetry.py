@@ -123,6 +123,25 @@ def _exporters(
     return HTTPSpanExporter(), HTTPMetricExporter(), HTTPLogExporter()
 
 
+def _metric_interval_ms() -> float:
+    """``OTEL_METRIC_EXPORT_INTERVAL``; a malformed value is logged and the default used."""
+    raw = os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", "").strip()
+    if not raw:
+        return float(_DEFAULT_METRIC_INTERVAL_MS)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        logging.getLogger("visiontel.demo").warning(
+            "OTEL_METRIC_EXPORT_INTERVAL=%r is not a positive number of milliseconds; using %s",
+            raw[:64],
+            _DEFAULT_METRIC_INTERVAL_MS,
+        )
+        return float(_DEFAULT_METRIC_INTERVAL_MS)
+    return value
+
+
 def setup(role: str, run_id: str, run_dir: pathlib.Path, *, enabled: bool) -> Telemetry:
     """Install global providers for ``role`` (source, detector or sink)."""
     if not enabled:
@@ -142,7 +161,7 @@ def setup(role: str, run_id: str, run_dir: pathlib.Path, *, enabled: bool) -> Te
     )
     tracer_provider = TracerProvider(resource=resource)
     tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
-    interval = float(os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", _DEFAULT_METRIC_INTERVAL_MS))
+    interval = _metric_interval_ms()
     reader = PeriodicExportingMetricReader(metric_exporter, export_interval_millis=interval)
     meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
     logger_provider = LoggerProvider(resource=resource)

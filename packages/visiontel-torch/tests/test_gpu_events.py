@@ -102,17 +102,17 @@ def test_gpu_start_delay_uses_the_calibrated_clock(telemetry: Telemetry) -> None
     assert delay == pytest.approx(expected, abs=1e-6)
 
 
-def test_events_that_never_complete_time_out(telemetry: Telemetry) -> None:
+def test_events_that_never_complete_time_out(
+    telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VISIONTEL_TORCH_GPU_TIMEOUT", "0.05")
     source = ScriptedSource()
     model = telemetry.instrument(TinyDetector(), name="stuck", _event_source=source)
     runtime = _runtime.runtime_for(telemetry.tracer_provider, telemetry.meter_provider)
-    runtime.resolver._gpu_timeout_s = 0.05
-    try:
-        model(torch.randn(1, 3, 8, 8))
-        spans = telemetry.by_name()
-    finally:
-        runtime.resolver._gpu_timeout_s = 10.0
-    assert runtime.resolver.gpu_timeouts >= 1
+    timeouts_before = runtime.resolver.gpu_timeouts
+    model(torch.randn(1, 3, 8, 8))
+    spans = telemetry.by_name()
+    assert runtime.resolver.gpu_timeouts == timeouts_before + 1
     root = spans["inference stuck"][0]
     assert "visiontel.gpu.duration" not in root.attributes
     assert {"backbone", "neck", "head"} <= set(spans)

@@ -99,6 +99,7 @@ class ModelInstrumentation:
             model_name=name,
             model_version=config.model_version,
             budget=config.max_layer_spans if config.granularity is Granularity.LAYER else 1 << 30,
+            gpu_timeout_s=config.gpu_timeout_s,
         )
         # (hook dict, hook id, function, the extra dicts that held the id when registered)
         self._parked: list[tuple[dict[int, Any], int, Callable[..., None], list[Any]]] = []
@@ -108,7 +109,6 @@ class ModelInstrumentation:
             model.register_forward_pre_hook(self._root_pre, with_kwargs=True),
             model.register_forward_hook(self._root_post, with_kwargs=True, always_call=True),
         ]
-        self._model_ref = weakref.ref(model)
 
     @property
     def resolver(self) -> Any:

@@ -22,6 +22,8 @@ class ModuleTable:
     model_name: str
     model_version: str | None
     budget: int
+    gpu_timeout_s: float = 10.0
+    """How long the resolver waits for a forward's CUDA events (VISIONTEL_TORCH_GPU_TIMEOUT)."""
 
 
 @dataclass(eq=False)

@@ -39,12 +39,10 @@ class Resolver:
         self,
         metrics: InferenceMetrics,
         tracer_provider: trace.TracerProvider | None,
-        gpu_timeout_s: float = 10.0,
     ) -> None:
         self._metrics = metrics
         self._queue: queue.Queue[ForwardRecord] = queue.Queue(_MAX_QUEUE)
         self._waiting: list[tuple[float, ForwardRecord]] = []
-        self._gpu_timeout_s = gpu_timeout_s
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
@@ -137,7 +135,7 @@ class Resolver:
         for queued_at, record in self._waiting:
             try:
                 events_ready = _events_done(record)
-                timed_out = not events_ready and now - queued_at > self._gpu_timeout_s
+                timed_out = not events_ready and now - queued_at > record.table.gpu_timeout_s
                 if not events_ready and not timed_out:
                     still_waiting.append((queued_at, record))
                     continue

@@ -97,7 +97,6 @@ class ModelInstrumentation:
             names=tuple(n for n, _ in children),
             classes=tuple(type(m).__qualname__ for _, m in children),
             model_name=name,
-            model_version=config.model_version,
             budget=config.max_layer_spans if config.granularity is Granularity.LAYER else 1 << 30,
             gpu_timeout_s=config.gpu_timeout_s,
         )

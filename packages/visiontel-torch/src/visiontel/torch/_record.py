@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.trace import Span, Tracer
@@ -20,7 +20,6 @@ class ModuleTable:
     names: tuple[str, ...]
     classes: tuple[str, ...]
     model_name: str
-    model_version: str | None
     budget: int
     gpu_timeout_s: float = 10.0
     """How long the resolver waits for a forward's CUDA events (VISIONTEL_TORCH_GPU_TIMEOUT)."""
@@ -38,7 +37,6 @@ class ForwardRecord:
     start_event: GpuEvent | None = None
     end_event: GpuEvent | None = None
     perf_end_ns: int = 0
-    metric_attributes: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 0
     device: Any = None
     batch_shape: str | None = None

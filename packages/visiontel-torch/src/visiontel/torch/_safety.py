@@ -1,8 +1,9 @@
 """Keep our own failures away from the model.
 
-Every hook body runs inside ``guard``: an exception raised by visiontel is logged once
-(then at most once a minute per call site, with a count of what was suppressed) and
-swallowed, so the forward pass goes on exactly as it would without instrumentation.
+Every hook body catches its own exceptions and reports them here: an exception raised by
+visiontel is logged once (then at most once a minute per call site, with a count of what
+was suppressed) and swallowed, so the forward pass goes on exactly as it would without
+instrumentation.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import TypeVar
 
 _logger = logging.getLogger("visiontel.torch")
 _REPEAT_INTERVAL_S = 60.0
@@ -20,8 +19,6 @@ _lock = threading.Lock()
 _last_logged: dict[str, float] = {}
 _suppressed: dict[str, int] = {}
 _error_count = 0
-
-T = TypeVar("T")
 
 
 def internal_error_count() -> int:
@@ -48,21 +45,6 @@ def report_internal_error(site: str, exc: BaseException) -> None:
         suffix,
         exc_info=(type(exc), exc, exc.__traceback__),
     )
-
-
-def guarded(site: str, fn: Callable[..., T], default: T) -> Callable[..., T]:
-    """Wrap ``fn`` so that any exception it raises is reported and ``default`` returned."""
-
-    def wrapper(*args: object, **kwargs: object) -> T:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            report_internal_error(site, exc)
-            return default
-
-    wrapper.__name__ = getattr(fn, "__name__", site)
-    wrapper.__qualname__ = getattr(fn, "__qualname__", site)
-    return wrapper
 
 
 def warn_once(key: str, message: str, *args: object) -> None:

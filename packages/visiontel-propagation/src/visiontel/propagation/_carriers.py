@@ -49,7 +49,7 @@ def extract_dict(carrier: Mapping[str, Any] | None, context: Context | None = No
     if carrier is None:
         return base
     try:
-        if not isinstance(carrier, Mapping):
+        if type(carrier) is not dict and not isinstance(carrier, Mapping):
             reject("dict", "not_a_mapping", type(carrier))
             return base
         found = {key: carrier[key] for key in _w3c.FIELDS if key in carrier}
@@ -158,13 +158,15 @@ def _is_pair_list(value: object) -> TypeGuard[Iterable[Any]]:
 def _scan(pairs: Iterable[Any], carrier: str, extra: str | None = None) -> dict[str, object]:
     """Collect our keys from a (key, value) list, bounded by ``max_entries``."""
     first: dict[str, Any] = {}
-    repeated: dict[str, list[Any]] = {}  # rare: only keys seen more than once
+    repeated: dict[str, list[Any]] | None = None  # rare: only keys seen more than once
     lim = limits()
-    max_entries, max_len = lim.max_entries, lim.max_value_bytes
-    for index, pair in enumerate(pairs):
-        if index >= max_entries:
-            reject(carrier, "too_many_entries", index)
+    max_entries = lim.max_entries
+    count = 0
+    for pair in pairs:
+        if count == max_entries:
+            reject(carrier, "too_many_entries", count)
             break
+        count += 1
         try:
             key, value = pair
         except (TypeError, ValueError):
@@ -174,13 +176,35 @@ def _scan(pairs: Iterable[Any], carrier: str, extra: str | None = None) -> dict[
             if not isinstance(key, bytes):
                 continue
             key = key.decode("latin-1")
-        key = key.lower()
-        if value is None or (key not in _FIELDS and key != extra):
+        if key not in _FIELDS:  # ours are written lowercase: lower() only for the others
+            key = key.lower()
+            if key not in _FIELDS and key != extra:
+                continue
+        if value is None:
             continue
         if key in first:
+            if repeated is None:
+                repeated = {}
             repeated.setdefault(key, [first[key]]).append(value)
         else:
             first[key] = value
+    if repeated is None and extra is None:
+        max_len = lim.max_value_bytes
+        for key, value in first.items():  # the usual case: convert in place
+            if type(value) is not str:
+                if type(value) is bytes and len(value) <= max_len and value.isascii():
+                    first[key] = value.decode("ascii")  # the message-queue case
+                else:
+                    return _convert(first, repeated or {}, carrier, extra)
+        return first
+    return _convert(first, repeated or {}, carrier, extra)
+
+
+def _convert(
+    first: dict[str, Any], repeated: dict[str, list[Any]], carrier: str, extra: str | None
+) -> dict[str, object]:
+    """Text values of what :func:`_scan` collected, merging or refusing repeated keys."""
+    max_len = limits().max_value_bytes
     found: dict[str, object] = {}
     for key, value in first.items():
         if key == extra:
@@ -193,7 +217,7 @@ def _scan(pairs: Iterable[Any], carrier: str, extra: str | None = None) -> dict[
         elif type(value) is str:
             found[key] = value
         elif type(value) is bytes and len(value) <= max_len and value.isascii():
-            found[key] = value.decode("ascii")  # the message-queue case, checks inlined
+            found[key] = value.decode("ascii")
         else:
             text = _as_text(value, carrier)
             if text is not None:

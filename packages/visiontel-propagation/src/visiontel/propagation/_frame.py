@@ -12,6 +12,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.propagators import textmap
 
+from visiontel.propagation import _diag
 from visiontel.propagation._diag import internal_error, limits, reject
 
 FRAME_HEADER = "visiontel-frame"
@@ -57,7 +58,7 @@ class FrameIdentity(NamedTuple):
         if not isinstance(value, str):
             reject(carrier, "frame_not_text", value)
             return None
-        max_stream = limits().max_stream_id
+        max_stream = _diag._limits.max_stream_id
         if len(value) > 3 * max_stream + 64:
             reject(carrier, "frame_too_long", value)
             return None
@@ -67,14 +68,18 @@ class FrameIdentity(NamedTuple):
             return None
         raw_stream, raw_seq, raw_ts = match.groups()
         sequence, capture_ns = int(raw_seq), int(raw_ts)
-        stream_id = _unquote_stream(raw_stream)
-        if stream_id is None or sequence > _U63 or capture_ns > _U63:
+        stream = _stream_from_wire(raw_stream)
+        if stream is None or sequence > _U63 or capture_ns > _U63:
             reject(carrier, "frame_out_of_range", value)
             return None
-        if not (0 < len(stream_id) <= max_stream):
+        if not (0 < stream[0] <= max_stream):
             reject(carrier, "frame_out_of_range", value)
             return None
-        return cls(strip_credentials(stream_id), sequence, capture_ns)
+        # tuple.__new__ is what the named tuple's generated __new__ calls, minus a frame.
+        return _new_tuple(cls, (stream[1], sequence, capture_ns))
+
+
+_new_tuple = tuple.__new__
 
 
 # A pipeline has a handful of cameras, so stream ids repeat on every frame: their
@@ -84,13 +89,25 @@ def _quote_stream(stream_id: str) -> str:
     return quote(stream_id, safe=_SAFE)
 
 
-@functools.lru_cache(maxsize=1024)
 def _unquote_stream(raw: str) -> str | None:
     try:
         stream_id = unquote(raw, errors="strict") if "%" in raw else raw
     except UnicodeDecodeError:
         return None
     return stream_id if stream_id.isprintable() else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _stream_from_wire(raw: str) -> tuple[int, str] | None:
+    """(length of the decoded stream id, the id without credentials), or None if invalid.
+
+    Cached like :func:`_quote_stream`: decoding and credential stripping run once per
+    stream, not once per frame.
+    """
+    stream_id = _unquote_stream(raw)
+    if stream_id is None:
+        return None
+    return len(stream_id), strip_credentials(stream_id)
 
 
 def _valid_stream(stream_id: str) -> bool:

@@ -9,16 +9,26 @@ through :func:`visiontel.propagation._diag.reject` (debug level) instead.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+import struct
+from binascii import unhexlify
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote, unquote
 
 from opentelemetry import baggage, trace
-from opentelemetry.context import Context
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+from opentelemetry.context import Context, get_current
+from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    TraceFlags,
+    TraceState,
+)
 
-from visiontel.propagation._diag import limits, reject, rejections
-from visiontel.propagation._frame import _FRAME_KEY, FRAME_HEADER, FrameIdentity, get_frame
+from visiontel.propagation import _diag
+from visiontel.propagation._diag import reject, rejections
+from visiontel.propagation._frame import _FRAME_KEY, FRAME_HEADER, FrameIdentity
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -79,28 +89,74 @@ def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
 
 def encode(context: Context | None) -> list[tuple[str, str]]:
     """The (key, value) pairs that carry ``context`` (default: the current one)."""
-    span_context = trace.get_current_span(context).get_span_context()
-    out = (
-        [(TRACEPARENT, f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
-                       f"{span_context.trace_flags:02x}")]
-        if span_context.is_valid
-        else []
-    )  # fmt: skip
-    if out and span_context.trace_state:
-        out.append((TRACESTATE, span_context.trace_state.to_header()))
-    entries = baggage.get_all(context)
+    values = get_current() if context is None else context
+    span_context = span_context_of(values)
+    out = []
+    if span_context.is_valid:
+        flags = span_context.trace_flags
+        # Formatting 128-bit ints with "%032x" costs twice what bytes.hex() does.
+        traceparent = "-".join(
+            (
+                "00",
+                span_context.trace_id.to_bytes(16, "big").hex(),
+                span_context.span_id.to_bytes(8, "big").hex(),
+                _FLAGS_HEX[flags] if 0 <= flags < 256 else f"{flags:02x}",
+            )
+        )
+        out.append((TRACEPARENT, traceparent))
+        trace_state = span_context.trace_state
+        if trace_state is not _DEFAULT_STATE and trace_state:  # the default one is empty
+            out.append((TRACESTATE, trace_state.to_header()))
+    if _BAGGAGE_KEY is None:
+        entries: object = baggage.get_all(values)
+    else:  # what baggage.get_all() does, without its read-only copy
+        entries = values.get(_BAGGAGE_KEY)
+        if entries is not None and not isinstance(entries, dict):
+            entries = None
     if entries:
-        out.append((BAGGAGE, encode_baggage(entries)))
-    frame = get_frame(context)
-    if frame is not None:
+        out.append((BAGGAGE, encode_baggage(entries)))  # type: ignore[arg-type]
+    frame = values.get(_FRAME_KEY)
+    if frame is not None and isinstance(frame, FrameIdentity):
         out.append((FRAME_HEADER, frame.to_header()))
     return out
+
+
+_FLAGS_HEX = [f"{flags:02x}" for flags in range(256)]
 
 
 # --- extract ------------------------------------------------------------------------
 
 
+_HEX_DIGITS = b"0123456789abcdef"
+_IDS = struct.Struct(">BQQQB")  # version, trace id (two halves), span id, flags
+
+
+def _canonical_traceparent(value: str) -> tuple[int, int, int] | None:
+    """The ids of a version-00 traceparent in canonical form, else None.
+
+    Senders almost always write exactly ``00-<32 hex>-<16 hex>-<2 hex>``; that
+    form is checked with one ``bytes.translate`` pass (every character but the
+    three dashes must be a lowercase hex digit) and decoded in one ``unhexlify``.
+    Anything else (whitespace, other versions, zero ids, garbage) returns None
+    and goes through the general parser, which decides and counts it.
+    """
+    if len(value) != 55 or not value.isascii():
+        return None
+    raw = value.encode("ascii")
+    if raw.translate(None, _HEX_DIGITS) != b"---" or raw[2] != 45 or raw[35] != 45:
+        return None
+    if raw[52] != 45:
+        return None
+    version, high, low, span_id, flags = _IDS.unpack(unhexlify(raw.replace(b"-", b"")))
+    if version or not (high or low) or not span_id:
+        return None
+    return high << 64 | low, span_id, flags
+
+
 def parse_traceparent(value: str, carrier: str) -> tuple[int, int, int] | None:
+    fast = _canonical_traceparent(value)
+    if fast is not None:
+        return fast
     if len(value) > _TRACEPARENT_MAX:
         reject(carrier, "traceparent_too_long", value)
         return None
@@ -206,6 +262,75 @@ def _baggage_key() -> str | None:
 _SPAN_KEY = _span_key()
 _BAGGAGE_KEY = _baggage_key()
 
+# Span classes already seen to be Spans: an exact type lookup instead of the ABC
+# isinstance check OpenTelemetry does on every get_current_span().
+_SPAN_TYPES: set[type] = {NonRecordingSpan}
+
+
+def span_context_of(context: Context) -> SpanContext:
+    """``trace.get_current_span(context).get_span_context()`` for a given context."""
+    if _SPAN_KEY is None or not isinstance(context, dict):
+        return trace.get_current_span(context).get_span_context()
+    span: Any = context.get(_SPAN_KEY)
+    if span is None:
+        return INVALID_SPAN_CONTEXT
+    if type(span) not in _SPAN_TYPES:
+        if not isinstance(span, Span):
+            return INVALID_SPAN_CONTEXT
+        _SPAN_TYPES.add(type(span))
+    return span.get_span_context()  # type: ignore[no-any-return]
+
+
+_TRACE_FLAGS = [TraceFlags(flags) for flags in range(256)]
+_DEFAULT_STATE = SpanContext(1, 1, True).trace_state
+_new_tuple = tuple.__new__
+
+
+def _fast_remote(
+    trace_id: int, span_id: int, flags: int, trace_state: TraceState | None
+) -> SpanContext:
+    # The API's SpanContext is a tuple subclass whose __new__ only fills in defaults
+    # and computes is_valid; doing the same here saves most of its cost.
+    return _new_tuple(
+        SpanContext,
+        (
+            trace_id,
+            span_id,
+            True,
+            _TRACE_FLAGS[flags] if 0 <= flags < 256 else TraceFlags(flags),
+            _DEFAULT_STATE if trace_state is None else trace_state,
+            0 < trace_id < 1 << 128 and 0 < span_id < 1 << 64,
+        ),
+    )
+
+
+def _slow_remote(
+    trace_id: int, span_id: int, flags: int, trace_state: TraceState | None
+) -> SpanContext:
+    return SpanContext(
+        trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags), trace_state=trace_state
+    )
+
+
+_RemoteFactory = Callable[[int, int, int, "TraceState | None"], SpanContext]
+
+
+def _pick_remote() -> _RemoteFactory:
+    """The fast constructor if it builds exactly what the API's own does, on probes."""
+    state = TraceState([("k", "v")])
+    probes = ((1, 2, 1, None), ((1 << 128) - 1, (1 << 64) - 1, 0, state), (1 << 128, 0, 3, None))
+    for probe in probes:
+        fast, slow = _fast_remote(*probe), _slow_remote(*probe)
+        if type(fast) is not type(slow) or tuple(fast) != tuple(slow):
+            return _slow_remote
+        if fast.trace_flags != slow.trace_flags or fast.is_valid != slow.is_valid:
+            return _slow_remote
+    return _fast_remote
+
+
+remote_span_context: _RemoteFactory = _pick_remote()
+"""``SpanContext(trace_id, span_id, is_remote=True, ...)`` from wire values."""
+
 
 def build(
     base: Context,
@@ -215,15 +340,9 @@ def build(
     frame: FrameIdentity | None = None,
 ) -> Context:
     """Assemble the extracted pieces on top of ``base``."""
-    values = dict(base)
+    values = dict(base) if base else {}
     if span is not None:
-        span_context = SpanContext(
-            span[0],
-            span[1],
-            is_remote=True,
-            trace_flags=TraceFlags(span[2]),
-            trace_state=trace_state,
-        )
+        span_context = remote_span_context(span[0], span[1], span[2], trace_state)
         if _SPAN_KEY is None:
             values = dict(trace.set_span_in_context(NonRecordingSpan(span_context), base))
         else:
@@ -244,18 +363,16 @@ def decode(found: Mapping[str, object], carrier: str, base: Context | None) -> C
     """Context from the values a carrier found under :data:`FIELDS` (absent keys missing)."""
     ctx = Context() if base is None else base
     span = trace_state = entries = frame = None
-    max_len = limits().max_value_bytes
-    text: dict[str, str] = {}
-    for key, raw in found.items():
-        if type(raw) is not str:
-            reject(carrier, f"{key}_not_text", raw)
-        elif len(raw) > max_len:
-            reject(carrier, f"{key}_too_long", raw)
-        else:
-            text[key] = raw
+    max_len = _diag._limits.max_value_bytes
+    # Usually every value is a short str: then ``found`` is used as it is.
+    text: Mapping[str, str] = found  # type: ignore[assignment]
+    for raw in found.values():
+        if type(raw) is not str or len(raw) > max_len:
+            text = _checked(found, carrier, max_len)  # rare: count what is refused
+            break
     raw = text.get(TRACEPARENT)
     if raw is not None:
-        span = parse_traceparent(raw, carrier)
+        span = _canonical_traceparent(raw) or parse_traceparent(raw, carrier)
         raw = text.get(TRACESTATE)
         if raw is not None and span is not None:
             trace_state = parse_tracestate(raw, carrier)
@@ -268,3 +385,15 @@ def decode(found: Mapping[str, object], carrier: str, base: Context | None) -> C
     if span is None and not entries and frame is None:
         return ctx
     return build(ctx, span, trace_state, entries, frame)
+
+
+def _checked(found: Mapping[str, object], carrier: str, max_len: int) -> dict[str, str]:
+    text: dict[str, str] = {}
+    for key, raw in found.items():
+        if type(raw) is not str:
+            reject(carrier, f"{key}_not_text", raw)
+        elif len(raw) > max_len:
+            reject(carrier, f"{key}_too_long", raw)
+        else:
+            text[key] = raw
+    return text

@@ -62,3 +62,22 @@ def test_path_selection() -> None:
     assert isinstance(children_for(TracerProvider(), tracer), SdkChildren)
     assert isinstance(children_for(CustomProvider(), tracer), ApiChildren)
     assert isinstance(children_for(object(), tracer), ApiChildren)
+
+
+def test_fast_span_context_equals_the_constructors() -> None:
+    import random
+
+    from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+
+    from visiontel.torch._children import _context_factory
+
+    make = _context_factory()
+    rng = random.Random(5)
+    for _ in range(200):
+        trace_id, span_id = rng.getrandbits(128) | 1, rng.getrandbits(64) | 1
+        flags = TraceFlags(rng.choice([0, 1]))
+        state = TraceState([("k", "v")]) if rng.random() < 0.5 else TraceState()
+        fast = make(trace_id, span_id, flags, state)
+        slow = SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags, trace_state=state)
+        assert fast == slow and type(fast) is SpanContext
+        assert (fast.is_valid, fast.is_remote, fast.trace_state) == (True, False, state)

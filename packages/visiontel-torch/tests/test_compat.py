@@ -3,7 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from torch_support import Telemetry, TinyDetector
+import visiontel.torch as vt
+
+from torch_support import Telemetry, TinyDetector, assert_no_hooks
 
 
 @pytest.mark.parametrize("mode", ["inference_mode", "no_grad", "grad"])
@@ -53,3 +55,65 @@ def test_compiled_model_has_no_graph_breaks_and_same_results(telemetry: Telemetr
     # the compiled call's boundary is traced; hooks inside the compiled region stay silent
     assert "inference outer" in names
     torch._dynamo.reset()
+
+
+def test_compiled_child_is_one_layer_span_and_compiles_once(telemetry: Telemetry) -> None:
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(2)
+    model = TinyDetector()
+    images = torch.randn(1, 3, 8, 8)
+    expected = model(images)
+    model.backbone = torch.compile(model.backbone, backend="eager")  # type: ignore[assignment]
+    telemetry.instrument(model, name="partly-compiled", granularity="layer")
+    for _ in range(4):  # arming and disarming the probes must not invalidate the graph
+        result = model(images)
+    assert torch.equal(expected[0]["boxes"], result[0]["boxes"])
+    assert counters["stats"]["unique_graphs"] == 1
+    names = [s.name for s in telemetry.spans()]
+    assert names.count("backbone") == 4  # the compiled module is a leaf: its boundary is timed
+    assert not any(name.startswith("backbone.") for name in names)
+    torch._dynamo.reset()
+
+
+def test_data_parallel_tree_uses_hooks_not_forward_wrappers(telemetry: Telemetry) -> None:
+    inner = TinyDetector()
+    seen: list[tuple[bool, bool]] = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(("forward" in vars(inner.neck), bool(inner.neck._forward_pre_hooks)))
+            return x
+
+    inner.backbone.append(Probe())
+    wrapped = torch.nn.DataParallel(inner)
+    telemetry.instrument(wrapped, name="dp-layers", granularity="layer")
+    wrapped(torch.randn(2, 3, 8, 8))
+    # replicate() copies instance dictionaries, so a wrapped forward would follow a replica
+    # to another device bound to the original module: hooks are used instead
+    assert seen == [(False, True)]
+    assert "module.neck" in telemetry.by_name()
+    assert vt.uninstrument_model(wrapped)
+    assert_no_hooks(wrapped)
+
+
+def test_someone_elses_forward_wrapper_is_called_and_restored(telemetry: Telemetry) -> None:
+    model = TinyDetector()
+    original = model.neck.forward
+    calls: list[int] = []
+
+    def theirs(x: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return original(x)  # type: ignore[no-any-return]
+
+    model.neck.forward = theirs  # type: ignore[method-assign]
+    telemetry.instrument(model, name="foreign", granularity="layer")
+    model(torch.randn(1, 3, 8, 8))
+    assert calls == [1]
+    assert model.neck.forward is theirs  # put back after the sampled forward
+    assert "neck" in telemetry.by_name()
+    assert vt.uninstrument_model(model)
+    assert model.neck.forward is theirs

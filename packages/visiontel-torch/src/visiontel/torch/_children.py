@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from opentelemetry import trace
-from opentelemetry.trace import SpanContext
+from opentelemetry.trace import SpanContext, TraceFlags, TraceState
 
 from visiontel.torch.version import __version__
 
@@ -52,11 +52,10 @@ class ApiChildren:
 class _PendingSpan:
     __slots__ = ("_attributes", "_context", "_name", "_owner", "_parent", "_start_ns")
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 (positional: one is made per layer call)
         self,
         owner: SdkChildren,
         name: str,
-        *,
         context: SpanContext,
         parent: SpanContext,
         start_ns: int,
@@ -73,16 +72,9 @@ class _PendingSpan:
 
     def end(self, end_time: int | None = None) -> None:
         owner = self._owner
-        owner.processor.on_end(
-            owner.readable_span(
-                self._name,
-                context=self._context,
-                parent=self._parent,
-                resource=owner.resource,
-                attributes=self._attributes,
-                start_time=self._start_ns,
-                end_time=end_time,
-                instrumentation_scope=owner.scope,
+        owner.on_end(
+            owner.finished_span(
+                self._name, self._context, self._parent, self._attributes, self._start_ns, end_time
             )
         )
 
@@ -92,31 +84,76 @@ class SdkChildren:
         from opentelemetry.sdk.trace import ReadableSpan
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-        self.processor = provider._active_span_processor
-        self.resource = provider.resource
+        self.on_end = provider._active_span_processor.on_end
         self._new_span_id = provider.id_generator.generate_span_id
-        self.readable_span = ReadableSpan
-        self.scope = InstrumentationScope("visiontel.torch", __version__, _SCHEMA_URL)
+        scope = InstrumentationScope("visiontel.torch", __version__, _SCHEMA_URL)
+        # Every field a ReadableSpan gets from its constructor, as that constructor sets
+        # them: a finished span is this template's fields plus its own name, ids, times and
+        # attributes (a third of the cost of calling the keyword-heavy constructor).
+        template = ReadableSpan("template", resource=provider.resource, instrumentation_scope=scope)
+        self._template = dict(vars(template))
+        self._readable_span = ReadableSpan
+        self._new_context = _context_factory()
+
+    def finished_span(  # noqa: PLR0917 (positional: called once per layer call)
+        self,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext,
+        attributes: dict[str, Any],
+        start_ns: int,
+        end_ns: int | None,
+    ) -> Any:
+        span = object.__new__(self._readable_span)
+        fields = self._template.copy()
+        fields["_name"], fields["_context"], fields["_parent"] = name, context, parent
+        fields["_attributes"], fields["_start_time"], fields["_end_time"] = (
+            attributes,
+            start_ns,
+            end_ns,
+        )
+        span.__dict__ = fields
+        return span
 
     def start(
         self, name: str, parent: ChildSpan, start_ns: int, attributes: dict[str, Any]
     ) -> ChildSpan:
         parent_context = parent.get_span_context()
-        context = SpanContext(
+        context = self._new_context(
             parent_context.trace_id,
             self._new_span_id(),
-            is_remote=False,
-            trace_flags=parent_context.trace_flags,
-            trace_state=parent_context.trace_state,
+            parent_context.trace_flags,
+            parent_context.trace_state,
         )
-        return _PendingSpan(
-            self,
-            name,
-            context=context,
-            parent=parent_context,
-            start_ns=start_ns,
-            attributes=attributes,
+        return _PendingSpan(self, name, context, parent_context, start_ns, attributes)
+
+
+def _context_factory() -> Any:
+    """A constructor for local child SpanContexts whose ids are known to be valid.
+
+    ``SpanContext`` is a tuple; building the tuple directly skips re-validating ids that
+    come from a valid parent and the SDK's id generator. The shortcut is used only if it
+    gives exactly what the constructor gives on this API version.
+    """
+
+    def checked(trace_id: int, span_id: int, flags: Any, state: Any) -> SpanContext:
+        return SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags, trace_state=state)
+
+    def direct(trace_id: int, span_id: int, flags: Any, state: Any) -> SpanContext:
+        return tuple.__new__(SpanContext, (trace_id, span_id, False, flags, state, True))
+
+    sample = (0x5A5A << 64 | 0x1234, 0x77, TraceFlags(TraceFlags.SAMPLED), TraceState())
+    try:
+        expected, candidate = checked(*sample), direct(*sample)
+        same = (
+            tuple(expected) == tuple(candidate)
+            and expected.is_valid == candidate.is_valid
+            and expected.span_id == candidate.span_id
+            and expected.trace_flags == candidate.trace_flags
         )
+    except Exception:
+        same = False
+    return direct if same else checked
 
 
 def children_for(provider: Any, tracer: trace.Tracer) -> Children:

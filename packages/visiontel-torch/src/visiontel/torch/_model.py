@@ -1,8 +1,8 @@
 """Hooks on one model: a root pair that is always installed, child hooks armed on demand.
 
-Unsampled forwards run with exactly two hooks (the root's); child hooks are put into the
-modules' hook dictionaries only while at least one sampled forward of this model is in
-flight, so an unsampled forward never pays torch's per-module hook dispatch.
+Unsampled forwards run with exactly two hooks (the root's); the child probes (_probes.py)
+are installed only while at least one sampled forward of this model is in flight, so an
+unsampled forward never pays for them.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from visiontel.torch._config import Granularity, TorchConfig
 from visiontel.torch._failures import record_failure
 from visiontel.torch._inputs import describe_inputs
 from visiontel.torch._metrics import DetectionCounter, count_detections
+from visiontel.torch._probes import ChildProbes, needs_hooks
 from visiontel.torch._record import ForwardRecord, ModuleTable
 from visiontel.torch._runtime import Runtime
 from visiontel.torch._safety import report_internal_error
@@ -73,8 +74,6 @@ class ModelInstrumentation:
         self._detections = detections or count_detections
         self._event_source = event_source
         self._is_compiling = is_compiling_fn()
-        self._arm_lock = threading.Lock()
-        self._armed = 0
         name = config.model_name or type(model).__name__
         self._span_name = f"inference {name}"
         self._static_attributes: dict[str, Any] = {
@@ -100,10 +99,9 @@ class ModelInstrumentation:
             budget=config.max_layer_spans if config.granularity is Granularity.LAYER else 1 << 30,
             gpu_timeout_s=config.gpu_timeout_s,
         )
-        # (hook dict, hook id, function, the extra dicts that held the id when registered)
-        self._parked: list[tuple[dict[int, Any], int, Callable[..., None], list[Any]]] = []
+        self._probes = ChildProbes(self._tls, self._is_compiling, use_hooks=needs_hooks(model))
         for index, (_, module) in enumerate(children):
-            self._add_child_hooks(index, module)
+            self._probes.add(index, module)
         self._root_handles = [
             model.register_forward_pre_hook(self._root_pre, with_kwargs=True),
             model.register_forward_hook(self._root_post, with_kwargs=True, always_call=True),
@@ -112,60 +110,6 @@ class ModelInstrumentation:
     @property
     def resolver(self) -> Any:
         return self._runtime.resolver
-
-    # -- child hooks ---------------------------------------------------------------------
-    def _stamp_hook(self, stamp_index: int, site: str) -> Callable[..., None]:
-        """A hook that appends ``(stamp_index, now, event)``: pre (index) or post (~index)."""
-        state, clock, compiling = self._tls, time.perf_counter_ns, self._is_compiling
-
-        def stamp(_module: Any, *_inputs_and_output: Any) -> None:
-            if compiling():
-                return
-            record = state.record
-            if record is None or record.stamps is None:
-                return
-            try:
-                events = record.events
-                record.stamps.append((stamp_index, clock(), events.acquire() if events else None))
-            except Exception as exc:
-                report_internal_error(site, exc)
-
-        return stamp
-
-    def _add_child_hooks(self, index: int, module: Any) -> None:
-        child_pre = self._stamp_hook(index, "layer pre-hook")
-        child_post = self._stamp_hook(~index, "layer post-hook")
-        # Register through the public API, then park: keep the dictionaries the handle
-        # points at, so arming is a few dict stores and disarming a few pops (a
-        # RemovableHandle.remove() per hook costs microseconds on every sampled forward).
-        pre_handle = module.register_forward_pre_hook(child_pre)
-        post_handle = module.register_forward_hook(child_post, always_call=True)
-        for handle, function in ((pre_handle, child_pre), (post_handle, child_post)):
-            hooks = handle.hooks_dict_ref()
-            flags = [d for d in (ref() for ref in handle.extra_dict_ref) if d and handle.id in d]
-            handle.remove()
-            if hooks is not None:
-                self._parked.append((hooks, handle.id, function, flags))
-
-    def _arm(self) -> None:
-        with self._arm_lock:
-            self._armed += 1
-            if self._armed > 1:
-                return
-            for hooks, hook_id, function, flags in self._parked:
-                hooks[hook_id] = function
-                for extra in flags:
-                    extra[hook_id] = True
-
-    def _disarm(self, force: bool = False) -> None:
-        with self._arm_lock:
-            self._armed = 0 if force else max(0, self._armed - 1)
-            if self._armed:
-                return
-            for hooks, hook_id, _, flags in self._parked:
-                hooks.pop(hook_id, None)
-                for extra in flags:
-                    extra.pop(hook_id, None)
 
     # -- root hooks ----------------------------------------------------------------------
     def _root_pre(self, _model: Any, args: Any, kwargs: Any) -> None:
@@ -211,7 +155,7 @@ class ModelInstrumentation:
                 record.start_event = record.events.acquire()
             record.context_token = otel_context.attach(trace.set_span_in_context(span))
             if record.stamps is not None:
-                self._arm()
+                self._probes.arm()
         self._tls.record = record
         _depth.value += 1
 
@@ -229,7 +173,7 @@ class ModelInstrumentation:
         if record.context_token is not None:
             otel_context.detach(record.context_token)  # type: ignore[arg-type]
         if record.stamps is not None:
-            self._disarm()
+            self._probes.disarm()
         failure = sys.exc_info()[1] if output is None else None
         attributes = self._metric_attributes
         if failure is not None:
@@ -280,26 +224,29 @@ class ModelInstrumentation:
 
     # -- removal -------------------------------------------------------------------------
     def remove(self) -> None:
-        self._disarm(force=True)
+        self._probes.clear()
         for handle in self._root_handles:
             handle.remove()
         self._root_handles.clear()
-        self._parked.clear()
 
 
 def _select_children(model: Any, config: TorchConfig) -> list[tuple[str, Any]]:
-    """The modules that get child hooks, in registration order, each module once."""
+    """The modules that get child probes, in registration order, each module once."""
     if config.granularity is Granularity.MODEL:
         return []
     if config.granularity is Granularity.STAGE:
         candidates = list(model.named_children())
     else:
         candidates = []
+        compiled: list[str] = []  # torch.compile'd submodules: their insides run compiled
         for name, module in model.named_modules():
-            if not name:
+            if not name or any(name.startswith(prefix) for prefix in compiled):
                 continue
             depth = name.count(".") + 1
             is_leaf = next(module.children(), None) is None
+            if hasattr(module, "_orig_mod") and hasattr(module, "dynamo_ctx"):
+                compiled.append(name + ".")
+                is_leaf = True  # probe the compiled call's boundary, as for the root
             limit = config.layer_depth
             if (limit is None and is_leaf) or (
                 limit is not None and (depth == limit or (is_leaf and depth < limit))

@@ -154,8 +154,11 @@ class Resolver:
         self, record: ForwardRecord, with_gpu: bool, on_resolver_thread: bool = True
     ) -> None:
         table = record.table
-        children = self._children_for(record)
+        names, classes, budget = table.names, table.classes, table.budget
+        start_child = self._children_for(record).start
+        to_wall = record.wall_start_ns - record.perf_start_ns  # perf_counter_ns -> wall clock
         open_calls: list[tuple[int, int, Any, ChildSpan | None]] = []
+        parents: list[Any] = [record.span]  # the innermost open call that has a span
         call_counts: dict[int, int] = {}
         created = aggregated = 0
         layer_attributes = {"visiontel.model.name": table.model_name}
@@ -163,19 +166,12 @@ class Resolver:
             if index >= 0:
                 call = call_counts[index] = call_counts.get(index, 0) + 1
                 span = None
-                if created < table.budget:
-                    parent = next((s for *_, s in reversed(open_calls) if s), None)
-                    attributes: dict[str, Any] = {
-                        "visiontel.module.class": table.classes[index],
-                    }
+                if created < budget:
+                    attributes: dict[str, Any] = {"visiontel.module.class": classes[index]}
                     if call > 1:
                         attributes["visiontel.module.call"] = call
-                    span = children.start(
-                        table.names[index],
-                        parent or record.span,
-                        record.wall_ns(perf_ns),
-                        attributes,
-                    )
+                    span = start_child(names[index], parents[-1], perf_ns + to_wall, attributes)
+                    parents.append(span)
                     created += 1
                     if on_resolver_thread and not created % _SPANS_PER_YIELD:
                         time.sleep(0)
@@ -184,18 +180,23 @@ class Resolver:
             closed = ~index
             while open_calls:
                 open_index, start_ns, start_event, span = open_calls.pop()
+                if span is not None:
+                    parents.pop()
                 if open_index == closed:
                     break
+                if span is not None:  # a call whose end was never stamped
+                    span.set_attribute("visiontel.module.incomplete", True)
+                    span.end(end_time=perf_ns + to_wall)
             else:
                 continue
             if span is None:
                 aggregated += 1
-                layer_attributes["visiontel.module.name"] = table.names[closed]
+                layer_attributes["visiontel.module.name"] = names[closed]
                 self._metrics.layer_duration.record((perf_ns - start_ns) / 1e9, layer_attributes)
                 continue
             if with_gpu and start_event is not None and event is not None:
                 _set_gpu_times(span, record, start_event, event, start_ns)
-            span.end(end_time=record.wall_ns(perf_ns))
+            span.end(end_time=perf_ns + to_wall)
         for *_, span in open_calls:  # unmatched calls: close them at the root's end
             if span is not None:
                 span.set_attribute("visiontel.module.incomplete", True)

@@ -1,0 +1,155 @@
+"""Timestamp probes on a model's child modules, installed only while a sampled forward runs.
+
+Two kinds of probe write the same ``(index, perf_counter_ns, event)`` stamps:
+
+* a forward wrapper (the default): while armed, the module's instance dictionary holds
+  ``forward`` = a wrapper around the original. ``Module.__call__`` looks ``self.forward`` up
+  on every call, so the module stays on torch's fast call path (no hook dispatch) and pays
+  one Python frame and two stamps per call — about a quarter of what a pre/post hook pair
+  costs (bench/torch_overhead.py). ``try/finally`` closes the call when the layer raises,
+  as ``always_call=True`` post-hooks do.
+* a pre/post hook pair, for modules a wrapper would be wrong for: TorchScript modules, and
+  every module of a tree that contains ``DataParallel`` (its ``replicate`` copies instance
+  dictionaries, so a replica would call the original module's forward on another device).
+
+Either kind is registered once and *parked*; arming is a few dictionary stores, ref-counted
+across threads, and disarming restores exactly what was there before.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from visiontel.torch._safety import report_internal_error
+from visiontel.torch._timing import EventSource, GpuEvent
+
+_ABSENT = object()
+
+
+def _acquire(events: EventSource, site: str) -> GpuEvent | None:
+    try:
+        return events.acquire()
+    except Exception as exc:
+        report_internal_error(site, exc)
+        return None
+
+
+class ChildProbes:
+    """The stamping probes of one instrumented model."""
+
+    def __init__(self, state: Any, is_compiling: Callable[[], bool], use_hooks: bool) -> None:
+        self._state = state
+        self._is_compiling = is_compiling
+        self._use_hooks = use_hooks
+        self._lock = threading.Lock()
+        self._armed = 0
+        # (module instance dict, wrapper, what the dict held under "forward" before)
+        self._wrappers: list[tuple[dict[str, Any], Callable[..., Any], object]] = []
+        # (hook dict, hook id, function, the extra dicts that held the id when registered)
+        self._hooks: list[tuple[dict[int, Any], int, Callable[..., None], list[Any]]] = []
+
+    def add(self, index: int, module: Any) -> None:
+        import torch
+
+        if self._use_hooks or isinstance(module, torch.jit.ScriptModule):
+            self._add_hooks(index, module)
+        else:
+            self._add_wrapper(index, module)
+
+    # -- forward wrappers ------------------------------------------------------------------
+    def _add_wrapper(self, index: int, module: Any) -> None:
+        instance_dict = module.__dict__
+        previous = instance_dict.get("forward", _ABSENT)
+        forward = module.forward  # bound method, or whatever wrapper someone else installed
+        state, clock, compiling = self._state, time.perf_counter_ns, self._is_compiling
+        post = ~index
+
+        def stamped_forward(*args: Any, **kwargs: Any) -> Any:
+            record = state.record
+            stamps = None if record is None else record.stamps
+            if stamps is None or compiling():
+                return forward(*args, **kwargs)
+            events = record.events
+            stamps.append((index, clock(), _acquire(events, "layer start") if events else None))
+            try:
+                return forward(*args, **kwargs)
+            finally:
+                stamps.append((post, clock(), _acquire(events, "layer end") if events else None))
+
+        self._wrappers.append((instance_dict, stamped_forward, previous))
+
+    # -- parked hooks ----------------------------------------------------------------------
+    def _stamp_hook(self, stamp_index: int, site: str) -> Callable[..., None]:
+        state, clock, compiling = self._state, time.perf_counter_ns, self._is_compiling
+
+        def stamp(_module: Any, *_inputs_and_output: Any) -> None:
+            if compiling():
+                return
+            record = state.record
+            if record is None or record.stamps is None:
+                return
+            events = record.events
+            record.stamps.append((stamp_index, clock(), _acquire(events, site) if events else None))
+
+        return stamp
+
+    def _add_hooks(self, index: int, module: Any) -> None:
+        pre = self._stamp_hook(index, "layer pre-hook")
+        post = self._stamp_hook(~index, "layer post-hook")
+        # Register through the public API, then park: keep the dictionaries the handle
+        # points at, so arming is a few dict stores and disarming a few pops (a
+        # RemovableHandle.remove() per hook costs microseconds on every sampled forward).
+        pre_handle = module.register_forward_pre_hook(pre)
+        post_handle = module.register_forward_hook(post, always_call=True)
+        for handle, function in ((pre_handle, pre), (post_handle, post)):
+            hooks = handle.hooks_dict_ref()
+            flags = [d for d in (ref() for ref in handle.extra_dict_ref) if d and handle.id in d]
+            handle.remove()
+            if hooks is not None:
+                self._hooks.append((hooks, handle.id, function, flags))
+
+    # -- arming ------------------------------------------------------------------------------
+    def arm(self) -> None:
+        with self._lock:
+            self._armed += 1
+            if self._armed > 1:
+                return
+            for instance_dict, wrapper, previous in self._wrappers:
+                # someone else replaced forward since we were installed: leave theirs alone
+                if instance_dict.get("forward", _ABSENT) is previous:
+                    instance_dict["forward"] = wrapper
+            for hooks, hook_id, function, flags in self._hooks:
+                hooks[hook_id] = function
+                for extra in flags:
+                    extra[hook_id] = True
+
+    def disarm(self, force: bool = False) -> None:
+        with self._lock:
+            self._armed = 0 if force else max(0, self._armed - 1)
+            if self._armed:
+                return
+            for instance_dict, wrapper, previous in self._wrappers:
+                if instance_dict.get("forward") is wrapper:
+                    if previous is _ABSENT:
+                        del instance_dict["forward"]
+                    else:
+                        instance_dict["forward"] = previous
+            for hooks, hook_id, _, flags in self._hooks:
+                hooks.pop(hook_id, None)
+                for extra in flags:
+                    extra.pop(hook_id, None)
+
+    def clear(self) -> None:
+        self.disarm(force=True)
+        self._wrappers.clear()
+        self._hooks.clear()
+
+
+def needs_hooks(model: Any) -> bool:
+    """True when forward wrappers would be unsafe anywhere in ``model`` (DataParallel)."""
+    import torch
+
+    return any(isinstance(module, torch.nn.DataParallel) for module in model.modules())

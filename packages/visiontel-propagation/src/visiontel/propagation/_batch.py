@@ -16,12 +16,14 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Tracer
+from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanContext, SpanKind, Tracer
 from opentelemetry.util.types import AttributeValue
 
+from visiontel.propagation import _w3c
 from visiontel.propagation._diag import internal_error, limits
 from visiontel.propagation._frame import get_frame
 from visiontel.propagation._stage import _tracer, frame_attributes
@@ -103,6 +105,31 @@ def batch_span(
             internal_error("batch_span end")
 
 
+class _FrameLink(Link):
+    """A :class:`Link` without attributes, made in one call instead of two.
+
+    Used only if it ends up exactly like ``Link(context)`` (checked at import): a
+    batch creates one per frame, and the SDK replaces the attributes anyway.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, context: SpanContext) -> None:  # no super().__init__: see above
+        self._context = context
+        self._attributes = None
+
+
+def _pick_link() -> type[Link]:
+    probe = SpanContext(1, 2, True)
+    fast, slow = _FrameLink(probe), Link(probe)
+    if vars(fast) == vars(slow) and fast.context is probe and fast.attributes is None:
+        return _FrameLink
+    return Link
+
+
+_new_link = _pick_link()
+
+
 def _link_limit(tracer: Tracer) -> int:
     """Links one span may keep: ours, or the SDK tracer's own if it says less.
 
@@ -127,15 +154,22 @@ def _open(
 ) -> Batch:
     links: list[Link] = []
     sampled: list[int] = []  # indexes of sampled frames, in order
-    overflow_from = len(contexts)  # first frame whose link does not fit on the batch span
+    # This loop runs once per frame: the span lookup of span_context_of() is inlined
+    # for the usual case (a Context holding a span of a type seen before).
+    span_context_of, new_link = _w3c.span_context_of, _new_link
+    key, span_types = _w3c._SPAN_KEY, _w3c._SPAN_TYPES
     for index, ctx in enumerate(contexts):
-        span_context = trace.get_current_span(ctx).get_span_context()
+        held: Any = ctx.get(key) if type(ctx) is Context and key is not None else None
+        if held is not None and type(held) in span_types:
+            span_context = held.get_span_context()
+        else:
+            span_context = span_context_of(ctx)
         if span_context.is_valid:
-            if len(links) == per_span:
-                overflow_from = index
-            if span_context.trace_flags.sampled:
+            if span_context.trace_flags & 1:  # TraceFlags.sampled without the property call
                 sampled.append(index)
-            links.append(Link(span_context))
+            links.append(new_link(span_context))
+    # First frame whose link does not fit on the batch span (only past the limit).
+    overflow_from = _nth_linked(contexts, per_span) if len(links) > per_span else len(contexts)
     start = time.time_ns()
     linked = min(len(links), per_span)
     chunk_count = max(0, (len(links) - 1) // per_span)
@@ -145,7 +179,11 @@ def _open(
     attrs[ATTR_CHUNKS] = chunk_count
     attrs[ATTR_NO_CONTEXT] = len(contexts) - len(links)
     span = tracer.start_span(
-        name, kind=kind, attributes=attrs, links=links[:per_span], start_time=start
+        name,
+        kind=kind,
+        attributes=attrs,
+        links=links if len(links) <= per_span else links[:per_span],
+        start_time=start,
     )
     batch = Batch(span, list(contexts), linked, chunk_count, len(contexts) - len(links))
     if chunk_count and span.is_recording():
@@ -163,6 +201,8 @@ def _open(
     # Unsampled frames get no member span: they cost nothing past their link. Without
     # member_spans, only frames whose link went to a chunk span get one.
     first_member = 0 if member_spans else overflow_from
+    if not sampled or sampled[-1] < first_member:
+        return batch
     batch_link = [Link(span.get_span_context())]
     for index in sampled:
         if index < first_member:
@@ -179,3 +219,14 @@ def _open(
         batch._member_spans.append(member)
         batch.contexts[index] = trace.set_span_in_context(member, ctx)
     return batch
+
+
+def _nth_linked(contexts: list[Context], n: int) -> int:
+    """Index of the frame that gives the batch its ``n``-th link (0-based)."""
+    seen = 0
+    for index, ctx in enumerate(contexts):
+        if _w3c.span_context_of(ctx).is_valid:
+            if seen == n:
+                return index
+            seen += 1
+    return len(contexts)

@@ -160,13 +160,17 @@ def _scan(pairs: Iterable[Any], carrier: str, extra: str | None = None) -> dict[
     first: dict[str, Any] = {}
     repeated: dict[str, list[Any]] | None = None  # rare: only keys seen more than once
     lim = limits()
-    max_entries = lim.max_entries
+    max_entries, max_len = lim.max_entries, lim.max_value_bytes
+    odd = False
+    if type(pairs) is list and len(pairs) <= max_entries:
+        max_entries = -1  # bounded already: no count to keep
     count = 0
     for pair in pairs:
-        if count == max_entries:
-            reject(carrier, "too_many_entries", count)
-            break
-        count += 1
+        if max_entries >= 0:
+            if count == max_entries:
+                reject(carrier, "too_many_entries", count)
+                break
+            count += 1
         try:
             key, value = pair
         except (TypeError, ValueError):
@@ -186,17 +190,15 @@ def _scan(pairs: Iterable[Any], carrier: str, extra: str | None = None) -> dict[
             if repeated is None:
                 repeated = {}
             repeated.setdefault(key, [first[key]]).append(value)
-        else:
-            first[key] = value
-    if repeated is None and extra is None:
-        max_len = lim.max_value_bytes
-        for key, value in first.items():  # the usual case: convert in place
-            if type(value) is not str:
-                if type(value) is bytes and len(value) <= max_len and value.isascii():
-                    first[key] = value.decode("ascii")  # the message-queue case
-                else:
-                    return _convert(first, repeated or {}, carrier, extra)
-        return first
+            continue
+        if type(value) is not str and key != extra:  # extra keeps its raw (binary) value
+            if type(value) is bytes and len(value) <= max_len and value.isascii():
+                value = value.decode("ascii")  # the message-queue case, checks inlined
+            else:
+                odd = True  # _convert() decides (and counts) what this is
+        first[key] = value
+    if repeated is None and not odd:
+        return first  # the usual case: every value already text
     return _convert(first, repeated or {}, carrier, extra)
 
 
@@ -235,7 +237,7 @@ def inject_grpc(metadata: list[tuple[str, str | bytes]], context: Context | None
     that do not end in ``-bin``. Pass the list as ``metadata=`` of a stub call.
     """
     try:
-        if metadata:
+        if metadata and _has_ours(metadata):
             metadata[:] = [entry for entry in metadata if not _ours(entry)]
         metadata.extend(_w3c.encode(context))
     except Exception:
@@ -297,7 +299,7 @@ def inject_mq(headers: list[tuple[str, bytes]], context: Context | None = None) 
     Entries with our keys already in the list are replaced, never duplicated.
     """
     try:
-        if headers:
+        if headers and _has_ours(headers):
             headers[:] = [entry for entry in headers if not _ours(entry)]
         headers.extend([(key, value.encode("ascii")) for key, value in _w3c.encode(context)])
     except Exception:
@@ -310,6 +312,18 @@ def _ours(entry: Any) -> bool:
     if isinstance(key, bytes):
         key = key.decode("latin-1")
     return isinstance(key, str) and key.lower() in _FIELDS
+
+
+_OURS = _FIELDS | {key.encode("ascii") for key in _FIELDS}  # str and bytes forms
+
+
+def _has_ours(entries: list[Any]) -> bool:
+    """Whether any entry has one of our keys: most lists have none, and stay as they are."""
+    for entry in entries:
+        key = entry[0]
+        if isinstance(key, str | bytes) and key.lower() in _OURS:
+            return True
+    return False
 
 
 def extract_mq(

@@ -154,9 +154,11 @@ def _canonical_traceparent(value: str) -> tuple[int, int, int] | None:
 
 
 def parse_traceparent(value: str, carrier: str) -> tuple[int, int, int] | None:
-    fast = _canonical_traceparent(value)
-    if fast is not None:
-        return fast
+    return _canonical_traceparent(value) or _parse_traceparent(value, carrier)
+
+
+def _parse_traceparent(value: str, carrier: str) -> tuple[int, int, int] | None:
+    """Every form W3C allows (and the reason for refusing any other)."""
     if len(value) > _TRACEPARENT_MAX:
         reject(carrier, "traceparent_too_long", value)
         return None
@@ -202,6 +204,12 @@ def parse_baggage(value: str, carrier: str) -> dict[str, str]:
     if rejections() == before:
         _remember(_decoded, value, dict(entries))
     return entries
+
+
+def _baggage_entries(value: str, carrier: str) -> Mapping[str, str]:
+    """Like :func:`parse_baggage`, but the result may be shared: read it, do not keep it."""
+    cached = _decoded.get(value)
+    return cached if cached is not None else parse_baggage(value, carrier)
 
 
 def _parse_baggage(value: str, carrier: str) -> dict[str, str]:
@@ -350,7 +358,8 @@ def build(
     if frame is not None:
         values[_FRAME_KEY] = frame
     if entries and _BAGGAGE_KEY is not None:
-        values[_BAGGAGE_KEY] = {**baggage.get_all(base), **entries}
+        before = base.get(_BAGGAGE_KEY) if base else None  # what baggage.get_all() reads
+        values[_BAGGAGE_KEY] = {**before, **entries} if isinstance(before, dict) else dict(entries)
         entries = None
     ctx = Context(values)
     if entries:
@@ -362,7 +371,6 @@ def build(
 def decode(found: Mapping[str, object], carrier: str, base: Context | None) -> Context:
     """Context from the values a carrier found under :data:`FIELDS` (absent keys missing)."""
     ctx = Context() if base is None else base
-    span = trace_state = entries = frame = None
     max_len = _diag._limits.max_value_bytes
     # Usually every value is a short str: then ``found`` is used as it is.
     text: Mapping[str, str] = found  # type: ignore[assignment]
@@ -370,21 +378,27 @@ def decode(found: Mapping[str, object], carrier: str, base: Context | None) -> C
         if type(raw) is not str or len(raw) > max_len:
             text = _checked(found, carrier, max_len)  # rare: count what is refused
             break
+    span = entries = frame = None
     raw = text.get(TRACEPARENT)
     if raw is not None:
         span = _canonical_traceparent(raw) or parse_traceparent(raw, carrier)
-        raw = text.get(TRACESTATE)
-        if raw is not None and span is not None:
-            trace_state = parse_tracestate(raw, carrier)
     raw = text.get(BAGGAGE)
     if raw is not None:
-        entries = parse_baggage(raw, carrier)
+        entries = _baggage_entries(raw, carrier)
     raw = text.get(FRAME_HEADER)
     if raw is not None:
         frame = FrameIdentity.from_header(raw, carrier)
-    if span is None and not entries and frame is None:
-        return ctx
-    return build(ctx, span, trace_state, entries, frame)
+    if span is None:
+        return build(ctx, None, None, entries, frame) if entries or frame is not None else ctx
+    raw = text.get(TRACESTATE)
+    if raw is not None or entries or _SPAN_KEY is None:
+        trace_state = parse_tracestate(raw, carrier) if raw is not None else None
+        return build(ctx, span, trace_state, entries, frame)
+    # The usual frame (trace context and identity, nothing else), in one dict copy.
+    remote = NonRecordingSpan(remote_span_context(span[0], span[1], span[2], None))
+    if frame is None:
+        return Context({**ctx, _SPAN_KEY: remote})
+    return Context({**ctx, _SPAN_KEY: remote, _FRAME_KEY: frame})
 
 
 def _checked(found: Mapping[str, object], carrier: str, max_len: int) -> dict[str, str]:

@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _MAX_DESCRIBED = 8
+_MAX_CACHED = 256
+# (shape, dtype, device) of each described tensor -> the attributes they give. A service
+# sees a handful of input signatures, and formatting them costs more than the rest of the
+# description; the cache is bounded (cleared when full) so odd inputs cannot grow it.
+_cache: dict[tuple[Any, ...], tuple[str, dict[str, Any]]] = {}
 
 
 @dataclass
@@ -48,14 +53,24 @@ def describe_inputs(args: Any, kwargs: Any, detailed: bool) -> InputDescription:
     if not tensors:
         return description
     first = tensors[0]
+    described = tensors[:_MAX_DESCRIBED]
+    key = (batch_size, *((t.shape, t.dtype, t.device) for t in described))
+    cached = _cache.get(key)
+    if cached is None:
+        if len(_cache) >= _MAX_CACHED:
+            _cache.clear()
+        cached = _cache[key] = (_shape(first), _attributes(batch_size, described))
     description.device = first.device
-    description.batch_shape = _shape(first)
+    description.batch_shape = cached[0]
     if detailed:
-        described = tensors[:_MAX_DESCRIBED]
-        description.attributes = {
-            "visiontel.batch.size": batch_size,
-            "visiontel.input.shapes": [_shape(t) for t in described],
-            "visiontel.input.dtypes": [str(t.dtype).removeprefix("torch.") for t in described],
-            "visiontel.input.device": str(first.device),
-        }
+        description.attributes = cached[1]  # read-only: the span copies it
     return description
+
+
+def _attributes(batch_size: int, described: list[Any]) -> dict[str, Any]:
+    return {
+        "visiontel.batch.size": batch_size,
+        "visiontel.input.shapes": [_shape(t) for t in described],
+        "visiontel.input.dtypes": [str(t.dtype).removeprefix("torch.") for t in described],
+        "visiontel.input.device": str(described[0].device),
+    }

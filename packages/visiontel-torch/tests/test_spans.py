@@ -233,3 +233,27 @@ def test_bad_granularity_argument_is_a_clear_error(bad: str, telemetry: Telemetr
 def test_instrumenting_a_non_module_says_what_to_do() -> None:
     with pytest.raises(TypeError, match="stage"):
         vt.instrument_model(lambda x: x)
+
+
+def test_input_descriptions_follow_each_forwards_inputs(telemetry: Telemetry) -> None:
+    from visiontel.torch import _inputs
+
+    model = telemetry.instrument(TinyDetector(), name="shapes")
+    inputs = ((1, 8, torch.float32), (2, 8, torch.float32), (1, 16, torch.float64))
+    for batch, side, dtype in inputs:
+        model.to(dtype)(torch.randn(batch, 3, side, side, dtype=dtype))
+    roots = telemetry.by_name()["inference shapes"]
+    assert [r.attributes["visiontel.input.shapes"] for r in roots] == [
+        ("1x3x8x8",),
+        ("2x3x8x8",),
+        ("1x3x16x16",),
+    ]
+    assert [r.attributes["visiontel.input.dtypes"] for r in roots] == [
+        ("float32",),
+        ("float32",),
+        ("float64",),
+    ]
+    assert [r.attributes["visiontel.batch.size"] for r in roots] == [1, 2, 1]
+    for size in range(_inputs._MAX_CACHED + 10):  # the signature cache stays bounded
+        _inputs.describe_inputs((torch.empty(size, 1),), {}, detailed=True)
+    assert len(_inputs._cache) <= _inputs._MAX_CACHED

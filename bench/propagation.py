@@ -2,13 +2,18 @@
 
 Baselines run in the same process: OpenTelemetry's own TraceContextTextMapPropagator
 on a dict carrier (per frame) and a plain SDK span given 64 links by hand (batch).
-Targets (issue 4): inject+extract under 10 us per frame, a batch of 64 under 200 us.
+Targets (issue 4): inject+extract under 10 us per frame on every carrier, a batch of
+64 linked frames under 200 us. Every call gets the next of 64 different frames (own
+trace and span ids, sequence number, capture time), baseline included, so nothing
+per frame can be served from a cache.
 
     python bench/propagation.py            # or: python3 -m nox -s bench -- propagation
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import platform
 import sys
 import time
@@ -51,48 +56,60 @@ def measure(
     return best
 
 
-def frame_context(sampled: bool = True, with_baggage: bool = False) -> Context:
+def frame_context(sampled: bool = True, with_baggage: bool = False, n: int = 0) -> Context:
+    """The context of frame ``n`` of camera ``cam-1``: ids and identity differ per ``n``."""
     sc = SpanContext(
-        0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, True, TraceFlags(int(sampled))
+        0x4BF92F3577B34DA6A3CE929D0E0E4736 + n * 0x1F3D5B79,
+        0x00F067AA0BA902B7 + n * 0x9E3779B1,
+        True,
+        TraceFlags(int(sampled)),
     )
     ctx = trace.set_span_in_context(NonRecordingSpan(sc), Context())
     if with_baggage:
         ctx = baggage.set_baggage("site", "north-dock", ctx)
-    return vp.set_frame(FRAME, ctx)
+    frame = FRAME._replace(
+        sequence=FRAME.sequence + n, capture_ns=FRAME.capture_ns + n * 33_333_333
+    )
+    return vp.set_frame(frame, ctx)
 
 
-def carriers(ctx: Context) -> dict[str, Callable[[], object]]:
+def frame_contexts(sampled: bool = True, with_baggage: bool = False) -> list[Context]:
+    return [frame_context(sampled, with_baggage, n) for n in range(64)]
+
+
+def carriers(contexts: list[Context]) -> dict[str, Callable[[], object]]:
     otel = TraceContextTextMapPropagator()
+    frames = itertools.cycle(contexts)
 
     def otel_dict() -> object:
         carrier: dict[str, str] = {}
-        otel.inject(carrier, ctx)
+        otel.inject(carrier, next(frames))
         return otel.extract(carrier)
 
     def dict_() -> object:
         carrier: dict[str, str] = {}
-        vp.inject_dict(carrier, ctx)
+        vp.inject_dict(carrier, next(frames))
         return vp.extract_dict(carrier)
 
     def http() -> object:
         headers: dict[str, str] = {}
-        vp.inject_http(headers, ctx)
+        vp.inject_http(headers, next(frames))
         return vp.extract_http(headers)
 
     def grpc() -> object:
         metadata: list[tuple[str, str | bytes]] = [("user-agent", "bench")]
-        vp.inject_grpc(metadata, ctx)
+        vp.inject_grpc(metadata, next(frames))
         return vp.extract_grpc(metadata)
 
     def mq() -> object:
         headers: list[tuple[str, bytes]] = [("content-type", b"image/jpeg")]
-        vp.inject_mq(headers, ctx)
+        vp.inject_mq(headers, next(frames))
         return vp.extract_mq(headers)
 
     slot = bytearray(vp.SLOT_SIZE)
 
     def slot_() -> object:
-        vp.inject_slot(slot, 0, ctx)
+        vp.inject_slot(slot, 0, next(frames))
         return vp.extract_slot(slot)
 
     return {
@@ -105,40 +122,50 @@ def carriers(ctx: Context) -> dict[str, Callable[[], object]]:
     }
 
 
+def load() -> str:
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
 def main() -> int:
-    print(f"# visiontel.propagation benchmark ({platform.python_implementation()} "
-          f"{platform.python_version()}, {platform.machine()})\n")  # fmt: skip
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    print(f"# visiontel.propagation benchmark ({python}, {platform.machine()}, "
+          f"{os.cpu_count()} CPUs)\n")  # fmt: skip
+    print(f"Load average at start: {load()}\n")
     print("## inject + extract per frame (trace context + frame identity unless noted)\n")
     print("| carrier | µs / frame | × baseline |")
     print("|---|---:|---:|")
     failures = []
-    rows = carriers(frame_context())
+    rows = carriers(frame_contexts())
     composite = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
-    plain_ctx = trace.set_span_in_context(trace.get_current_span(frame_context()), Context())
+    plain = [
+        trace.set_span_in_context(trace.get_current_span(ctx), Context())
+        for ctx in frame_contexts()
+    ]
+    plain_cycle = itertools.cycle(plain)
 
     def otel_composite() -> object:
         carrier: dict[str, str] = {}
-        composite.inject(carrier, plain_ctx)
+        composite.inject(carrier, next(plain_cycle))
         return composite.extract(carrier)
 
     rows["OpenTelemetry tracecontext+baggage (the default global propagator), dict"] = (
         otel_composite
     )
-    rows["dict, trace context only (no frame identity)"] = carriers(plain_ctx)["dict"]
-    rows["dict, with one baggage entry"] = carriers(frame_context(with_baggage=True))["dict"]
-    rows["dict, unsampled frame"] = carriers(frame_context(sampled=False))["dict"]
+    rows["dict, trace context only (no frame identity)"] = carriers(plain)["dict"]
+    rows["dict, with one baggage entry"] = carriers(frame_contexts(with_baggage=True))["dict"]
+    rows["dict, unsampled frame"] = carriers(frame_contexts(sampled=False))["dict"]
     timings = measure(rows, 3000)
     baseline = next(iter(timings.values()))
     for name, us in timings.items():
         print(f"| {name} | {us:.2f} | {us / baseline:.2f} |")
-        if us >= 10 and us > baseline:
-            failures.append(f"{name}: {us:.2f} µs >= 10 µs and slower than the baseline")
+        if us >= 10 and not name.startswith("OpenTelemetry"):
+            failures.append(f"{name}: {us:.2f} µs >= 10 µs")
 
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(_Discard(), max_queue_size=1 << 16))
     tracer = provider.get_tracer("bench")
-    frames = [frame_context() for _ in range(64)]
-    unsampled = [frame_context(sampled=False) for _ in range(64)]
+    frames = frame_contexts()
+    unsampled = frame_contexts(sampled=False)
 
     def plain_links() -> None:
         links = [Link(trace.get_current_span(c).get_span_context()) for c in frames]
@@ -170,8 +197,10 @@ def main() -> int:
     base = next(iter(timings.values()))
     for name, us in timings.items():
         print(f"| {name} | {us:.1f} | {us / base:.2f} |")
-        if "member spans" not in name and us >= 200 and us > 1.5 * base:
-            failures.append(f"{name}: {us:.1f} µs >= 200 µs and over 1.5x the baseline")
+        # A member span is one more SDK span per frame (~30-40 µs each here): the
+        # 200 µs target is for linking, the default mode is reported beside it.
+        if "member spans" not in name and "baseline" not in name and us >= 200:
+            failures.append(f"{name}: {us:.1f} µs >= 200 µs")
 
     sampled_ctx, unsampled_ctx = frame_context(), frame_context(sampled=False)
 
@@ -189,6 +218,7 @@ def main() -> int:
     for name, us in stages.items():
         print(f"| {name} | {us:.2f} |")
     provider.shutdown()
+    print(f"\nLoad average at end: {load()}")
     if failures:
         print("\nOver target (see docs/benchmarks.md for this machine's noise):")
         print("\n".join(f"- {line}" for line in failures))

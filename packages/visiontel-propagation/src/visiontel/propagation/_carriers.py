@@ -12,7 +12,7 @@ from typing import Any, TypeGuard, cast
 
 from opentelemetry.context import Context
 
-from visiontel.propagation import _w3c
+from visiontel.propagation import _diag, _w3c
 from visiontel.propagation._diag import internal_error, limits, reject
 
 _FIELDS = frozenset(_w3c.FIELDS)
@@ -159,7 +159,7 @@ def _scan(pairs: Iterable[Any], carrier: str, extra: str | None = None) -> dict[
     """Collect our keys from a (key, value) list, bounded by ``max_entries``."""
     first: dict[str, Any] = {}
     repeated: dict[str, list[Any]] | None = None  # rare: only keys seen more than once
-    lim = limits()
+    lim = _diag._limits
     max_entries, max_len = lim.max_entries, lim.max_value_bytes
     odd = False
     if type(pairs) is list and len(pairs) <= max_entries:
@@ -335,7 +335,7 @@ def extract_mq(
     if headers is None:
         return base
     try:
-        if not _is_pair_list(headers):
+        if type(headers) is not list and not _is_pair_list(headers):
             reject("mq", "not_a_header_list", type(headers))
             return base
         found = _scan(headers, "mq")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from opentelemetry import context as otel_context
@@ -50,7 +50,8 @@ class FrameIdentity(NamedTuple):
         return ((time.time_ns() if now_ns is None else now_ns) - self.capture_ns) / 1e9
 
     def to_header(self) -> str:
-        return f"{_quote_stream(self.stream_id)};{self.sequence};{self.capture_ns}"
+        stream = _quoted.get(self.stream_id) or _quote_stream(self.stream_id)
+        return f"{stream};{self.sequence};{self.capture_ns}"
 
     @classmethod
     def from_header(cls, value: object, carrier: str = "text") -> FrameIdentity | None:
@@ -68,7 +69,9 @@ class FrameIdentity(NamedTuple):
             return None
         raw_stream, raw_seq, raw_ts = match.groups()
         sequence, capture_ns = int(raw_seq), int(raw_ts)
-        stream = _stream_from_wire(raw_stream)
+        stream = _from_wire.get(raw_stream, _MISSING)
+        if stream is _MISSING:
+            stream = _stream_from_wire(raw_stream)
         if stream is None or sequence > _U63 or capture_ns > _U63:
             reject(carrier, "frame_out_of_range", value)
             return None
@@ -83,10 +86,20 @@ _new_tuple = tuple.__new__
 
 
 # A pipeline has a handful of cameras, so stream ids repeat on every frame: their
-# encoded forms are cached (bounded, so hostile input cannot grow memory).
-@functools.lru_cache(maxsize=1024)
+# encoded and decoded forms are kept in plain dicts (a lookup costs a third of an
+# lru_cache call), emptied when full so that hostile input cannot grow memory.
+_CACHE_SIZE = 1024
+_quoted: dict[str, str] = {}
+_from_wire: dict[str, tuple[int, str] | None] = {}
+_MISSING: Any = object()
+
+
 def _quote_stream(stream_id: str) -> str:
-    return quote(stream_id, safe=_SAFE)
+    quoted = quote(stream_id, safe=_SAFE)
+    if len(_quoted) >= _CACHE_SIZE:
+        _quoted.clear()
+    _quoted[stream_id] = quoted
+    return quoted
 
 
 def _unquote_stream(raw: str) -> str | None:
@@ -97,7 +110,6 @@ def _unquote_stream(raw: str) -> str | None:
     return stream_id if stream_id.isprintable() else None
 
 
-@functools.lru_cache(maxsize=1024)
 def _stream_from_wire(raw: str) -> tuple[int, str] | None:
     """(length of the decoded stream id, the id without credentials), or None if invalid.
 
@@ -105,9 +117,11 @@ def _stream_from_wire(raw: str) -> tuple[int, str] | None:
     stream, not once per frame.
     """
     stream_id = _unquote_stream(raw)
-    if stream_id is None:
-        return None
-    return len(stream_id), strip_credentials(stream_id)
+    result = None if stream_id is None else (len(stream_id), strip_credentials(stream_id))
+    if len(_from_wire) >= _CACHE_SIZE:
+        _from_wire.clear()
+    _from_wire[raw] = result
+    return result
 
 
 def _valid_stream(stream_id: str) -> bool:

@@ -117,3 +117,24 @@ def test_someone_elses_forward_wrapper_is_called_and_restored(telemetry: Telemet
     assert "neck" in telemetry.by_name()
     assert vt.uninstrument_model(model)
     assert model.neck.forward is theirs
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_scripted_child_is_one_layer_span_and_keeps_its_script_method(
+    telemetry: Telemetry,
+) -> None:
+    torch.manual_seed(3)
+    model = TinyDetector()
+    images = torch.randn(1, 3, 8, 8)
+    expected = model(images)
+    model.neck = torch.jit.script(model.neck)  # type: ignore[assignment]
+    script_forward = vars(model.neck)["forward"]
+    telemetry.instrument(model, name="scripted", granularity="layer")
+    result = model(images)
+    assert torch.equal(expected[0]["boxes"], result[0]["boxes"])
+    names = [s.name for s in telemetry.spans()]
+    assert names.count("neck") == 1 and not any(n.startswith("neck.") for n in names)
+    assert vars(model.neck)["forward"] is script_forward
+    assert vt.uninstrument_model(model)
+    assert vars(model.neck)["forward"] is script_forward
+    assert_no_hooks(model)

@@ -136,9 +136,14 @@ def assert_no_hooks(model: torch.nn.Module) -> None:
             "_backward_hooks",
         ):
             assert not getattr(module, attribute, {}), f"{name or '<root>'}.{attribute} not empty"
-        assert "forward" not in vars(module), f"{name or '<root>'}.forward still wrapped"
+        assert not _wrapped(module), f"{name or '<root>'}.forward still wrapped"
+
+
+def _wrapped(module: torch.nn.Module) -> bool:
+    forward = vars(module).get("forward")
+    return getattr(forward, "__qualname__", "").endswith("stamped_forward")
 
 
 def is_armed(module: torch.nn.Module) -> bool:
     """Whether visiontel's stamping probe is installed on ``module`` right now."""
-    return "forward" in vars(module) or bool(module._forward_pre_hooks)
+    return _wrapped(module) or bool(module._forward_pre_hooks)

@@ -244,7 +244,7 @@ def _select_children(model: Any, config: TorchConfig) -> list[tuple[str, Any]]:
                 continue
             depth = name.count(".") + 1
             is_leaf = next(module.children(), None) is None
-            if hasattr(module, "_orig_mod") and hasattr(module, "dynamo_ctx"):
+            if _is_compiled(module):
                 compiled.append(name + ".")
                 is_leaf = True  # probe the compiled call's boundary, as for the root
             limit = config.layer_depth
@@ -260,6 +260,15 @@ def _select_children(model: Any, config: TorchConfig) -> list[tuple[str, Any]]:
             continue
         chosen.append((name, module))
     return chosen
+
+
+def _is_compiled(module: Any) -> bool:
+    """torch.compile'd (OptimizedModule) or TorchScript: no Python runs inside it."""
+    import torch
+
+    if isinstance(module, torch.jit.ScriptModule):
+        return True
+    return hasattr(module, "_orig_mod") and hasattr(module, "dynamo_ctx")
 
 
 def instrumentation_of(model: Any) -> ModelInstrumentation | None:

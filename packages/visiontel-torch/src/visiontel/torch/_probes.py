@@ -8,9 +8,9 @@ Two kinds of probe write the same ``(index, perf_counter_ns, event)`` stamps:
   one Python frame and two stamps per call — about a quarter of what a pre/post hook pair
   costs (bench/torch_overhead.py). ``try/finally`` closes the call when the layer raises,
   as ``always_call=True`` post-hooks do.
-* a pre/post hook pair, for modules a wrapper would be wrong for: TorchScript modules, and
-  every module of a tree that contains ``DataParallel`` (its ``replicate`` copies instance
-  dictionaries, so a replica would call the original module's forward on another device).
+* a pre/post hook pair, for every module of a tree that contains ``DataParallel``: its
+  ``replicate`` copies instance dictionaries, so a replica would call the original module's
+  forward on another device.
 
 Either kind is registered once and *parked*; arming is a few dictionary stores, ref-counted
 across threads, and disarming restores exactly what was there before.
@@ -52,9 +52,7 @@ class ChildProbes:
         self._hooks: list[tuple[dict[int, Any], int, Callable[..., None], list[Any]]] = []
 
     def add(self, index: int, module: Any) -> None:
-        import torch
-
-        if self._use_hooks or isinstance(module, torch.jit.ScriptModule):
+        if self._use_hooks:
             self._add_hooks(index, module)
         else:
             self._add_wrapper(index, module)

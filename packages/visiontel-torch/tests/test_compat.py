@@ -138,3 +138,14 @@ def test_scripted_child_is_one_layer_span_and_keeps_its_script_method(
     assert vt.uninstrument_model(model)
     assert vars(model.neck)["forward"] is script_forward
     assert_no_hooks(model)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_scripted_child_in_a_data_parallel_tree_is_skipped_not_fatal(telemetry: Telemetry) -> None:
+    inner = TinyDetector()
+    inner.neck = torch.jit.script(inner.neck)  # type: ignore[assignment]
+    wrapped = torch.nn.DataParallel(inner)
+    telemetry.instrument(wrapped, name="dp-scripted", granularity="layer")
+    wrapped(torch.randn(1, 3, 8, 8))
+    names = {s.name for s in telemetry.spans()}
+    assert "module.head" in names and "module.neck" not in names

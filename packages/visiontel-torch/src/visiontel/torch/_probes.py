@@ -52,10 +52,12 @@ class ChildProbes:
         self._hooks: list[tuple[dict[int, Any], int, Callable[..., None], list[Any]]] = []
 
     def add(self, index: int, module: Any) -> None:
-        if self._use_hooks:
-            self._add_hooks(index, module)
-        else:
+        import torch
+
+        if not self._use_hooks:
             self._add_wrapper(index, module)
+        elif not isinstance(module, torch.jit.ScriptModule):  # they refuse Python hooks
+            self._add_hooks(index, module)
 
     # -- forward wrappers ------------------------------------------------------------------
     def _add_wrapper(self, index: int, module: Any) -> None:

@@ -6,6 +6,7 @@ copies data to the host, so it never waits for the GPU.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,9 +43,7 @@ class InferenceMetrics:
             "Duration of an inference stage (the model forward is stage 'inference').",
             _DURATION_BUCKETS,
         )
-        self.images = meter.create_counter(
-            "visiontel.inference.images", "{image}", "Images passed through the model."
-        )
+        self.images = _ImageCounter(meter)
         self.detections = _histogram(
             meter,
             "visiontel.inference.detections",
@@ -73,6 +72,42 @@ class InferenceMetrics:
             self.detections.record(count, attributes, context=context)
             total += count
         return total
+
+
+class _ImageCounter:
+    """``visiontel.inference.images``: summed in process, reported by an observable counter.
+
+    The count needs no exemplar, and adding to a local total costs a twentieth of a
+    synchronous ``Counter.add`` on every forward; the SDK reads the totals at collection.
+    """
+
+    def __init__(self, meter: metrics.Meter) -> None:
+        self._lock = threading.Lock()
+        self._totals: dict[frozenset[tuple[str, Any]], list[Any]] = {}
+        meter.create_observable_counter(
+            "visiontel.inference.images",
+            callbacks=[self._observe],
+            unit="{image}",
+            description="Images passed through the model.",
+        )
+
+    def adder(self, attributes: dict[str, Any]) -> Callable[[int], None]:
+        """A function that adds images under ``attributes`` (fixed for the adder's life)."""
+        lock = self._lock
+        with lock:
+            cell = self._totals.setdefault(frozenset(attributes.items()), [0, dict(attributes)])
+
+        def add(images: int) -> None:
+            with lock:
+                cell[0] += images
+
+        return add
+
+    def _observe(self, _options: metrics.CallbackOptions) -> list[metrics.Observation]:
+        with self._lock:
+            totals = list(self._totals.values())
+        # a model that has seen no image yet reports no point, as a Counter never added to
+        return [metrics.Observation(total, attrs) for total, attrs in totals if total]
 
 
 def _histogram(

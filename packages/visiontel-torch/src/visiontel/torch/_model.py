@@ -91,6 +91,7 @@ class ModelInstrumentation:
         self._image_attributes = {
             k: v for k, v in self._metric_attributes.items() if k != "visiontel.stage"
         }
+        self._add_images = runtime.metrics.images.adder(self._image_attributes)
         children = _select_children(model, config)
         self.table = ModuleTable(
             names=tuple(n for n, _ in children),
@@ -188,7 +189,7 @@ class ModelInstrumentation:
         )
         if failure is None:
             if record.batch_size:
-                metrics.images.add(record.batch_size, self._image_attributes)
+                self._add_images(record.batch_size)
             counts = self._detections(output)
             if counts is not None:
                 total = metrics.record_detections(counts, self._image_attributes, metric_context)

@@ -13,7 +13,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
 import visiontel.propagation as vp
-from visiontel.propagation import _batch, _w3c
+from visiontel.propagation import _batch, _spancontext, _w3c
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -70,7 +70,7 @@ def test_every_canonical_traceparent_with_nonzero_ids_takes_the_fast_path(value)
 def test_the_shortcuts_are_in_use_with_this_api_version():
     # If one of these fails after an OpenTelemetry upgrade, the fallbacks are in use:
     # still correct, only slower (the benchmark will show it).
-    assert _w3c.remote_span_context is _w3c._fast_remote
+    assert _spancontext.remote_span_context is _spancontext._fast_remote
     assert _batch._new_link is _batch._FrameLink
 
 
@@ -82,7 +82,7 @@ def test_the_shortcuts_are_in_use_with_this_api_version():
     st.sampled_from([None, TraceState([("k", "v")])]),
 )
 def test_fast_span_context_is_the_apis_own(trace_id, span_id, flags, state):
-    fast = _w3c._fast_remote(trace_id, span_id, flags, state)
+    fast = _spancontext._fast_remote(trace_id, span_id, flags, state)
     slow = SpanContext(trace_id, span_id, True, TraceFlags(flags), state)
     assert type(fast) is SpanContext and tuple(fast) == tuple(slow)
     assert (fast.is_valid, fast.trace_flags.sampled, fast.trace_state) == (

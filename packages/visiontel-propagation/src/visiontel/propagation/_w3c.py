@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import struct
 from binascii import unhexlify
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -22,13 +22,13 @@ from opentelemetry.trace import (
     NonRecordingSpan,
     Span,
     SpanContext,
-    TraceFlags,
     TraceState,
 )
 
 from visiontel.propagation import _diag
 from visiontel.propagation._diag import reject, rejections
 from visiontel.propagation._frame import _FRAME_KEY, FRAME_HEADER, FrameIdentity
+from visiontel.propagation._spancontext import DEFAULT_STATE, remote_span_context
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -109,7 +109,7 @@ def encode(context: Context | None) -> list[tuple[str, str]]:
         )
         out.append((TRACEPARENT, traceparent))
         trace_state = span_context.trace_state
-        if trace_state is not _DEFAULT_STATE and trace_state:  # the default one is empty
+        if trace_state is not DEFAULT_STATE and trace_state:  # the default one is empty
             out.append((TRACESTATE, trace_state.to_header()))
     if _BAGGAGE_KEY is None:
         entries: object = baggage.get_all(values)
@@ -291,57 +291,6 @@ def span_context_of(context: Context) -> SpanContext:
             return INVALID_SPAN_CONTEXT
         _SPAN_TYPES.add(type(span))
     return span.get_span_context()  # type: ignore[no-any-return]
-
-
-_TRACE_FLAGS = [TraceFlags(flags) for flags in range(256)]
-_DEFAULT_STATE = SpanContext(1, 1, True).trace_state
-_new_tuple = tuple.__new__
-
-
-def _fast_remote(
-    trace_id: int, span_id: int, flags: int, trace_state: TraceState | None
-) -> SpanContext:
-    # The API's SpanContext is a tuple subclass whose __new__ only fills in defaults
-    # and computes is_valid; doing the same here saves most of its cost.
-    return _new_tuple(
-        SpanContext,
-        (
-            trace_id,
-            span_id,
-            True,
-            _TRACE_FLAGS[flags] if 0 <= flags < 256 else TraceFlags(flags),
-            _DEFAULT_STATE if trace_state is None else trace_state,
-            0 < trace_id < 1 << 128 and 0 < span_id < 1 << 64,
-        ),
-    )
-
-
-def _slow_remote(
-    trace_id: int, span_id: int, flags: int, trace_state: TraceState | None
-) -> SpanContext:
-    return SpanContext(
-        trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags), trace_state=trace_state
-    )
-
-
-_RemoteFactory = Callable[[int, int, int, "TraceState | None"], SpanContext]
-
-
-def _pick_remote() -> _RemoteFactory:
-    """The fast constructor if it builds exactly what the API's own does, on probes."""
-    state = TraceState([("k", "v")])
-    probes = ((1, 2, 1, None), ((1 << 128) - 1, (1 << 64) - 1, 0, state), (1 << 128, 0, 3, None))
-    for probe in probes:
-        fast, slow = _fast_remote(*probe), _slow_remote(*probe)
-        if type(fast) is not type(slow) or tuple(fast) != tuple(slow):
-            return _slow_remote
-        if fast.trace_flags != slow.trace_flags or fast.is_valid != slow.is_valid:
-            return _slow_remote
-    return _fast_remote
-
-
-remote_span_context: _RemoteFactory = _pick_remote()
-"""``SpanContext(trace_id, span_id, is_remote=True, ...)`` from wire values."""
 
 
 def build(

@@ -45,6 +45,7 @@ MODEL_NAME = "tinydet"
 _QUEUE = 4  # frames waiting; a full queue holds the source's call: backpressure
 _CONNECT_TIMEOUT = 60.0
 _IN_FLIGHT = 8  # results sent and not yet acknowledged by the tracker
+_STAGES = ("preprocess", "postprocess")
 
 
 class _GPUNote(logging.Handler):
@@ -161,10 +162,20 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
     _log.info("serving %s %s on %s", MODEL_NAME, "/".join(config.versions), device)
     _child.say("READY", config.detector_port)
 
+    # Built once per version, not per frame: the frame loop is the pipeline's bottleneck.
+    # A stage object is entered by this thread only, one frame after the other.
+    stages = {
+        version: {name: vt.stage(name, model=MODEL_NAME, version=version) for name in _STAGES}
+        for version in config.versions
+    }
+    model_attributes = {
+        version: {"visiontel.model.name": MODEL_NAME, "visiontel.model.version": version}
+        for version in config.versions
+    }
+    no_stage = contextlib.nullcontext()
+
     def stage(name: str, version: str) -> AbstractContextManager[object]:
-        if telemetry.enabled:
-            return vt.stage(name, model=MODEL_NAME, version=version)
-        return contextlib.nullcontext()
+        return stages[version][name] if telemetry.enabled else no_stage
 
     done = 0
     with torch.inference_mode():
@@ -178,12 +189,8 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
             version = route(frame.sequence)
             span_cm: AbstractContextManager[object] = contextlib.nullcontext()
             if carried is not None:
-                model_attributes = {
-                    "visiontel.model.name": MODEL_NAME,
-                    "visiontel.model.version": version,
-                }
                 span_cm = vp.continue_frame(
-                    "detect", carried, tracer=tracer, attributes=model_attributes
+                    "detect", carried, tracer=tracer, attributes=model_attributes[version]
                 )
             with span_cm:
                 with stage("preprocess", version):

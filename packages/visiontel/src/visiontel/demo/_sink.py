@@ -4,6 +4,11 @@ It ends each frame's trace (``track``, with a ``associate`` child), records the
 capture-to-result latency histogram from visiontel.propagation, writes one log record per
 frame (in the frame's trace context, so logs and traces join up) and reports each frame
 to the launcher for the live progress line.
+
+The per-frame work runs for every frame on a core the detector shares, so it is kept
+lean: attribute dicts are built once per model version, and the per-frame log record goes
+through a logger of its own whose only handler is the OpenTelemetry bridge (formatting
+and writing it to the stderr file too cost more than the record itself).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import visiontel.propagation as vp
 from visiontel.demo import _child
 from visiontel.demo._config import DemoConfig
 from visiontel.demo._errors import DemoError
-from visiontel.demo._telemetry import Telemetry
+from visiontel.demo._telemetry import LogBridge, Telemetry
 from visiontel.demo._wire import (
     DETECTION_FIELDS,
     KIND_END,
@@ -34,6 +39,8 @@ from visiontel.demo._wire import (
 )
 
 _log = logging.getLogger("visiontel.demo.tracker")
+# Per-frame records: to OpenTelemetry only (see the module docstring); set up in run().
+_frame_log = logging.getLogger("visiontel.demo.tracker.frames")
 Boxes = npt.NDArray[np.float32]
 _MATCH_IOU = 0.3
 _MAX_MISSES = 5  # frames a track survives without a matching detection
@@ -99,6 +106,11 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
     lock = threading.Lock()
     ended = threading.Event()
     expected: list[int] = []
+    per_version: dict[str, dict[str, str]] = {}  # read-only once built: shared by every call
+    if telemetry.enabled:
+        _frame_log.propagate = False
+        _frame_log.setLevel(logging.INFO)
+        _frame_log.handlers = [h for h in logging.getLogger().handlers if isinstance(h, LogBridge)]
 
     def result(request: bytes, context: grpc.ServicerContext) -> bytes:
         try:
@@ -111,21 +123,26 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
             return b""
         _child.first_frame()
         rows = np.frombuffer(message.detections, np.float32).reshape(-1, DETECTION_FIELDS)
-        version = {"visiontel.model.version": message.model_version}
         span_cm: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
         carried = None
         if telemetry.enabled:
+            version = per_version.get(message.model_version)
+            if version is None:
+                version = per_version.setdefault(
+                    message.model_version, {"visiontel.model.version": message.model_version}
+                )
             carried = vp.extract_grpc(context.invocation_metadata())
             span_cm = vp.continue_frame(
                 "track", carried, tracer=tracer, kind=SpanKind.SERVER, attributes=version
             )
         with span_cm, lock:
             if telemetry.enabled:
-                with tracer.start_as_current_span("associate"):
+                # A leaf span: nothing inside needs it current, so no context attach/detach.
+                with tracer.start_span("associate"):
                     active, started = tracker.update(rows)
                 latency.record(carried, attributes=version)
                 tracks_started.add(started, version)
-                _log.info(
+                _frame_log.info(
                     "frame %d: %d detections, %d active tracks (%d new)",
                     message.sequence, len(rows), active, started,
                 )  # fmt: skip

@@ -37,6 +37,7 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
         ) from None
     submit = channel.unary_unary(FRAME_METHOD)
     attributes = {"visiontel.source.kind": kind, "visiontel.source.name": name}
+    sent_attributes = {"visiontel.source.kind": kind}  # built once: used on every frame
     _log.info("reading %s frames from %s", kind, name)
     interval = 1.0 / config.fps if config.fps > 0 else 0.0
     next_due = time.perf_counter()
@@ -70,7 +71,7 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
                 submit(payload, metadata=metadata, timeout=60)
             sent += 1
             if telemetry.enabled:
-                frames_sent.add(1, {"visiontel.source.kind": kind})
+                frames_sent.add(1, sent_attributes)
     except SourceError as exc:
         raise DemoError(str(exc)) from None
     finally:

@@ -15,9 +15,10 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind
+from opentelemetry.trace import Link, SpanContext, SpanKind
 
 _KIND = {
     SpanKind.INTERNAL: 1,
@@ -31,6 +32,14 @@ _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
 
 def value(raw: Any) -> dict[str, Any]:
     """An AnyValue."""
+    kind = type(raw)
+    # Exact-type fast paths first: nearly every attribute is a str, int or float.
+    if kind is str:
+        return {"stringValue": raw}
+    if kind is int:
+        return {"intValue": str(raw)}
+    if kind is float and math.isfinite(raw):
+        return {"doubleValue": raw}
     if raw is None:
         return {}
     if isinstance(raw, bool):
@@ -70,50 +79,66 @@ def _flags(parent: SpanContext | None) -> int:
 
 
 def span(sdk: ReadableSpan) -> dict[str, Any]:
+    # The hot path of the exporter thread (a dozen spans per frame): the common case (no
+    # events, links, drops or trace state) costs a handful of dict stores; the JSON
+    # mapping leaves zero, empty strings and empty lists out.
     context = sdk.get_span_context()
     assert context is not None
+    parent = sdk.parent
     out: dict[str, Any] = {
         "traceId": f"{context.trace_id:032x}",
         "spanId": f"{context.span_id:016x}",
     }
-    if context.trace_state is not None:
-        _put(out, "traceState", ",".join(f"{k}={v}" for k, v in context.trace_state.items()))
-    if sdk.parent:
-        out["parentSpanId"] = f"{sdk.parent.span_id:016x}"
-    out["flags"] = _flags(sdk.parent)
-    _put(out, "name", sdk.name)
+    if context.trace_state:
+        out["traceState"] = ",".join(f"{k}={v}" for k, v in context.trace_state.items())
+    if parent:
+        out["parentSpanId"] = f"{parent.span_id:016x}"
+    out["flags"] = _flags(parent)
+    if sdk.name:
+        out["name"] = sdk.name
     out["kind"] = _KIND[sdk.kind]
-    _put(out, "startTimeUnixNano", str(sdk.start_time or 0) if sdk.start_time else "")
-    _put(out, "endTimeUnixNano", str(sdk.end_time or 0) if sdk.end_time else "")
-    _put(out, "attributes", attributes(sdk.attributes))
-    _put(out, "droppedAttributesCount", sdk.dropped_attributes)
-    events = []
-    for event in sdk.events:
-        encoded: dict[str, Any] = {}
-        _put(encoded, "timeUnixNano", str(event.timestamp) if event.timestamp else "")
-        _put(encoded, "name", event.name)
-        _put(encoded, "attributes", attributes(event.attributes))
-        _put(encoded, "droppedAttributesCount", event.dropped_attributes)
-        events.append(encoded)
-    _put(out, "events", events)
-    _put(out, "droppedEventsCount", sdk.dropped_events)
-    links = []
-    for link in sdk.links:
-        encoded = {
-            "traceId": f"{link.context.trace_id:032x}",
-            "spanId": f"{link.context.span_id:016x}",
-        }
-        _put(encoded, "attributes", attributes(link.attributes))
-        _put(encoded, "droppedAttributesCount", link.dropped_attributes)
-        encoded["flags"] = _flags(link.context)
-        links.append(encoded)
-    _put(out, "links", links)
-    _put(out, "droppedLinksCount", sdk.dropped_links)
+    if sdk.start_time:
+        out["startTimeUnixNano"] = str(sdk.start_time)
+    if sdk.end_time:
+        out["endTimeUnixNano"] = str(sdk.end_time)
+    raw = sdk.attributes
+    if raw:
+        out["attributes"] = [{"key": k, "value": value(v)} for k, v in raw.items()]
+    if sdk.dropped_attributes:
+        out["droppedAttributesCount"] = sdk.dropped_attributes
+    if sdk.events:
+        out["events"] = [_event(event) for event in sdk.events]
+    if sdk.dropped_events:
+        out["droppedEventsCount"] = sdk.dropped_events
+    if sdk.links:
+        out["links"] = [_link(link) for link in sdk.links]
+    if sdk.dropped_links:
+        out["droppedLinksCount"] = sdk.dropped_links
     status: dict[str, Any] = {}
     _put(status, "message", sdk.status.description or "")
     _put(status, "code", sdk.status.status_code.value)
     out["status"] = status
     return out
+
+
+def _event(event: Event) -> dict[str, Any]:
+    encoded: dict[str, Any] = {}
+    _put(encoded, "timeUnixNano", str(event.timestamp) if event.timestamp else "")
+    _put(encoded, "name", event.name)
+    _put(encoded, "attributes", attributes(event.attributes))
+    _put(encoded, "droppedAttributesCount", event.dropped_attributes)
+    return encoded
+
+
+def _link(link: Link) -> dict[str, Any]:
+    encoded: dict[str, Any] = {
+        "traceId": f"{link.context.trace_id:032x}",
+        "spanId": f"{link.context.span_id:016x}",
+    }
+    _put(encoded, "attributes", attributes(link.attributes))
+    _put(encoded, "droppedAttributesCount", link.dropped_attributes)
+    encoded["flags"] = _flags(link.context)
+    return encoded
 
 
 def _scope(scope: InstrumentationScope | None) -> dict[str, Any]:
@@ -127,9 +152,19 @@ def _scope(scope: InstrumentationScope | None) -> dict[str, Any]:
 
 def request(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
     """An ExportTraceServiceRequest, grouped by resource then scope like the encoder does."""
-    grouped: dict[Any, dict[Any, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    # Keyed by identity first: Resource.__hash__ serialises every attribute to JSON, which
+    # per span cost more than encoding the span. Equal resources are merged afterwards.
+    by_identity: dict[int, tuple[Resource, dict[Any, list[dict[str, Any]]]]] = {}
     for sdk in spans:
-        grouped[sdk.resource][sdk.instrumentation_scope or None].append(span(sdk))
+        found = by_identity.get(id(sdk.resource))
+        if found is None:
+            found = by_identity[id(sdk.resource)] = (sdk.resource, defaultdict(list))
+        found[1][sdk.instrumentation_scope or None].append(span(sdk))
+    grouped: dict[Resource, dict[Any, list[dict[str, Any]]]] = {}
+    for resource, scopes in by_identity.values():
+        merged = grouped.setdefault(resource, defaultdict(list))
+        for scope, encoded in scopes.items():
+            merged[scope].extend(encoded)
     resource_spans = []
     for resource, scopes in grouped.items():
         scope_spans = []

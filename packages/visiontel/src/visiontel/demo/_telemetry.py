@@ -42,18 +42,24 @@ _SEVERITY = {
 }
 
 
-class _LogBridge(logging.Handler):
+class LogBridge(logging.Handler):
     """Python logging records as OpenTelemetry log records, in the current trace context."""
 
     def __init__(self, provider: LoggerProvider) -> None:
         super().__init__(logging.INFO)
         self._provider = provider
+        # One OpenTelemetry logger per logging name, looked up without the provider's lock.
+        self._loggers: dict[str, _logs.Logger] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.name.startswith("opentelemetry"):
             return  # the SDK's own complaints would loop back into the exporter
         try:
-            self._provider.get_logger(record.name).emit(
+            logger = self._loggers.get(record.name)
+            if logger is None:
+                logger = self._provider.get_logger(record.name)
+                self._loggers[record.name] = logger
+            logger.emit(
                 LogRecord(
                     timestamp=int(record.created * 1e9),
                     observed_timestamp=time.time_ns(),
@@ -169,5 +175,5 @@ def setup(role: str, run_id: str, run_dir: pathlib.Path, *, enabled: bool) -> Te
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
     _logs.set_logger_provider(logger_provider)
-    logging.getLogger().addHandler(_LogBridge(logger_provider))
+    logging.getLogger().addHandler(LogBridge(logger_provider))
     return Telemetry(tracer_provider, meter_provider, logger_provider)

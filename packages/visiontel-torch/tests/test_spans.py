@@ -188,6 +188,26 @@ def test_nested_instrumented_models_nest_their_spans(telemetry: Telemetry) -> No
     assert spans["inference inner"][0].parent.span_id == spans["inference outer"][0].context.span_id
 
 
+def test_nested_models_in_layer_mode_both_time_their_shared_layers(telemetry: Telemetry) -> None:
+    inner = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    outer = torch.nn.Sequential(torch.nn.Linear(4, 4), inner)
+    telemetry.instrument(inner, name="inner", granularity="layer")
+    telemetry.instrument(outer, name="outer", granularity="layer")
+    expected = torch.nn.Sequential(*outer[:1], *inner)
+    images = torch.randn(2, 4)
+    for _ in range(2):  # the second forward re-arms probes the first one stacked
+        assert torch.equal(outer(images), expected(images))
+    spans = telemetry.by_name()
+    # the outer model times "1.0" and "1.1"; the inner one times the same modules as "0", "1"
+    assert len(spans["1.0"]) == len(spans["1.1"]) == 2
+    assert len(spans["0"]) == 4  # outer's "0" (its Linear) and inner's "0"
+    assert len(spans["inference inner"]) == 2
+    for leaf in (outer[0], inner[0], inner[1]):
+        assert not is_armed(leaf)
+    assert vt.uninstrument_model(inner) and vt.uninstrument_model(outer)
+    assert_no_hooks(outer)
+
+
 def test_layer_span_budget_sends_the_rest_to_a_histogram(telemetry: Telemetry) -> None:
     model = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(10)])
     telemetry.instrument(model, name="deep", granularity="layer", max_layer_spans=4)

@@ -37,6 +37,35 @@ def _acquire(events: EventSource, site: str) -> GpuEvent | None:
         return None
 
 
+class _Wrapper:
+    """One module's forward wrapper and what to put back when it is taken off."""
+
+    __slots__ = ("_function", "_inner", "_instance_dict", "_module", "_previous")
+
+    def __init__(self, module: Any, function: Callable[..., Any], inner: list[Any]) -> None:
+        self._module, self._instance_dict = module, module.__dict__
+        self._function, self._inner = function, inner
+        self._previous: object = _ABSENT
+
+    def install(self) -> None:
+        current = self._instance_dict.get("forward", _ABSENT)
+        if current is self._function:
+            return
+        self._previous = current
+        # the class's forward, bound now, unless the instance carries its own
+        self._inner[0] = self._module.forward if current is _ABSENT else current
+        self._instance_dict["forward"] = self._function
+
+    def uninstall(self) -> None:
+        if self._instance_dict.get("forward") is not self._function:
+            return  # something was stacked on top of us: it puts us back, and we stay idle
+        if self._previous is _ABSENT:
+            del self._instance_dict["forward"]
+        else:
+            self._instance_dict["forward"] = self._previous
+        self._previous = _ABSENT
+
+
 class ChildProbes:
     """The stamping probes of one instrumented model."""
 
@@ -46,8 +75,7 @@ class ChildProbes:
         self._use_hooks = use_hooks
         self._lock = threading.Lock()
         self._armed = 0
-        # (module instance dict, wrapper, what the dict held under "forward" before)
-        self._wrappers: list[tuple[dict[str, Any], Callable[..., Any], object]] = []
+        self._wrappers: list[_Wrapper] = []
         # (hook dict, hook id, function, the extra dicts that held the id when registered)
         self._hooks: list[tuple[dict[int, Any], int, Callable[..., None], list[Any]]] = []
 
@@ -61,13 +89,15 @@ class ChildProbes:
 
     # -- forward wrappers ------------------------------------------------------------------
     def _add_wrapper(self, index: int, module: Any) -> None:
-        instance_dict = module.__dict__
-        previous = instance_dict.get("forward", _ABSENT)
-        forward = module.forward  # bound method, or whatever wrapper someone else installed
+        # What the wrapper calls is chosen when it is armed: whatever ``forward`` the
+        # module has at that moment (its own, or another wrapper: a second instrumented
+        # model sharing this module, an accelerator library), so wrappers can stack.
+        inner: list[Callable[..., Any]] = [module.forward]
         state, clock, compiling = self._state, time.perf_counter_ns, self._is_compiling
         post = ~index
 
         def stamped_forward(*args: Any, **kwargs: Any) -> Any:
+            forward = inner[0]
             record = state.record
             stamps = None if record is None else record.stamps
             if stamps is None or compiling():
@@ -79,7 +109,7 @@ class ChildProbes:
             finally:
                 stamps.append((post, clock(), _acquire(events, "layer end") if events else None))
 
-        self._wrappers.append((instance_dict, stamped_forward, previous))
+        self._wrappers.append(_Wrapper(module, stamped_forward, inner))
 
     # -- parked hooks ----------------------------------------------------------------------
     def _stamp_hook(self, stamp_index: int, site: str) -> Callable[..., None]:
@@ -117,10 +147,8 @@ class ChildProbes:
             self._armed += 1
             if self._armed > 1:
                 return
-            for instance_dict, wrapper, previous in self._wrappers:
-                # someone else replaced forward since we were installed: leave theirs alone
-                if instance_dict.get("forward", _ABSENT) is previous:
-                    instance_dict["forward"] = wrapper
+            for wrapper in self._wrappers:
+                wrapper.install()
             for hooks, hook_id, function, flags in self._hooks:
                 hooks[hook_id] = function
                 for extra in flags:
@@ -131,12 +159,8 @@ class ChildProbes:
             self._armed = 0 if force else max(0, self._armed - 1)
             if self._armed:
                 return
-            for instance_dict, wrapper, previous in self._wrappers:
-                if instance_dict.get("forward") is wrapper:
-                    if previous is _ABSENT:
-                        del instance_dict["forward"]
-                    else:
-                        instance_dict["forward"] = previous
+            for wrapper in self._wrappers:
+                wrapper.uninstall()
             for hooks, hook_id, _, flags in self._hooks:
                 hooks.pop(hook_id, None)
                 for extra in flags:

@@ -13,7 +13,8 @@ sides alike. The figure of a run is the demo's own: results per second at the tr
 from the first result to the last (process start-up, mostly importing torch, excluded).
 Reported: median fps of each side and their ratio, each round's ratio, and the CPU time
 per frame summed over the three processes (all their threads, from each one's first
-frame), which a loaded machine disturbs far less than throughput.
+frame) and per process, which a loaded machine disturbs far less than throughput. Each
+round also prints the 1-minute load average: on a shared machine, read no figure without it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ import tempfile
 
 _FPS = re.compile(r"frames (\d+)/(\d+) +([0-9.]+) fps")
 _CPU = re.compile(r"CPU per frame: ([0-9.]+) ms \((.*)\)")
+
+
+def _per_process(each: str) -> dict[str, float]:
+    """``frame-source 1.4, detector 16.1, tracker 1.5`` as a dict."""
+    return {name: float(ms) for name, ms in re.findall(r"([\w-]+) ([0-9.]+)", each)}
 
 
 def _once(frames: int, telemetry: bool, output: str) -> tuple[float, float, str]:
@@ -56,28 +62,37 @@ def main() -> None:
     fps: dict[bool, list[float]] = {True: [], False: []}
     cpu: dict[bool, list[float]] = {True: [], False: []}
     rounds: list[float] = []
+    per_process: dict[bool, dict[str, list[float]]] = {True: {}, False: {}}
     with tempfile.TemporaryDirectory(prefix="visiontel-bench-") as output:
         for index in range(args.rounds):
             order = (True, False) if index % 2 == 0 else (False, True)
-            got = {on: _once(args.frames, on, output) for on in order}
-            for on, (rate, cpu_ms, _) in got.items():
-                fps[on].append(rate)
-                cpu[on].append(cpu_ms)
+            got = {side: _once(args.frames, side, output) for side in order}
+            for side, (rate, cpu_ms, _) in got.items():
+                fps[side].append(rate)
+                cpu[side].append(cpu_ms)
             rounds.append(got[True][0] / got[False][0])
+            for side, (_, _, services) in got.items():
+                for name, ms in _per_process(services).items():
+                    per_process[side].setdefault(name, []).append(ms)
             (fps_on, cpu_on, each_on), (fps_off, cpu_off, each_off) = got[True], got[False]
-            print(f"round {index + 1}: on {fps_on:.1f} fps, off {fps_off:.1f} fps, ratio "
+            print(f"round {index + 1} (load {os.getloadavg()[0]:.2f}): on {fps_on:.1f} fps, "
+                  f"off {fps_off:.1f} fps, ratio "
                   f"{rounds[-1]:.3f}; CPU ms/frame on {cpu_on:.1f} ({each_on}), "
                   f"off {cpu_off:.1f} ({each_off})", flush=True)  # fmt: skip
     on, off = statistics.median(fps[True]), statistics.median(fps[False])
     print(f"\npipeline ({args.frames} frames/run, {args.rounds} rounds, {os.cpu_count()} CPUs)")
     cpu_on, cpu_off = statistics.median(cpu[True]), statistics.median(cpu[False])
-    print("| variant | median fps | fps ratio | CPU ms/frame | CPU ratio |")
+    names = sorted(per_process[False])
+
+    def by_service(side: bool) -> str:
+        return " / ".join(f"{statistics.median(per_process[side][n]):.1f}" for n in names)
+
+    print(f"| variant | median fps | fps ratio | CPU ms/frame ({' / '.join(names)}) | CPU ratio |")
     print("|---|---:|---:|---:|---:|")
-    print(
-        f"| all instrumentation off (`--no-telemetry`) | {off:.1f} | 1.00 | {cpu_off:.1f} | 1.00 |"
-    )
+    print(f"| all instrumentation off (`--no-telemetry`) | {off:.1f} | 1.00 | "
+          f"{cpu_off:.1f} ({by_service(False)}) | 1.00 |")  # fmt: skip
     print(f"| all on, OTLP JSON files (embedded default) | {on:.1f} | {on / off:.3f} | "
-          f"{cpu_on:.1f} | {cpu_on / cpu_off:.2f} |")  # fmt: skip
+          f"{cpu_on:.1f} ({by_service(True)}) | {cpu_on / cpu_off:.2f} |")  # fmt: skip
     print("per-round on/off ratios: " + ", ".join(f"{r:.3f}" for r in rounds))
 
 

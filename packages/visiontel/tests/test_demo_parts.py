@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import pathlib
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -151,7 +153,6 @@ def test_direct_span_json_equals_the_protobuf_path() -> None:
     )
 
     from visiontel.demo import _spanjson
-    from visiontel.demo._otlpjson import _hex_ids
 
     memory = InMemorySpanExporter()
     provider = TracerProvider(
@@ -180,9 +181,49 @@ def test_direct_span_json_equals_the_protobuf_path() -> None:
             fine.set_status(Status(StatusCode.OK))
     spans = memory.get_finished_spans()
     assert len(spans) == 3
-    direct = json.loads(json.dumps(_spanjson.request(spans)))
-    reference = _hex_ids(
-        json_format.MessageToDict(encode_spans(spans), use_integers_for_enums=True)
-    )
+    _assert_same_json(_spanjson.request(spans), encode_spans(spans))
+
+
+def _assert_same_json(direct: dict[str, Any], message: Message) -> None:
+    """The directly written JSON equals the encoder's message through the JSON mapping."""
+    from visiontel.demo._otlpjson import _hex_ids
+
+    reference = _hex_ids(json_format.MessageToDict(message, use_integers_for_enums=True))
     # NaN never equals itself: compare the JSON texts, sorted so key order does not matter.
     assert json.dumps(direct, sort_keys=True) == json.dumps(reference, sort_keys=True)
+
+
+def test_direct_log_json_equals_the_protobuf_path() -> None:
+    from opentelemetry._logs import LogRecord, SeverityNumber
+    from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+
+    from visiontel.demo import _logjson
+
+    memory = InMemoryLogRecordExporter()
+    provider = LoggerProvider(
+        resource=Resource.create({"service.name": "unit", "n": 1}, schema_url="https://x/1")
+    )
+    provider.add_log_record_processor(SimpleLogRecordProcessor(memory))
+    in_trace = set_span_in_context(
+        NonRecordingSpan(SpanContext(0xABC, 0xDEF, is_remote=False, trace_flags=TraceFlags(1)))
+    )
+    logger = provider.get_logger("scope-a", "1.2", schema_url="https://x/s")
+    logger.emit(
+        LogRecord(
+            timestamp=123, observed_timestamp=456, context=in_trace, severity_text="INFO",
+            severity_number=SeverityNumber.INFO, body="frame 7: 3 detections",
+            attributes={"code.function.name": "result", "code.line.number": 117, "f": 0.5},
+        )
+    )  # fmt: skip
+    provider.get_logger("scope-b").emit(
+        LogRecord(body={"k": [1, "two"], "b": True}, severity_number=SeverityNumber.WARN)
+    )
+    logger.emit(LogRecord(timestamp=1, event_name="demo.event"))
+    records = memory.get_finished_logs()
+    assert len(records) == 3
+    direct = _logjson.request(records)
+    _assert_same_json(direct, encode_logs(records))
+    assert direct["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0]["traceId"] == f"{0xABC:032x}"

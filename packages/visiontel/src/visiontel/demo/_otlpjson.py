@@ -1,8 +1,9 @@
 """Exporters that append OTLP JSON to a file: one line per export request.
 
-Metrics and logs go through the same protobuf encoders the OTLP exporters use, so a file
-holds exactly what would have gone over the wire; spans, the busiest signal, are written
-directly to the same JSON (``_spanjson``, checked against the encoder in the tests).
+Metrics go through the same protobuf encoder the OTLP exporters use, so a file holds
+exactly what would have gone over the wire; spans and log records, written for every
+frame, are written directly to the same JSON (``_spanjson``, ``_logjson``, each checked
+against the encoder in the tests).
 The JSON follows the OTLP/JSON mapping: the proto3 mapping with lowerCamelCase keys and
 integer enums, except that trace and span ids are hex strings, not base64. One request per
 line is the layout the collector's `file` exporter writes and its `otlpjsonfile` receiver
@@ -21,7 +22,6 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
-from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
@@ -29,7 +29,7 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult,
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from visiontel.demo import _spanjson
+from visiontel.demo import _logjson, _spanjson
 
 _log = logging.getLogger("visiontel.demo")
 _ID_KEYS = frozenset(("traceId", "spanId", "parentSpanId"))
@@ -110,7 +110,8 @@ class FileLogExporter(LogRecordExporter):
         self._out = _JsonLines(path)
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
-        ok = self._out.write(lambda: to_otlp_json(encode_logs(batch)))
+        # One record per frame at the tracker: written directly too (see _logjson).
+        ok = self._out.write(lambda: json.dumps(_logjson.request(batch), separators=(",", ":")))
         return LogRecordExportResult.SUCCESS if ok else LogRecordExportResult.FAILURE
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:

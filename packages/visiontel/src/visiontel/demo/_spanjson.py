@@ -12,8 +12,8 @@ from __future__ import annotations
 import base64
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
@@ -28,6 +28,7 @@ _KIND = {
     SpanKind.CONSUMER: 5,
 }
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
+T = TypeVar("T", bound="_Signal")
 
 
 def value(raw: Any) -> dict[str, Any]:
@@ -150,30 +151,52 @@ def _scope(scope: InstrumentationScope | None) -> dict[str, Any]:
     return out
 
 
-def request(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
-    """An ExportTraceServiceRequest, grouped by resource then scope like the encoder does."""
+class _Signal(Protocol):
+    """What grouping needs of a finished span or log record."""
+
+    @property
+    def resource(self) -> Resource: ...
+
+    @property
+    def instrumentation_scope(self) -> InstrumentationScope | None: ...
+
+
+def grouped(
+    items: Sequence[T], encode: Callable[[T], dict[str, Any]], kind: str
+) -> list[dict[str, Any]]:
+    """``resource<Kind>`` entries: items encoded, grouped by resource then scope.
+
+    ``kind`` is ``Spans`` or ``Logs`` (``scopeSpans``/``spans``, ``scopeLogs``/``logRecords``).
+    """
     # Keyed by identity first: Resource.__hash__ serialises every attribute to JSON, which
-    # per span cost more than encoding the span. Equal resources are merged afterwards.
+    # per item cost more than encoding the item. Equal resources are merged afterwards.
     by_identity: dict[int, tuple[Resource, dict[Any, list[dict[str, Any]]]]] = {}
-    for sdk in spans:
-        found = by_identity.get(id(sdk.resource))
+    for item in items:
+        found = by_identity.get(id(item.resource))
         if found is None:
-            found = by_identity[id(sdk.resource)] = (sdk.resource, defaultdict(list))
-        found[1][sdk.instrumentation_scope or None].append(span(sdk))
-    grouped: dict[Resource, dict[Any, list[dict[str, Any]]]] = {}
+            found = by_identity[id(item.resource)] = (item.resource, defaultdict(list))
+        found[1][item.instrumentation_scope or None].append(encode(item))
+    merged: dict[Resource, dict[Any, list[dict[str, Any]]]] = {}
     for resource, scopes in by_identity.values():
-        merged = grouped.setdefault(resource, defaultdict(list))
+        into = merged.setdefault(resource, defaultdict(list))
         for scope, encoded in scopes.items():
-            merged[scope].extend(encoded)
-    resource_spans = []
-    for resource, scopes in grouped.items():
-        scope_spans = []
+            into[scope].extend(encoded)
+    inner = "spans" if kind == "Spans" else "logRecords"
+    out = []
+    for resource, scopes in merged.items():
+        scope_entries = []
         for scope, encoded in scopes.items():
-            entry: dict[str, Any] = {"scope": _scope(scope), "spans": encoded}
+            entry: dict[str, Any] = {"scope": _scope(scope), inner: encoded}
             _put(entry, "schemaUrl", scope.schema_url if scope is not None else "")
-            scope_spans.append(entry)
-        resource_entry: dict[str, Any] = {"resource": {}, "scopeSpans": scope_spans}
+            scope_entries.append(entry)
+        resource_entry: dict[str, Any] = {"resource": {}, f"scope{kind}": scope_entries}
         _put(resource_entry["resource"], "attributes", attributes(resource.attributes))
         _put(resource_entry, "schemaUrl", resource.schema_url)
-        resource_spans.append(resource_entry)
+        out.append(resource_entry)
+    return out
+
+
+def request(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
+    """An ExportTraceServiceRequest, grouped by resource then scope like the encoder does."""
+    resource_spans = grouped(spans, span, "Spans")
     return {"resourceSpans": resource_spans} if resource_spans else {}

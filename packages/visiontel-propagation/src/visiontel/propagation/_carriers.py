@@ -45,18 +45,17 @@ def inject_dict(carrier: MutableMapping[str, Any], context: Context | None = Non
 
 def extract_dict(carrier: Mapping[str, Any] | None, context: Context | None = None) -> Context:
     """Context from a metadata dict written by :func:`inject_dict` (exact, lowercase keys)."""
-    base = Context() if context is None else context
-    if carrier is None:
-        return base
-    try:
-        if type(carrier) is not dict and not isinstance(carrier, Mapping):
-            reject("dict", "not_a_mapping", type(carrier))
-            return base
-        found = {key: carrier[key] for key in _w3c.FIELDS if key in carrier}
-        return _w3c.decode(found, "dict", base) if found else base
-    except Exception:
-        internal_error("extract_dict")
-        return base
+    if carrier is not None:
+        try:
+            if type(carrier) is dict or isinstance(carrier, Mapping):
+                found = {key: carrier[key] for key in _w3c.FIELDS if key in carrier}
+                if found:
+                    return _w3c.decode(found, "dict", context)
+            else:
+                reject("dict", "not_a_mapping", type(carrier))
+        except Exception:
+            internal_error("extract_dict")
+    return Context() if context is None else context
 
 
 inject_http = inject_dict
@@ -334,15 +333,14 @@ def extract_mq(
     context: Context | None = None,
 ) -> Context:
     """Context from a message's header list; keys match case-insensitively."""
-    base = Context() if context is None else context
     if headers is None:
-        return base
+        return Context() if context is None else context
     try:
         if type(headers) is not list and not _is_pair_list(headers):
             reject("mq", "not_a_header_list", type(headers))
-            return base
-        found = _scan(headers, "mq")
-        return _w3c.decode(found, "mq", base) if found else base
+        elif found := _scan(headers, "mq"):
+            # None: the usual context is built in one go, without an empty one to copy
+            return _w3c.decode(found, "mq", context)
     except Exception:
         internal_error("extract_mq")
-        return base
+    return Context() if context is None else context

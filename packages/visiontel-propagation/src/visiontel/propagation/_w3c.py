@@ -322,8 +322,11 @@ def build(
 
 
 def decode(found: Mapping[str, object], carrier: str, base: Context | None) -> Context:
-    """Context from the values a carrier found under :data:`FIELDS` (absent keys missing)."""
-    ctx = Context() if base is None else base
+    """Context from the values a carrier found under :data:`FIELDS` (absent keys missing).
+
+    ``base`` None means an empty context: the usual frame's context is then built without
+    making (and copying) an empty one first.
+    """
     max_len = _diag._limits.max_value_bytes
     # Usually every value is a short str: then ``found`` is used as it is.
     text: Mapping[str, str] = found  # type: ignore[assignment]
@@ -342,16 +345,21 @@ def decode(found: Mapping[str, object], carrier: str, base: Context | None) -> C
     if raw is not None:
         frame = FrameIdentity.from_header(raw, carrier)
     if span is None:
+        ctx = Context() if base is None else base
         return build(ctx, None, None, entries, frame) if entries or frame is not None else ctx
     raw = text.get(TRACESTATE)
     if raw is not None or entries or _SPAN_KEY is None:
         trace_state = parse_tracestate(raw, carrier) if raw is not None else None
-        return build(ctx, span, trace_state, entries, frame)
+        return build(Context() if base is None else base, span, trace_state, entries, frame)
     # The usual frame (trace context and identity, nothing else), in one dict copy.
     remote = NonRecordingSpan(remote_span_context(span[0], span[1], span[2], None))
+    if base is None:
+        if frame is None:
+            return Context({_SPAN_KEY: remote})
+        return Context({_SPAN_KEY: remote, _FRAME_KEY: frame})
     if frame is None:
-        return Context({**ctx, _SPAN_KEY: remote})
-    return Context({**ctx, _SPAN_KEY: remote, _FRAME_KEY: frame})
+        return Context({**base, _SPAN_KEY: remote})
+    return Context({**base, _SPAN_KEY: remote, _FRAME_KEY: frame})
 
 
 def _checked(found: Mapping[str, object], carrier: str, max_len: int) -> dict[str, str]:

@@ -96,6 +96,9 @@ def build(session: nox.Session) -> None:
     session.run(python, str(ROOT / "tests" / "check_wheels.py"), *wheels, external=True)
 
 
+_SSDLITE_ARGS = {"pipeline": ("--frames", "200", "--rounds", "6"), "detector_loop": ()}
+
+
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Overhead benchmarks (ratios against a baseline measured in the same run)."""
@@ -106,12 +109,16 @@ def bench(session: nox.Session) -> None:
         if script.name.startswith("_") or (only and script.stem not in only):
             continue
         session.run("python", str(script))
+        if script.stem in ("pipeline", "detector_loop"):  # again, with a realistic detector
+            session.run("python", str(script), "--model", "ssdlite", *_SSDLITE_ARGS[script.stem])
 
 
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """The main job: `visiontel demo` on embedded defaults (flags after `--`: `-- --frames 100`)."""
-    _install_workspace(session, TORCH_NEWEST, "-e", f"{ROOT / 'packages' / 'visiontel'}[demo]")
+    _install_workspace(
+        session, TORCH_NEWEST, "-e", f"{ROOT / 'packages' / 'visiontel'}[demo,torchvision]"
+    )
     env = {}
     if "--stack" in session.posargs:  # the local stack's binaries, built once and cached
         for tool in ("otelcol", "jaeger", "prometheus"):

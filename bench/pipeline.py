@@ -1,6 +1,7 @@
 """Frames per second of the `visiontel demo` pipeline, all instrumentation on vs all off.
 
     nox -s bench -- pipeline            # or: python bench/pipeline.py --rounds 5 --frames 400
+    python bench/pipeline.py --model ssdlite --frames 100   # torchvision's SSDlite320
 
 Same three processes, same gRPC hops, same model, source unpaced (``--fps 0``) so the
 pipeline runs as fast as its slowest stage (the detector). "on" is the embedded default:
@@ -36,10 +37,15 @@ def _per_process(each: str) -> dict[str, float]:
     return {name: float(ms) for name, ms in re.findall(r"([\w-]+) ([0-9.]+)", each)}
 
 
-def _once(frames: int, telemetry: bool, output: str) -> tuple[float, float, str]:
+def _once(
+    frames: int, telemetry: bool, output: str, model: str, trace_ratio: float | None
+) -> tuple[float, float, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "VISIONTEL_DEMO_"))}
+    if trace_ratio is not None:  # the source's root decides; the other services follow it
+        env["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
+        env["OTEL_TRACES_SAMPLER_ARG"] = str(trace_ratio)
     command = [sys.executable, "-m", "visiontel.cli", "demo", "--frames", str(frames)]
-    command += ["--fps", "0", "--output", output]
+    command += ["--fps", "0", "--output", output, "--model", model]
     if not telemetry:
         command.append("--no-telemetry")
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -58,6 +64,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="pairs of runs (default 3)")
     parser.add_argument("--frames", type=int, default=400, help="frames per run (default 400)")
+    parser.add_argument(
+        "--model", default="tinydet", choices=("tinydet", "ssdlite"), help="the demo's --model"
+    )
+    parser.add_argument(
+        "--trace-ratio",
+        type=float,
+        default=None,
+        help="sample this share of frame traces (metrics and logs stay whole); default: "
+        "every frame, the demo's embedded default",
+    )
     args = parser.parse_args()
     fps: dict[bool, list[float]] = {True: [], False: []}
     cpu: dict[bool, list[float]] = {True: [], False: []}
@@ -66,7 +82,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="visiontel-bench-") as output:
         for index in range(args.rounds):
             order = (True, False) if index % 2 == 0 else (False, True)
-            got = {side: _once(args.frames, side, output) for side in order}
+            got = {
+                side: _once(args.frames, side, output, args.model, args.trace_ratio)
+                for side in order
+            }
             for side, (rate, cpu_ms, _) in got.items():
                 fps[side].append(rate)
                 cpu[side].append(cpu_ms)
@@ -80,7 +99,9 @@ def main() -> None:
                   f"{rounds[-1]:.3f}; CPU ms/frame on {cpu_on:.1f} ({each_on}), "
                   f"off {cpu_off:.1f} ({each_off})", flush=True)  # fmt: skip
     on, off = statistics.median(fps[True]), statistics.median(fps[False])
-    print(f"\npipeline ({args.frames} frames/run, {args.rounds} rounds, {os.cpu_count()} CPUs)")
+    sampled = "every trace" if args.trace_ratio is None else f"trace ratio {args.trace_ratio}"
+    print(f"\npipeline, model {args.model}, {sampled} ({args.frames} frames/run, "
+          f"{args.rounds} rounds, {os.cpu_count()} CPUs)")  # fmt: skip
     cpu_on, cpu_off = statistics.median(cpu[True]), statistics.median(cpu[False])
     names = sorted(per_process[False])
 

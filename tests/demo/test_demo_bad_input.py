@@ -88,6 +88,13 @@ def test_malformed_environment_default(run) -> None:
     _one_line_error(run("demo", env=env), "VISIONTEL_DEMO_FPS", "fast")
 
 
+def test_unknown_model_from_environment(run) -> None:
+    # argparse checks choices on the command line only; the variable's value is checked too.
+    env = clean_env()
+    env["VISIONTEL_DEMO_MODEL"] = "yolov99"
+    _one_line_error(run("demo", env=env), "unknown model", "yolov99", "tinydet, ssdlite")
+
+
 def test_undecodable_video_fails_at_the_source(run, tmp_path: pathlib.Path) -> None:
     pytest.importorskip("cv2", reason="opencv-python-headless (the test extra) is missing")
     video = tmp_path / "broken.mp4"

@@ -14,6 +14,8 @@ from typing import TypeVar
 from visiontel.demo._errors import UsageError
 
 T = TypeVar("T")
+MODELS = ("tinydet", "ssdlite")
+"""Detectors `--model` can serve (built in ``visiontel.demo._zoo``)."""
 
 
 @dataclass
@@ -23,6 +25,7 @@ class DemoConfig:
     width: int = 320
     height: int = 240
     fps: float = 30.0
+    model: str = "tinydet"
     model_version: str = "1.0"
     canary_version: str | None = None
     canary_fraction: float = 0.1
@@ -122,6 +125,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default %(default)s)",
     )
     add(
+        "--model",
+        default=_env("VISIONTEL_DEMO_MODEL", str, d.model),
+        choices=MODELS,
+        help="detector: the demo's own 'tinydet', or torchvision's 'ssdlite' (SSDlite320 "
+        "MobileNetV3, needs visiontel[torchvision]) (default %(default)s)",
+    )
+    add(
         "--model-version",
         default=_env("VISIONTEL_DEMO_MODEL_VERSION", str, d.model_version),
         help="version of the stable model (default %(default)s)",
@@ -189,8 +199,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def from_arguments(args: argparse.Namespace) -> DemoConfig:
     config = DemoConfig(
         frames=args.frames, source=args.source, width=args.size[0], height=args.size[1],
-        fps=args.fps, model_version=args.model_version, canary_version=args.canary_version,
-        canary_fraction=args.canary_fraction, output=args.output,
+        fps=args.fps, model=args.model, model_version=args.model_version,
+        canary_version=args.canary_version, canary_fraction=args.canary_fraction,
+        output=args.output,
         otlp_endpoint=args.otlp_endpoint or None, stack=args.stack,
         detector_port=args.detector_port, sink_port=args.sink_port, telemetry=args.telemetry,
         device=args.device, threads=args.threads,
@@ -216,5 +227,7 @@ def _validate(config: DemoConfig) -> None:
             raise UsageError(f"{flag} must be a port number (1-65535), or 0 for a free one")
     if config.detector_port and config.detector_port == config.sink_port:
         raise UsageError("--detector-port and --sink-port must differ")
+    if config.model not in MODELS:
+        raise UsageError(f"unknown model {config.model!r}: pick one of {', '.join(MODELS)}")
     if config.threads < 0:
         raise UsageError("--threads must be 0 (torch's choice) or more")

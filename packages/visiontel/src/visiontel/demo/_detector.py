@@ -1,8 +1,9 @@
 """The detector service: queues frames from gRPC, runs the model, sends results on.
 
 Each frame continues its own trace: ``detect`` with the stages ``preprocess``, the
-model's ``inference`` span (children ``backbone``, ``neck``, ``head``, ``nms`` from
-visiontel.torch), ``postprocess`` and the ``send result`` client call.
+model's ``inference`` span (one child per top-level module, e.g. ``backbone``, ``neck``,
+``head``, ``nms`` for tinydet, from visiontel.torch), ``postprocess`` and the ``send result``
+client call.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import visiontel.torch as vt
 from visiontel.demo import _child
 from visiontel.demo._config import DemoConfig
 from visiontel.demo._errors import DemoError
-from visiontel.demo._model import MAX_SIDE, build, preprocess, to_frame
+from visiontel.demo._model import to_frame
 from visiontel.demo._telemetry import Telemetry
 from visiontel.demo._wire import (
     FRAME_METHOD,
@@ -39,9 +40,9 @@ from visiontel.demo._wire import (
     connect,
     serve,
 )  # fmt: skip
+from visiontel.demo._zoo import build
 
 _log = logging.getLogger("visiontel.demo.detector")
-MODEL_NAME = "tinydet"
 _QUEUE = 4  # frames waiting; a full queue holds the source's call: backpressure
 _CONNECT_TIMEOUT = 60.0
 _IN_FLIGHT = 8  # results sent and not yet acknowledged by the tracker
@@ -131,10 +132,11 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
     device = _device(config)
     if telemetry.enabled:
         _start_gpu_metrics(telemetry)
-    models = {version: build(version).to(device) for version in config.versions}
+    model_name = config.model
+    models = {version: build(model_name, version, device) for version in config.versions}
     if telemetry.enabled:
         for version, model in models.items():
-            vt.instrument_model(model, name=MODEL_NAME, version=version)
+            vt.instrument_model(model.module, name=model_name, version=version)
     route = _router(config)
     tracer = trace.get_tracer("visiontel.demo.detector")
     inbox: queue.Queue[tuple[Frame, Context | None]] = queue.Queue(_QUEUE)
@@ -159,17 +161,17 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
         raise DemoError(f"the tracker did not answer on port {config.sink_port}") from None
     send = channel.unary_unary(RESULT_METHOD)
     sender = _Sender(send)
-    _log.info("serving %s %s on %s", MODEL_NAME, "/".join(config.versions), device)
+    _log.info("serving %s %s on %s", model_name, "/".join(config.versions), device)
     _child.say("READY", config.detector_port)
 
     # Built once per version, not per frame: the frame loop is the pipeline's bottleneck.
     # A stage object is entered by this thread only, one frame after the other.
     stages = {
-        version: {name: vt.stage(name, model=MODEL_NAME, version=version) for name in _STAGES}
+        version: {name: vt.stage(name, model=model_name, version=version) for name in _STAGES}
         for version in config.versions
     }
     model_attributes = {
-        version: {"visiontel.model.name": MODEL_NAME, "visiontel.model.version": version}
+        version: {"visiontel.model.name": model_name, "visiontel.model.version": version}
         for version in config.versions
     }
     no_stage = contextlib.nullcontext()
@@ -194,10 +196,11 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
                 )
             with span_cm:
                 with stage("preprocess", version):
-                    tensor, scale = preprocess(
+                    model = models[version]
+                    tensor, scale = model.prepare(
                         frame.pixels, frame.width, frame.height, frame.channels, device
                     )
-                rows = models[version](tensor)[0]
+                rows = model.rows(model.module(tensor))
                 with stage("postprocess", version):
                     boxes = to_frame(rows, scale, frame.width, frame.height)
                     result = Result(KIND_FRAME, frame.sequence, frame.capture_ns, version, boxes)
@@ -209,4 +212,4 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
     server.stop(0.2).wait()
     if telemetry.enabled:
         vt.flush(5.0)
-    _log.info("detected on %d frames (max input side %d)", done, MAX_SIDE)
+    _log.info("detected on %d frames with %s", done, model_name)

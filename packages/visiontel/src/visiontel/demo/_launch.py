@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import IO, TextIO
 
-from visiontel.demo import _preflight, _report, _stack
+from visiontel.demo import _preflight, _report, _stack, _zoo
 from visiontel.demo._config import DemoConfig
 from visiontel.demo._errors import DemoError
 from visiontel.demo._frames import describe, redact_url
@@ -210,6 +210,7 @@ def run(config: DemoConfig, out: TextIO = sys.stdout) -> int:
     if config.otlp_endpoint and not script:
         _preflight.endpoint(config.otlp_endpoint)
     _preflight.source(config)
+    _zoo.check(config.model)
     _preflight.ports(config)
     config.run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     config.run_dir = str(_preflight.output(config).resolve())

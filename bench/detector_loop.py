@@ -38,6 +38,7 @@ from opentelemetry.trace import SpanKind
 
 import visiontel.propagation as vp
 import visiontel.torch as vt
+from visiontel.demo._config import MODELS
 from visiontel.demo._frames import synthetic
 from visiontel.demo._model import to_frame
 from visiontel.demo._telemetry import setup
@@ -50,7 +51,7 @@ _VERSION = "1.0"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tinydet", choices=("tinydet", "ssdlite"))
+    parser.add_argument("--model", default="tinydet", choices=MODELS)
     parser.add_argument("--rounds", type=int, default=0, help="pairs of blocks (default: by model)")
     parser.add_argument("--block", type=int, default=0, help="frames per block (default: by model)")
     args = parser.parse_args()
@@ -63,7 +64,10 @@ def main() -> None:
     on_model, off_model = build(args.model, _VERSION, cpu), build(args.model, _VERSION, cpu)
     vt.instrument_model(on_model.module, name=args.model, version=_VERSION)
     tracer = trace.get_tracer("visiontel.demo.detector")
-    stages = {n: vt.stage(n, model=args.model, version=_VERSION) for n in ("pre", "post")}
+    stages = {
+        name: vt.stage(name, model=args.model, version=_VERSION)
+        for name in ("preprocess", "postprocess")  # the demo's stage names
+    }
     attributes = {"visiontel.model.name": args.model, "visiontel.model.version": _VERSION}
     frames = synthetic(_WIDTH, _HEIGHT)
     pixels = [next(frames).tobytes() for _ in range(_DISTINCT)]
@@ -78,10 +82,10 @@ def main() -> None:
     def on(index: int) -> None:
         slot = index % _DISTINCT
         with vp.continue_frame("detect", carried[slot], tracer=tracer, attributes=attributes):
-            with stages["pre"]:
+            with stages["preprocess"]:
                 tensor, scale = on_model.prepare(pixels[slot], _WIDTH, _HEIGHT, 3, cpu)
             rows = on_model.rows(on_model.module(tensor))
-            with stages["post"]:
+            with stages["postprocess"]:
                 boxes = to_frame(rows, scale, _WIDTH, _HEIGHT)
                 Result(KIND_FRAME, index, 0, _VERSION, boxes).pack()
             metadata: list[tuple[str, str | bytes]] = []

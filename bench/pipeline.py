@@ -1,7 +1,7 @@
 """Frames per second of the `visiontel demo` pipeline, all instrumentation on vs all off.
 
     nox -s bench -- pipeline            # or: python bench/pipeline.py --rounds 5 --frames 400
-    python bench/pipeline.py --model ssdlite --frames 100   # torchvision's SSDlite320
+    python bench/pipeline.py --model ssdlite --frames 200 --rounds 6   # torchvision's SSDlite320
 
 Same three processes, same gRPC hops, same model, source unpaced (``--fps 0``) so the
 pipeline runs as fast as its slowest stage (the detector). "on" is the embedded default:
@@ -27,6 +27,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+
+from visiontel.demo._config import MODELS
 
 _FPS = re.compile(r"frames (\d+)/(\d+) +([0-9.]+) fps")
 _CPU = re.compile(r"CPU per frame: ([0-9.]+) ms \((.*)\)")
@@ -64,9 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="pairs of runs (default 3)")
     parser.add_argument("--frames", type=int, default=400, help="frames per run (default 400)")
-    parser.add_argument(
-        "--model", default="tinydet", choices=("tinydet", "ssdlite"), help="the demo's --model"
-    )
+    parser.add_argument("--model", default="tinydet", choices=MODELS, help="the demo's --model")
     parser.add_argument(
         "--trace-ratio",
         type=float,

@@ -166,6 +166,16 @@ def _calibrate(model: TinyDetector) -> None:
         bias[0] += target - torch.quantile(logits.flatten(), _PASSING)
 
 
+def unit_image(
+    pixels: bytes, width: int, height: int, channels: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """HWC uint8 RGB (or grey) bytes to a 3 x H x W float tensor in [0, 1] on ``device``."""
+    image = torch.frombuffer(bytearray(pixels), dtype=torch.uint8).view(height, width, channels)
+    if channels == 1:
+        image = image.expand(height, width, 3)
+    return image[..., :3].permute(2, 0, 1).to(device).float().div_(255.0)
+
+
 def preprocess(
     pixels: bytes, width: int, height: int, channels: int, device: torch.device | None = None
 ) -> tuple[torch.Tensor, float]:
@@ -173,10 +183,7 @@ def preprocess(
 
     Frames with a side over :data:`MAX_SIDE` are scaled down (the model is small).
     """
-    image = torch.frombuffer(bytearray(pixels), dtype=torch.uint8).view(height, width, channels)
-    if channels == 1:
-        image = image.expand(height, width, 3)
-    tensor = image[..., :3].permute(2, 0, 1).unsqueeze(0).to(device).float().div_(255.0)
+    tensor = unit_image(pixels, width, height, channels, device).unsqueeze(0)
     scale = min(1.0, MAX_SIDE / max(width, height))
     if scale < 1.0:
         tensor = F.interpolate(tensor, scale_factor=scale, mode="bilinear", antialias=True)

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from visiontel.demo import _model
-from visiontel.demo._config import MODELS
 from visiontel.demo._errors import UsageError
 from visiontel.demo._frames import synthetic
 
@@ -39,9 +38,10 @@ class Detector:
 
 
 def check(name: str) -> None:
-    """Fail before any process starts when ``name`` cannot be built here."""
-    if name not in MODELS:
-        raise UsageError(f"unknown --model {name!r}: pick one of {', '.join(MODELS)}")
+    """Fail before any process starts when ``name`` needs a library that is not installed.
+
+    ``name`` itself is checked against ``MODELS`` with the other flags (``_config``).
+    """
     if name == "ssdlite":
         _torchvision()
 
@@ -95,11 +95,8 @@ def _unit_image(
     pixels: bytes, width: int, height: int, channels: int, device: torch.device
 ) -> tuple[list[torch.Tensor], float]:
     """torchvision detectors take a list of 3 x H x W images in [0, 1] and resize them."""
-    image = torch.frombuffer(bytearray(pixels), dtype=torch.uint8).view(height, width, channels)
-    if channels == 1:
-        image = image.expand(height, width, 3)
-    tensor = image[..., :3].permute(2, 0, 1).to(device).float().div_(255.0)
-    return [tensor], 1.0  # boxes come back in frame pixels
+    # boxes come back in frame pixels: scale 1
+    return [_model.unit_image(pixels, width, height, channels, device)], 1.0
 
 
 def _calibrate_ssdlite(model: nn.Module) -> None:

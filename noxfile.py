@@ -3,7 +3,8 @@
 Every session uses uv as the virtualenv backend, so wheels (torch above all, several GB
 with its CUDA libraries) come from uv's shared cache instead of being downloaded again.
 
-    nox -t ci            # what .ci/run runs: lint, build, tests on the oldest and newest torch
+    nox -t ci            # what .ci/run runs: lint, build, tests on the oldest and newest torch,
+                         # the OpenTelemetry floor, the collector, the stack, short reliability
     nox -s tests         # the whole torch matrix
     nox -s bench         # overhead benchmarks, figures for docs/benchmarks.md
 """
@@ -76,6 +77,27 @@ def tests(session: nox.Session, torch: str) -> None:
     # tests/reliability has its own sessions (reliability, reliability_short).
     ignore = [f"--ignore={ROOT / 'tests' / d}" for d in ("collector", "reliability")]
     session.run("pytest", *targets, *ignore, *session.posargs, env={"VISIONTEL_TEST_TORCH": torch})
+
+
+# The oldest OpenTelemetry releases visiontel-torch and visiontel-propagation declare
+# (pyproject.toml); visiontel-gpu and the meta package need newer ones.
+OTEL_FLOOR = ("opentelemetry-api==1.30.0", "opentelemetry-sdk==1.30.0")
+OTEL_FLOOR_CONTRIB = ("opentelemetry-instrumentation==0.51b0", "opentelemetry-distro==0.51b0")
+
+
+@nox.session(python=PYTHON, tags=["ci"])
+def floor(session: nox.Session) -> None:
+    """visiontel-torch and visiontel-propagation on their declared oldest OpenTelemetry."""
+    session.install(f"torch=={TORCH_OLDEST}", "numpy", "setuptools<70")  # pkg_resources: 0.51b0
+    names = ("visiontel-torch", "visiontel-propagation")
+    session.install(
+        *(f"-e{ROOT / 'packages' / n}[test]" for n in names), *OTEL_FLOOR, *OTEL_FLOOR_CONTRIB
+    )
+    session.run(
+        "python", "-c", "import opentelemetry.sdk.version as v; print('sdk', v.__version__)"
+    )
+    targets = [str(ROOT / "packages" / n / "tests") for n in names]
+    session.run("pytest", *targets, *session.posargs, env={"VISIONTEL_TEST_TORCH": TORCH_OLDEST})
 
 
 @nox.session(python=PYTHON, tags=["ci"])

@@ -93,7 +93,7 @@ class SdkChildren:
         template = ReadableSpan("template", resource=provider.resource, instrumentation_scope=scope)
         self._template = dict(vars(template))
         self._readable_span = ReadableSpan
-        self._new_context = _context_factory()
+        self.new_context = _context_factory()
 
     def finished_span(  # noqa: PLR0917 (positional: called once per layer call)
         self,
@@ -119,7 +119,7 @@ class SdkChildren:
         self, name: str, parent: ChildSpan, start_ns: int, attributes: dict[str, Any]
     ) -> ChildSpan:
         parent_context = parent.get_span_context()
-        context = self._new_context(
+        context = self.new_context(
             parent_context.trace_id,
             self._new_span_id(),
             parent_context.trace_flags,

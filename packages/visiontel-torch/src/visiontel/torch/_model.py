@@ -132,9 +132,7 @@ class ModelInstrumentation:
     def _begin(self, args: Any, kwargs: Any) -> None:
         wall_ns, perf_ns = time.time_ns(), time.perf_counter_ns()
         runtime = self._runtime
-        span = runtime.tracer.start_span(
-            self._span_name, attributes=self._static_attributes, start_time=wall_ns
-        )
+        span = runtime.spans.start(self._span_name, self._static_attributes, wall_ns)
         recording = span.is_recording()
         inputs = describe_inputs(args, kwargs, detailed=recording and self.config.capture_shapes)
         record = ForwardRecord(

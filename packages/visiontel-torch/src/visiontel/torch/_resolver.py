@@ -161,7 +161,7 @@ class Resolver:
         parents: list[Any] = [record.span]  # the innermost open call that has a span
         call_counts: dict[int, int] = {}
         created = aggregated = 0
-        layer_attributes = {"visiontel.model.name": table.model_name}
+        model_name = table.model_name
         for index, perf_ns, event in record.stamps or ():
             if index >= 0:
                 call = call_counts[index] = call_counts.get(index, 0) + 1
@@ -191,7 +191,11 @@ class Resolver:
                 continue
             if span is None:
                 aggregated += 1
-                layer_attributes["visiontel.module.name"] = names[closed]
+                # a dict per point: older SDKs (1.30-1.33 checked) keep the dict a point first used
+                layer_attributes = {
+                    "visiontel.model.name": model_name,
+                    "visiontel.module.name": names[closed],
+                }
                 self._metrics.layer_duration.record((perf_ns - start_ns) / 1e9, layer_attributes)
                 continue
             if with_gpu and start_event is not None and event is not None:

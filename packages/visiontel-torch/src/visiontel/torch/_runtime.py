@@ -6,6 +6,7 @@ import threading
 
 from opentelemetry import metrics, trace
 
+from visiontel.torch._livespan import LiveSpans
 from visiontel.torch._metrics import InferenceMetrics
 from visiontel.torch._resolver import Resolver
 from visiontel.torch.version import __version__
@@ -24,6 +25,7 @@ class Runtime:
         self.tracer = trace.get_tracer(
             "visiontel.torch", __version__, tracer_provider, schema_url=_SCHEMA_URL
         )
+        self.spans = LiveSpans(tracer_provider, self.tracer)
         self.metrics = InferenceMetrics(meter_provider)
         self.resolver = Resolver(self.metrics, tracer_provider)
 

@@ -66,7 +66,7 @@ class stage:
     def __enter__(self) -> stage:
         self._start_ns = time.perf_counter_ns()
         try:
-            span = default_runtime().tracer.start_span(self.name, attributes=self._span_attributes)
+            span = default_runtime().spans.start(self.name, self._span_attributes)
             self._span = span
             self._token = otel_context.attach(trace.set_span_in_context(span))
         except Exception as exc:

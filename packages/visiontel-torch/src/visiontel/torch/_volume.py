@@ -77,6 +77,8 @@ def _batch_queue_fill(provider: Any) -> tuple[int, int]:
     for processor in getattr(active, "_span_processors", ()):
         inner = getattr(processor, "_batch_processor", processor)
         pending: Any = getattr(inner, "_queue", None)
+        if pending is None:  # older SDKs (1.30-1.33 checked) name it without the underscore
+            pending = getattr(inner, "queue", None)
         capacity = getattr(pending, "maxlen", None)
         if pending is not None and capacity:
             return len(pending), int(capacity)

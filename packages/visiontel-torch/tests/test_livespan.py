@@ -83,12 +83,24 @@ def test_plain_attributes_and_end_match_the_sdk() -> None:
     _both_ways(_Pipeline(), use)
 
 
+def test_homogeneous_sequences_stay_live_and_match_the_sdk() -> None:
+    def use(span: trace.Span) -> None:
+        span.set_attribute("visiontel.input.shapes", ["1x3x240x320", "1x3x240x320"])
+        span.set_attribute("boxes", (3, 0, 7))
+        span.set_attribute("empty", [])
+        if type(span) is _LiveSpan:
+            assert span._sdk_span is None  # still live: nothing needed the SDK's checks
+        span.end(end_time=5_000)
+
+    _both_ways(_Pipeline(), use)
+
+
 def test_everything_else_is_done_by_a_promoted_sdk_span() -> None:
     failure = ValueError("bad frame")
     link = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(1))
 
     def use(span: trace.Span) -> None:
-        span.set_attribute("shape", (1, 3, 640, 640))  # a sequence: the SDK checks it
+        span.set_attribute("mixed", [1, "a"])  # a mixed sequence: the SDK drops it
         span.set_attribute("dropped", object())  # type: ignore[arg-type]  # the SDK drops it
         span.add_event("queued", {"depth": 2}, timestamp=2_000)
         span.record_exception(failure, {"extra": "x"}, timestamp=3_000, escaped=True)
@@ -215,3 +227,30 @@ def test_stage_spans_are_live_and_take_user_additions() -> None:
         "frame.width": 640,
     }
     assert [event.name for event in exported.events] == ["decoded"]
+
+
+def test_a_forward_root_span_stays_live_with_its_input_description() -> None:
+    import torch
+
+    seen: list[trace.Span] = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            seen.append(trace.get_current_span())
+            return images.sum(dim=(1, 2, 3))
+
+    pipeline = _Pipeline()
+    model = vt.instrument_model(
+        Probe(), name="probe", granularity="model", tracer_provider=pipeline.provider
+    )
+    try:
+        with pipeline.parent(), torch.inference_mode():
+            model(torch.zeros(2, 3, 8, 8))
+    finally:
+        vt.uninstrument_model(model)
+    (root,) = seen
+    assert type(root) is _LiveSpan and root._sdk_span is None
+    (exported,) = pipeline.finished("inference probe")
+    assert exported.attributes is not None
+    assert exported.attributes["visiontel.batch.size"] == 2
+    assert exported.attributes["visiontel.input.shapes"] == ("2x3x8x8",)

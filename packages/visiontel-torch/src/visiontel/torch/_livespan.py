@@ -33,6 +33,19 @@ from visiontel.torch.version import __version__
 _SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
 # Values the SDK stores unchanged when no attribute length limit is set.
 _PLAIN = (str, bool, int, float)
+_NOT_PLAIN = object()
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as the SDK would store it, if that needs no check beyond its type."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is tuple or kind is list:  # a homogeneous sequence is stored as a tuple
+        first = type(value[0]) if value else str
+        if first in _PLAIN and all(type(item) is first for item in value):
+            return tuple(value)
+    return _NOT_PLAIN
 
 
 class LiveSpans:
@@ -119,12 +132,13 @@ class _FastPath:
         plain = {}
         needs_sdk = False
         for key, value in attributes.items():
-            if type(value) in _PLAIN:
-                plain[key] = value
-            else:
+            stored = _plain(value)
+            if stored is _NOT_PLAIN:
                 needs_sdk = True
+            else:
+                plain[key] = stored
         span = _LiveSpan(self, name, context, parent, plain, start_time or time.time_ns())
-        if needs_sdk:  # tuples and other values: let the SDK check them as it would
+        if needs_sdk:  # mixed sequences and other values: let the SDK check them
             span.promoted().set_attributes(attributes)
         return span
 
@@ -240,10 +254,12 @@ class _LiveSpan(trace.Span):
         return not self._ended
 
     def set_attribute(self, key: str, value: types.AnyValue) -> None:
-        if self._sdk_span is None and type(value) in _PLAIN and type(key) is str and key:
-            if not self._ended:
-                self.attributes[key] = value
-            return
+        if self._sdk_span is None and type(key) is str and key:
+            stored = _plain(value)
+            if stored is not _NOT_PLAIN:
+                if not self._ended:
+                    self.attributes[key] = stored
+                return
         if self._ended and self._sdk_span is None:
             return  # the SDK ignores attributes on an ended span too
         self.promoted().set_attribute(key, value)

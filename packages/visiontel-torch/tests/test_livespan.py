@@ -168,6 +168,18 @@ def test_a_processor_that_acts_on_start_gets_sdk_spans_even_when_added_later() -
     assert len(pipeline.finished("after")) == 1
 
 
+def test_a_batch_or_simple_processor_added_later_keeps_spans_live_and_gets_them() -> None:
+    pipeline = _Pipeline()
+    later = InMemorySpanExporter()
+    with pipeline.parent():
+        pipeline.spans.start("before", {}).end()
+        pipeline.provider.add_span_processor(SimpleSpanProcessor(later))
+        span = pipeline.spans.start("after", {})
+        span.end()
+    assert type(span) is _LiveSpan
+    assert [s.name for s in later.get_finished_spans()] == ["after", "frame"]
+
+
 @pytest.mark.parametrize(
     "sampler",
     [

@@ -64,13 +64,14 @@ class LiveSpans:
         path = self._current_path()
         if path is not None:
             parent = trace.get_current_span().get_span_context()
-            if parent.trace_flags.sampled and not parent.is_remote and path.usable():
+            if parent.trace_flags.sampled and not parent.is_remote and path.enabled():
                 return path.start(name, parent, attributes, start_time)
         return self._tracer.start_span(name, attributes=attributes, start_time=start_time)
 
     def _current_path(self) -> _FastPath | None:
         provider = self._explicit_provider or trace.get_tracer_provider()
-        if provider is not self._provider:
+        path = self._path
+        if provider is not self._provider or (path is not None and path.stale()):
             self._path = _FastPath.build(provider)
             self._provider = provider
         return self._path
@@ -113,10 +114,12 @@ class _FastPath:
             return None
         return path
 
-    def usable(self) -> bool:
-        """Still true: no span processor was added since the check, the tracer is enabled."""
-        if self._processor._span_processors is not self._processors:
-            return False
+    def stale(self) -> bool:
+        """A span processor was added since the check: check again."""
+        return self._processor._span_processors is not self._processors
+
+    def enabled(self) -> bool:
+        """False while the SDK's tracer configurator turns visiontel.torch's tracer off."""
         return self._is_enabled is None or bool(self._is_enabled())
 
     def start(

@@ -15,9 +15,7 @@ from typing import Any, Protocol
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext, TraceFlags, TraceState
 
-from visiontel.torch.version import __version__
-
-_SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
+from visiontel.torch.version import SCHEMA_URL, __version__
 
 
 class ChildSpan(Protocol):
@@ -86,7 +84,7 @@ class SdkChildren:
 
         self.on_end = provider._active_span_processor.on_end
         self._new_span_id = provider.id_generator.generate_span_id
-        scope = InstrumentationScope("visiontel.torch", __version__, _SCHEMA_URL)
+        scope = InstrumentationScope("visiontel.torch", __version__, SCHEMA_URL)
         # Every field a ReadableSpan gets from its constructor, as that constructor sets
         # them: a finished span is this template's fields plus its own name, ids, times and
         # attributes (a third of the cost of calling the keyword-heavy constructor).

@@ -28,9 +28,8 @@ from opentelemetry.trace import SpanContext, Status, StatusCode, TraceState
 from opentelemetry.util import types
 
 from visiontel.torch._children import SdkChildren
-from visiontel.torch.version import __version__
+from visiontel.torch.version import SCHEMA_URL, __version__
 
-_SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
 # Values the SDK stores unchanged when no attribute length limit is set.
 _PLAIN = (str, bool, int, float)
 _NOT_PLAIN = object()
@@ -105,11 +104,13 @@ class _FastPath:
         if type(provider) is not SdkTracerProvider:  # a subclass may change span creation
             return None
         try:
-            tracer = provider.get_tracer("visiontel.torch", __version__, schema_url=_SCHEMA_URL)
+            tracer = provider.get_tracer("visiontel.torch", __version__, schema_url=SCHEMA_URL)
             if type(tracer) is not SdkTracer or not _outcome_is_fixed(provider, tracer):
                 return None
             path = cls(provider, tracer, _Span, SdkChildren(provider))
-            path._promote_probe()  # the SDK span constructor takes what promotion passes
+            # Fail here, not on the first promotion, if the constructor wants other arguments.
+            probe = path.new_context(1, 1, trace.TraceFlags(trace.TraceFlags.SAMPLED), TraceState())
+            path.unstarted_sdk_span("probe", probe, None, {})  # never started or ended
         except (AttributeError, TypeError):  # an SDK release without the pieces used here
             return None
         return path
@@ -162,40 +163,33 @@ class _FastPath:
         )
 
     def promote(self, span: _LiveSpan) -> trace.Span:
-        tracer = self._tracer
-        sdk_span: trace.Span = self._sdk_span_class(
-            name=span.name,
-            context=span.context,
-            parent=span.parent,
-            sampler=tracer.sampler,
-            resource=tracer.resource,
-            attributes=span.attributes,
-            span_processor=tracer.span_processor,
-            kind=trace.SpanKind.INTERNAL,
-            instrumentation_info=tracer.instrumentation_info,
-            limits=tracer._span_limits,
-            instrumentation_scope=tracer._instrumentation_scope,
-        )
+        sdk_span = self.unstarted_sdk_span(span.name, span.context, span.parent, span.attributes)
         sdk_span.start(start_time=span.start_ns)  # type: ignore[attr-defined]
         return sdk_span
 
-    def _promote_probe(self) -> None:
-        """Build (never start or end) an SDK span as ``promote`` would, to fail early."""
+    def unstarted_sdk_span(
+        self,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        attributes: dict[str, Any],
+    ) -> trace.Span:
+        """The SDK span the tracer would make with these ids, not yet started."""
         tracer = self._tracer
-        probe = self.new_context(1, 1, trace.TraceFlags(trace.TraceFlags.SAMPLED), TraceState())
-        self._sdk_span_class(
-            name="probe",
-            context=probe,
-            parent=None,
+        sdk_span: trace.Span = self._sdk_span_class(
+            name=name,
+            context=context,
+            parent=parent,
             sampler=tracer.sampler,
             resource=tracer.resource,
-            attributes={},
+            attributes=attributes,
             span_processor=tracer.span_processor,
             kind=trace.SpanKind.INTERNAL,
             instrumentation_info=tracer.instrumentation_info,
             limits=tracer._span_limits,
             instrumentation_scope=tracer._instrumentation_scope,
         )
+        return sdk_span
 
 
 def _outcome_is_fixed(provider: Any, tracer: Any) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 from opentelemetry import metrics
 from opentelemetry.context import Context
 
-from visiontel.torch.version import __version__
+from visiontel.torch.version import SCHEMA_URL, __version__
 
 DetectionCounter = Callable[[Any], "Sequence[int] | None"]
 """Maps a model output to detections per image (one int per image), or ``None`` to skip."""
@@ -34,7 +34,7 @@ class InferenceMetrics:
             "visiontel.torch",
             __version__,
             meter_provider,
-            schema_url="https://opentelemetry.io/schemas/1.26.0",
+            schema_url=SCHEMA_URL,
         )
         self.duration = _histogram(
             meter,

@@ -9,9 +9,7 @@ from opentelemetry import metrics, trace
 from visiontel.torch._livespan import LiveSpans
 from visiontel.torch._metrics import InferenceMetrics
 from visiontel.torch._resolver import Resolver
-from visiontel.torch.version import __version__
-
-_SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
+from visiontel.torch.version import SCHEMA_URL, __version__
 
 
 class Runtime:
@@ -23,7 +21,7 @@ class Runtime:
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
         self.tracer = trace.get_tracer(
-            "visiontel.torch", __version__, tracer_provider, schema_url=_SCHEMA_URL
+            "visiontel.torch", __version__, tracer_provider, schema_url=SCHEMA_URL
         )
         self.spans = LiveSpans(tracer_provider, self.tracer)
         self.metrics = InferenceMetrics(meter_provider)

@@ -12,7 +12,9 @@ what a user would see.
 
 from __future__ import annotations
 
+import contextlib
 import zlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -127,11 +129,20 @@ class TinyDetector(nn.Module):
         return detections
 
 
-def build(version: str) -> TinyDetector:
-    """A detector whose random weights depend only on ``version``."""
+@contextlib.contextmanager
+def version_seed(version: str) -> Iterator[None]:
+    """torch's global generator seeded from ``version`` in the block, restored after it."""
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(zlib.crc32(version.encode()))
     try:
+        yield
+    finally:
+        torch.random.set_rng_state(generator_state)
+
+
+def build(version: str) -> TinyDetector:
+    """A detector whose random weights depend only on ``version``."""
+    with version_seed(version):
         model = TinyDetector().eval()
         for module in model.modules():
             # He init keeps the activations' spatial variance through the layers, so
@@ -144,8 +155,6 @@ def build(version: str) -> TinyDetector:
                 module.running_var.uniform_(0.9, 1.1)
         nn.init.normal_(model.head.out.weight, std=_HEAD_STD)
         _calibrate(model)
-    finally:
-        torch.random.set_rng_state(generator_state)
     return model
 
 

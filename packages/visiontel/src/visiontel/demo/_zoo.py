@@ -10,7 +10,6 @@ against (docs/benchmarks.md).
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -63,9 +62,7 @@ def _torchvision() -> Any:
 
 def _ssdlite(version: str, device: torch.device) -> Detector:
     detection = _torchvision()
-    state = torch.random.get_rng_state()
-    torch.manual_seed(zlib.crc32(version.encode()))
-    try:
+    with _model.version_seed(version):
         model = detection.ssdlite320_mobilenet_v3_large(
             weights=None,
             weights_backbone=None,
@@ -77,8 +74,6 @@ def _ssdlite(version: str, device: torch.device) -> Detector:
         for module in model.backbone.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    finally:
-        torch.random.set_rng_state(state)
     _calibrate_ssdlite(model)
     model = model.to(device)
 

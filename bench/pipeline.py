@@ -12,7 +12,8 @@ JSON files. "off" is ``--no-telemetry``: no SDK, no instrumentation, no context.
 Runs alternate (on, off, off, on, ...) so drift in a shared machine's load hits both
 sides alike. The figure of a run is the demo's own: results per second at the tracker
 from the first result to the last (process start-up, mostly importing torch, excluded).
-Reported: median fps of each side and their ratio, each round's ratio, and the CPU time
+Reported: median fps of each side and their ratio, each round's ratio with their geometric
+mean and its 95 % interval (the paired figure to read), and the CPU time
 per frame summed over the three processes (all their threads, from each one's first
 frame) and per process, which a loaded machine disturbs far less than throughput. Each
 round also prints the 1-minute load average: on a shared machine, read no figure without it.
@@ -21,6 +22,7 @@ round also prints the 1-minute load average: on a shared machine, read no figure
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import statistics
@@ -60,6 +62,25 @@ def _once(
     if cpu is None:
         raise SystemExit(f"no CPU line in:\n{result.stdout}")
     return float(done[-1].group(3)), float(cpu.group(1)), cpu.group(2)
+
+
+# Two-sided 95 % quantiles of Student's t by degrees of freedom (1-30; beyond, ~1.96).
+_T95 = (12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23, 2.20, 2.18, 2.16, 2.14,
+        2.13, 2.12, 2.11, 2.10, 2.09, 2.09, 2.08, 2.07, 2.07, 2.06, 2.06, 2.06, 2.05, 2.05,
+        2.05, 2.04)  # fmt: skip
+
+
+def paired_ratio(ratios: list[float]) -> tuple[float, float, float]:
+    """Geometric mean of per-round on/off ratios and its 95 % interval (t on the logs): each
+    round's two runs share the machine's load of the moment, so their ratio cancels most of
+    the drift that the medians of each side keep."""
+    logs = [math.log(r) for r in ratios]
+    centre = statistics.fmean(logs)
+    if len(logs) < 2:
+        return math.exp(centre), float("nan"), float("nan")
+    t = _T95[len(logs) - 2] if len(logs) - 1 <= len(_T95) else 1.96
+    half = t * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(centre), math.exp(centre - half), math.exp(centre + half)
 
 
 def main() -> None:
@@ -115,6 +136,9 @@ def main() -> None:
     print(f"| all on, OTLP JSON files (embedded default) | {on:.1f} | {on / off:.3f} | "
           f"{cpu_on:.1f} ({by_service(True)}) | {cpu_on / cpu_off:.2f} |")  # fmt: skip
     print("per-round on/off ratios: " + ", ".join(f"{r:.3f}" for r in rounds))
+    centre, low, high = paired_ratio(rounds)
+    print(f"paired on/off ratio (geometric mean of rounds): {centre:.3f} "
+          f"(95 % interval {low:.3f}-{high:.3f})")  # fmt: skip
 
 
 if __name__ == "__main__":

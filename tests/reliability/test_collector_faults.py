@@ -30,7 +30,13 @@ from reliability_support import (
 )
 from secrets_support import otlp_receiver, self_signed_tls
 
-THROUGHPUT_FLOOR = 0.95  # outage / collector-up, median frames per process-CPU second
+# Fault / collector-up ratio of median frames per process-CPU second. Each should read >= 1
+# (a failing or waiting exporter does less work), but CPU time itself is noisy on a shared
+# VM: a plain torch loop's frames per thread-CPU second moves 10-12 % between one-second
+# chunks, and this file's slow-collector comparison with the receiver prompt in *both*
+# phases read 0.85-1.06 (4 runs, 2026-11-26). 0.95 sat inside that band (CI read 0.88 with
+# a 3 s delay); 0.80 sits below it and still fails a fault that costs a fifth of the frames.
+THROUGHPUT_FLOOR = 0.80
 # Longest gap between two frames of the inference thread. Normal frames take a few ms; a
 # loaded shared 2-core machine adds up to ~1 s; waiting on an export would add its whole
 # timeout (3 s) or the slow collector's delay (3 s).

@@ -118,20 +118,25 @@ def build(session: nox.Session) -> None:
     session.run(python, str(ROOT / "tests" / "check_wheels.py"), *wheels, external=True)
 
 
-_SSDLITE_ARGS = {"pipeline": ("--frames", "200", "--rounds", "6"), "detector_loop": ()}
+# Scripts run a second time with torchvision's SSDlite320, a realistic CPU detector.
+_SSDLITE_ARGS = {
+    "pipeline": ("--frames", "200", "--rounds", "6"),
+    "detector_loop": (),
+    "cpu_share": ("--seconds", "30"),
+}
 
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Overhead benchmarks (ratios against a baseline measured in the same run)."""
-    _install_workspace(session, TORCH_NEWEST)
+    _install_workspace(session, TORCH_NEWEST, "py-spy")  # py-spy: bench/cpu_share.py
     scripts = sorted((ROOT / "bench").glob("*.py"))
     only = set(session.posargs)
     for script in scripts:
         if script.name.startswith("_") or (only and script.stem not in only):
             continue
         session.run("python", str(script))
-        if script.stem in ("pipeline", "detector_loop"):  # again, with a realistic detector
+        if script.stem in _SSDLITE_ARGS:
             session.run("python", str(script), "--model", "ssdlite", *_SSDLITE_ARGS[script.stem])
 
 

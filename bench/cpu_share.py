@@ -45,7 +45,9 @@ _TELEMETRY = (
     "/google/protobuf/",
 )
 _MODEL = ("/torch/", "/torchvision/")
-_WAITING = re.compile(r"^(wait|_wait_for_tstate_lock|sleep|select|poll|get|accept)\b")
+# Innermost Python frames that block in C. Not Queue.get: a blocked get ends in
+# Condition.wait, so a sample whose innermost frame is get itself is running.
+_WAITING = re.compile(r"^(wait|_wait_for_tstate_lock|sleep|select|poll|accept)\b")
 _PROGRESS = re.compile(rb"frames (\d+)/(\d+)")
 
 

@@ -35,6 +35,8 @@ ENCODE = f"_Printer._FieldToJsonObject ({SITE}/google/protobuf/json_format.py:31
             ["BatchProcessor.worker (x/opentelemetry/sdk/_shared_internal/__init__.py:159)", WAIT],
             "waiting",
         ),
+        ([RUN, "Queue.get (/usr/lib/python3.11/queue.py:180)"], "other"),  # running, not blocked
+        ([RUN, "Queue.get (/usr/lib/python3.11/queue.py:171)", WAIT], "waiting"),
         (["FileSpanExporter.export (/src/visiontel/demo/_otlpjson.py:98)", ENCODE], "telemetry"),
     ],
 )

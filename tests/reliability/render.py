@@ -48,7 +48,8 @@ How to read the figures:
   rates move by ±20 % with the neighbours' load); the wall-clock ratio is given beside it.
   The slow-collector test alternates prompt and slow phases for the same reason. CPU time
   is noisy there too: with the receiver prompt in both phases the same comparison read
-  0.85–1.06, so the asserted floor is 0.80 and a fault reading ≥ 1 does less work.
+  0.85–1.06, so the asserted floor is 0.80 (a fault itself should read ≥ 1: the exporter
+  does less work while it waits or fails).
 * **Stalls** are the longest gap between two consecutive frames of an inference thread;
   waiting on an export would show up as a gap of the export's timeout or delay (3 s).
 * **Memory** is the growth of the test process's resident set size (Linux `statm`), which

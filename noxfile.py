@@ -25,6 +25,9 @@ SOURCE_DIRS = [str(p / "src") for p in PACKAGES]
 TORCH_OLDEST = "2.4.1"
 TORCH_MIDDLE = "2.9.1"
 TORCH_NEWEST = "2.15.0"
+# The torchvision built for each torch: pinned with it, so that installing a test extra
+# (torchvision, ultralytics) cannot swap the session's torch for the newest one.
+TORCHVISION_FOR = {TORCH_OLDEST: "0.19.1", TORCH_MIDDLE: "0.24.1", TORCH_NEWEST: "0.29.2"}
 
 nox.options.default_venv_backend = "uv"
 nox.options.reuse_existing_virtualenvs = True
@@ -32,13 +35,22 @@ nox.options.sessions = ["lint", "tests"]
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
+def _torch_pins(session: nox.Session, torch_version: str) -> list[str]:
+    """``-c FILE`` arguments holding torch and its torchvision at the session's versions."""
+    constraints = pathlib.Path(session.create_tmp()) / f"torch-{torch_version}.txt"
+    torchvision = TORCHVISION_FOR[torch_version]
+    constraints.write_text(f"torch=={torch_version}\ntorchvision=={torchvision}\n")
+    return ["-c", str(constraints)]
+
+
 def _install_workspace(session: nox.Session, torch_version: str, *extra: str) -> None:
     """Install every distribution of the workspace (editable, with its test extra)."""
-    session.install(f"torch=={torch_version}", "numpy")
+    pins = _torch_pins(session, torch_version)
+    session.install(f"torch=={torch_version}", "numpy", *pins)
     args: list[str] = []
     for package in PACKAGES:
         args += ["-e", f"{package}[test]"]
-    session.install(*args, *extra)
+    session.install(*args, *extra, *pins)
 
 
 @nox.session(python=PYTHON, tags=["ci"])
@@ -88,10 +100,14 @@ OTEL_FLOOR_CONTRIB = ("opentelemetry-instrumentation==0.51b0", "opentelemetry-di
 @nox.session(python=PYTHON, tags=["ci"])
 def floor(session: nox.Session) -> None:
     """visiontel-torch and visiontel-propagation on their declared oldest OpenTelemetry."""
-    session.install(f"torch=={TORCH_OLDEST}", "numpy", "setuptools<70")  # pkg_resources: 0.51b0
+    pins = _torch_pins(session, TORCH_OLDEST)
+    session.install(f"torch=={TORCH_OLDEST}", "numpy", "setuptools<70", *pins)  # 0.51b0
     names = ("visiontel-torch", "visiontel-propagation")
     session.install(
-        *(f"-e{ROOT / 'packages' / n}[test]" for n in names), *OTEL_FLOOR, *OTEL_FLOOR_CONTRIB
+        *(f"-e{ROOT / 'packages' / n}[test]" for n in names),
+        *OTEL_FLOOR,
+        *OTEL_FLOOR_CONTRIB,
+        *pins,
     )
     session.run(
         "python", "-c", "import opentelemetry.sdk.version as v; print('sdk', v.__version__)"

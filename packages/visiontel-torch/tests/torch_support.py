@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import Sampler
+from tiny_models import TinyDetector  # noqa: F401 (re-exported for the tests)
 
 import visiontel.torch as vt
 
@@ -55,29 +56,6 @@ def make_telemetry(sampler: Sampler | None = None) -> Telemetry:
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
     reader = InMemoryMetricReader()
     return Telemetry(tracer_provider, MeterProvider(metric_readers=[reader]), exporter, reader)
-
-
-class TinyDetector(torch.nn.Module):
-    """backbone -> neck -> head, returning torchvision-style detections per image."""
-
-    def __init__(self, boxes_per_image: int = 3) -> None:
-        super().__init__()
-        self.backbone = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 8, 3, padding=1),
-            torch.nn.ReLU(),
-            torch.nn.Conv2d(8, 8, 3, stride=2, padding=1),
-            torch.nn.ReLU(),
-        )
-        self.neck = torch.nn.Conv2d(8, 8, 1)
-        self.head = torch.nn.Conv2d(8, 6, 1)
-        self.boxes_per_image = boxes_per_image
-
-    def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        features = self.head(self.neck(self.backbone(images)))
-        flat = features.flatten(2).transpose(1, 2)[:, : self.boxes_per_image]
-        return [
-            {"boxes": f[:, :4], "scores": f[:, 4].sigmoid(), "labels": f[:, 5].long()} for f in flat
-        ]
 
 
 class Reused(torch.nn.Module):
@@ -140,8 +118,7 @@ def assert_no_hooks(model: torch.nn.Module) -> None:
 
 
 def _wrapped(module: torch.nn.Module) -> bool:
-    forward = vars(module).get("forward")
-    return getattr(forward, "__qualname__", "").endswith("stamped_forward")
+    return type(vars(module).get("forward")).__name__ == "_CopiesAsInner"
 
 
 def is_armed(module: torch.nn.Module) -> bool:

@@ -7,7 +7,6 @@ unsampled forward never pays for them.
 
 from __future__ import annotations
 
-import fnmatch
 import sys
 import threading
 import time
@@ -18,15 +17,16 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from visiontel.torch._config import Granularity, TorchConfig
+from visiontel.torch._config import TorchConfig
 from visiontel.torch._failures import record_failure
 from visiontel.torch._inputs import describe_inputs
 from visiontel.torch._metrics import DetectionCounter, count_detections
-from visiontel.torch._probes import ChildProbes, needs_hooks
 from visiontel.torch._record import ForwardRecord, ModuleTable
 from visiontel.torch._runtime import Runtime
 from visiontel.torch._safety import report_internal_error
 from visiontel.torch._timing import CudaEventSource, EventSource
+from visiontel.torch._torch_private import register_hooks, remove_hooks, tracing_check
+from visiontel.torch._tree import ProbeTree
 
 _registry: weakref.WeakKeyDictionary[Any, ModelInstrumentation] = weakref.WeakKeyDictionary()
 _registry_lock = threading.Lock()
@@ -34,11 +34,15 @@ _cuda_sources: dict[int, EventSource] = {}
 
 
 def is_compiling_fn() -> Callable[[], bool]:
+    """True while torch.compile or torch.jit.trace runs the model: hooks then stay silent."""
     import torch
 
     compiler = getattr(torch, "compiler", None)
-    check = getattr(compiler, "is_compiling", None)
-    return check if callable(check) else (lambda: False)
+    compiling = getattr(compiler, "is_compiling", None)
+    tracing = tracing_check()
+    if not callable(compiling):
+        return tracing
+    return lambda: compiling() or tracing()
 
 
 class _ThreadState(threading.local):
@@ -74,6 +78,7 @@ class ModelInstrumentation:
         self._detections = detections or count_detections
         self._event_source = event_source
         self._is_compiling = is_compiling_fn()
+        self.on_nested: Callable[[Any], None] | None = None  # set for discovered roots
         name = config.model_name or type(model).__name__
         self._span_name = f"inference {name}"
         self._static_attributes: dict[str, Any] = {
@@ -92,32 +97,26 @@ class ModelInstrumentation:
             k: v for k, v in self._metric_attributes.items() if k != "visiontel.stage"
         }
         self._add_images = runtime.metrics.images.adder(self._image_attributes)
-        children = _select_children(model, config)
-        self.table = ModuleTable(
-            names=tuple(n for n, _ in children),
-            classes=tuple(type(m).__qualname__ for _, m in children),
-            model_name=name,
-            budget=config.max_layer_spans if config.granularity is Granularity.LAYER else 1 << 30,
-            gpu_timeout_s=config.gpu_timeout_s,
-        )
-        self._probes = ChildProbes(self._tls, self._is_compiling, use_hooks=needs_hooks(model))
-        for index, (_, module) in enumerate(children):
-            self._probes.add(index, module)
-        self._root_handles = [
-            model.register_forward_pre_hook(self._root_pre, with_kwargs=True),
-            model.register_forward_hook(self._root_post, with_kwargs=True, always_call=True),
-        ]
+        self._tree = ProbeTree(model, config, self._tls, self._is_compiling)
+        self._root_handles = register_hooks(model, self._root_pre, self._root_post)
+
+    @property
+    def table(self) -> ModuleTable:
+        return self._tree.table
 
     @property
     def resolver(self) -> Any:
         return self._runtime.resolver
 
     # -- root hooks ----------------------------------------------------------------------
-    def _root_pre(self, _model: Any, args: Any, kwargs: Any) -> None:
+    def _root_pre(self, model: Any, args: Any, kwargs: Any) -> None:
         if self._is_compiling():
             return
         try:
-            self._begin(args, kwargs)
+            if self.on_nested is not None and _depth.value:
+                self.on_nested(model)  # discovered, but part of a larger model: withdraw
+                return
+            self._begin(model, args, kwargs)
         except Exception as exc:
             report_internal_error("root pre-hook", exc)
 
@@ -129,19 +128,23 @@ class ModelInstrumentation:
         except Exception as exc:
             report_internal_error("root post-hook", exc)
 
-    def _begin(self, args: Any, kwargs: Any) -> None:
+    def _begin(self, model: Any, args: Any, kwargs: Any) -> None:
         wall_ns, perf_ns = time.time_ns(), time.perf_counter_ns()
         runtime = self._runtime
         span = runtime.spans.start(self._span_name, self._static_attributes, wall_ns)
         recording = span.is_recording()
+        tree = self._tree
+        if recording:
+            tree.check(model, perf_ns)
+        table = tree.table
         inputs = describe_inputs(args, kwargs, detailed=recording and self.config.capture_shapes)
         record = ForwardRecord(
-            table=self.table,
+            table=table,
             tracer=runtime.tracer,
             span=span,
             perf_start_ns=perf_ns,
             wall_start_ns=wall_ns,
-            stamps=[] if recording and self.table.names else None,
+            stamps=[] if recording and table.names else None,
             batch_size=inputs.batch_size,
             device=inputs.device,
             batch_shape=inputs.batch_shape,
@@ -154,7 +157,8 @@ class ModelInstrumentation:
                 record.start_event = record.events.acquire()
             record.context_token = otel_context.attach(trace.set_span_in_context(span))
             if record.stamps is not None:
-                self._probes.arm()
+                record.probes = tree.probes
+                record.probes.arm()
         self._tls.record = record
         _depth.value += 1
 
@@ -171,8 +175,9 @@ class ModelInstrumentation:
             record.end_event = record.events.acquire()
         if record.context_token is not None:
             otel_context.detach(record.context_token)  # type: ignore[arg-type]
-        if record.stamps is not None:
-            self._probes.disarm()
+        if record.probes is not None:
+            record.probes.disarm()
+            self._tree.seen(record.stamps or [])
         failure = sys.exc_info()[1] if output is None else None
         attributes = self._metric_attributes
         if failure is not None:
@@ -223,51 +228,8 @@ class ModelInstrumentation:
 
     # -- removal -------------------------------------------------------------------------
     def remove(self) -> None:
-        self._probes.clear()
-        for handle in self._root_handles:
-            handle.remove()
-        self._root_handles.clear()
-
-
-def _select_children(model: Any, config: TorchConfig) -> list[tuple[str, Any]]:
-    """The modules that get child probes, in registration order, each module once."""
-    if config.granularity is Granularity.MODEL:
-        return []
-    if config.granularity is Granularity.STAGE:
-        candidates = list(model.named_children())
-    else:
-        candidates = []
-        compiled: list[str] = []  # torch.compile'd submodules: their insides run compiled
-        for name, module in model.named_modules():
-            if not name or any(name.startswith(prefix) for prefix in compiled):
-                continue
-            depth = name.count(".") + 1
-            is_leaf = next(module.children(), None) is None
-            if _is_compiled(module):
-                compiled.append(name + ".")
-                is_leaf = True  # probe the compiled call's boundary, as for the root
-            limit = config.layer_depth
-            if (limit is None and is_leaf) or (
-                limit is not None and (depth == limit or (is_leaf and depth < limit))
-            ):
-                candidates.append((name, module))
-    chosen = []
-    for name, module in candidates:
-        if config.include and not any(fnmatch.fnmatchcase(name, p) for p in config.include):
-            continue
-        if any(fnmatch.fnmatchcase(name, p) for p in config.exclude):
-            continue
-        chosen.append((name, module))
-    return chosen
-
-
-def _is_compiled(module: Any) -> bool:
-    """torch.compile'd (OptimizedModule) or TorchScript: no Python runs inside it."""
-    import torch
-
-    if isinstance(module, torch.jit.ScriptModule):
-        return True
-    return hasattr(module, "_orig_mod") and hasattr(module, "dynamo_ctx")
+        self._tree.clear()
+        remove_hooks(self._root_handles)
 
 
 def instrumentation_of(model: Any) -> ModelInstrumentation | None:

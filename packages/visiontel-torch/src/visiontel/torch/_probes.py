@@ -18,6 +18,7 @@ across threads, and disarming restores exactly what was there before.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from typing import Any
 
 from visiontel.torch._safety import report_internal_error
 from visiontel.torch._timing import EventSource, GpuEvent
+from visiontel.torch._torch_private import ParkedHook
 
 _ABSENT = object()
 
@@ -35,6 +37,28 @@ def _acquire(events: EventSource, site: str) -> GpuEvent | None:
     except Exception as exc:
         report_internal_error(site, exc)
         return None
+
+
+class _CopiesAsInner:
+    """An armed forward wrapper that a copy of its module does not inherit.
+
+    While a sampled forward runs, the wrapper sits in the module's instance dictionary, so a
+    ``deepcopy`` or ``pickle`` taken then (another thread, a callback) would copy it. A copy
+    gets the forward the wrapper calls instead, bound to the copy: the module as if it had
+    never been instrumented.
+    """
+
+    __slots__ = ("__call__", "_inner")
+
+    def __init__(self, function: Callable[..., Any], inner: list[Any]) -> None:
+        self.__call__ = function  # an instance slot: calls go straight to the closure
+        self._inner = inner
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return copy.deepcopy(self._inner[0], memo)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return self._inner[0].__reduce_ex__(protocol)
 
 
 class _Wrapper:
@@ -76,19 +100,38 @@ class ChildProbes:
         self._lock = threading.Lock()
         self._armed = 0
         self._wrappers: list[_Wrapper] = []
-        # (hook dict, hook id, function, the extra dicts that held the id when registered)
-        self._hooks: list[tuple[dict[int, Any], int, Callable[..., None], list[Any]]] = []
+        self._hooks: list[ParkedHook] = []
+        self._by_index: dict[int, list[Any]] = {}
 
-    def add(self, index: int, module: Any) -> None:
+    def add(self, index: int, module: Any, role: str = "") -> None:
+        """Probe ``module``; ``role`` "container"/"element" while a stage container is on trial."""
         import torch
 
-        if not self._use_hooks:
-            self._add_wrapper(index, module)
-        elif not isinstance(module, torch.jit.ScriptModule):  # they refuse Python hooks
-            self._add_hooks(index, module)
+        with self._lock:  # probes may change while other threads arm (stage containers)
+            wrappers, hooks = len(self._wrappers), len(self._hooks)
+            if not self._use_hooks:
+                self._add_wrapper(index, module, role)
+            elif not isinstance(module, torch.jit.ScriptModule):  # they refuse Python hooks
+                self._add_hooks(index, module)
+            added = self._wrappers[wrappers:] + self._hooks[hooks:]
+            self._by_index[index] = added
+            if self._armed:
+                for probe in added:
+                    probe.install() if isinstance(probe, _Wrapper) else probe.arm()
+
+    def drop(self, index: int) -> None:
+        """Take the probes of one module away for good."""
+        with self._lock:
+            for probe in self._by_index.pop(index, ()):
+                if isinstance(probe, _Wrapper):
+                    probe.uninstall()
+                    self._wrappers.remove(probe)
+                else:
+                    probe.forget()
+                    self._hooks.remove(probe)
 
     # -- forward wrappers ------------------------------------------------------------------
-    def _add_wrapper(self, index: int, module: Any) -> None:
+    def _add_wrapper(self, index: int, module: Any, role: str) -> None:
         # What the wrapper calls is chosen when it is armed: whatever ``forward`` the
         # module has at that moment (its own, or another wrapper: a second instrumented
         # model sharing this module, an accelerator library), so wrappers can stack.
@@ -109,7 +152,8 @@ class ChildProbes:
             finally:
                 stamps.append((post, clock(), _acquire(events, "layer end") if events else None))
 
-        self._wrappers.append(_Wrapper(module, stamped_forward, inner))
+        function = _on_trial(stamped_forward, inner, state, role) if role else stamped_forward
+        self._wrappers.append(_Wrapper(module, _CopiesAsInner(function, inner), inner))
 
     # -- parked hooks ----------------------------------------------------------------------
     def _stamp_hook(self, stamp_index: int, site: str) -> Callable[..., None]:
@@ -127,19 +171,8 @@ class ChildProbes:
         return stamp
 
     def _add_hooks(self, index: int, module: Any) -> None:
-        pre = self._stamp_hook(index, "layer pre-hook")
-        post = self._stamp_hook(~index, "layer post-hook")
-        # Register through the public API, then park: keep the dictionaries the handle
-        # points at, so arming is a few dict stores and disarming a few pops (a
-        # RemovableHandle.remove() per hook costs microseconds on every sampled forward).
-        pre_handle = module.register_forward_pre_hook(pre)
-        post_handle = module.register_forward_hook(post, always_call=True)
-        for handle, function in ((pre_handle, pre), (post_handle, post)):
-            hooks = handle.hooks_dict_ref()
-            flags = [d for d in (ref() for ref in handle.extra_dict_ref) if d and handle.id in d]
-            handle.remove()
-            if hooks is not None:
-                self._hooks.append((hooks, handle.id, function, flags))
+        self._hooks.append(ParkedHook(module, self._stamp_hook(index, "layer pre-hook"), False))
+        self._hooks.append(ParkedHook(module, self._stamp_hook(~index, "layer post-hook"), True))
 
     # -- arming ------------------------------------------------------------------------------
     def arm(self) -> None:
@@ -149,10 +182,8 @@ class ChildProbes:
                 return
             for wrapper in self._wrappers:
                 wrapper.install()
-            for hooks, hook_id, function, flags in self._hooks:
-                hooks[hook_id] = function
-                for extra in flags:
-                    extra[hook_id] = True
+            for hook in self._hooks:
+                hook.arm()
 
     def disarm(self, force: bool = False) -> None:
         with self._lock:
@@ -161,15 +192,43 @@ class ChildProbes:
                 return
             for wrapper in self._wrappers:
                 wrapper.uninstall()
-            for hooks, hook_id, _, flags in self._hooks:
-                hooks.pop(hook_id, None)
-                for extra in flags:
-                    extra.pop(hook_id, None)
+            for hook in self._hooks:
+                hook.disarm()
 
     def clear(self) -> None:
         self.disarm(force=True)
+        for hook in self._hooks:
+            hook.forget()
         self._wrappers.clear()
         self._hooks.clear()
+        self._by_index.clear()
+
+
+def _on_trial(
+    stamped: Callable[..., Any], inner: list[Any], state: Any, role: str
+) -> Callable[..., Any]:
+    """A stage container and its elements, both probed: elements stamp only outside it."""
+    if role == "container":
+
+        def container_forward(*args: Any, **kwargs: Any) -> Any:
+            record = state.record
+            if record is None:
+                return stamped(*args, **kwargs)
+            record.containers_open += 1
+            try:
+                return stamped(*args, **kwargs)
+            finally:
+                record.containers_open -= 1
+
+        return container_forward
+
+    def element_forward(*args: Any, **kwargs: Any) -> Any:
+        record = state.record
+        if record is not None and record.containers_open:
+            return inner[0](*args, **kwargs)
+        return stamped(*args, **kwargs)
+
+    return element_forward
 
 
 def needs_hooks(model: Any) -> bool:

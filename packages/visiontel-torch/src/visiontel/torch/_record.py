@@ -41,6 +41,10 @@ class ForwardRecord:
     device: Any = None
     batch_shape: str | None = None
     context_token: object = None
+    containers_open: int = 0
+    """Stage containers on trial (_tree.py) running now: their elements do not stamp."""
+    probes: Any = None
+    """The ChildProbes this forward armed (a rebuild may replace the model's meanwhile)."""
     previous: ForwardRecord | None = None
 
     def wall_ns(self, perf_ns: int) -> int:

@@ -188,13 +188,13 @@ def tracing_check() -> Callable[[], bool]:
 @functools.cache
 def private_hooks_usable() -> bool:
     """The gate: do torch's hook dictionaries behave as this module assumes?"""
+    reason = "torch hook internals differ"
     try:
         ok = _check_private_hooks()
     except Exception as exc:  # any surprise means: use the public API
-        _logger.debug("visiontel.torch: private hook path unavailable: %r", exc)
-        ok = False
+        ok, reason = False, repr(exc)
     if not ok:
-        _logger.debug("visiontel.torch: torch hook internals differ; using the public API")
+        _logger.debug("visiontel.torch: using the public hook API (%s)", reason)
     return ok and not _forced_public
 
 

@@ -35,6 +35,12 @@ nox.options.sessions = ["lint", "tests"]
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
+# Every session runs pytest under the root conftest.py's strict-skip rule: a skip fails the
+# run unless it names ("needs <resource>: ...") a resource listed here, which CI machines
+# may really lack. Only the GPU is: the CUDA tests skip on the CPU-only CI machine.
+STRICT_SKIPS = {"VISIONTEL_STRICT_SKIPS": "1", "VISIONTEL_MAY_LACK": "cuda"}
+
+
 def _torch_pins(session: nox.Session, torch_version: str) -> list[str]:
     """``-c FILE`` arguments holding torch and its torchvision at the session's versions."""
     constraints = pathlib.Path(session.create_tmp()) / f"torch-{torch_version}.txt"
@@ -81,14 +87,34 @@ def lint(session: nox.Session) -> None:
     ],
 )
 def tests(session: nox.Session, torch: str) -> None:
-    """Unit, integration and subprocess tests of every distribution on one torch release."""
-    _install_workspace(session, torch)
+    """Unit, integration and subprocess tests of every distribution on one torch release.
+
+    In a shuffled order (pytest-randomly; the seed is printed, `-- -p randomly
+    --randomly-seed=N` replays it, `-- -p no:randomly` turns it off).
+    """
+    _install_workspace(session, torch, "pytest-randomly")
     targets = [str(p / "tests") for p in PACKAGES if (p / "tests").exists()]
     targets.append(str(ROOT / "tests"))
     # tests/collector needs the built collector and promtool: the `collector` session runs it.
-    # tests/reliability has its own sessions (reliability, reliability_short).
+    # tests/reliability has its own sessions (reliability, reliability_short). Tests marked
+    # e2e need the local stack: the `stack` session runs them.
     ignore = [f"--ignore={ROOT / 'tests' / d}" for d in ("collector", "reliability")]
-    session.run("pytest", *targets, *ignore, *session.posargs, env={"VISIONTEL_TEST_TORCH": torch})
+    env = {"VISIONTEL_TEST_TORCH": torch, **STRICT_SKIPS}
+    session.run("pytest", *targets, *ignore, "-m", "not e2e", *session.posargs, env=env)
+
+
+@nox.session(python=PYTHON)
+def alone(session: nox.Session) -> None:
+    """Each test of the `tests` session in a pytest process of its own (no test leans on
+    another; ~15 min on 2 cores). `-- --by-file` runs each file alone instead."""
+    _install_workspace(session, TORCH_NEWEST)
+    targets = [str(p / "tests") for p in PACKAGES if (p / "tests").exists()]
+    targets.append(str(ROOT / "tests"))
+    ignore = [f"--ignore={ROOT / 'tests' / d}" for d in ("collector", "reliability")]
+    env = {"VISIONTEL_TEST_TORCH": TORCH_NEWEST, **STRICT_SKIPS}
+    runner = str(ROOT / "tests" / "run_each_alone.py")
+    selection = [*targets, *ignore, "-m", "not e2e"]
+    session.run("python", runner, *session.posargs, "--", *selection, env=env)
 
 
 # The oldest OpenTelemetry releases visiontel-torch and visiontel-propagation declare
@@ -113,7 +139,8 @@ def floor(session: nox.Session) -> None:
         "python", "-c", "import opentelemetry.sdk.version as v; print('sdk', v.__version__)"
     )
     targets = [str(ROOT / "packages" / n / "tests") for n in names]
-    session.run("pytest", *targets, *session.posargs, env={"VISIONTEL_TEST_TORCH": TORCH_OLDEST})
+    env = {"VISIONTEL_TEST_TORCH": TORCH_OLDEST, **STRICT_SKIPS}
+    session.run("pytest", *targets, *session.posargs, env=env)
 
 
 @nox.session(python=PYTHON, tags=["ci"])
@@ -199,6 +226,7 @@ def collector(session: nox.Session) -> None:
     env = {
         "VISIONTEL_OTELCOL": _collector_tool(session, "otelcol"),
         "VISIONTEL_PROMTOOL": _collector_tool(session, "promtool"),
+        **STRICT_SKIPS,
     }
     session.install(*COLLECTOR_TEST_DEPS)
     tests = str(ROOT / "tests" / "collector")
@@ -219,14 +247,16 @@ def stack(session: nox.Session) -> None:
         "VISIONTEL_PROMTOOL": _collector_tool(session, "promtool"),
         "VISIONTEL_PROMETHEUS": _collector_tool(session, "prometheus"),
         "VISIONTEL_JAEGER": _collector_tool(session, "jaeger"),
+        **STRICT_SKIPS,
     }
     if session.posargs == ["up"]:
         stack_py = str(ROOT / "collector-config" / "stack" / "stack.py")
         session.run("python", stack_py, "up", env=env)
         return
-    session.install(*COLLECTOR_TEST_DEPS, "-e", str(ROOT / "packages" / "visiontel-propagation"))
-    tests = str(ROOT / "tests" / "collector")
-    session.run("pytest", tests, "-m", "e2e", *session.posargs, env=env)
+    # The whole workspace: tests/demo's e2e test runs `visiontel demo --stack` end to end.
+    _install_workspace(session, TORCH_NEWEST, *COLLECTOR_TEST_DEPS)
+    tests = [str(ROOT / "tests" / "collector"), str(ROOT / "tests" / "demo")]
+    session.run("pytest", *tests, "-m", "e2e", *session.posargs, env=env)
 
 
 # --- tests/reliability (issue 7): faults, load, hostile input, secrets ------------------------
@@ -241,6 +271,7 @@ def _reliability(session: nox.Session, profile: str) -> None:
     env = {
         "VISIONTEL_RELIABILITY_PROFILE": os.environ.get("VISIONTEL_RELIABILITY_PROFILE", profile),
         "VISIONTEL_OTELCOL": _collector_tool(session, "otelcol"),
+        **STRICT_SKIPS,
     }
     profile = env["VISIONTEL_RELIABILITY_PROFILE"]
     results = pathlib.Path(session.create_tmp()) / f"reliability-{profile}.jsonl"

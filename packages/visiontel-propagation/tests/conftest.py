@@ -15,6 +15,16 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler
 from opentelemetry.trace import Tracer
 
+from visiontel.propagation import _diag
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no rate-limited or log-once state left by an earlier test, so a
+    test that counts log lines passes alone and in any order."""
+    monkeypatch.setattr(_diag, "_last_log", {})
+    monkeypatch.setattr(_diag, "_errors_logged", set())
+
 
 @dataclass
 class Tracing:

@@ -8,13 +8,16 @@ session that CI runs sets ``VISIONTEL_STRICT_SKIPS=1`` and lists in
 skip, whether it names a resource or not, then fails the run with the skip's own reason,
 so a capability cannot silently stop being tested. Deselection (``-m``) is how a session
 leaves out tests that belong to another session; it is not a skip.
+
+Fixtures every test tree uses live here too.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Generator
+import socket
+from collections.abc import Generator, Iterator
 
 import pytest
 
@@ -66,3 +69,12 @@ def pytest_make_collect_report(
 ) -> Generator[None, pytest.CollectReport, None]:
     outcome = yield
     _fail_if_not_allowed(outcome.get_result())  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A loopback port something listens on for the whole test (held, never released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])

@@ -4,9 +4,11 @@
 
 Binaries come from the environment (the `stack` nox session sets them from
 collector-config/toolchain.py): VISIONTEL_OTELCOL, VISIONTEL_JAEGER, VISIONTEL_PROMETHEUS.
-Every process gets free loopback ports, is waited for until its readiness endpoint
-answers, and is stopped by the PID this module started (SIGTERM, then SIGKILL after a
-grace period) — nothing else on the machine is touched.
+Every process gets loopback ports picked at random outside the kernel's ephemeral range
+(see pick_port), is waited for until it logs that it is ready and its readiness endpoint
+answers, and is started again on fresh ports when one was taken (the binaries cannot bind
+port 0 and say which port they got); it is stopped by the PID this module started
+(SIGTERM, then SIGKILL after a grace period) — nothing else on the machine is touched.
 
 Logs: Loki cannot be obtained here (see docs/collector.md), so the collector runs
 local.yaml with its logs pipeline re-pointed at a `file` exporter; everything else in
@@ -21,25 +23,107 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import IO, Any
 
 HERE = pathlib.Path(__file__).resolve().parent
 CONFIG_DIR = HERE.parent
 
+# --- ports ---------------------------------------------------------------------------------
+# A port found free by binding port 0 and closing the socket can be taken again before the
+# binary binds it: by the next such pick, by another process's server, and — it lies in
+# the kernel's ephemeral range — by any outgoing connection. Ports are picked instead at
+# random outside that range (no outgoing connection ever gets one), never twice in one
+# process, and a binary that still finds one taken is started again on fresh ports.
+_EPHEMERAL_FILE = pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range")
+# Assumed when that file cannot be read (not Linux): Linux's default range starts at 32768
+# and the IANA one (macOS, Windows) at 49152; this covers both.
+_EPHEMERAL_FALLBACK = (32768, 65535)
+_LOWEST = 10000  # below: the registered ports services on a machine tend to use
+_MIN_CANDIDATES = 1000  # fewer outside the ephemeral range: pick from the fallback's outside
+ATTEMPTS = 5  # starts of one binary on fresh ports before giving up
+IN_USE = "address already in use"  # how Go's net package reports EADDRINUSE
+_picked: set[int] = set()
+_picked_lock = threading.Lock()
+_random = random.Random(os.urandom(16))  # not the global one: tests may seed that
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(field) for field in _EPHEMERAL_FILE.read_text().split())
+    except (OSError, ValueError):
+        return _EPHEMERAL_FALLBACK
+    return low, high
+
+
+def _candidate_ranges() -> list[range]:
+    low, high = _ephemeral_range()
+    ranges = [r for r in (range(_LOWEST, low), range(high + 1, 65536)) if len(r)]
+    if sum(len(r) for r in ranges) < _MIN_CANDIDATES:
+        low, high = _EPHEMERAL_FALLBACK
+        ranges = [range(_LOWEST, low)]
+    return ranges
+
+
+def pick_port() -> int:
+    """A loopback port for a binary to listen on: random, outside the ephemeral range, never
+    handed out twice by this process. Not checked free (that check could only go stale):
+    start the binary with Stack's methods, which start it again on fresh ports when it
+    reports one taken."""
+    ranges = _candidate_ranges()
+    weights = [len(r) for r in ranges]
+    with _picked_lock:
+        if len(_picked) >= sum(weights):
+            raise RuntimeError("every port of the range stack.py picks from is handed out")
+        while True:
+            port = _random.choice(_random.choices(ranges, weights)[0])
+            if port not in _picked:
+                _picked.add(port)
+                return port
+
+
+free_port = pick_port  # the name tests/reliability imports
+
+
+class PortInUse(RuntimeError):
+    """A binary could not listen on a port it was given (another process holds it)."""
+
+
+def repick(env: dict[str, str], names: tuple[str, ...]) -> None:
+    """Fresh ports, in place, for the variables `names` of env ("host:port" or "port")."""
+    for name in names:
+        if name in env:
+            head, colon, _ = env[name].rpartition(":")
+            env[name] = f"{head}{colon}{pick_port()}"
+
+
+def with_fresh_ports(start: Callable[[int], None], what: str, attempts: int = ATTEMPTS) -> None:
+    """Call start(attempt) until it does not raise PortInUse; start must pick its own ports
+    anew on each attempt (attempt counts from 0)."""
+    last: PortInUse | None = None
+    for attempt in range(attempts):
+        try:
+            start(attempt)
+            return
+        except PortInUse as exc:
+            last = exc
+    ranges = ", ".join(f"{r.start}-{r.stop - 1}" for r in _candidate_ranges())
+    raise RuntimeError(
+        f"{what} found a port taken on each of {attempts} starts, on fresh ports each time "
+        f"(picked from {ranges}); last: {last}. Give every port it listens on through the "
+        "environment (a port its configuration fixes is never re-picked), or stop what holds "
+        "so many ports of that range"
+    )
 
 
 def _binary(variable: str) -> str:
@@ -49,21 +133,53 @@ def _binary(variable: str) -> str:
     return value
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float, log: pathlib.Path) -> None:
+# What each binary logs once it has bound every port and started every component.
+OTELCOL_READY = "Everything is ready. Begin running and processing data."
+PROMETHEUS_READY = "Server is ready to receive web requests."
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float, log: pathlib.Path,
+               marker: str) -> None:
+    """Until proc has logged `marker` and `url` answers 200.
+
+    The log line is what ties readiness to this process: with a port taken, `url` may be
+    answered by whatever else holds it. Raises PortInUse when the process logs that a port
+    was taken (it then exits, or would run without that listener), RuntimeError on any
+    other exit or at the timeout.
+    """
     deadline = time.monotonic() + timeout
-    last: object = None
+    last: object = "no ready line in the log yet"
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        exited = proc.poll() is not None
+        text = _read(log)
+        if IN_USE in text:
+            if not exited:
+                proc.kill()
+                proc.wait()
+            raise PortInUse(f"{_first(text, IN_USE)} (log: {log})")
+        if exited:
             raise RuntimeError(f"exited ({proc.returncode}) before {url} was ready:\n{_tail(log)}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-                last = response.status
-        except (urllib.error.URLError, OSError) as exc:
-            last = exc
+        if marker in text:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+                    last = response.status
+            except (urllib.error.URLError, OSError) as exc:
+                last = exc
         time.sleep(0.25)
     raise RuntimeError(f"{url} not ready after {timeout} s (last: {last}):\n{_tail(log)}")
+
+
+def _read(log: pathlib.Path) -> str:
+    try:
+        return log.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _first(text: str, needle: str) -> str:
+    return next(line.strip() for line in text.splitlines() if needle in line)
 
 
 def _tail(log: pathlib.Path, lines: int = 40) -> str:
@@ -73,22 +189,36 @@ def _tail(log: pathlib.Path, lines: int = 40) -> str:
         return "(no log)"
 
 
+# Variables of the recipes (collector-config/*.yaml) that name an address the collector
+# itself listens on; the others name its peers. tests/collector/test_recipes.py checks
+# that every listening address of every recipe is one of these.
+LISTEN_VARIABLES = (
+    "VISIONTEL_OTLP_GRPC_ENDPOINT",
+    "VISIONTEL_OTLP_HTTP_ENDPOINT",
+    "VISIONTEL_HEALTH_ENDPOINT",
+    "VISIONTEL_OTELCOL_METRICS_PORT",
+    "VISIONTEL_PROMETHEUS_EXPORTER_ENDPOINT",
+    "VISIONTEL_TAILSAMPLING_GRPC_ENDPOINT",
+    "VISIONTEL_GATEWAY_GRPC_ENDPOINT",
+)
+
+
 class Stack:
-    """Start with start(), stop with stop(); endpoints are attributes."""
+    """Start with start(), stop with stop(); endpoints are attributes.
+
+    The address attributes hold the ports the processes really listen on once started:
+    a start that found a port taken picks fresh ones. Read them after starting.
+    """
 
     def __init__(self, workdir: pathlib.Path,
                  jaeger_tls: tuple[pathlib.Path, pathlib.Path] | None = None) -> None:
         self.workdir = workdir
         self.jaeger_tls = jaeger_tls  # (cert, key): Jaeger's OTLP receiver speaks TLS
         self._procs: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
-        self.otlp_grpc = f"127.0.0.1:{free_port()}"
-        self.otlp_http = f"127.0.0.1:{free_port()}"
-        self.jaeger_otlp = f"127.0.0.1:{free_port()}"
-        self.jaeger_query = f"127.0.0.1:{free_port()}"
-        self.prometheus = f"127.0.0.1:{free_port()}"
-        self.exporter = f"127.0.0.1:{free_port()}"
-        self.collector_health = f"127.0.0.1:{free_port()}"
-        self.collector_metrics_port = free_port()
+        self._started: set[str] = set()  # names started before: a restart keeps its ports
+        self._pick_jaeger_ports()
+        self.prometheus = f"127.0.0.1:{pick_port()}"
+        self._pick_collector_ports()
         self.logs_file = workdir / "otelcol-logs.jsonl"
 
     # -- processes -------------------------------------------------------------------
@@ -103,13 +233,25 @@ class Stack:
         self._procs.append((name, proc, log))
         return proc, log_path
 
+    def _run(self, name: str, args: list[str], env: dict[str, str] | None, url: str,
+             marker: str) -> None:
+        """Spawn and wait until ready; on PortInUse the process is gone and forgotten."""
+        proc, log = self._spawn(name, args, env)
+        try:
+            wait_ready(url, proc, 60, log, marker)
+        except PortInUse:
+            entry = next(e for e in self._procs if e[1] is proc)
+            self._terminate([entry])
+            self._procs.remove(entry)
+            raise
+
+    def _pick_jaeger_ports(self) -> None:
+        self.jaeger_otlp = f"127.0.0.1:{pick_port()}"
+        self.jaeger_query = f"127.0.0.1:{pick_port()}"
+        self._jaeger_query_grpc = f"127.0.0.1:{pick_port()}"
+        self._jaeger_health = f"127.0.0.1:{pick_port()}"
+
     def start_jaeger(self) -> None:
-        env = {
-            "JAEGER_OTLP_GRPC_ENDPOINT": self.jaeger_otlp,
-            "JAEGER_QUERY_HTTP_ENDPOINT": self.jaeger_query,
-            "JAEGER_QUERY_GRPC_ENDPOINT": f"127.0.0.1:{free_port()}",
-            "JAEGER_HEALTH_ENDPOINT": f"127.0.0.1:{free_port()}",
-        }
         args = [_binary("VISIONTEL_JAEGER"), "--config", str(HERE / "jaeger.yaml")]
         if self.jaeger_tls:
             tls = self.workdir / "jaeger-tls.yaml"
@@ -117,21 +259,41 @@ class Stack:
             tls.write_text(json.dumps({"receivers": {"otlp": {"protocols": {"grpc": {
                 "tls": {"cert_file": str(cert), "key_file": str(key)}}}}}}))
             args += ["--config", str(tls)]
-        proc, log = self._spawn("jaeger", args, env)
-        wait_ready(f"http://{env['JAEGER_HEALTH_ENDPOINT']}/status", proc, 60, log)
+
+        def start(attempt: int) -> None:
+            if attempt:
+                self._pick_jaeger_ports()
+            env = {
+                "JAEGER_OTLP_GRPC_ENDPOINT": self.jaeger_otlp,
+                "JAEGER_QUERY_HTTP_ENDPOINT": self.jaeger_query,
+                "JAEGER_QUERY_GRPC_ENDPOINT": self._jaeger_query_grpc,
+                "JAEGER_HEALTH_ENDPOINT": self._jaeger_health,
+            }
+            url = f"http://{self._jaeger_health}/status"
+            self._run("jaeger", args, env, url, OTELCOL_READY)
+
+        with_fresh_ports(start, "Jaeger")
 
     def start_prometheus(self) -> None:
+        """Prometheus scraping the stack's collector: start it after start_collector, whose
+        ports (picked anew should one be taken) its configuration names."""
         config = self._prometheus_config()
-        args = [
-            _binary("VISIONTEL_PROMETHEUS"),
-            f"--config.file={config}",
-            f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
-            f"--web.listen-address={self.prometheus}",
-            "--enable-feature=exemplar-storage",
-            "--web.enable-remote-write-receiver",
-        ]
-        proc, log = self._spawn("prometheus", args)
-        wait_ready(f"http://{self.prometheus}/-/ready", proc, 60, log)
+
+        def start(attempt: int) -> None:
+            if attempt:
+                self.prometheus = f"127.0.0.1:{pick_port()}"
+            args = [
+                _binary("VISIONTEL_PROMETHEUS"),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
+                f"--web.listen-address={self.prometheus}",
+                "--enable-feature=exemplar-storage",
+                "--web.enable-remote-write-receiver",
+            ]
+            self._run("prometheus", args, None, f"http://{self.prometheus}/-/ready",
+                      PROMETHEUS_READY)
+
+        with_fresh_ports(start, "Prometheus")
 
     def _prometheus_config(self) -> pathlib.Path:
         """prometheus/prometheus.yaml with our ports, a 1 s scrape interval, absolute rules path.
@@ -158,21 +320,60 @@ class Stack:
             "VISIONTEL_PROMETHEUS_EXPORTER_ENDPOINT": self.exporter,
         }
 
+    def _pick_collector_ports(self) -> None:
+        self.otlp_grpc = f"127.0.0.1:{pick_port()}"
+        self.otlp_http = f"127.0.0.1:{pick_port()}"
+        self.collector_health = f"127.0.0.1:{pick_port()}"
+        self.collector_metrics_port = pick_port()
+        self.exporter = f"127.0.0.1:{pick_port()}"
+
+    def _adopt_collector_env(self, env: dict[str, str]) -> None:
+        """The ports start_otelcol settled on (fresh ones, should one have been taken)."""
+        self.otlp_grpc = env["VISIONTEL_OTLP_GRPC_ENDPOINT"]
+        self.otlp_http = env["VISIONTEL_OTLP_HTTP_ENDPOINT"]
+        self.collector_health = env["VISIONTEL_HEALTH_ENDPOINT"]
+        self.collector_metrics_port = int(env["VISIONTEL_OTELCOL_METRICS_PORT"])
+        self.exporter = env["VISIONTEL_PROMETHEUS_EXPORTER_ENDPOINT"]
+
     def start_collector(self) -> None:
         override = self.workdir / "logs-to-file.yaml"
         override.write_text(json.dumps({
             "exporters": {"file/logs": {"path": str(self.logs_file), "flush_interval": "200ms"}},
             "service": {"pipelines": {"logs": {"exporters": ["file/logs"]}}},
         }))
-        self.start_otelcol("otelcol", [CONFIG_DIR / "local.yaml", override], self.collector_env())
+        env = self.collector_env()
+        self.start_otelcol("otelcol", [CONFIG_DIR / "local.yaml", override], env)
+        self._adopt_collector_env(env)
 
     def start_otelcol(self, name: str, configs: list[pathlib.Path], env: dict[str, str]) -> None:
-        """Another otelcol-visiontel process; env must set VISIONTEL_HEALTH_ENDPOINT."""
+        """Another otelcol-visiontel process; env must set VISIONTEL_HEALTH_ENDPOINT.
+
+        Should a port be taken, the LISTEN_VARIABLES of env get fresh ports, in place (read
+        env after this returns), and the collector starts again. Not when `name` was
+        started before by this Stack: peers were configured with its ports, so a restart
+        keeps them, and fails with PortInUse if one was taken meanwhile.
+        """
         args = [_binary("VISIONTEL_OTELCOL")]
         for config in configs:
             args += ["--config", str(config)]
-        proc, log = self._spawn(name, args, env)
-        wait_ready(f"http://{env['VISIONTEL_HEALTH_ENDPOINT']}/", proc, 60, log)
+
+        def start(attempt: int) -> None:
+            if attempt:
+                repick(env, LISTEN_VARIABLES)
+            url = f"http://{env['VISIONTEL_HEALTH_ENDPOINT']}/"
+            self._run(name, args, env, url, OTELCOL_READY)
+
+        if name in self._started:
+            try:
+                start(0)
+            except PortInUse as exc:
+                raise PortInUse(
+                    f"{name} was restarted on the ports its peers know and one is taken now "
+                    f"by another process: {exc}"
+                ) from None
+        else:
+            with_fresh_ports(start, name)
+            self._started.add(name)
 
     def stop_one(self, name: str) -> None:
         """Stop (SIGTERM) the process started under `name`; it can be started again."""
@@ -182,10 +383,12 @@ class Stack:
                 self._procs.remove(entry)
 
     def start(self) -> Stack:
+        # The collector before Prometheus, whose configuration names the collector's ports
+        # as they are once it runs; Jaeger first, whose OTLP port the collector sends to.
         try:
             self.start_jaeger()
-            self.start_prometheus()
             self.start_collector()
+            self.start_prometheus()
         except BaseException:
             self.stop()
             raise

@@ -12,11 +12,23 @@ CONFIG_DIR = ROOT / "collector-config"
 RECIPES = ("local.yaml", "agent.yaml", "gateway.yaml", "tailsampling.yaml")
 SESSION_HINT = "run `nox -s collector` (it builds otelcol-visiontel and fetches promtool)"
 
-# Process start/stop, readiness and ports are the stack's (collector-config/stack/stack.py).
+# Process start/stop, readiness and ports are the stack's (collector-config/stack/stack.py):
+# ports are picked, not probed, and a collector that finds one taken is started again on
+# fresh ones by Stack.start_otelcol.
 sys.path.insert(0, str(CONFIG_DIR / "stack"))
-from stack import Stack, free_port  # noqa: E402
+import stack as stack_module  # noqa: E402
+from stack import LISTEN_VARIABLES, Stack, pick_port  # noqa: E402
 
-__all__ = ["CONFIG_DIR", "RECIPES", "ROOT", "SESSION_HINT", "Stack", "free_port"]
+__all__ = [
+    "CONFIG_DIR",
+    "LISTEN_VARIABLES",
+    "RECIPES",
+    "ROOT",
+    "SESSION_HINT",
+    "Stack",
+    "pick_port",
+    "stack_module",
+]
 
 
 def load_yaml(path: pathlib.Path) -> Any:
@@ -26,12 +38,16 @@ def load_yaml(path: pathlib.Path) -> Any:
 
 
 def collector_env(**extra: str) -> dict[str, str]:
-    """Loopback endpoints on free ports for the addresses every recipe takes from env."""
+    """Loopback endpoints on picked ports for the addresses every recipe takes from env.
+
+    Read the addresses back from the dict after starting the collector: a start that found
+    a port taken has put fresh ones in.
+    """
     env = {
-        "VISIONTEL_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{free_port()}",
-        "VISIONTEL_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{free_port()}",
-        "VISIONTEL_HEALTH_ENDPOINT": f"127.0.0.1:{free_port()}",
-        "VISIONTEL_OTELCOL_METRICS_PORT": str(free_port()),
+        "VISIONTEL_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{pick_port()}",
+        "VISIONTEL_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{pick_port()}",
+        "VISIONTEL_HEALTH_ENDPOINT": f"127.0.0.1:{pick_port()}",
+        "VISIONTEL_OTELCOL_METRICS_PORT": str(pick_port()),
     }
     env.update(extra)
     return env

@@ -27,7 +27,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if os.environ.get("VISIONTEL_OTELCOL") or os.environ.get("VISIONTEL_PROMTOOL"):
         return
     here = pathlib.Path(__file__).parent
-    skip = pytest.mark.skip(reason=f"collector-config tests need built binaries: {SESSION_HINT}")
+    skip = pytest.mark.skip(
+        reason=f"needs otelcol: collector-config tests need built binaries: {SESSION_HINT}"
+    )
     for item in items:
         if here in pathlib.Path(str(item.fspath)).parents:
             item.add_marker(skip)
@@ -57,7 +59,9 @@ def promtool() -> pathlib.Path:
 def stack_binaries() -> None:
     """The backends of the `stack` nox session (collector-config/stack/stack.py)."""
     if not os.environ.get("VISIONTEL_JAEGER"):
-        pytest.skip("end-to-end stack tests need Jaeger and Prometheus: run `nox -s stack`")
+        pytest.skip(
+            "needs stack: end-to-end stack tests need Jaeger and Prometheus: run `nox -s stack`"
+        )
     for variable in ("VISIONTEL_OTELCOL", "VISIONTEL_JAEGER", "VISIONTEL_PROMETHEUS"):
         _tool(variable)
 
@@ -66,7 +70,9 @@ def stack_binaries() -> None:
 def start_collector(otelcol: pathlib.Path, tmp_path: pathlib.Path) -> Iterator[Any]:
     """start(configs, env, name) runs otelcol-visiontel until the test ends.
 
-    Depends on `otelcol` so a missing binary fails with the session hint first.
+    Should one of env's ports be taken, the collector is started again on fresh ones, which
+    are written into env: read addresses from env after start(). Depends on `otelcol` so a
+    missing binary fails with the session hint first.
     """
     stack = Stack(tmp_path)
 

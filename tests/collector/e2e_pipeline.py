@@ -79,7 +79,7 @@ def decoder(endpoint: str, out: Any, ids: Any, frames: int) -> None:
         with start_frame(
             "decode", frame, tracer=tracer, attributes={"visiontel.camera.url": CAMERA_URL}
         ) as span:
-            time.sleep(0.002)
+            time.sleep(0.002)  # simulated decode work (span duration), not synchronisation
             carrier: dict[str, Any] = {"pixels": b"\x00" * 16}
             inject_dict(carrier)
             ids.put(format(span.get_span_context().trace_id, "032x"))
@@ -101,7 +101,7 @@ def detector(endpoint: str, inbox: Any, out: Any) -> None:
     while (carrier := inbox.get()) is not None:
         with continue_frame("detect", extract_dict(carrier), tracer=tracer, attributes=MODEL):
             started = time.perf_counter()
-            time.sleep(0.005)
+            time.sleep(0.005)  # simulated inference, measured below; nothing is waited for
             found = random.randint(1, 5)
             elapsed = time.perf_counter() - started
             duration.record(elapsed, {**MODEL, "visiontel.stage": "inference"})
@@ -124,7 +124,7 @@ def tracker(endpoint: str, inbox: Any) -> None:
     while (carrier := inbox.get()) is not None:
         context = extract_dict(carrier)
         with continue_frame("track", context, tracer=tracer):
-            time.sleep(0.001)
+            time.sleep(0.001)  # simulated tracking work (span duration), not synchronisation
             latency.record(context)
     _shutdown(tracer_provider, meter_provider, logger_provider)
 

@@ -8,7 +8,7 @@ import time
 import urllib.request
 from typing import Any
 
-from collector_support import CONFIG_DIR, collector_env, free_port, load_yaml
+from collector_support import CONFIG_DIR, collector_env, load_yaml, pick_port
 from metric_catalog import CATALOG, prometheus_names
 from otlp_json import gauge_metric, histogram_metric, metrics, post, sum_metric
 from promql_names import selected_names
@@ -140,9 +140,9 @@ def test_catalog_names_are_what_the_collector_exposes(
     start_collector: Any, tmp_path: pathlib.Path
 ) -> None:
     """Send every catalogued metric through local.yaml; read names back from /metrics."""
-    exporter = f"127.0.0.1:{free_port()}"
-    env = collector_env(VISIONTEL_PROMETHEUS_EXPORTER_ENDPOINT=exporter)
+    env = collector_env(VISIONTEL_PROMETHEUS_EXPORTER_ENDPOINT=f"127.0.0.1:{pick_port()}")
     start_collector([CONFIG_DIR / "local.yaml"], env)
+    exporter = env["VISIONTEL_PROMETHEUS_EXPORTER_ENDPOINT"]  # as started: see start_collector
     resource = {
         "service.name": "detector",
         "service.instance.id": "node-a-1",

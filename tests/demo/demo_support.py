@@ -41,3 +41,14 @@ def run_visiontel(
         text=True,
         timeout=timeout,
     )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """The run stopped with exit code 2 and one line on stderr holding every needle."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]

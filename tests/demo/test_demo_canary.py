@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from demo_support import run_visiontel
 
-cv2 = pytest.importorskip("cv2", reason="opencv-python-headless (the test extra) is missing")
+cv2 = pytest.importorskip(
+    "cv2", reason="needs cv2: opencv-python-headless (the test extra) is missing"
+)
 
 IMAGES = 24
 

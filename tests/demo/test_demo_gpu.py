@@ -15,7 +15,10 @@ import pytest
 from demo_support import clean_env, run_visiontel
 
 if shutil.which("cc") is None and shutil.which("gcc") is None:
-    pytest.skip("no C compiler to build the NVML simulator", allow_module_level=True)
+    pytest.skip(
+        "needs cc: no C compiler (cc or gcc) to build the NVML simulator; install one",
+        allow_module_level=True,
+    )
 
 from visiontel.gpu.testing import NvmlSimulator
 

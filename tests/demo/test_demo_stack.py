@@ -34,7 +34,10 @@ def test_stack_without_binaries_says_what_is_missing(tmp_path: pathlib.Path) -> 
 def test_stack_receives_the_run(tmp_path: pathlib.Path) -> None:
     missing = [v for v in BINARIES if not os.access(os.environ.get(v, ""), os.X_OK)]
     if missing:
-        pytest.skip(f"{', '.join(missing)} not set: the stack's binaries come from nox")
+        pytest.skip(
+            f"needs stack: {', '.join(missing)} not set: the stack's binaries come from nox "
+            "(`nox -s stack`)"
+        )
     env = clean_env()
     env.update({v: os.environ[v] for v in BINARIES})
     result = run_visiontel(

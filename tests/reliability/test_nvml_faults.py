@@ -22,6 +22,11 @@ from visiontel.gpu.testing import DRIVER_NOT_LOADED, GPU_IS_LOST, TIMEOUT, NvmlS
 GiB = 1024**3
 PHASE_S = 3.0 if PROFILE.name == "short" else 15.0
 COLLECT_BOUND_S = 0.5  # one export's collect() must never wait on NVML
+REFRESH_TIMEOUT_S = 1.0  # GPUInstrumentor.refresh's default
+# refresh() waits for the sampler thread at most its timeout, then has to get the GIL and a
+# CPU back: on the suite's 2 shared cores with the sampler, event and exporter threads
+# runnable, that is what COLLECT_BOUND_S allows a path that makes no NVML call.
+REFRESH_BOUND_S = REFRESH_TIMEOUT_S + COLLECT_BOUND_S
 HUNG_CALL_MS = 400
 HUNG_CALLS = (
     "nvmlDeviceGetMemoryInfo",
@@ -76,6 +81,8 @@ class App:
         self.errors: list[BaseException] = []
         self.worst_collect = 0.0
         self.worst_refresh = 0.0
+        self.refreshes = 0
+        self.stale_refreshes = 0  # refresh() found no fresh sweep within its timeout
         self.iterations = 0
         self.latest: dict[str, list[tuple[dict[str, Any], Any]]] = {}
         self.stop = threading.Event()
@@ -90,9 +97,11 @@ class App:
                 self.worst_collect = max(self.worst_collect, time.perf_counter() - started)
                 if self.iterations % 20 == 0:
                     started = time.perf_counter()
-                    self.inst.refresh()
+                    fresh = self.inst.refresh(timeout=REFRESH_TIMEOUT_S)
                     _ = self.inst.devices
                     self.worst_refresh = max(self.worst_refresh, time.perf_counter() - started)
+                    self.refreshes += 1
+                    self.stale_refreshes += not fresh
                 self.iterations += 1
             except BaseException as exc:  # what the application would see
                 self.errors.append(exc)
@@ -166,6 +175,8 @@ def run_fault(sim: NvmlSimulator, fault: str) -> dict[str, str]:
 
         sim.write(healthy(20))  # the fault clears; fresh values must come back
         recovered_after = wait_for(lambda: all(memory(app.latest, g) == 20 * GiB for g in gpus), 30)
+        # With the driver answering again, a refresh gets its fresh sweep (30 s: a guard).
+        fresh_after = inst.refresh(timeout=30)
     finally:
         app.stop.set()
         app.thread.join(timeout=30)
@@ -181,12 +192,15 @@ def run_fault(sim: NvmlSimulator, fault: str) -> dict[str, str]:
         measured=f"app exceptions: {len(app.errors)}; collection errors counted: "
         f"{errors_during:.0f}; faulted GPUs' memory series gone: {sum(gone)}/{len(gone)}; "
         f"worst collect() {app.worst_collect * 1000:.0f} ms (bound {COLLECT_BOUND_S * 1000:.0f}); "
-        f"worst refresh() {app.worst_refresh * 1000:.0f} ms; fresh values after the fault "
-        f"cleared: {recovery}",
+        f"worst refresh() {app.worst_refresh * 1000:.0f} ms (bound "
+        f"{REFRESH_BOUND_S * 1000:.0f}; {app.stale_refreshes}/{app.refreshes} found no fresh "
+        f"sweep in {REFRESH_TIMEOUT_S:.0f} s); fresh values after the fault cleared: {recovery}",
         lost=f"GPU readings during the fault ({PHASE_S:.0f} s)",
     )
     assert not app.errors, repr(app.errors[:3])
     assert app.worst_collect < COLLECT_BOUND_S, row
+    assert app.worst_refresh <= REFRESH_BOUND_S, row  # a hung driver never holds the caller
     assert errors_during > 0 or all(gone), "the fault left no trace in the metrics"
     assert recovered_after is not None, "collection did not come back after the fault cleared"
+    assert fresh_after, "refresh() found no fresh sweep after the fault cleared"
     return row

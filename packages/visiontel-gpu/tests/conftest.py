@@ -36,8 +36,27 @@ def metrics() -> Iterator[Metrics]:
 
 
 @pytest.fixture
-def instrumentor() -> Iterator[GPUInstrumentor]:
+def instrumentor(sim_build: NvmlSimulator) -> Iterator[GPUInstrumentor]:
     inst = GPUInstrumentor()
     yield inst
+    # A test that failed while a simulated call hangs would otherwise stop on that call:
+    # stopping the sampler waits for it, and nvmlShutdown waits for the simulator's lock.
+    sim_build.release()
+    if inst.is_instrumented_by_opentelemetry:
+        inst.uninstrument()
+
+
+@pytest.fixture(autouse=True)
+def _no_process_state_carried_over() -> Iterator[None]:
+    """Every test starts from the state a fresh process has.
+
+    visiontel.gpu has no module-level log-once or rate-limit state: each Sampler and
+    EventWatcher owns its RateLimitedLog, so a new instrument() starts a fresh one. What a
+    process keeps is the instrumentor, a singleton (BaseInstrumentor): left instrumented,
+    the next test's instrument() would be ignored. Reset here any process-wide state added
+    later (a module-level "warned once" set, a cache of answers from the driver).
+    """
+    yield
+    inst = GPUInstrumentor()
     if inst.is_instrumented_by_opentelemetry:
         inst.uninstrument()

@@ -3,12 +3,20 @@ importable by name when several distributions' tests run in one pytest session).
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from visiontel.gpu.testing import NvmlSimulator
+
+T = TypeVar("T")
+# How long tests let refresh() and eventually() wait: a guard that turns a hang into a
+# failure, never a speed bound (speed is measured in bench/).
+GUARD_S = 30.0
 
 
 def two_gpus(**extra: Any) -> dict[str, object]:
@@ -46,3 +54,16 @@ def point(
     found = [v for a, v in points.get(name, []) if all(a.get(k) == x for k, x in attrs.items())]
     assert len(found) <= 1, f"{name} {attrs}: {found}"
     return found[0] if found else None
+
+
+def eventually(predicate: Callable[[], T], what: str, timeout: float = GUARD_S) -> T:
+    """Poll `predicate` until it returns something true, which is returned; fail after
+    `timeout` s, naming `what` was awaited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.02)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
-
-from gpu_test_helpers import two_gpus
+from gpu_test_helpers import GUARD_S, eventually, point, two_gpus
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
@@ -13,16 +11,8 @@ from opentelemetry.sdk.resources import Resource, get_aggregated_resources
 from visiontel.gpu.resource import GPUResourceDetector
 from visiontel.gpu.testing import EVENT_DOUBLE_BIT_ECC, EVENT_XID, NvmlSimulator
 
+GPU0 = "GPU-00000000-1111-2222-3333-444455556666"
 GPU1 = "GPU-00000001-1111-2222-3333-444455556666"
-
-
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_xid_events_become_log_records_with_the_gpu_identity(sim, metrics, instrumentor):
@@ -35,7 +25,7 @@ def test_xid_events_become_log_records_with_the_gpu_identity(sim, metrics, instr
     sim.write(
         two_gpus(**{"event.0": f"1,{EVENT_XID},79", "event.1": f"0,{EVENT_DOUBLE_BIT_ECC},0"})
     )
-    assert wait_for(lambda: len(exporter.get_finished_logs()) >= 2)
+    eventually(lambda: len(exporter.get_finished_logs()) >= 2, "two event log records")
     records = [r.log_record for r in exporter.get_finished_logs()]
     xid = next(r for r in records if r.attributes["nvidia.gpu.event.type"] == "xid")
     assert xid.attributes["nvidia.gpu.xid"] == 79
@@ -45,11 +35,14 @@ def test_xid_events_become_log_records_with_the_gpu_identity(sim, metrics, instr
     assert "XID 79" in str(xid.body) and GPU1 in str(xid.body)
     ecc = next(r for r in records if r.attributes["nvidia.gpu.event.type"] == "double_bit_ecc")
     assert ecc.attributes["hw.name"] == "GPU 0"
-    # Collection is not held up by the event thread waiting in NVML.
-    sim.write(two_gpus(**{"gpu.0.memory.used": 1234}))
-    started = time.perf_counter()
-    instrumentor.refresh()
-    assert time.perf_counter() - started < 0.2
+    # Collection is not held up by the event thread waiting in NVML: with that wait stuck
+    # until release(), a sweep still completes and its readings are exported.
+    sim.write(two_gpus(**{"gpu.0.memory.used": 1234, "delay.nvmlEventSetWait": "hang"}))
+    eventually(lambda: sim.hung_calls() == 1, "the event thread to wait inside NVML")
+    assert instrumentor.refresh(timeout=GUARD_S)
+    assert point(metrics.collect(), "hw.gpu.memory.usage", **{"hw.id": GPU0}) == 1234
+    assert sim.hung_calls() == 1  # the event wait was stuck throughout
+    sim.release()
     provider.shutdown()
 
 

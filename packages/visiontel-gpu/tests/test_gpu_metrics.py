@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 
 import pytest
-from gpu_test_helpers import Metrics, point, two_gpus
+from gpu_test_helpers import GUARD_S, Metrics, eventually, point, two_gpus
 from opentelemetry.sdk.metrics.export import Gauge, Sum
 
 from visiontel.gpu import GPUInstrumentor
@@ -15,12 +17,23 @@ from visiontel.gpu.testing import DRIVER_NOT_LOADED, GPU_IS_LOST, NvmlSimulator
 GPU0 = "GPU-00000000-1111-2222-3333-444455556666"
 GPU1 = "GPU-00000001-1111-2222-3333-444455556666"
 GiB = 1024**3
+GENERAL = {"hw.gpu.task": "general"}
+HANG_GPU0_UTILIZATION = {"gpu.0.delay.nvmlDeviceGetUtilizationRates": "hang"}
+
+
+def memory_gpu0(metrics: Metrics) -> float | None:
+    return point(metrics.collect(), "hw.gpu.memory.usage", **{"hw.id": GPU0})
 
 
 def start(inst: GPUInstrumentor, metrics: Metrics, **kwargs: object) -> None:
     kwargs.setdefault("events", False)
     kwargs.setdefault("interval", 60.0)  # tests sweep explicitly through refresh()
     inst.instrument(meter_provider=metrics.provider, **kwargs)
+
+
+def sweep(inst: GPUInstrumentor) -> None:
+    """A fresh sweep, done by the sampler thread, before the test goes on."""
+    assert inst.refresh(timeout=GUARD_S), "refresh() found no fresh sweep"
 
 
 def test_two_gpus_follow_the_hardware_conventions(sim, metrics, instrumentor):
@@ -93,7 +106,7 @@ def test_values_change_between_collections(sim, metrics, instrumentor):
     first = metrics.collect()
     assert point(first, "hw.gpu.memory.usage", **{"hw.id": GPU0}) == 10 * GiB
     sim.write(two_gpus(**{"gpu.0.memory.used": 70 * GiB, "gpu.0.field.83": 1_300_000_000}))
-    instrumentor.refresh()
+    sweep(instrumentor)
     second = metrics.collect()
     assert point(second, "hw.gpu.memory.usage", **{"hw.id": GPU0}) == 70 * GiB
     assert point(second, "hw.gpu.memory.utilization", **{"hw.id": GPU0}) == pytest.approx(70 / 80)
@@ -104,13 +117,12 @@ def test_values_change_between_collections(sim, metrics, instrumentor):
 def test_sampler_cadence_is_independent_of_collection(sim, metrics, instrumentor):
     start(instrumentor, metrics, interval=0.05)
     sim.write(two_gpus(**{"gpu.1.utilization.gpu": 5}))
-    for _ in range(100):  # the sampler thread picks the change up by itself
-        p = metrics.collect()
-        if point(p, "hw.gpu.utilization", **{"hw.id": GPU1, "hw.gpu.task": "general"}) == 0.05:
-            break
-        time.sleep(0.02)
-    else:
-        pytest.fail("the sampler never picked up the new utilisation")
+    eventually(  # the sampler thread picks the change up by itself
+        lambda: (
+            point(metrics.collect(), "hw.gpu.utilization", **{"hw.id": GPU1}, **GENERAL) == 0.05
+        ),
+        "the sampler thread to pick up the new utilisation",
+    )
 
 
 def test_unsupported_readings_have_no_series_and_are_counted_once(sim, metrics, instrumentor):
@@ -118,7 +130,7 @@ def test_unsupported_readings_have_no_series_and_are_counted_once(sim, metrics, 
     sim.write({"device_count": 2, **NvmlSimulator.gpu(0), **NvmlSimulator.gpu(1, full=False)})
     start(instrumentor, metrics)
     calls_before = sim.call_count()
-    instrumentor.refresh()
+    sweep(instrumentor)
     calls_per_sweep = sim.call_count() - calls_before
     p = metrics.collect()
     for name in ("hw.power", "hw.energy", "hw.temperature", "hw.gpu.io", "hw.errors"):
@@ -131,7 +143,7 @@ def test_unsupported_readings_have_no_series_and_are_counted_once(sim, metrics, 
         p, "visiontel.gpu.collection.errors", **{"hw.id": GPU1, "error.type": "not_supported"}
     )
     assert not_supported and not_supported >= 5
-    instrumentor.refresh()
+    sweep(instrumentor)
     again = metrics.collect()
     assert (
         point(
@@ -142,14 +154,14 @@ def test_unsupported_readings_have_no_series_and_are_counted_once(sim, metrics, 
         == not_supported
     )
     before = sim.call_count()
-    instrumentor.refresh()
+    sweep(instrumentor)
     assert sim.call_count() - before <= calls_per_sweep  # unsupported calls are not retried
 
 
 def test_lost_gpu_is_skipped_and_counted_while_the_other_keeps_flowing(sim, metrics, instrumentor):
     start(instrumentor, metrics)
     sim.write(two_gpus(**{"gpu.1.error.all": GPU_IS_LOST, "gpu.0.memory.used": 33 * GiB}))
-    instrumentor.refresh()
+    sweep(instrumentor)
     p = metrics.collect()
     assert point(p, "hw.gpu.memory.usage", **{"hw.id": GPU0}) == 33 * GiB
     assert point(p, "hw.gpu.memory.usage", **{"hw.id": GPU1}) is None
@@ -160,7 +172,7 @@ def test_lost_gpu_is_skipped_and_counted_while_the_other_keeps_flowing(sim, metr
         p, "visiontel.gpu.collection.errors", **{"hw.id": GPU1, "error.type": "gpu_is_lost"}
     )
     assert lost == 1
-    instrumentor.refresh()
+    sweep(instrumentor)
     p = metrics.collect()
     assert (
         point(p, "visiontel.gpu.collection.errors", **{"hw.id": GPU1, "error.type": "gpu_is_lost"})
@@ -224,15 +236,15 @@ def test_mig_instances_report_memory_with_their_parent(sim, metrics, instrumento
 def test_transient_errors_are_counted_each_time_and_retried(sim, metrics, instrumentor):
     start(instrumentor, metrics)
     sim.write(two_gpus(**{"gpu.0.error.nvmlDeviceGetUtilizationRates": 10}))  # TIMEOUT
-    instrumentor.refresh()
-    instrumentor.refresh()
+    sweep(instrumentor)
+    sweep(instrumentor)
     p = metrics.collect()
     timeouts = {"hw.id": GPU0, "error.type": "timeout"}
     assert point(p, "visiontel.gpu.collection.errors", **timeouts) == 2
     assert point(p, "hw.gpu.utilization", **{"hw.id": GPU0, "hw.gpu.task": "general"}) is None
     assert point(p, "hw.gpu.memory.usage", **{"hw.id": GPU0}) == 10 * GiB  # the rest flows
     sim.write(two_gpus())  # the driver answers again: so does the series
-    instrumentor.refresh()
+    sweep(instrumentor)
     p = metrics.collect()
     assert point(p, "hw.gpu.utilization", **{"hw.id": GPU0, "hw.gpu.task": "general"}) == 0.75
 
@@ -256,20 +268,69 @@ def test_entry_point_and_environment_configuration(sim, metrics, instrumentor, m
 
 def test_a_hung_driver_call_never_blocks_the_application(sim, metrics, instrumentor):
     start(instrumentor, metrics, interval=0.05)
-    assert point(metrics.collect(), "hw.gpu.memory.usage", **{"hw.id": GPU0}) == 10 * GiB
-    sim.write(two_gpus(**{"gpu.0.delay.nvmlDeviceGetUtilizationRates": 1500}))
-    time.sleep(0.3)  # the sampler thread is now stuck inside NVML
-    started = time.perf_counter()
+    assert memory_gpu0(metrics) == 10 * GiB
+    sim.write(two_gpus(**HANG_GPU0_UTILIZATION))
+    eventually(lambda: sim.hung_calls() == 1, "the sampler thread to hang inside NVML")
     p = metrics.collect()  # the exporter's path makes no NVML call
-    assert time.perf_counter() - started < 0.5
     assert point(p, "hw.gpu.memory.usage", **{"hw.id": GPU0}) == 10 * GiB  # last snapshot
+    assert instrumentor.refresh(timeout=0.1) is False  # no fresh sweep: says so, returns
+    # The hung call cannot end before release(): both returned while it was still stuck.
+    assert sim.hung_calls() == 1
+    sim.release()
     sim.write(two_gpus(**{"gpu.0.memory.used": 12 * GiB}))
-    for _ in range(200):  # once the call returns, sweeps resume on their own
-        if point(metrics.collect(), "hw.gpu.memory.usage", **{"hw.id": GPU0}) == 12 * GiB:
-            break
-        time.sleep(0.02)
-    else:
-        pytest.fail("sweeps did not resume after the hung call returned")
+    eventually(  # once the call returns, sweeps resume on their own
+        lambda: memory_gpu0(metrics) == 12 * GiB, "sweeps to resume after the hung call"
+    )
+
+
+def test_refreshes_during_a_hung_sweep_share_one_background_sweep(sim, metrics, instrumentor):
+    start(instrumentor, metrics)  # interval 60 s: only refresh() sweeps
+    before = sim.call_count()
+    sweep(instrumentor)
+    per_sweep = sim.call_count() - before
+    sim.write(two_gpus(**{"gpu.0.memory.used": 44 * GiB}, **HANG_GPU0_UTILIZATION))
+    before = sim.call_count()
+    assert instrumentor.refresh(timeout=0) is False  # asks for a sweep, does not wait
+    eventually(lambda: sim.hung_calls() == 1, "the requested sweep to hang inside NVML")
+    # Each call wants a sweep begun after it; the hung one began before. None waits past
+    # its timeout, none starts a sweep of its own (no new thread, no second NVML call).
+    assert [instrumentor.refresh(timeout=0.05) for _ in range(5)] == [False] * 5
+    assert sim.hung_calls() == 1
+    samplers = [t for t in threading.enumerate() if t.name.startswith("visiontel-gpu")]
+    assert [t.name for t in samplers] == ["visiontel-gpu-sampler"]
+    assert memory_gpu0(metrics) == 10 * GiB  # meanwhile, the last readings
+    sim.release()
+    # With no caller waiting, the hung sweep completes and stores its readings (44 GiB was
+    # read before the hang), then one sweep serves the five requests.
+    eventually(lambda: memory_gpu0(metrics) == 44 * GiB, "the hung sweep's readings")
+    eventually(
+        lambda: sim.call_count() - before == 2 * per_sweep,
+        "the NVML calls of exactly two sweeps (the hung one and one more)",
+    )
+    sweep(instrumentor)  # nothing else was pending: this one adds exactly one sweep
+    assert sim.call_count() - before == 3 * per_sweep
+
+
+@pytest.mark.parametrize("timeout", [-1, -0.001, math.nan, math.inf])
+def test_refresh_rejects_a_timeout_it_cannot_keep(sim, metrics, instrumentor, timeout):
+    with pytest.raises(ValueError, match="finite number of seconds >= 0"):
+        instrumentor.refresh(timeout)  # checked even when not instrumented
+    start(instrumentor, metrics)
+    with pytest.raises(ValueError, match=r"refresh\(timeout="):
+        instrumentor.refresh(timeout=timeout)
+
+
+def test_refresh_timeout_must_be_a_number(sim, instrumentor):
+    with pytest.raises(TypeError, match="number of seconds, not str"):
+        instrumentor.refresh(timeout="1")
+
+
+def test_refresh_without_a_running_sampler_returns_false(sim, metrics, instrumentor):
+    assert instrumentor.refresh(timeout=0) is False  # not instrumented: nothing to sweep
+    start(instrumentor, metrics)
+    sweep(instrumentor)
+    instrumentor.uninstrument()
+    assert instrumentor.refresh(timeout=GUARD_S) is False
 
 
 def test_field_values_of_every_declared_type_are_decoded(sim, metrics, instrumentor):
@@ -297,22 +358,17 @@ def test_field_values_of_every_declared_type_are_decoded(sim, metrics, instrumen
 def test_a_stale_snapshot_is_withheld_not_exported_as_current(sim, metrics, instrumentor):
     start(instrumentor, metrics, interval=0.05)  # stale after 3 × 0.05 + 2 = 2.15 s
     started = time.monotonic()
-    assert point(metrics.collect(), "hw.gpu.memory.usage", **{"hw.id": GPU0}) == 10 * GiB
-    sim.write(two_gpus(**{"gpu.0.delay.nvmlDeviceGetUtilizationRates": 6000}))
-    deadline = time.monotonic() + 5.5  # before the stuck call returns
-    while time.monotonic() < deadline:
-        p = metrics.collect()
-        if not p.get("hw.gpu.memory.usage"):
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail("a snapshot from before the stuck call was still exported")
+    assert memory_gpu0(metrics) == 10 * GiB
+    sim.write(two_gpus(**HANG_GPU0_UTILIZATION))
+    (p,) = eventually(
+        lambda: (p,) if not (p := metrics.collect()).get("hw.gpu.memory.usage") else None,
+        "the snapshot from before the stuck call to be withheld",
+    )
+    assert sim.hung_calls() == 1  # withheld while the call is stuck, not after it failed
     assert p.get("hw.status", []) == []  # nothing old passed off as current
     assert time.monotonic() - started > 2.1  # withheld only once really stale
+    sim.release()
     sim.write(two_gpus())
-    for _ in range(500):  # the call returns; the next sweep brings the series back
-        if point(metrics.collect(), "hw.gpu.memory.usage", **{"hw.id": GPU0}) == 10 * GiB:
-            break
-        time.sleep(0.02)
-    else:
-        pytest.fail("series did not come back after the stuck call returned")
+    eventually(  # the call returns; the next sweep brings the series back
+        lambda: memory_gpu0(metrics) == 10 * GiB, "the series to come back after the stuck call"
+    )

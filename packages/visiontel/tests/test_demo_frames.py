@@ -49,17 +49,21 @@ def test_missing_path_says_what_to_do(tmp_path: pathlib.Path) -> None:
 
 
 def test_unreachable_camera_is_refused_without_credentials() -> None:
+    # Bound and held but not listening: a connection is refused for as long as the test
+    # holds it, and no other process can start listening there meanwhile.
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(SourceError) as caught:
-        check(f"rtsp://root:pa55@127.0.0.1:{port}/h264", timeout=1.0)
+        with pytest.raises(SourceError) as caught:
+            check(f"rtsp://root:pa55@127.0.0.1:{port}/h264", timeout=1.0)
     message = str(caught.value)
     assert f"rtsp://127.0.0.1:{port}/h264" in message
     assert "root" not in message and "pa55" not in message
 
 
-cv2 = pytest.importorskip("cv2", reason="opencv-python-headless (the test extra) is missing")
+cv2 = pytest.importorskip(
+    "cv2", reason="needs cv2: opencv-python-headless (the test extra) is missing"
+)
 
 
 def test_video_file_frames(tmp_path: pathlib.Path) -> None:

@@ -18,11 +18,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind
 
+from visiontel.demo import _child, _preflight
+from visiontel.demo._config import DemoConfig
+from visiontel.demo._errors import UsageError, port_in_use
 from visiontel.demo._model import MAX_DETECTIONS, MAX_SIDE, build, preprocess, to_frame
 from visiontel.demo._otlpjson import FileSpanExporter
 from visiontel.demo._report import Span, percentile, waterfall
 from visiontel.demo._sink import IoUTracker
-from visiontel.demo._wire import KIND_FRAME, Frame, Result, WireError
+from visiontel.demo._wire import KIND_FRAME, Frame, Result, WireError, connect, serve
 
 
 def test_frame_and_result_round_trip() -> None:
@@ -40,6 +43,49 @@ def test_foreign_bytes_are_refused(payload: bytes) -> None:
         Frame.unpack(payload)
     with pytest.raises(WireError):
         Result.unpack(payload)
+
+
+def test_server_binds_port_zero_and_reports_the_port_it_got() -> None:
+    server, port = serve("/t.Echo/Call", lambda request, context: request[::-1], 0)
+    try:
+        assert port != 0
+        channel = connect(port, timeout=10)
+        assert channel.unary_unary("/t.Echo/Call")(b"abc", timeout=10) == b"cba"
+        channel.close()
+    finally:
+        server.stop(0)
+
+
+def test_server_does_not_share_a_port_in_use(busy_port: int) -> None:
+    # gRPC's default SO_REUSEPORT would let it bind beside another SO_REUSEPORT listener.
+    other, port = serve("/t.Echo/Call", lambda request, context: request, 0)
+    try:
+        for taken in (busy_port, port):
+            with pytest.raises(OSError, match=f"port {taken} on 127.0.0.1 is in use"):
+                serve("/t.Echo/Call", lambda request, context: request, taken)
+    finally:
+        other.stop(0)
+
+
+def test_launcher_picks_no_port_and_checks_the_ones_given(busy_port: int) -> None:
+    config = DemoConfig(run_dir="unused")
+    _preflight.ports(config)
+    assert (config.detector_port, config.sink_port) == (0, 0)  # the services bind port 0
+    config.sink_port = busy_port
+    with pytest.raises(UsageError) as caught:
+        _preflight.ports(config)
+    assert str(caught.value) == str(port_in_use(busy_port, "--sink-port"))
+
+
+def test_a_service_that_cannot_bind_says_the_launchers_line() -> None:
+    error = _child.bind_error("tracker", 50051, "--sink-port")
+    assert isinstance(error, UsageError) and error.exit_code == 2
+    assert str(error) == (
+        "port 50051 on 127.0.0.1 is in use (--sink-port): stop what holds it, pick another "
+        "--sink-port, or leave --sink-port out to use a free port"
+    )
+    unbound = _child.bind_error("tracker", 0, "--sink-port")
+    assert not isinstance(unbound, UsageError) and "no free port" in str(unbound)
 
 
 def test_model_versions_are_reproducible_and_distinct() -> None:

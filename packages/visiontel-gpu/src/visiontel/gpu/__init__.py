@@ -11,6 +11,8 @@ Without a driver or GPU, one warning says what is missing and nothing is registe
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import threading
 from collections.abc import Collection
 from typing import Any
@@ -98,11 +100,29 @@ class GPUInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if running is not None:
             running.stop()
 
-    def refresh(self) -> None:
-        """Sweep now instead of waiting for the sampler's next tick (e.g. before a flush)."""
+    def refresh(self, timeout: float = 1.0) -> bool:
+        """Sweep now instead of waiting for the sampler's next tick (e.g. before a flush).
+
+        The sampler thread does the sweep; this waits at most `timeout` seconds for it and
+        returns True when a sweep begun after the call has stored fresh readings. False: not
+        instrumented, or no such sweep within `timeout` (a hung driver, a failed sweep); the
+        exporter then keeps the last readings until the sweep lands. Concurrent calls share
+        one sweep; timeout=0 asks for the sweep without waiting for it.
+        """
+        if not isinstance(timeout, numbers.Real):
+            raise TypeError(
+                f"refresh(timeout={timeout!r}): timeout is a number of seconds, "
+                f"not {type(timeout).__name__}"
+            )
+        if not (math.isfinite(timeout) and timeout >= 0):
+            raise ValueError(
+                f"refresh(timeout={timeout!r}): timeout must be a finite number of seconds "
+                ">= 0 (0 asks for a sweep without waiting for it)"
+            )
         running = self._running
-        if running is not None:
-            running.sampler.sweep_once()
+        if running is None:
+            return False
+        return running.sampler.refresh(float(timeout))
 
     @property
     def devices(self) -> tuple[str, ...]:

@@ -4,8 +4,8 @@ OTLP settings are the standard ones, read by the exporters themselves
 (OTEL_EXPORTER_OTLP_[METRICS_|LOGS_]ENDPOINT, _HEADERS, _CERTIFICATE, _PROTOCOL,
 OTEL_METRIC_EXPORT_INTERVAL, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES);
 OTEL_METRICS_EXPORTER / OTEL_LOGS_EXPORTER = otlp (default) or none choose whether to push.
-A Prometheus scrape endpoint is opened when a port is given. SIGTERM or SIGINT flushes and
-exits 0.
+A Prometheus scrape endpoint is opened when a port is given (0: any free port); the startup
+line on stderr names the address it bound. SIGTERM or SIGINT flushes and exits 0.
 """
 
 from __future__ import annotations
@@ -29,17 +29,27 @@ from visiontel.gpu.version import __version__
 _log = logging.getLogger("visiontel.gpu")
 
 
-def _env_port(name: str) -> int:
-    """A port from the environment; a malformed one is logged and means "off" (0)."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return 0
-    if raw.isdigit() and int(raw) <= 65535:
-        return int(raw)
-    _log.warning(
-        "%s=%r is not a port number (0-65535); the Prometheus endpoint stays off", name, raw
-    )
-    return 0
+_PORTS = "a port number (0-65535; 0 picks a free one) or off"
+
+
+def _port(raw: str) -> int | None:
+    """--prometheus-port: None (off) for "off" or nothing; 0 lets the OS pick the port."""
+    value = raw.strip().lower()
+    if value in ("", "off"):
+        return None
+    if value.isdigit() and int(value) <= 65535:
+        return int(value)
+    raise argparse.ArgumentTypeError(f"{raw!r} is not {_PORTS}")
+
+
+def _env_port(name: str) -> int | None:
+    """A port from the environment; a malformed one is logged and means off (None)."""
+    raw = os.environ.get(name, "")
+    try:
+        return _port(raw)
+    except argparse.ArgumentTypeError:
+        _log.warning("%s=%r is not %s; the Prometheus endpoint stays off", name, raw, _PORTS)
+        return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,9 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--nvml-library", help="path of libnvidia-ml.so.1")
     serve.add_argument(
         "--prometheus-port",
-        type=int,
+        type=_port,
         default=_env_port("VISIONTEL_GPU_PROMETHEUS_PORT"),
-        help="serve /metrics for Prometheus on this port (0: off)",
+        help="serve /metrics for Prometheus on this port (0: any free port, printed at "
+        "startup; off: no endpoint, the default)",
     )
     serve.add_argument(
         "--prometheus-host",
@@ -127,13 +138,19 @@ def serve(args: argparse.Namespace) -> int:
     if _wants_otlp("OTEL_METRICS_EXPORTER"):
         readers.append(PeriodicExportingMetricReader(_metric_exporter()))
     server = None
-    if args.prometheus_port:
+    scrape_url = ""
+    if args.prometheus_port is not None:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from prometheus_client import start_http_server
 
         readers.append(PrometheusMetricReader())
         started = start_http_server(args.prometheus_port, args.prometheus_host)
         server = started[0] if isinstance(started, tuple) else None
+        # With port 0 only the server knows the port; the startup line is how a caller
+        # (a test, a sidecar's wrapper) learns it.
+        port = server.server_address[1] if server is not None else args.prometheus_port
+        host = args.prometheus_host
+        scrape_url = f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     sampler = Sampler(
         backend, config.interval, proc_root=config.proc_root if config.processes else None
@@ -160,8 +177,7 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     print(
         f"visiontel-gpu serve: {backend.name}, {len(backend.devices)} device(s), "
-        f"sweep every {config.interval}s"
-        + (f", Prometheus on {args.prometheus_host}:{args.prometheus_port}" if server else ""),
+        f"sweep every {config.interval}s" + (f", Prometheus on {scrape_url}" if scrape_url else ""),
         file=sys.stderr,
         flush=True,
     )

@@ -3,6 +3,10 @@
 Talks to the launcher through stdout, one line per event (``READY port``, ``DONE seq
 latency_ns detections version``, ``GPU ...``, ``END count``, ``ERROR message``); anything
 else a library prints goes to stderr, which the launcher keeps in a file of the run.
+
+A service that sends to another (source to detector, detector to tracker) reads that
+one's port from stdin (``PORT port``): the launcher writes it once the other said
+``READY port``, the port it bound itself (port 0 unless a flag gave one).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import time
 from types import FrameType
 
 from visiontel.demo._config import DemoConfig
-from visiontel.demo._errors import DemoError
+from visiontel.demo._errors import DemoError, port_in_use
 from visiontel.demo._telemetry import setup
 
 _print_lock = threading.Lock()
@@ -30,6 +34,22 @@ def say(*fields: object) -> None:
     with _print_lock:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
+
+
+def upstream_port(service: str) -> int:
+    """The port ``service`` serves on, as the launcher passes it on (see the docstring)."""
+    fields = sys.stdin.readline().split()
+    if len(fields) != 2 or fields[0] != "PORT" or not fields[1].isdigit():
+        # EOF: the launcher is gone (or stopping the run) before the other one served.
+        raise DemoError(f"the launcher did not pass on the {service}'s port")
+    return int(fields[1])
+
+
+def bind_error(service: str, port: int, flag: str) -> DemoError:
+    """What a service says when its server cannot bind ``port`` (from ``flag``, or 0)."""
+    if port:
+        return port_in_use(port, flag)  # taken since the launcher's check: the same line
+    return DemoError(f"the {service} found no free port on 127.0.0.1 to listen on")
 
 
 def first_frame() -> None:

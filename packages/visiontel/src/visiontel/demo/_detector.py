@@ -130,14 +130,6 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
     if config.threads:
         torch.set_num_threads(config.threads)
     device = _device(config)
-    if telemetry.enabled:
-        _start_gpu_metrics(telemetry)
-    model_name = config.model
-    models = {version: build(model_name, version, device) for version in config.versions}
-    if telemetry.enabled:
-        for version, model in models.items():
-            vt.instrument_model(model.module, name=model_name, version=version)
-    route = _router(config)
     tracer = trace.get_tracer("visiontel.demo.detector")
     inbox: queue.Queue[tuple[Frame, Context | None]] = queue.Queue(_QUEUE)
 
@@ -150,19 +142,33 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
         inbox.put((frame, carried))
         return b""
 
+    # Bound before the models are built, so a port taken since the launcher's check fails
+    # the run at once; no frame comes before READY, which is said once the models are built.
     try:
-        server = serve(FRAME_METHOD, submit, config.detector_port)
-    except OSError as exc:
-        raise DemoError(f"{exc}: pick another --detector-port, or 0 for a free one") from None
+        server, port = serve(FRAME_METHOD, submit, config.detector_port)
+    except OSError:
+        raise _child.bind_error("detector", config.detector_port, "--detector-port") from None
+    model_name = config.model
     try:
-        channel = connect(config.sink_port, _CONNECT_TIMEOUT)
-    except grpc.FutureTimeoutError:
+        if telemetry.enabled:
+            _start_gpu_metrics(telemetry)
+        models = {version: build(model_name, version, device) for version in config.versions}
+        if telemetry.enabled:
+            for version, model in models.items():
+                vt.instrument_model(model.module, name=model_name, version=version)
+        sink_port = _child.upstream_port("tracker")
+        try:
+            channel = connect(sink_port, _CONNECT_TIMEOUT)
+        except grpc.FutureTimeoutError:
+            raise DemoError(f"the tracker did not answer on port {sink_port}") from None
+    except BaseException:
         server.stop(0)
-        raise DemoError(f"the tracker did not answer on port {config.sink_port}") from None
+        raise
+    route = _router(config)
     send = channel.unary_unary(RESULT_METHOD)
     sender = _Sender(send)
-    _log.info("serving %s %s on %s", model_name, "/".join(config.versions), device)
-    _child.say("READY", config.detector_port)
+    _log.info("serving %s %s on %s, port %d", model_name, "/".join(config.versions), device, port)
+    _child.say("READY", port)
 
     # Built once per version, not per frame: the frame loop is the pipeline's bottleneck.
     # A stage object is entered by this thread only, one frame after the other.

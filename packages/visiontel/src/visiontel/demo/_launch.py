@@ -16,11 +16,14 @@ from typing import IO, TextIO
 
 from visiontel.demo import _preflight, _report, _stack, _zoo
 from visiontel.demo._config import DemoConfig
-from visiontel.demo._errors import DemoError
+from visiontel.demo._errors import DemoError, UsageError
 from visiontel.demo._frames import describe, redact_url
 from visiontel.demo._telemetry import SERVICE_NAMES
 
-ROLES = ("sink", "detector", "source")  # start order: each connects to the one before
+ROLES = ("sink", "detector", "source")
+# Who sends to whom. A service binds its own port (0 unless a flag gives one) and says
+# READY with it; only then does the launcher pass that port to its sender (PORT on stdin).
+UPSTREAM = {"detector": "sink", "source": "detector"}
 _STALL_S = 120.0  # no event from any service for this long: give up
 
 
@@ -69,8 +72,9 @@ def _reader(role: str, stream: IO[str], events: queue.Queue[tuple[str, list[str]
 def _spawn(role: str, config: DemoConfig, env: dict[str, str]) -> subprocess.Popen[str]:
     log = (config.run_path / f"{SERVICE_NAMES[role]}.stderr.log").open("w", encoding="utf-8")
     command = [sys.executable, "-m", "visiontel.demo._child", role, config.to_json()]
+    stdin = subprocess.PIPE if role in UPSTREAM else subprocess.DEVNULL
     return subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True, env=env
+        command, stdout=subprocess.PIPE, stderr=log, stdin=stdin, text=True, env=env
     )
 
 
@@ -82,6 +86,8 @@ class Pipeline:
         self.processes: dict[str, subprocess.Popen[str]] = {}
         self.events: queue.Queue[tuple[str, list[str]]] = queue.Queue()
         self.interrupted = 0
+        self.ports: dict[str, int] = {}  # role: the port it said READY with
+        self._drawn = 0  # width of the progress line on a terminal
 
     def start(self) -> None:
         env = dict(os.environ)
@@ -100,11 +106,40 @@ class Pipeline:
 
     def _failure(self, role: str, message: str | None) -> DemoError:
         service = SERVICE_NAMES[role]
+        if message and self.processes[role].returncode == UsageError.exit_code:
+            # A flag's problem found by the service (a port taken since the launcher's
+            # check): the same line and exit code as when the launcher finds it.
+            return UsageError(message)
         if message:
             return DemoError(f"{service}: {message}")
         log = self.config.run_path / f"{service}.stderr.log"
         code = self.processes[role].poll()
         return DemoError(f"the {service} service stopped unexpectedly (exit {code}): see {log}")
+
+    def _ready(self, role: str, port: int) -> None:
+        """``role`` serves on ``port``: tell its sender, and the user once all serve."""
+        self.ports[role] = port
+        for sender, receiver in UPSTREAM.items():
+            stdin = self.processes[sender].stdin
+            if receiver == role and stdin is not None:
+                # A sender that already stopped fails the run through its own EOF.
+                with contextlib.suppress(BrokenPipeError):
+                    stdin.write(f"PORT {port}\n")
+                    stdin.flush()
+        self.config.detector_port = self.ports.get("detector", self.config.detector_port)
+        self.config.sink_port = self.ports.get("sink", self.config.sink_port)
+        if set(UPSTREAM.values()) <= self.ports.keys():
+            line = ", ".join(
+                f"{SERVICE_NAMES[r]} 127.0.0.1:{self.ports[r]}" for r in ("detector", "sink")
+            )
+            self._print_line(f"listening: {line}")
+
+    def _print_line(self, text: str) -> None:
+        """A line of its own; on a terminal it replaces the progress line, redrawn after."""
+        if self.out.isatty():
+            text = "\r" + text.ljust(self._drawn)
+        self.out.write(text + "\n")
+        self.out.flush()
 
     def watch(self) -> None:
         """Follow the services until every one has exited; raise on the first failure."""
@@ -124,6 +159,8 @@ class Pipeline:
             kind = fields[0] if fields else ""
             if kind == "DONE" and len(fields) >= 4:
                 self.stats.add(int(fields[2]), fields[4] if len(fields) > 4 else "")
+            elif kind == "READY" and len(fields) == 2 and fields[1].isdigit():
+                self._ready(role, int(fields[1]))
             elif kind == "ERROR":
                 errors[role] = " ".join(fields[1:])
             elif kind == "CPU" and len(fields) == 2:
@@ -139,6 +176,7 @@ class Pipeline:
             if now - last_draw >= (0.25 if live else 2.0):
                 last_draw = now
                 text = self.stats.line(self.config.frames)
+                self._drawn = len(text)
                 self.out.write(f"\r{text}" if live else f"{text}\n")
                 self.out.flush()
         self.out.write(("\r" if live else "") + self.stats.line(self.config.frames) + "\n")
@@ -167,6 +205,9 @@ class Pipeline:
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
+            if process.stdin is not None:
+                with contextlib.suppress(BrokenPipeError):
+                    process.stdin.close()
 
 
 def _print_report(config: DemoConfig, stats: _Stats, out: TextIO) -> None:

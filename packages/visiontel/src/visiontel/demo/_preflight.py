@@ -7,7 +7,7 @@ import pathlib
 import socket
 
 from visiontel.demo._config import DemoConfig
-from visiontel.demo._errors import UsageError
+from visiontel.demo._errors import UsageError, port_in_use
 from visiontel.demo._frames import SourceError, check
 from visiontel.demo._net import probe, redact_url
 
@@ -27,26 +27,14 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def ports(config: DemoConfig) -> None:
-    """Check the ports given, pick free ones for those left at 0."""
+    """Check the ports given. Ports left at 0 stay 0: each service binds port 0 itself and
+    reports the port it got (``READY port``), so no port is chosen here and then lost to
+    another process before the service binds it."""
     for flag, attr in (("--detector-port", "detector_port"), ("--sink-port", "sink_port")):
         port = getattr(config, attr)
         if port and not _port_free(port):
-            raise UsageError(
-                f"port {port} on 127.0.0.1 is in use ({flag}): stop what holds it, pick "
-                f"another {flag}, or leave {flag} out to use a free port"
-            )
-    while not config.detector_port or config.detector_port == config.sink_port:
-        config.detector_port = free_port()
-    while not config.sink_port or config.sink_port == config.detector_port:
-        config.sink_port = free_port()
+            raise port_in_use(port, flag)
 
 
 def source(config: DemoConfig) -> None:

@@ -27,7 +27,6 @@ from opentelemetry.trace import SpanKind
 import visiontel.propagation as vp
 from visiontel.demo import _child
 from visiontel.demo._config import DemoConfig
-from visiontel.demo._errors import DemoError
 from visiontel.demo._telemetry import LogBridge, Telemetry
 from visiontel.demo._wire import (
     DETECTION_FIELDS,
@@ -154,10 +153,10 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
 
     try:
         # One worker: results are tracked in the order they arrive, as a tracker needs.
-        server = serve(RESULT_METHOD, result, config.sink_port, workers=1)
-    except OSError as exc:
-        raise DemoError(f"{exc}: pick another --sink-port, or 0 for a free one") from None
-    _child.say("READY", config.sink_port)
+        server, port = serve(RESULT_METHOD, result, config.sink_port, workers=1)
+    except OSError:
+        raise _child.bind_error("tracker", config.sink_port, "--sink-port") from None
+    _child.say("READY", port)
     while not ended.wait(0.5):
         pass
     server.stop(0.2).wait()

@@ -19,7 +19,9 @@ from visiontel.demo._wire import FRAME_METHOD, KIND_END, KIND_FRAME, Frame, conn
 
 _log = logging.getLogger("visiontel.demo.source")
 STREAM_ID = "camera-0"
-_CONNECT_TIMEOUT = 120.0  # the detector imports torch and builds its models first
+# The port comes once the detector serves (it has imported torch and built its models by
+# then), so this only covers a busy machine.
+_CONNECT_TIMEOUT = 30.0
 
 
 def run(config: DemoConfig, telemetry: Telemetry) -> None:
@@ -28,12 +30,12 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
     frames_sent = metrics.get_meter("visiontel.demo.source").create_counter(
         "visiontel.demo.frames.sent", unit="{frame}", description="Frames sent to the detector"
     )
+    port = _child.upstream_port("detector")
     try:
-        channel = connect(config.detector_port, _CONNECT_TIMEOUT)
+        channel = connect(port, _CONNECT_TIMEOUT)
     except grpc.FutureTimeoutError:
         raise DemoError(
-            f"the detector did not answer on port {config.detector_port} within "
-            f"{_CONNECT_TIMEOUT:.0f}s"
+            f"the detector did not answer on port {port} within {_CONNECT_TIMEOUT:.0f}s"
         ) from None
     submit = channel.unary_unary(FRAME_METHOD)
     attributes = {"visiontel.source.kind": kind, "visiontel.source.name": name}

@@ -1,9 +1,11 @@
 """``--stack``: run the demo against the local stack of collector-config/.
 
-The stack (otelcol-visiontel with collector-config/local.yaml, Jaeger, Prometheus, on free
-loopback ports) is started by ``collector-config/stack/stack.py`` from a visiontel
-checkout, with binaries that ``collector-config/toolchain.py`` builds or fetches once
-(``nox -s demo -- --stack`` does both). This module only finds and drives it.
+The stack (otelcol-visiontel with collector-config/local.yaml, Jaeger, Prometheus, on
+loopback ports it picks, and picks again should one be taken) is started by
+``collector-config/stack/stack.py`` from a visiontel checkout, with binaries that
+``collector-config/toolchain.py`` builds or fetches once (``nox -s demo -- --stack`` does
+both). This module only finds and drives it; the addresses it prints are read from the
+started stack.
 """
 
 from __future__ import annotations

@@ -95,16 +95,19 @@ class Result:
 Handler = Callable[[bytes, grpc.ServicerContext], bytes]
 
 
-def serve(method: str, handler: Handler, port: int, workers: int = 4) -> grpc.Server:
-    """A loopback gRPC server for one unary bytes-in/bytes-out method.
+def serve(method: str, handler: Handler, port: int, workers: int = 4) -> tuple[grpc.Server, int]:
+    """A loopback gRPC server for one unary bytes-in/bytes-out method, and its port.
 
-    Raises OSError when ``port`` cannot be bound (gRPC itself only returns 0 or raises
-    a RuntimeError whose text differs between releases).
+    ``port`` 0 binds a port the kernel picks, returned here: the caller reports it to
+    whoever connects, so no port is chosen before the server holds it. Raises OSError when
+    ``port`` cannot be bound (gRPC itself only returns 0 or raises a RuntimeError whose
+    text differs between releases).
     """
     service, name = method.strip("/").split("/")
-    server = grpc.server(
-        ThreadPoolExecutor(workers, thread_name_prefix="grpc"), options=_MESSAGE_LIMITS
-    )
+    # Without SO_REUSEPORT (gRPC sets it by default) a port another server holds makes the
+    # bind fail, as the launcher's check before the start expects, instead of sharing it.
+    options = [*_MESSAGE_LIMITS, ("grpc.so_reuseport", 0)]
+    server = grpc.server(ThreadPoolExecutor(workers, thread_name_prefix="grpc"), options=options)
     rpc = grpc.unary_unary_rpc_method_handler(handler)  # no (de)serialisers: raw bytes
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {name: rpc}),))
     try:
@@ -114,7 +117,7 @@ def serve(method: str, handler: Handler, port: int, workers: int = 4) -> grpc.Se
     if bound == 0:
         raise OSError(f"port {port} on 127.0.0.1 is in use")
     server.start()
-    return server
+    return server, bound
 
 
 def connect(port: int, timeout: float) -> grpc.Channel:

@@ -16,13 +16,18 @@ The real nvidia-ml-py bindings then load it like the driver's library. Script ke
     gpu.<i>.field.<nvml field id>=<value>  (or =!<code> for a per-field error; d:<x>, i:<x>,
       u:<x> answer as double, signed 64-bit or unsigned 32-bit instead of unsigned 64-bit)
     gpu.<i>.error.<nvml function name>=<code>  (`all` for every call: 15 is GPU_IS_LOST)
-    gpu.<i>.delay.<nvml function name>=<ms>  (the call hangs that long, like a stuck driver)
+    gpu.<i>.delay.<nvml function name>=<ms>  (the call hangs that long holding the library
+      lock, like a stuck driver; `hang`: until release(), at most two minutes)
+    delay.nvmlEventSetWait=<ms> or hang  (each event wait first hangs, holding no lock)
     gpu.<i>.process.<n>=<pid>,<used bytes>,<gpu instance>,<compute instance>
     gpu.<i>.process_utilization.<n>=<pid>,<sm %>,<mem %>,<enc %>,<dec %>
     gpu.<i>.mig.count=<n>, gpu.<i>.mig.<j>.<key>  (MIG instances, same keys)
 
 Each event is delivered once, in order. The library rereads the script when it changes (at
-most every 20 ms), or at once on reload().
+most every 20 ms), or at once on reload(). hung_calls() says how many calls are inside an
+injected delay right now (a test waits on it instead of sleeping); release() ends them all
+and skips delays until the next script is loaded. A hung device call holds the library
+lock, so release() before write() while one is in progress: reload() waits for that lock.
 """
 
 from __future__ import annotations
@@ -101,6 +106,14 @@ class NvmlSimulator:
         fn = ctypes.CDLL(str(self.library)).nvmlSimCallCount
         fn.restype = ctypes.c_ulonglong
         return int(fn())
+
+    def hung_calls(self) -> int:
+        """Calls of this process inside an injected delay right now."""
+        return int(ctypes.CDLL(str(self.library)).nvmlSimHungCount())
+
+    def release(self) -> None:
+        """End every injected delay in progress; none applies again until the next load."""
+        ctypes.CDLL(str(self.library)).nvmlSimRelease()
 
     @staticmethod
     def gpu(

@@ -32,6 +32,10 @@ enum {
 #define MAX_FIELDS 48
 #define MAX_ERRS 32
 #define MAX_EVENTS 64
+/* delay.<fn>=hang: the call blocks until nvmlSimRelease(), at most HANG_CAP_MS so that a
+   test which fails before releasing it cannot wedge the whole run. */
+#define HANG_UNTIL_RELEASED 0xFFFFFFFFu
+#define HANG_CAP_MS 120000u
 
 /* Scalar values a device may have; a bit in `has` says whether the script set it. */
 enum {
@@ -97,6 +101,11 @@ static int nevents;
 static struct timespec last_check;
 static time_t script_mtime; static long script_mtime_ns; static off_t script_size;
 static unsigned long long calls;
+/* Read and written without the library lock: a hung call holds that lock, and the tests
+   watch and end hangs from other threads while it does. */
+static int hung_now;   /* calls inside an injected delay right now */
+static int released;   /* nvmlSimRelease() ended the delays; cleared when a script loads */
+static unsigned event_wait_delay;  /* delay.nvmlEventSetWait: ms, or HANG_UNTIL_RELEASED */
 
 static void set_device_key(sim_device *d, const char *key, const char *val) {
     for (int i = 0; i < V_COUNT; i++) {
@@ -134,7 +143,7 @@ static void set_device_key(sim_device *d, const char *key, const char *val) {
     if (strncmp(key, "delay.", 6) == 0 && d->ndelays < MAX_ERRS) {
         delay_t *e = &d->delays[d->ndelays++];
         snprintf(e->fn, sizeof e->fn, "%s", key + 6);
-        e->ms = (unsigned)atoi(val);
+        e->ms = strcmp(val, "hang") == 0 ? HANG_UNTIL_RELEASED : (unsigned)atoi(val);
         return;
     }
     if (strncmp(key, "process.", 8) == 0 && d->nprocs < MAX_PROCS) {
@@ -160,7 +169,8 @@ static void load_script(void) {
     memcpy(old_events, events, sizeof events);
     memset(gpus, 0, sizeof gpus);
     memset(migs, 0, sizeof migs);
-    gpu_count = 0; init_error = 0; nevents = 0;
+    gpu_count = 0; init_error = 0; nevents = 0; event_wait_delay = 0;
+    __atomic_store_n(&released, 0, __ATOMIC_SEQ_CST);
     snprintf(driver_version, sizeof driver_version, "550.54.15");
     has_cuda_version = 1; cuda_version = 12040;
     for (int i = 0; i < MAX_GPUS; i++) {
@@ -190,6 +200,8 @@ static void load_script(void) {
         const char *key = line, *val = eq + 1;
         if (strcmp(key, "device_count") == 0) gpu_count = atoi(val);
         else if (strcmp(key, "init_error") == 0) init_error = atoi(val);
+        else if (strcmp(key, "delay.nvmlEventSetWait") == 0)
+            event_wait_delay = strcmp(val, "hang") == 0 ? HANG_UNTIL_RELEASED : (unsigned)atoi(val);
         else if (strcmp(key, "driver_version") == 0) snprintf(driver_version, sizeof driver_version, "%s", val);
         else if (strcmp(key, "cuda_version") == 0) {
             if (val[0] == '!') has_cuda_version = 0; else cuda_version = atoi(val);
@@ -235,6 +247,22 @@ static void maybe_reload(void) {
         load_script();
 }
 
+/* An injected delay, counted in hung_now while it lasts; nvmlSimRelease() ends it early. */
+static void hang(unsigned ms) {
+    __atomic_add_fetch(&hung_now, 1, __ATOMIC_SEQ_CST);
+    long long limit = ms == HANG_UNTIL_RELEASED ? HANG_CAP_MS : ms;
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        if (__atomic_load_n(&released, __ATOMIC_SEQ_CST)) break;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long long us = (now.tv_sec - start.tv_sec) * 1000000LL + (now.tv_nsec - start.tv_nsec) / 1000;
+        if (us >= limit * 1000) break;
+        usleep(limit * 1000 - us < 1000 ? (useconds_t)(limit * 1000 - us) : 1000u);
+    }
+    __atomic_sub_fetch(&hung_now, 1, __ATOMIC_SEQ_CST);
+}
+
 /* Common prologue of every device call: counts it, checks init and injected errors. */
 static nvmlReturn_t enter(const sim_device *d, const char *fn) {
     calls++;
@@ -243,7 +271,7 @@ static nvmlReturn_t enter(const sim_device *d, const char *fn) {
     if (!d) return E_INVALID;
     /* A hung driver call: sleeps with the library lock held, as a stuck ioctl would. */
     for (int i = 0; i < d->ndelays; i++)
-        if (strcmp(d->delays[i].fn, fn) == 0) usleep(d->delays[i].ms * 1000u);
+        if (strcmp(d->delays[i].fn, fn) == 0) hang(d->delays[i].ms);
     for (int i = 0; i < d->nerrs; i++)
         if (strcmp(d->errs[i].fn, fn) == 0 || strcmp(d->errs[i].fn, "all") == 0) return d->errs[i].code;
     if (d->is_mig) {
@@ -261,6 +289,9 @@ static nvmlReturn_t enter(const sim_device *d, const char *fn) {
 /* ---- simulator controls (not part of NVML) ---- */
 void nvmlSimReload(void) { pthread_mutex_lock(&lock); load_script(); pthread_mutex_unlock(&lock); }
 unsigned long long nvmlSimCallCount(void) { return calls; }
+int nvmlSimHungCount(void) { return __atomic_load_n(&hung_now, __ATOMIC_SEQ_CST); }
+/* Ends every injected delay in progress, and skips them, until the script is next loaded. */
+void nvmlSimRelease(void) { __atomic_store_n(&released, 1, __ATOMIC_SEQ_CST); }
 
 /* ---- system ---- */
 nvmlReturn_t nvmlInitWithFlags(unsigned flags) {
@@ -504,6 +535,10 @@ nvmlReturn_t nvmlDeviceRegisterEvents(sim_device *d, unsigned long long types, s
 nvmlReturn_t nvmlEventSetWait_v2(sim_event_set *set, nvmlEventData_t *data, unsigned timeout_ms) {
     calls++;
     (void)set;
+    /* Unlike a device call's delay, a stuck event wait holds no lock: the driver's wait
+       is a poll on its own file descriptor. */
+    pthread_mutex_lock(&lock); maybe_reload(); unsigned delay = event_wait_delay; pthread_mutex_unlock(&lock);
+    if (delay && !__atomic_load_n(&released, __ATOMIC_SEQ_CST)) hang(delay);
     for (unsigned waited = 0;; waited += 5) {
         pthread_mutex_lock(&lock);
         if (!initialized) { pthread_mutex_unlock(&lock); return E_UNINIT; }

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from visiontel.torch import Granularity, _safety
+from visiontel.torch import Granularity
 from visiontel.torch._config import TorchConfig, config_from_env
 
 
@@ -57,9 +57,8 @@ def test_every_variable_is_read() -> None:
     ],
 )
 def test_bad_values_fall_back_with_one_warning(
-    variable: str, value: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    variable: str, value: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(_safety, "_last_logged", {})
     with caplog.at_level(logging.WARNING, logger="visiontel.torch"):
         config = config_from_env({variable: value})
         config_from_env({variable: value})

@@ -11,15 +11,13 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import visiontel.torch as vt
-from visiontel.torch import _safety
 
 from torch_support import TinyDetector
 
 
 def test_warns_once_when_the_batch_processor_cannot_keep_up(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(_safety, "_last_logged", {})
     provider = TracerProvider()
     # a small queue that is exported rarely: layer spans will overflow it
     provider.add_span_processor(
@@ -50,10 +48,7 @@ def test_warns_once_when_the_batch_processor_cannot_keep_up(
         provider.shutdown()
 
 
-def test_no_warning_when_the_queue_has_room(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(_safety, "_last_logged", {})
+def test_no_warning_when_the_queue_has_room(caplog: pytest.LogCaptureFixture) -> None:
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(InMemorySpanExporter(), max_queue_size=100_000))
     model = vt.instrument_model(

@@ -25,6 +25,16 @@ def _fresh_log_limits() -> None:
         _safety._suppressed.clear()
 
 
+@pytest.fixture(autouse=True)
+def _instrumentor_left_off() -> Iterator[None]:
+    """A test that fails before its ``uninstrument()`` must not leave the process-wide
+    ``TorchInstrumentor`` (a singleton) on: every later ``instrument()`` would do nothing."""
+    yield
+    instrumentor = vt.TorchInstrumentor()
+    if instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.uninstrument()
+
+
 @pytest.fixture
 def telemetry() -> Iterator[Telemetry]:
     yield make_telemetry()

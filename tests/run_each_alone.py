@@ -25,7 +25,8 @@ def _collect(pytest_args: list[str]) -> list[str]:
         text=True,
         check=False,
     )
-    ids = [line for line in out.stdout.splitlines() if "::" in line and " " not in line]
+    # Node ids are the lines naming a test file (parameter ids may hold spaces).
+    ids = [line for line in out.stdout.splitlines() if os.path.isfile(line.split("::")[0])]
     if out.returncode not in (0, 5) or not ids:
         sys.exit(f"collection failed ({out.returncode}):\n{out.stdout[-3000:]}{out.stderr[-3000:]}")
     return ids

@@ -106,7 +106,7 @@ def tests(session: nox.Session, torch: str) -> None:
 @nox.session(python=PYTHON)
 def alone(session: nox.Session) -> None:
     """Each test of the `tests` session in a pytest process of its own (no test leans on
-    another; ~15 min on 2 cores). `-- --by-file` runs each file alone instead."""
+    another; ~30 min on 2 cores). `-- --by-file` runs each file alone instead."""
     _install_workspace(session, TORCH_NEWEST)
     targets = [str(p / "tests") for p in PACKAGES if (p / "tests").exists()]
     targets.append(str(ROOT / "tests"))

@@ -22,13 +22,22 @@ sys.path.insert(0, str(HERE))
 from reliability_support import (  # noqa: E402
     COLLECTOR_HINT,
     PROFILE,
+    RUN_ID,
     Collectors,
     append_row,
+    results_path,
+    start_run,
 )
 
 
 def pytest_report_header() -> str:
-    return f"visiontel reliability profile: {PROFILE.name}"
+    return f"visiontel reliability profile: {PROFILE.name}, run {RUN_ID}, results {results_path()}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The run's header line in the results file: render.py checks rows against it."""
+    if not session.config.option.collectonly:
+        start_run()
 
 
 @pytest.fixture(scope="session")

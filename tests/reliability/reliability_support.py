@@ -11,7 +11,9 @@ import shlex
 import sys
 import threading
 import time
-from collections.abc import Iterable
+import uuid
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -56,24 +58,51 @@ PROFILE = PROFILES[_chosen]
 
 
 # --- results ------------------------------------------------------------------------------
+# The identity of this pytest session's run: every row it records carries it, and the first
+# line it writes to the results file is a header naming it, so render.py can tell this
+# run's rows from a previous run's left in the same file. A nox session may set it (and
+# hand the same value to render.py) through VISIONTEL_RELIABILITY_RUN.
+RUN_ID = os.environ.get("VISIONTEL_RELIABILITY_RUN") or (
+    f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+)
+_header_written = False
+
+
 def results_path() -> pathlib.Path:
     default = ROOT / ".nox" / f"reliability-{PROFILE.name}.jsonl"
     return pathlib.Path(os.environ.get("VISIONTEL_RELIABILITY_RESULTS", default))
 
 
-def append_row(row_id: str, test_name: str, fields: dict[str, object]) -> None:
-    """One JSON line per measured fault; render.py makes the table of docs/reliability.md."""
-    session = "reliability" if PROFILE.name == "full" else "reliability_short"
-    row = {
-        "id": row_id,
-        "profile": PROFILE.name,
-        "command": f"nox -s {session} -- -k {test_name}",
-        **{k: str(v) for k, v in fields.items()},
-    }
+def _append(line: dict[str, object]) -> None:
     path = results_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as out:
-        out.write(json.dumps(row) + "\n")
+        out.write(json.dumps(line) + "\n")
+
+
+def start_run() -> None:
+    """Write this run's header line (once per process; conftest calls it at session start,
+    append_row before the first row if conftest was loaded too late to)."""
+    global _header_written
+    if not _header_written:
+        _header_written = True
+        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        _append({"run": RUN_ID, "profile": PROFILE.name, "started": started})
+
+
+def append_row(row_id: str, test_name: str, fields: dict[str, object]) -> None:
+    """One JSON line per measured fault; render.py makes the table of docs/reliability.md."""
+    start_run()
+    session = "reliability" if PROFILE.name == "full" else "reliability_short"
+    _append(
+        {
+            "id": row_id,
+            "run": RUN_ID,
+            "profile": PROFILE.name,
+            "command": f"nox -s {session} -- -k {test_name}",
+            **{k: str(v) for k, v in fields.items()},
+        }
+    )
 
 
 # --- process measurements ----------------------------------------------------------------
@@ -125,17 +154,68 @@ class RssPeak:
         self.thread.join()
 
 
-def settle(path: pathlib.Path, timeout: float = 30.0) -> list[dict[str, Any]]:
-    """The file exporter's spans once their count has stopped changing for 2 s."""
+class SpanReader:
+    """A file exporter's output, and a restarted collector's earlier files (`path.N`), read
+    incrementally: each poll parses only the lines completed since the last one, and keeps
+    only `key(span)` per span, counted. Reading back a long run this way neither re-reads
+    nor holds its text (the full load profile writes ~1.4 M spans, several GB as Python
+    objects: a test process that big makes every later child's peak RSS look that big)."""
+
+    def __init__(self, path: pathlib.Path, key: Callable[[dict[str, Any]], Hashable]) -> None:
+        self.path, self.key = path, key
+        self.offsets: dict[int, int] = {}  # by inode: a restart renames the file
+        self.seen: Counter[Hashable] = Counter()
+        self.spans = 0
+
+    def poll(self) -> int:
+        """Read what was appended; the number of spans read so far."""
+        for file in [self.path, *sorted(self.path.parent.glob(self.path.name + ".*"))]:
+            try:
+                handle = file.open("rb")
+            except FileNotFoundError:
+                continue
+            with handle:
+                inode = os.fstat(handle.fileno()).st_ino
+                offset = self.offsets.get(inode, 0)
+                handle.seek(offset)
+                for line in handle:
+                    if not line.endswith(b"\n"):
+                        break  # being written: the next poll reads it whole
+                    offset += len(line)
+                    self._parse(line)
+                self.offsets[inode] = offset
+        return self.spans
+
+    def _parse(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        try:
+            request = json.loads(line)
+        except json.JSONDecodeError:
+            return
+        for resource in request.get("resourceSpans", []):
+            for scope in resource.get("scopeSpans", []):
+                for span in scope.get("spans", []):
+                    self.spans += 1
+                    self.seen[self.key(span)] += 1
+
+
+def settle(
+    path: pathlib.Path, key: Callable[[dict[str, Any]], Hashable], timeout: float = 30.0
+) -> Counter[Hashable]:
+    """key(span) -> count over the file exporter's spans, once their number has stopped
+    changing for 2 s (or at `timeout`)."""
+    reader = SpanReader(path, key)
     last, stable_since, deadline = -1, time.monotonic(), time.monotonic() + timeout
     while time.monotonic() < deadline:
-        spans = read_spans(path)
-        if len(spans) != last:
-            last, stable_since = len(spans), time.monotonic()
+        count = reader.poll()
+        if count != last:
+            last, stable_since = count, time.monotonic()
         elif time.monotonic() - stable_since > 2.0:
-            return spans
-        time.sleep(0.25)
-    return read_spans(path)
+            break
+        time.sleep(0.25)  # how often the file is read
+    reader.poll()
+    return reader.seen
 
 
 # --- collectors -----------------------------------------------------------------------------

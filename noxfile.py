@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import pathlib
 import sys
+import uuid
 
 import nox
 
@@ -274,6 +275,8 @@ def _reliability(session: nox.Session, profile: str) -> None:
         **STRICT_SKIPS,
     }
     profile = env["VISIONTEL_RELIABILITY_PROFILE"]
+    # This run's id: every row carries it, and render.py takes only this run's rows.
+    env["VISIONTEL_RELIABILITY_RUN"] = uuid.uuid4().hex
     results = pathlib.Path(session.create_tmp()) / f"reliability-{profile}.jsonl"
     results.unlink(missing_ok=True)
     env["VISIONTEL_RELIABILITY_RESULTS"] = str(results)
@@ -281,7 +284,13 @@ def _reliability(session: nox.Session, profile: str) -> None:
     # -p no:logging: pytest's log capture would keep the SDK's retry records (and the
     # batches their tracebacks reference) alive, charging the tests' memory to the SDK.
     session.run("pytest", "-p", "no:logging", str(suite), *session.posargs, env=env)
-    render = ["python", str(suite / "render.py"), str(results)]
+    render = [
+        "python",
+        str(suite / "render.py"),
+        str(results),
+        "--run",
+        env["VISIONTEL_RELIABILITY_RUN"],
+    ]
     session.run(*render, "--write" if profile == "full" else "--check")
 
 

@@ -24,7 +24,12 @@ sys.path.insert(0, str(HERE))
 
 from inference_support import Window  # noqa: E402
 from reliability_support import PROFILE, Collectors  # noqa: E402
-from test_collector_faults import _ratio, alternating_phases, outage_phases  # noqa: E402
+from test_collector_faults import (  # noqa: E402
+    _ratio,
+    _work_ratio,
+    alternating_phases,
+    outage_phases,
+)
 
 
 def _with_gc(w: Window) -> float:
@@ -35,7 +40,7 @@ def ratios(fault: Window, healthy: Window) -> dict[str, float]:
     """Fault/healthy ratios, each oriented as test_collector_faults.py asserts or reports
     them (below 1: the fault phase did worse)."""
     return {
-        "frame_cost": _ratio(healthy.frame_cost, fault.frame_cost),  # asserted
+        "frame_cost": _work_ratio(fault, healthy),  # the asserted one, by the tests' own code
         # the inference thread's plain CPU time per frame (GC included, not normalised)
         "thread_cpu": _ratio(_with_gc(healthy), _with_gc(fault)),
         # normalised, GC included

@@ -388,6 +388,8 @@ def test_baggage_value_of_any_type_is_sent_as_text():
         ("rtsp://token@cam.local/live", "rtsp://cam.local/live"),
         ("cam-1@site", "cam-1@site"),  # not a URL: kept
         ("rtsp://cam.local/live", "rtsp://cam.local/live"),
+        ("rtsp://cam.local/live?token=abc&ch=2", "rtsp://cam.local/live?token=REDACTED&ch=2"),
+        ("https://u:p@cam/s?Password=x&sig", "https://cam/s?Password=REDACTED&sig"),
     ],
 )
 def test_credentials_never_leave_with_a_url_stream_id(stream_id, sent):

@@ -23,7 +23,7 @@ from cuda_standin import (
     assert_forward_thread_never_waits,
 )
 
-from visiontel.torch import TorchInstrumentor, _model, _safety
+from visiontel.torch import TorchInstrumentor, _safety, _timing
 from visiontel.torch._timing import CudaEventSource
 
 from torch_support import Telemetry, TinyDetector
@@ -36,7 +36,7 @@ B = TypeVar("B", StandInGpu, RealCuda)
 
 def _installed(backend: B, monkeypatch: pytest.MonkeyPatch) -> Iterator[B]:
     # The process-wide cache of sources: fresh, so no source outlives the stand-in it used.
-    monkeypatch.setattr(_model, "_cuda_sources", {})
+    monkeypatch.setattr(_timing, "_cuda_sources", {})
     errors = _safety.internal_error_count()
     backend.install(monkeypatch)
     yield backend
@@ -79,7 +79,7 @@ def test_the_device_the_inputs_report_chooses_the_event_source(
         images = torch.randn(1, 3, 8, 8)
         model(images)  # discovered here, on CPU inputs: no event source at all
         (cpu_root,) = telemetry.by_name()["inference TinyDetector"]
-        assert _model._cuda_sources == {}
+        assert _timing._cuda_sources == {}
         assert gpu.log.calls("Event.record") == []
         assert not any("visiontel.gpu" in key for key in cpu_root.attributes or {})
         telemetry.exporter.clear()
@@ -89,8 +89,8 @@ def test_the_device_the_inputs_report_chooses_the_event_source(
         spans = telemetry.by_name()
     finally:
         instrumentor.uninstrument()
-    assert list(_model._cuda_sources) == [0]
-    assert type(_model._cuda_sources[0]) is CudaEventSource
+    assert list(_timing._cuda_sources) == [0]
+    assert type(_timing._cuda_sources[0]) is CudaEventSource
     root = spans["inference TinyDetector"][0]
     assert root.attributes["visiontel.input.device"] == "cuda:0"
     for name in ("inference TinyDetector", "backbone", "neck", "head"):
@@ -205,7 +205,7 @@ def test_a_cuda_device_without_an_index_means_the_current_device(
     model(torch.randn(1, 3, 8, 8).as_subclass(ReportsDefaultCuda))
     standin.finish()
     (root,) = telemetry.spans()
-    assert list(_model._cuda_sources) == [1]
+    assert list(_timing._cuda_sources) == [1]
     (stream,) = standin.log.calls("Stream()")
     assert stream.target.device == torch.device("cuda", 1)  # calibrated on that device
     assert _has_gpu_times(root.attributes)

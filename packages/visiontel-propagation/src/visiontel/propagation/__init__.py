@@ -32,6 +32,7 @@ from visiontel.propagation._frame import (
     FramePropagator,
     get_frame,
     set_frame,
+    strip_credentials,
 )
 from visiontel.propagation._handoff import (
     ContextProcessPoolExecutor,
@@ -86,4 +87,5 @@ __all__ = [
     "rejected_counts",
     "set_frame",
     "start_frame",
+    "strip_credentials",
 ]

@@ -152,19 +152,36 @@ def set_frame(frame: FrameIdentity, context: Context | None = None) -> Context:
     return otel_context.set_value(_FRAME_KEY, frame, context)
 
 
+# Query parameters whose value is treated as a secret (``?token=...``, ``&password=...``).
+_SECRET_QUERY_KEYS = ("pass", "pwd", "secret", "token", "key", "auth", "user", "sig")
+
+
 @functools.lru_cache(maxsize=1024)
 def strip_credentials(stream_id: str) -> str:
-    """``stream_id`` without the user-info part if it is a URL carrying one."""
-    if "@" not in stream_id or "://" not in stream_id:
+    """``stream_id`` without credentials if it is a URL carrying some.
+
+    The user-info part goes (``rtsp://user:pass@cam/1`` -> ``rtsp://cam/1``) and the value
+    of every secret-looking query parameter becomes ``REDACTED`` (``?token=abc``).
+    """
+    if "://" not in stream_id or ("@" not in stream_id and "?" not in stream_id):
         return stream_id
     try:
         parts = urlsplit(stream_id)
     except ValueError:
         return stream_id
-    if "@" not in parts.netloc:
-        return stream_id
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=host))
+    if "@" in parts.netloc:
+        parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+    if parts.query:
+        pairs = [pair.partition("=") for pair in parts.query.split("&")]
+        parts = parts._replace(
+            query="&".join(
+                f"{key}{eq}REDACTED"
+                if eq and any(word in key.lower() for word in _SECRET_QUERY_KEYS)
+                else f"{key}{eq}{value}"
+                for key, eq, value in pairs
+            )
+        )
+    return urlunsplit(parts)
 
 
 def get_frame(context: Context | None = None) -> FrameIdentity | None:

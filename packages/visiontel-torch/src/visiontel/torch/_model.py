@@ -24,13 +24,12 @@ from visiontel.torch._metrics import DetectionCounter, count_detections
 from visiontel.torch._record import ForwardRecord, ModuleTable
 from visiontel.torch._runtime import Runtime
 from visiontel.torch._safety import report_internal_error
-from visiontel.torch._timing import CudaEventSource, EventSource
+from visiontel.torch._timing import EventSource, cuda_event_source
 from visiontel.torch._torch_private import register_hooks, remove_hooks, tracing_check
 from visiontel.torch._tree import ProbeTree
 
 _registry: weakref.WeakKeyDictionary[Any, ModelInstrumentation] = weakref.WeakKeyDictionary()
 _registry_lock = threading.Lock()
-_cuda_sources: dict[int, EventSource] = {}
 
 
 def is_compiling_fn() -> Callable[[], bool]:
@@ -216,15 +215,7 @@ class ModelInstrumentation:
     def _events_for(self, device: Any) -> EventSource | None:
         if self._event_source is not None:
             return self._event_source
-        if device is None or getattr(device, "type", None) != "cuda":
-            return None
-        import torch
-
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        source = _cuda_sources.get(index)
-        if source is None:
-            source = _cuda_sources.setdefault(index, CudaEventSource(index))
-        return source
+        return cuda_event_source(device)
 
     # -- removal -------------------------------------------------------------------------
     def remove(self) -> None:

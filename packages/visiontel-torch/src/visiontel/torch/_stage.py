@@ -13,8 +13,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from visiontel.torch._failures import record_failure
+from visiontel.torch._record import ForwardRecord, ModuleTable
 from visiontel.torch._runtime import default_runtime
 from visiontel.torch._safety import report_internal_error
+from visiontel.torch._timing import EventSource, GpuEvent, cuda_event_source
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,6 +34,12 @@ class stage:
 
     The span becomes current, so a model forward inside the block nests under it. Failures
     inside the block mark the span as an error and propagate unchanged.
+
+    With ``device`` a CUDA device, the block's GPU time is measured too: a pooled CUDA event
+    is recorded on the current stream at entry and exit (an enqueue, never a wait), and the
+    resolver thread sets ``visiontel.gpu.duration`` and ends the span once both completed.
+    ``metric=False`` keeps the span and skips the duration point (for a stage whose
+    duration another instrumentation already records, such as an instrumented model).
     """
 
     def __init__(
@@ -41,6 +49,9 @@ class stage:
         model: str | None = None,
         version: str | None = None,
         attributes: dict[str, Any] | None = None,
+        device: Any = None,
+        metric: bool = True,
+        _event_source: EventSource | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"stage name must be a non-empty string; got {name!r}")
@@ -51,27 +62,44 @@ class stage:
             if value:
                 self._span_attributes[key] = value
                 self._metric_attributes[key] = value
+        self._device = device
+        self._metric = metric
+        self._event_source = _event_source
         self._span: trace.Span | None = None
         self._token: object = None
         self._start_ns = 0
+        self._wall_start_ns = 0
+        self._start_event: GpuEvent | None = None
 
     def _copy(self) -> stage:
         fresh = object.__new__(stage)
         fresh.name = self.name
         fresh._span_attributes = self._span_attributes
         fresh._metric_attributes = self._metric_attributes
+        fresh._device, fresh._event_source = self._device, self._event_source
+        fresh._metric = self._metric
         fresh._span, fresh._token, fresh._start_ns = None, None, 0
+        fresh._wall_start_ns, fresh._start_event = 0, None
         return fresh
 
     def __enter__(self) -> stage:
+        self._wall_start_ns = time.time_ns()
         self._start_ns = time.perf_counter_ns()
         try:
-            span = default_runtime().spans.start(self.name, self._span_attributes)
+            span = default_runtime().spans.start(
+                self.name, self._span_attributes, self._wall_start_ns
+            )
             self._span = span
             self._token = otel_context.attach(trace.set_span_in_context(span))
+            if self._device is not None and span.is_recording():
+                events = self._events()
+                self._start_event = None if events is None else events.acquire()
         except Exception as exc:
             report_internal_error("stage enter", exc)
         return self
+
+    def _events(self) -> EventSource | None:
+        return self._event_source or cuda_event_source(self._device)
 
     def __exit__(
         self,
@@ -79,7 +107,8 @@ class stage:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        elapsed_s = (time.perf_counter_ns() - self._start_ns) / 1e9
+        end_ns = time.perf_counter_ns()
+        elapsed_s = (end_ns - self._start_ns) / 1e9
         try:
             span = self._span
             if self._token is not None:
@@ -90,13 +119,41 @@ class stage:
             context = None
             if span is not None and span.is_recording():
                 context = trace.set_span_in_context(span)
-            default_runtime().metrics.duration.record(elapsed_s, attributes, context=context)
-            if span is not None:
-                span.end()
+            if self._metric:
+                default_runtime().metrics.duration.record(elapsed_s, attributes, context=context)
+            if span is not None and not self._end_after_gpu(span, end_ns):
+                span.end(end_time=self._wall_start_ns + end_ns - self._start_ns)
         except Exception as internal:
             report_internal_error("stage exit", internal)
         finally:
-            self._span, self._token = None, None
+            self._span, self._token, self._start_event = None, None, None
+
+    def _end_after_gpu(self, span: trace.Span, end_ns: int) -> bool:
+        """Hand ``span`` to the resolver to end once the block's GPU events completed."""
+        start_event, events = self._start_event, self._events()
+        if start_event is None or events is None:
+            return False
+        end_event = events.acquire()
+        if end_event is None:
+            events.release([start_event])
+            return False
+        runtime = default_runtime()
+        record = ForwardRecord(
+            table=_STAGE_TABLE,
+            tracer=runtime.tracer,
+            span=span,
+            perf_start_ns=self._start_ns,
+            wall_start_ns=self._wall_start_ns,
+            stamps=None,
+            events=events,
+            start_event=start_event,
+            end_event=end_event,
+            perf_end_ns=end_ns,
+        )
+        if runtime.resolver.submit(record):
+            return True
+        events.release([start_event, end_event])
+        return False
 
     def __call__(self, function: F) -> F:
         if inspect.iscoroutinefunction(function):
@@ -114,3 +171,7 @@ class stage:
                 return function(*args, **kwargs)
 
         return run  # type: ignore[return-value]
+
+
+# A stage has no module children: the resolver only reads its two events and ends its span.
+_STAGE_TABLE = ModuleTable(names=(), classes=(), model_name="", budget=0)

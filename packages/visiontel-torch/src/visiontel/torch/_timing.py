@@ -14,6 +14,9 @@ import threading
 import time
 from typing import Any, Protocol
 
+_cuda_sources: dict[int, EventSource] = {}
+_cuda_sources_lock = threading.Lock()
+
 
 class GpuEvent(Protocol):
     """The part of ``torch.cuda.Event`` the tracer uses."""
@@ -100,3 +103,17 @@ class CudaEventSource:
         event.synchronize()
         self._reference = (event, time.time_ns(), now)
         return self._reference
+
+
+def cuda_event_source(device: Any) -> EventSource | None:
+    """The process's event pool for ``device`` when it is a CUDA device, else ``None``."""
+    if device is None or getattr(device, "type", None) != "cuda":
+        return None
+    import torch
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    source = _cuda_sources.get(index)
+    if source is None:
+        with _cuda_sources_lock:
+            source = _cuda_sources.setdefault(index, CudaEventSource(index))
+    return source

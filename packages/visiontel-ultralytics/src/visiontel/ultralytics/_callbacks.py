@@ -1,0 +1,217 @@
+"""The predictor callbacks and the stage timers, and how they are put in place.
+
+Only ``on_predict_start`` is registered from outside (in Ultralytics' default callback table
+for zero-code use, or on one model by ``instrument_yolo``). When it runs, it puts the other
+callbacks into that predictor's table exactly once, in the places they need: the tracker
+timers first and last among the ``on_predict_postprocess_end`` callbacks, around the
+tracker's own.
+
+Stages are timed by wrapping ``preprocess``, ``inference`` and ``postprocess`` where each
+predictor class defines them. A wrapper passes straight through for a predictor that has no
+run registered, so a class patched for one instrumented model costs others nothing but a
+dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from typing import Any
+
+import wrapt
+
+from visiontel.torch import instrument_model, is_instrumented
+from visiontel.torch._safety import report_internal_error, warn_once
+from visiontel.ultralytics import _triton, _ultralytics_private
+from visiontel.ultralytics._config import UltralyticsConfig
+from visiontel.ultralytics._run import PredictRun, Telemetry
+
+_logger = logging.getLogger("visiontel.ultralytics")
+_STAGE_METHODS = ("preprocess", "inference", "postprocess")
+
+_runs: weakref.WeakKeyDictionary[Any, PredictRun] = weakref.WeakKeyDictionary()
+_patched: dict[tuple[type, str], Any] = {}  # (class, method name) -> the original function
+_lock = threading.Lock()
+
+
+class Settings:
+    """What ``on_predict_start`` needs: configuration and where telemetry goes."""
+
+    def __init__(self, config: UltralyticsConfig, telemetry: Telemetry) -> None:
+        self.config = config
+        self.telemetry = telemetry
+        self.enabled = True
+
+
+def start_run(predictor: Any, settings: Settings) -> None:
+    """The body of every ``on_predict_start`` callback of ours."""
+    if not settings.enabled:
+        return
+    try:
+        _start_run(predictor, settings)
+    except Exception as exc:
+        report_internal_error("ultralytics on_predict_start", exc)
+
+
+def _start_run(predictor: Any, settings: Settings) -> None:
+    previous = _runs.pop(predictor, None)
+    if previous is not None:
+        previous.abort(None)
+    config = settings.config
+    patch_predictor_class(type(predictor))
+    _place_callbacks(predictor.callbacks)
+    torch_traced = _trace_network(predictor, config, settings)
+    if config.triton_headers:
+        _triton.inject_headers(predictor.model)
+    if config.sync_free_profile:
+        _free_profilers_from_sync()
+    _runs[predictor] = PredictRun(predictor, config, settings.telemetry, torch_traced)
+
+
+def _trace_network(predictor: Any, config: UltralyticsConfig, settings: Settings) -> bool:
+    """Instrument the eager network under a pt backend; True if its forwards are traced."""
+    module = _ultralytics_private.torch_module(predictor.model)
+    if module is None or not config.torch_spans:
+        return False
+    if not is_instrumented(module):
+        from visiontel.ultralytics._run import model_stem
+
+        args = predictor.args
+        metadata = _ultralytics_private.metadata(predictor.model)
+        version = config.model_version or metadata.get("date")
+        instrument_model(
+            module,
+            name=config.model_name or model_stem(getattr(args, "model", None)),
+            version=str(version) if version else None,
+        )
+    return True
+
+
+def _free_profilers_from_sync() -> None:
+    profilers = _ultralytics_private.stream_profilers()
+    if profilers is None or not all(
+        _ultralytics_private.disable_profile_sync(p) for p in profilers
+    ):
+        warn_once(
+            "ultralytics.sync_free",
+            "visiontel-ultralytics: VISIONTEL_ULTRALYTICS_SYNC_FREE_PROFILE is set, but this "
+            "Ultralytics release keeps its stage timers where visiontel cannot find them; "
+            "its timing still synchronises the device",
+        )
+
+
+# -- the callbacks on_predict_start puts in place ----------------------------------------
+def _on_batch_start(predictor: Any) -> None:
+    run = _runs.get(predictor)
+    if run is not None:
+        try:
+            run.begin_batch(predictor)
+        except Exception as exc:
+            report_internal_error("ultralytics on_predict_batch_start", exc)
+
+
+def _before_postprocess_callbacks(predictor: Any) -> None:
+    run = _runs.get(predictor)
+    if run is not None and hasattr(predictor, "trackers"):
+        try:
+            run.tracker_started()
+        except Exception as exc:
+            report_internal_error("ultralytics tracker start", exc)
+
+
+def _after_postprocess_callbacks(predictor: Any) -> None:
+    run = _runs.get(predictor)
+    if run is not None:
+        try:
+            run.tracker_ended()
+        except Exception as exc:
+            report_internal_error("ultralytics tracker end", exc)
+
+
+def _on_batch_end(predictor: Any) -> None:
+    run = _runs.get(predictor)
+    if run is not None:
+        try:
+            run.end_batch(predictor)
+        except Exception as exc:
+            report_internal_error("ultralytics on_predict_batch_end", exc)
+
+
+def _on_predict_end(predictor: Any) -> None:
+    run = _runs.pop(predictor, None)
+    if run is not None:
+        try:
+            run.abort(None)  # a batch still open here was cut short
+        except Exception as exc:
+            report_internal_error("ultralytics on_predict_end", exc)
+
+
+_PLACED = (
+    ("on_predict_batch_start", _on_batch_start, False),
+    ("on_predict_postprocess_end", _before_postprocess_callbacks, True),
+    ("on_predict_postprocess_end", _after_postprocess_callbacks, False),
+    ("on_predict_batch_end", _on_batch_end, False),
+    ("on_predict_end", _on_predict_end, False),
+)
+
+
+def _place_callbacks(table: Any) -> None:
+    for event, callback, first in _PLACED:
+        callbacks = table[event]
+        while callback in callbacks:
+            callbacks.remove(callback)
+        if first:
+            callbacks.insert(0, callback)
+        else:
+            callbacks.append(callback)
+
+
+def remove_placed_callbacks(table: Any) -> None:
+    for event, callback, _ in _PLACED:
+        callbacks = table.get(event, [])
+        while callback in callbacks:
+            callbacks.remove(callback)
+
+
+# -- stage timers ----------------------------------------------------------------------------
+def _stage_wrapper(name: str) -> Any:
+    def timed(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        run = _runs.get(instance) if instance is not None else None
+        if run is None:
+            return wrapped(*args, **kwargs)
+        return run.run_stage(name, wrapped, args, kwargs)
+
+    return timed
+
+
+_WRAPPERS = {name: _stage_wrapper(name) for name in _STAGE_METHODS}
+
+
+def patch_predictor_class(cls: type) -> None:
+    """Time the stages of ``cls`` and of every class it inherits them from."""
+    for klass in cls.__mro__:
+        for name in _STAGE_METHODS:
+            original = klass.__dict__.get(name)
+            if original is None or isinstance(original, wrapt.FunctionWrapper):
+                continue
+            with _lock:
+                if (klass, name) in _patched:
+                    continue
+                _patched[(klass, name)] = original
+                setattr(klass, name, wrapt.FunctionWrapper(original, _WRAPPERS[name]))
+
+
+def unpatch_all() -> None:
+    with _lock:
+        patched = list(_patched.items())
+        _patched.clear()
+    for (klass, name), original in patched:
+        if isinstance(klass.__dict__.get(name), wrapt.FunctionWrapper):
+            setattr(klass, name, original)
+
+
+def clear_runs() -> None:
+    for run in list(_runs.values()):
+        run.abort(None)
+    _runs.clear()

@@ -1,0 +1,163 @@
+"""What the model saw: detections per class (bounded labels) and a confidence histogram.
+
+Class ids and confidences are tensor *values*, so reading them on a CUDA device would wait
+for the GPU. Values on the CPU (ONNX Runtime, OpenVINO, CPU torch) are read inline; values
+on a GPU are read by one daemon thread, which alone waits for the copy, never the inference
+thread. Only counts and confidences leave the process: never boxes, masks or pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from opentelemetry import metrics
+from opentelemetry.context import Context
+
+from visiontel.torch._safety import report_internal_error
+from visiontel.ultralytics.version import SCHEMA_URL, __version__
+
+OTHER = "other"
+_CONFIDENCE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+_MAX_PENDING_READS = 256
+_logger = logging.getLogger("visiontel.ultralytics")
+
+
+class PredictMetrics:
+    """The instruments of one meter provider."""
+
+    def __init__(self, meter_provider: metrics.MeterProvider | None) -> None:
+        meter = metrics.get_meter(
+            "visiontel.ultralytics", __version__, meter_provider, schema_url=SCHEMA_URL
+        )
+        self.class_detections = meter.create_counter(
+            "visiontel.inference.class.detections",
+            "{detection}",
+            "Detections (top-1 class for classifiers) by class: the tracked classes by name, "
+            "every other class as 'other'.",
+        )
+        try:
+            self.confidence = meter.create_histogram(
+                "visiontel.inference.confidence",
+                "1",
+                "Confidence of detections (top-1 probability for classifiers), by class.",
+                explicit_bucket_boundaries_advisory=_CONFIDENCE_BUCKETS,
+            )
+        except TypeError:  # opentelemetry-api older than 1.23 has no bucket advisory
+            self.confidence = meter.create_histogram(
+                "visiontel.inference.confidence", "1", "Confidence of detections, by class."
+            )
+
+
+def class_labels(
+    names: Mapping[int, str] | Sequence[str], top: int, chosen: Sequence[str]
+) -> list[str]:
+    """The metric label of every class id: its name if tracked, else ``other``.
+
+    Tracked: the names in ``chosen`` when given, else the ``top`` lowest class ids (for
+    COCO-trained models the everyday classes: person, bicycle, car...).
+    """
+    table = dict(enumerate(names)) if isinstance(names, Sequence) else dict(names)
+    if not table:
+        return []
+    size = max(int(k) for k in table) + 1
+    labels = [OTHER] * size
+    wanted = set(chosen)
+    for index in sorted(int(k) for k in table)[: None if chosen else top]:
+        name = str(table[index])
+        if not chosen or name in wanted:
+            labels[index] = name
+    if chosen:
+        for index, name in table.items():
+            if str(name) in wanted:
+                labels[int(index)] = str(name)
+    return labels
+
+
+class ValueReader:
+    """Reads small tensors' values without ever making the inference thread wait."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[Sequence[Any], Callable[[list[list[float]]], None]]] = (
+            queue.Queue(_MAX_PENDING_READS)
+        )
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.dropped = 0
+
+    def read(self, tensors: Sequence[Any], then: Callable[[list[list[float]]], None]) -> None:
+        """Call ``then`` with the tensors' values, inline if they are on the CPU."""
+        if all(getattr(getattr(t, "device", None), "type", "cpu") == "cpu" for t in tensors):
+            then([_values(t) for t in tensors])
+            return
+        self._start()
+        try:
+            self._queue.put_nowait((tensors, then))
+        except queue.Full:
+            self.dropped += 1  # the reader fell behind: skip this image's class metrics
+
+    def _start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="visiontel-ultralytics-values", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            tensors, then = self._queue.get()
+            try:
+                then([_values(t) for t in tensors])  # .tolist() waits for the copy, here only
+            except Exception as exc:
+                report_internal_error("ultralytics value reader", exc)
+
+
+def _values(tensor: Any) -> list[float]:
+    values = tensor.tolist() if hasattr(tensor, "tolist") else list(tensor)
+    return values if isinstance(values, list) else [values]
+
+
+def spread_positions(count: int, limit: int) -> range | list[int]:
+    """At most ``limit`` positions out of ``count``, evenly spaced (NMS output is sorted by
+    confidence, so the first ``limit`` would keep only the most confident)."""
+    if count <= limit:
+        return range(count)
+    if limit <= 0:
+        return []
+    step = count / limit
+    return [int(i * step) for i in range(limit)]
+
+
+def record_classes(
+    instruments: PredictMetrics,
+    *,
+    labels: Sequence[str],
+    attributes: Mapping[str, dict[str, Any]],
+    classes: list[float],
+    confidences: list[float],
+    max_confidences: int,
+    context: Context | None,
+) -> None:
+    """Add one image's detections to the class counter and confidence histogram."""
+    counts: dict[str, int] = {}
+    last = len(labels) - 1
+    by_label: list[str] = []
+    for value in classes:
+        index = int(value)
+        label = labels[index] if 0 <= index <= last else OTHER
+        counts[label] = counts.get(label, 0) + 1
+        by_label.append(label)
+    for label, count in counts.items():
+        instruments.class_detections.add(count, attributes[label], context=context)
+    if len(confidences) != len(by_label):
+        return
+    for position in spread_positions(len(confidences), max_confidences):
+        instruments.confidence.record(
+            confidences[position], attributes[by_label[position]], context=context
+        )

@@ -1,0 +1,294 @@
+"""One ``predict``/``track`` call of one predictor: its attributes and the batch in flight.
+
+Spans per batch of ``n`` images:
+
+- ``n == 1``: one span per image (``predict yolov8n``, or ``track yolov8n``), a new trace or
+  a child of the caller's current (or propagated) context, with the stage spans
+  ``preprocess``, ``inference``, ``postprocess`` and, for ``track()``, ``tracker`` below it.
+- ``n > 1``: the same span for every image, and one batch span (``predict batch yolov8n``)
+  linked to each of them, holding the stage spans (the stages run once per batch).
+
+Nothing here may raise into Ultralytics: every entry point reports and swallows its own
+failures, and a stage whose telemetry failed still runs exactly once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import PurePath
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, Span, Status, StatusCode
+
+from visiontel.propagation import strip_credentials
+from visiontel.torch import stage
+from visiontel.torch._runtime import default_runtime
+from visiontel.torch._safety import report_internal_error
+from visiontel.ultralytics import _metrics, _ultralytics_private
+from visiontel.ultralytics._config import UltralyticsConfig
+from visiontel.ultralytics._metrics import PredictMetrics, ValueReader
+
+_STAGES = ("preprocess", "inference", "postprocess")
+_MAX_SOURCES = 4096  # frame counters kept per run (one per video file or stream)
+
+
+class Telemetry:
+    """The tracer, instruments and value reader of one pair of providers."""
+
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None,
+        meter_provider: Any,
+    ) -> None:
+        from visiontel.ultralytics.version import SCHEMA_URL, __version__
+
+        self.tracer = trace.get_tracer(
+            "visiontel.ultralytics", __version__, tracer_provider, schema_url=SCHEMA_URL
+        )
+        self.metrics = PredictMetrics(meter_provider)
+        self.reader = ValueReader()
+
+
+class _Batch:
+    __slots__ = ("context", "images", "parent", "tracker_start")
+
+    def __init__(self, images: list[Span], parent: Span, context: Any) -> None:
+        self.images = images
+        self.parent = parent  # the span the stage spans go under
+        self.context = context  # a context holding ``parent``
+        self.tracker_start: tuple[int, int] | None = None
+
+
+class PredictRun:
+    def __init__(
+        self, predictor: Any, config: UltralyticsConfig, telemetry: Telemetry, torch_traced: bool
+    ) -> None:
+        self.config = config
+        self.telemetry = telemetry
+        args = predictor.args
+        backend = predictor.model
+        self.mode = "track" if getattr(args, "mode", None) == "track" else "predict"
+        self.model_name = config.model_name or model_stem(getattr(args, "model", None))
+        metadata = _ultralytics_private.metadata(backend)
+        version = config.model_version or metadata.get("date")
+        self.model_version = str(version) if version else None
+        task = getattr(args, "task", None) or getattr(backend, "task", None)
+        self.task = str(task) if task else "detect"
+        self.device = getattr(predictor, "device", None)
+        self.format = _ultralytics_private.backend_format(backend) or "unknown"
+        identity: dict[str, Any] = {"visiontel.model.name": self.model_name}
+        if self.model_version:
+            identity["visiontel.model.version"] = self.model_version
+        self.attributes: dict[str, Any] = {
+            **identity,
+            "visiontel.ultralytics.task": self.task,
+            "visiontel.ultralytics.format": self.format,
+            "visiontel.ultralytics.half": bool(getattr(args, "half", False)),
+            "visiontel.ultralytics.device": str(self.device),
+        }
+        imgsz = getattr(predictor, "imgsz", None) or getattr(args, "imgsz", None)
+        if isinstance(imgsz, int):
+            imgsz = [imgsz, imgsz]
+        if isinstance(imgsz, (list, tuple)) and all(isinstance(v, int) for v in imgsz):
+            self.attributes["visiontel.ultralytics.imgsz"] = list(imgsz)
+        names = getattr(backend, "names", None) or {}
+        self.labels = _metrics.class_labels(names, config.top_classes, config.classes)
+        class_identity = {**identity, "visiontel.ultralytics.task": self.task}
+        self.class_attributes = {
+            label: {**class_identity, "visiontel.detection.class": label}
+            for label in {*self.labels, _metrics.OTHER}
+        }
+        self.detection_attributes = dict(class_identity)
+        self._stages = {
+            name: stage(
+                name,
+                model=self.model_name,
+                version=self.model_version,
+                device=self.device,
+                # the instrumented network records its own "inference" duration
+                metric=not (name == "inference" and torch_traced),
+            )
+            for name in _STAGES
+        }
+        self._frames: dict[str, int] = {}
+        self._in_stage: str | None = None
+        self.batch: _Batch | None = None
+
+    # -- batches ---------------------------------------------------------------------------
+    def begin_batch(self, predictor: Any) -> None:
+        if self.batch is not None:  # the previous batch never ended (an error upstream)
+            self.abort(None)
+        paths = list(predictor.batch[0]) if predictor.batch else []
+        size = len(paths) or 1
+        now = time.time_ns()
+        parent_context = otel_context.get_current()
+        tracer = self.telemetry.tracer
+        kind = getattr(getattr(predictor, "dataset", None), "mode", None)
+        images: list[Span] = []
+        for index in range(size):
+            attributes = {**self.attributes, "visiontel.batch.size": size}
+            if paths:
+                source = strip_credentials(str(paths[index]))
+                attributes["visiontel.source.name"] = source
+                attributes["visiontel.frame.index"] = self._next_frame(source)
+            if isinstance(kind, str):
+                attributes["visiontel.source.kind"] = kind
+            images.append(
+                tracer.start_span(
+                    f"{self.mode} {self.model_name}",
+                    context=parent_context,
+                    attributes=attributes,
+                    start_time=now,
+                )
+            )
+        if size == 1:
+            parent = images[0]
+        else:
+            parent = tracer.start_span(
+                f"{self.mode} batch {self.model_name}",
+                context=parent_context,
+                attributes={**self.attributes, "visiontel.batch.size": size},
+                links=[Link(span.get_span_context()) for span in images],
+                start_time=now,
+            )
+        self.batch = _Batch(images, parent, trace.set_span_in_context(parent, parent_context))
+
+    def _next_frame(self, source: str) -> int:
+        index = self._frames.get(source)
+        if index is None:
+            if len(self._frames) >= _MAX_SOURCES:
+                self._frames.clear()
+            index = 0
+        self._frames[source] = index + 1
+        return index
+
+    def run_stage(self, name: str, call: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        batch = self.batch
+        if batch is None or self._in_stage is not None:  # a stage calling its parent class
+            return call(*args, **kwargs)
+        timer = self._stages[name]
+        try:
+            token = otel_context.attach(batch.context)
+            timer.__enter__()
+            self._in_stage = name
+        except Exception as exc:
+            report_internal_error(f"ultralytics {name} start", exc)
+            return call(*args, **kwargs)
+        try:
+            result = call(*args, **kwargs)
+        except BaseException as exc:
+            self._leave_stage(timer, token, exc)
+            self.abort(exc)
+            raise
+        self._leave_stage(timer, token, None)
+        return result
+
+    def _leave_stage(self, timer: stage, token: object, exc: BaseException | None) -> None:
+        self._in_stage = None
+        try:
+            timer.__exit__(type(exc) if exc else None, exc, None)
+        finally:
+            otel_context.detach(token)  # type: ignore[arg-type]
+
+    def tracker_started(self) -> None:
+        if self.batch is not None:
+            self.batch.tracker_start = (time.time_ns(), time.perf_counter_ns())
+
+    def tracker_ended(self) -> None:
+        batch = self.batch
+        if batch is None or batch.tracker_start is None:
+            return
+        wall_ns, perf_ns = batch.tracker_start
+        batch.tracker_start = None
+        elapsed_ns = time.perf_counter_ns() - perf_ns
+        span = self.telemetry.tracer.start_span(
+            "tracker",
+            context=batch.context,
+            attributes={"visiontel.stage": "tracker", "visiontel.model.name": self.model_name},
+            start_time=wall_ns,
+        )
+        attributes = {"visiontel.stage": "tracker", **self.detection_attributes}
+        attributes.pop("visiontel.ultralytics.task", None)
+        default_runtime().metrics.duration.record(
+            elapsed_ns / 1e9, attributes, context=trace.set_span_in_context(span)
+        )
+        span.end(end_time=wall_ns + elapsed_ns)
+
+    def end_batch(self, predictor: Any) -> None:
+        batch, self.batch = self.batch, None
+        if batch is None:
+            return
+        results = getattr(predictor, "results", None) or []
+        end_ns = time.time_ns()
+        for index, span in enumerate(batch.images):
+            try:
+                if index < len(results):
+                    self._observe(results[index], span)
+            except Exception as exc:
+                report_internal_error("ultralytics results", exc)
+            span.end(end_time=end_ns)
+        if batch.parent is not batch.images[0]:
+            batch.parent.end(end_time=end_ns)
+
+    def abort(self, exc: BaseException | None) -> None:
+        """End a batch that will never reach ``on_predict_batch_end``."""
+        batch, self.batch = self.batch, None
+        if batch is None:
+            return
+        description = type(exc).__name__ if exc is not None else "batch abandoned"
+        for span in {id(s): s for s in [*batch.images, batch.parent]}.values():
+            span.set_status(Status(StatusCode.ERROR, description))
+            if isinstance(exc, Exception):
+                span.record_exception(exc)
+            span.end()
+
+    # -- what the model saw ----------------------------------------------------------------
+    def _observe(self, result: Any, span: Span) -> None:
+        context = trace.set_span_in_context(span)
+        probs = getattr(result, "probs", None)
+        if probs is not None:  # classifier: its top-1 class counts as one "detection"
+            data = getattr(probs, "data", None)
+            if data is not None and self.config.class_metrics:
+                top = data.max(0) if hasattr(data, "max") else None
+                if top is not None:
+                    self._read_classes([top.indices.reshape(1), top.values.reshape(1)], context)
+            return
+        for boxes in _ultralytics_private.iter_results_boxes(result):
+            count = len(boxes)  # a shape: no device sync
+            span.set_attribute("visiontel.detections", count)
+            default_runtime().metrics.detections.record(
+                count, self.detection_attributes, context=context
+            )
+            if count and self.config.class_metrics:
+                self._read_classes([boxes.cls, boxes.conf], context)
+
+    def _read_classes(self, tensors: list[Any], context: Any) -> None:
+        instruments, labels, attributes = self.telemetry.metrics, self.labels, self.class_attributes
+        limit = self.config.max_confidences
+
+        def record(values: list[list[float]]) -> None:
+            _metrics.record_classes(
+                instruments,
+                labels=labels,
+                attributes=attributes,
+                classes=values[0],
+                confidences=values[1],
+                max_confidences=limit,
+                context=context,
+            )
+
+        self.telemetry.reader.read(tensors, record)
+
+
+def model_stem(model: Any) -> str:
+    """``yolov8n`` for ``yolov8n.pt``, ``yolov8n.yaml``, ``dir/yolov8n.onnx`` or a Triton URL."""
+    if model is None:
+        return "yolo"
+    text = strip_credentials(str(model))
+    if "://" in text:
+        text = text.split("?", 1)[0].rstrip("/")
+    stem = PurePath(text.rsplit("/", 1)[-1]).stem if text else ""
+    return stem[:128] or type(model).__name__

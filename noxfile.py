@@ -6,6 +6,7 @@ with its CUDA libraries) come from uv's shared cache instead of being downloaded
     nox -t ci            # what .ci/run runs: lint, build, tests on the oldest and newest torch,
                          # the OpenTelemetry floor, the collector, the stack, short reliability
     nox -s tests         # the whole torch matrix
+    nox -s ultralytics   # visiontel-ultralytics on the oldest and newest Ultralytics
     nox -s bench         # overhead benchmarks, figures for docs/benchmarks.md
 """
 
@@ -94,8 +95,7 @@ def tests(session: nox.Session, torch: str) -> None:
     --randomly-seed=N` replays it, `-- -p no:randomly` turns it off).
     """
     _install_workspace(session, torch, "pytest-randomly")
-    targets = [str(p / "tests") for p in PACKAGES if (p / "tests").exists()]
-    targets.append(str(ROOT / "tests"))
+    targets = _unit_test_dirs()
     # tests/collector needs the built collector and promtool: the `collector` session runs it.
     # tests/reliability has its own sessions (reliability, reliability_short). Tests marked
     # e2e need the local stack: the `stack` session runs them.
@@ -104,13 +104,43 @@ def tests(session: nox.Session, torch: str) -> None:
     session.run("pytest", *targets, *ignore, "-m", "not e2e", *session.posargs, env=env)
 
 
+def _unit_test_dirs() -> list[str]:
+    """Every distribution's tests and tests/, but visiontel-ultralytics' own: the
+    `ultralytics` session runs those, on the oldest and newest Ultralytics."""
+    skip = {"visiontel-ultralytics"}
+    targets = [str(p / "tests") for p in PACKAGES if (p / "tests").exists() and p.name not in skip]
+    targets.append(str(ROOT / "tests"))
+    return targets
+
+
+# Oldest supported Ultralytics with the oldest torch, newest with the newest.
+ULTRALYTICS_MATRIX = {"8.3.0": TORCH_OLDEST, "8.4.190": TORCH_NEWEST}
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("ultralytics", [nox.param(v, tags=["ci"]) for v in ULTRALYTICS_MATRIX])
+def ultralytics(session: nox.Session, ultralytics: str) -> None:
+    """visiontel-ultralytics' tests on one Ultralytics release (models from its bundled yaml,
+    ONNX through onnxruntime, `yolo predict` under opentelemetry-instrument)."""
+    torch_version = ULTRALYTICS_MATRIX[ultralytics]
+    pins = _torch_pins(session, torch_version)
+    pin = pathlib.Path(session.create_tmp()) / "ultralytics.txt"
+    pin.write_text(f"ultralytics=={ultralytics}\n")
+    session.install(f"torch=={torch_version}", "numpy", *pins)
+    names = ("visiontel-torch", "visiontel-propagation", "visiontel-ultralytics")
+    session.install(*(f"-e{ROOT / 'packages' / n}[test]" for n in names), *pins, "-c", str(pin))
+    session.run("python", "-c", "import ultralytics; print('ultralytics', ultralytics.__version__)")
+    env = {"VISIONTEL_TEST_TORCH": torch_version, "YOLO_OFFLINE": "1", **STRICT_SKIPS}
+    tests = str(ROOT / "packages" / "visiontel-ultralytics" / "tests")
+    session.run("pytest", tests, *session.posargs, env=env)
+
+
 @nox.session(python=PYTHON)
 def alone(session: nox.Session) -> None:
     """Each test of the `tests` session in a pytest process of its own (no test leans on
     another; ~30 min on 2 cores). `-- --by-file` runs each file alone instead."""
     _install_workspace(session, TORCH_NEWEST)
-    targets = [str(p / "tests") for p in PACKAGES if (p / "tests").exists()]
-    targets.append(str(ROOT / "tests"))
+    targets = _unit_test_dirs()
     ignore = [f"--ignore={ROOT / 'tests' / d}" for d in ("collector", "reliability")]
     env = {"VISIONTEL_TEST_TORCH": TORCH_NEWEST, **STRICT_SKIPS}
     runner = str(ROOT / "tests" / "run_each_alone.py")

@@ -14,7 +14,7 @@ from opentelemetry import trace
 
 from visiontel.torch._failures import record_failure
 from visiontel.torch._record import ForwardRecord, ModuleTable
-from visiontel.torch._runtime import default_runtime
+from visiontel.torch._runtime import Runtime, default_runtime
 from visiontel.torch._safety import report_internal_error
 from visiontel.torch._timing import EventSource, GpuEvent, cuda_event_source
 
@@ -52,6 +52,7 @@ class stage:
         device: Any = None,
         metric: bool = True,
         _event_source: EventSource | None = None,
+        _runtime: Runtime | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"stage name must be a non-empty string; got {name!r}")
@@ -65,6 +66,7 @@ class stage:
         self._device = device
         self._metric = metric
         self._event_source = _event_source
+        self._runtime = _runtime  # explicit providers (visiontel-ultralytics); else the default
         self._span: trace.Span | None = None
         self._token: object = None
         self._start_ns = 0
@@ -77,7 +79,7 @@ class stage:
         fresh._span_attributes = self._span_attributes
         fresh._metric_attributes = self._metric_attributes
         fresh._device, fresh._event_source = self._device, self._event_source
-        fresh._metric = self._metric
+        fresh._metric, fresh._runtime = self._metric, self._runtime
         fresh._span, fresh._token, fresh._start_ns = None, None, 0
         fresh._wall_start_ns, fresh._start_event = 0, None
         return fresh
@@ -86,7 +88,7 @@ class stage:
         self._wall_start_ns = time.time_ns()
         self._start_ns = time.perf_counter_ns()
         try:
-            span = default_runtime().spans.start(
+            span = (self._runtime or default_runtime()).spans.start(
                 self.name, self._span_attributes, self._wall_start_ns
             )
             self._span = span
@@ -120,7 +122,9 @@ class stage:
             if span is not None and span.is_recording():
                 context = trace.set_span_in_context(span)
             if self._metric:
-                default_runtime().metrics.duration.record(elapsed_s, attributes, context=context)
+                (self._runtime or default_runtime()).metrics.duration.record(
+                    elapsed_s, attributes, context=context
+                )
             if span is not None and not self._end_after_gpu(span, end_ns):
                 span.end(end_time=self._wall_start_ns + end_ns - self._start_ns)
         except Exception as internal:
@@ -137,7 +141,7 @@ class stage:
         if end_event is None:
             events.release([start_event])
             return False
-        runtime = default_runtime()
+        runtime = self._runtime or default_runtime()
         record = ForwardRecord(
             table=_STAGE_TABLE,
             tracer=runtime.tracer,

@@ -84,6 +84,8 @@ def _trace_network(predictor: Any, config: UltralyticsConfig, settings: Settings
             module,
             name=config.model_name or model_stem(getattr(args, "model", None)),
             version=str(version) if version else None,
+            tracer_provider=settings.telemetry.tracer_provider,
+            meter_provider=settings.telemetry.meter_provider,
         )
     return True
 

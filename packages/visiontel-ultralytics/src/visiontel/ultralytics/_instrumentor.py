@@ -13,7 +13,6 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
     BaseInstrumentor,
 )
 
-from visiontel.torch._runtime import Runtime, set_default_runtime
 from visiontel.torch._safety import warn_once
 from visiontel.ultralytics import _callbacks, _ultralytics_private
 from visiontel.ultralytics._config import UltralyticsConfig, config_from_env
@@ -22,8 +21,6 @@ from visiontel.ultralytics.package import _instruments
 
 _logger = logging.getLogger("visiontel.ultralytics")
 _CONFIG_KEYWORDS = (
-    "model_name",
-    "model_version",
     "top_classes",
     "classes",
     "class_metrics",
@@ -62,9 +59,9 @@ class UltralyticsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Trace every Ultralytics ``predict``/``track`` of models created after ``instrument()``.
 
     ``UltralyticsInstrumentor().instrument(tracer_provider=..., meter_provider=...,
-    top_classes=20, sync_free_profile=True)``: keywords override the
-    ``VISIONTEL_ULTRALYTICS_*`` variables. Models created before ``instrument()`` keep their
-    callback table: instrument those with :func:`instrument_yolo`.
+    top_classes=20, sync_free_profile=True)``: the keywords of :func:`instrument_yolo`,
+    overriding the ``VISIONTEL_ULTRALYTICS_*`` variables. Models created before
+    ``instrument()`` keep their callback table: instrument those with :func:`instrument_yolo`.
     """
 
     def instrumentation_dependencies(self) -> Collection[str]:
@@ -86,9 +83,10 @@ class UltralyticsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             return
         tracer_provider = kwargs.get("tracer_provider")
         meter_provider = kwargs.get("meter_provider")
-        if tracer_provider is not None or meter_provider is not None:
-            set_default_runtime(Runtime(tracer_provider, meter_provider))
-        config = config_from_env().with_overrides(**{k: kwargs.get(k) for k in _CONFIG_KEYWORDS})
+        overrides = {key: kwargs.get(key) for key in _CONFIG_KEYWORDS}
+        config = config_from_env().with_overrides(
+            model_name=kwargs.get("name"), model_version=kwargs.get("version"), **overrides
+        )
         _global = _callbacks.Settings(config, Telemetry(tracer_provider, meter_provider))
         for cls in _ultralytics_private.predictor_classes():
             _callbacks.patch_predictor_class(cls)

@@ -25,7 +25,7 @@ from opentelemetry.trace import Link, Span, Status, StatusCode
 
 from visiontel.propagation import strip_credentials
 from visiontel.torch import stage
-from visiontel.torch._runtime import default_runtime
+from visiontel.torch._runtime import runtime_for
 from visiontel.torch._safety import report_internal_error
 from visiontel.ultralytics import _metrics, _ultralytics_private
 from visiontel.ultralytics._config import UltralyticsConfig
@@ -50,6 +50,11 @@ class Telemetry:
         )
         self.metrics = PredictMetrics(meter_provider)
         self.reader = ValueReader()
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        # visiontel-torch's runtime for the same providers: stage durations and detections
+        # go to its instruments, so each metric has one definition across both packages
+        self.runtime = runtime_for(tracer_provider, meter_provider)
 
 
 class _Batch:
@@ -110,6 +115,7 @@ class PredictRun:
                 device=self.device,
                 # the instrumented network records its own "inference" duration
                 metric=not (name == "inference" and torch_traced),
+                _runtime=telemetry.runtime,
             )
             for name in _STAGES
         }
@@ -170,12 +176,15 @@ class PredictRun:
         if batch is None or self._in_stage is not None:  # a stage calling its parent class
             return call(*args, **kwargs)
         timer = self._stages[name]
+        token = None
         try:
             token = otel_context.attach(batch.context)
-            timer.__enter__()
+            timer.__enter__()  # reports its own failures: never raises
             self._in_stage = name
         except Exception as exc:
             report_internal_error(f"ultralytics {name} start", exc)
+            if token is not None:
+                otel_context.detach(token)
             return call(*args, **kwargs)
         try:
             result = call(*args, **kwargs)
@@ -212,7 +221,7 @@ class PredictRun:
         )
         attributes = {"visiontel.stage": "tracker", **self.detection_attributes}
         attributes.pop("visiontel.ultralytics.task", None)
-        default_runtime().metrics.duration.record(
+        self.telemetry.runtime.metrics.duration.record(
             elapsed_ns / 1e9, attributes, context=trace.set_span_in_context(span)
         )
         span.end(end_time=wall_ns + elapsed_ns)
@@ -259,7 +268,7 @@ class PredictRun:
         for boxes in _ultralytics_private.iter_results_boxes(result):
             count = len(boxes)  # a shape: no device sync
             span.set_attribute("visiontel.detections", count)
-            default_runtime().metrics.detections.record(
+            self.telemetry.runtime.metrics.detections.record(
                 count, self.detection_attributes, context=context
             )
             if count and self.config.class_metrics:

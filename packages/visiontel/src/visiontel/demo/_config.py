@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -15,7 +16,12 @@ from visiontel.demo._errors import UsageError
 
 T = TypeVar("T")
 MODELS = ("tinydet", "ssdlite")
-"""Detectors `--model` can serve (built in ``visiontel.demo._zoo``)."""
+"""The demo's own detectors (built in ``visiontel.demo._zoo``); any other ``--model`` is an
+Ultralytics one (``visiontel.demo._yolo``)."""
+# Names Ultralytics' bundled yamls go by (yolov8n, yolo11s, yolov8n-seg...); the launcher's
+# check looks the yaml itself up. A model loaded with --weights may be named anything.
+_YOLO_NAME = re.compile(r"yolo[a-z0-9-]*")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass
@@ -26,6 +32,7 @@ class DemoConfig:
     height: int = 240
     fps: float = 30.0
     model: str = "tinydet"
+    weights: str | None = None
     model_version: str = "1.0"
     canary_version: str | None = None
     canary_fraction: float = 0.1
@@ -53,6 +60,11 @@ class DemoConfig:
         if self.canary_version:
             return (self.model_version, self.canary_version)
         return (self.model_version,)
+
+    @property
+    def ultralytics(self) -> bool:
+        """True when the detector runs an Ultralytics model (``--model yolov8n``, ``--weights``)."""
+        return self.weights is not None or self.model not in MODELS
 
     @property
     def run_path(self) -> pathlib.Path:
@@ -126,10 +138,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--model",
-        default=_env("VISIONTEL_DEMO_MODEL", str, d.model),
-        choices=MODELS,
-        help="detector: the demo's own 'tinydet', or torchvision's 'ssdlite' (SSDlite320 "
-        "MobileNetV3, needs visiontel[torchvision]) (default %(default)s)",
+        # None: tinydet, or with --weights the checkpoint's name (from_arguments decides).
+        default=_env("VISIONTEL_DEMO_MODEL", str, None),
+        help="detector: the demo's own 'tinydet', torchvision's 'ssdlite' (SSDlite320 "
+        "MobileNetV3, needs visiontel[torchvision]), or an Ultralytics YOLO model built from "
+        "the yaml Ultralytics ships, e.g. 'yolov8n', 'yolov8s', 'yolo11n' (random weights, "
+        f"so a low conf; needs visiontel[yolo]) (default {d.model}; with --weights, the "
+        "checkpoint's file name)",
+    )
+    add(
+        "--weights",
+        default=_env("VISIONTEL_DEMO_WEIGHTS", str, None),
+        metavar="PATH",
+        help="an Ultralytics checkpoint (e.g. yolov8n.pt) for the detector instead of "
+        "random weights; --model then names it (default: none)",
     )
     add(
         "--model-version",
@@ -199,7 +221,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def from_arguments(args: argparse.Namespace) -> DemoConfig:
     config = DemoConfig(
         frames=args.frames, source=args.source, width=args.size[0], height=args.size[1],
-        fps=args.fps, model=args.model, model_version=args.model_version,
+        fps=args.fps, model=_model_name(args.model, args.weights), weights=args.weights or None,
+        model_version=args.model_version,
         canary_version=args.canary_version, canary_fraction=args.canary_fraction,
         output=args.output,
         otlp_endpoint=args.otlp_endpoint or None, stack=args.stack,
@@ -208,6 +231,12 @@ def from_arguments(args: argparse.Namespace) -> DemoConfig:
     )  # fmt: skip
     _validate(config)
     return config
+
+
+def _model_name(model: str | None, weights: str | None) -> str:
+    if model:
+        return model
+    return pathlib.PurePath(weights).stem if weights else DemoConfig.model
 
 
 def _validate(config: DemoConfig) -> None:
@@ -227,7 +256,26 @@ def _validate(config: DemoConfig) -> None:
             raise UsageError(f"{flag} must be a port number (1-65535), or 0 for a free one")
     if config.detector_port and config.detector_port == config.sink_port:
         raise UsageError("--detector-port and --sink-port must differ")
-    if config.model not in MODELS:
-        raise UsageError(f"unknown model {config.model!r}: pick one of {', '.join(MODELS)}")
+    _validate_model(config)
     if config.threads < 0:
         raise UsageError("--threads must be 0 (torch's choice) or more")
+
+
+def _validate_model(config: DemoConfig) -> None:
+    if config.weights is None:
+        if config.model not in MODELS and not _YOLO_NAME.fullmatch(config.model):
+            raise UsageError(
+                f"unknown model {config.model!r}: pick one of {', '.join(MODELS)}, or an "
+                "Ultralytics YOLO model such as yolov8n or yolo11n"
+            )
+        return
+    if config.model in MODELS:
+        raise UsageError(
+            f"--weights loads an Ultralytics checkpoint, which --model {config.model} does not "
+            "take: leave --model out, or name the checkpoint's model, e.g. --model yolov8n"
+        )
+    if not _MODEL_NAME.fullmatch(config.model):
+        raise UsageError(
+            f"{config.model!r} cannot name the model of --weights (letters, digits, '.', '_', "
+            "'-'): name it with --model, e.g. --model yolov8n"
+        )

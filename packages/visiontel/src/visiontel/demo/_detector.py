@@ -3,7 +3,9 @@
 Each frame continues its own trace: ``detect`` with the stages ``preprocess``, the
 model's ``inference`` span (one child per top-level module, e.g. ``backbone``, ``neck``,
 ``head``, ``nms`` for tinydet, from visiontel.torch), ``postprocess`` and the ``send result``
-client call.
+client call. An Ultralytics model (``--model yolov8n``) brings its own stages: ``detect``
+holds visiontel-ultralytics' ``predict yolov8n`` span with ``preprocess``, ``inference`` and
+``postprocess`` below it, then ``send result``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from opentelemetry.trace import SpanKind
 
 import visiontel.propagation as vp
 import visiontel.torch as vt
-from visiontel.demo import _child
+from visiontel.demo import _child, _yolo
 from visiontel.demo._config import DemoConfig
 from visiontel.demo._errors import DemoError
 from visiontel.demo._model import to_frame
@@ -40,7 +42,7 @@ from visiontel.demo._wire import (
     connect,
     serve,
 )  # fmt: skip
-from visiontel.demo._zoo import build
+from visiontel.demo._zoo import Detector, build
 
 _log = logging.getLogger("visiontel.demo.detector")
 _QUEUE = 4  # frames waiting; a full queue holds the source's call: backpressure
@@ -126,6 +128,25 @@ def _device(config: DemoConfig) -> torch.device:
     return torch.device(config.device)
 
 
+def _build_yolos(
+    config: DemoConfig, telemetry: Telemetry, device: torch.device
+) -> dict[str, _yolo.YoloDetector]:
+    yolos = {}
+    for version in config.versions:
+        yolo = _yolo.build(
+            config.model, version, config.weights, device, (config.width, config.height)
+        )
+        if telemetry.enabled:
+            _yolo.instrument(
+                yolo, config.model, version, telemetry.tracer_provider, telemetry.meter_provider
+            )
+        yolos[version] = yolo
+    if config.threads:
+        # Ultralytics sets torch's CPU threads when it sets up a predictor: back to ours.
+        torch.set_num_threads(config.threads)
+    return yolos
+
+
 def run(config: DemoConfig, telemetry: Telemetry) -> None:
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -149,10 +170,15 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
     except OSError:
         raise _child.bind_error("detector", config.detector_port, "--detector-port") from None
     model_name = config.model
+    models: dict[str, Detector] = {}
+    yolos: dict[str, _yolo.YoloDetector] = {}
     try:
         if telemetry.enabled:
             _start_gpu_metrics(telemetry)
-        models = {version: build(model_name, version, device) for version in config.versions}
+        if config.ultralytics:
+            yolos = _build_yolos(config, telemetry, device)
+        else:
+            models = {version: build(model_name, version, device) for version in config.versions}
         if telemetry.enabled:
             for version, model in models.items():
                 vt.instrument_model(model.module, name=model_name, version=version)
@@ -201,15 +227,24 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
                     "detect", carried, tracer=tracer, attributes=model_attributes[version]
                 )
             with span_cm:
-                with stage("preprocess", version):
-                    model = models[version]
-                    tensor, scale = model.prepare(
-                        frame.pixels, frame.width, frame.height, frame.channels, device
+                if yolos:
+                    # The frame's span is current here: Ultralytics' spans join its trace.
+                    boxes = yolos[version].detect(
+                        frame.pixels, frame.width, frame.height, frame.channels
                     )
-                rows = model.rows(model.module(tensor))
-                with stage("postprocess", version):
-                    boxes = to_frame(rows, scale, frame.width, frame.height)
                     result = Result(KIND_FRAME, frame.sequence, frame.capture_ns, version, boxes)
+                else:
+                    with stage("preprocess", version):
+                        model = models[version]
+                        tensor, scale = model.prepare(
+                            frame.pixels, frame.width, frame.height, frame.channels, device
+                        )
+                    rows = model.rows(model.module(tensor))
+                    with stage("postprocess", version):
+                        boxes = to_frame(rows, scale, frame.width, frame.height)
+                        result = Result(
+                            KIND_FRAME, frame.sequence, frame.capture_ns, version, boxes
+                        )
                 sender.send(result.pack(), tracer if telemetry.enabled else None)
             done += 1
     sender.drain()

@@ -96,6 +96,9 @@ class Pipeline:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.config.otlp_endpoint
         else:
             env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        if self.config.ultralytics:
+            # The demo downloads nothing: no weights, fonts or update checks from Ultralytics.
+            env["YOLO_OFFLINE"] = "1"
         for role in ROLES:
             process = _spawn(role, self.config, env)
             self.processes[role] = process
@@ -251,7 +254,7 @@ def run(config: DemoConfig, out: TextIO = sys.stdout) -> int:
     if config.otlp_endpoint and not script:
         _preflight.endpoint(config.otlp_endpoint)
     _preflight.source(config)
-    _zoo.check(config.model)
+    described = _zoo.check(config.model, config.weights)
     _preflight.ports(config)
     config.run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     config.run_dir = str(_preflight.output(config).resolve())
@@ -262,13 +265,15 @@ def run(config: DemoConfig, out: TextIO = sys.stdout) -> int:
         stack = _stack.LocalStack(script, config.run_path / "stack")
         config.otlp_endpoint = stack.endpoint
     try:
-        return _run_pipeline(config, out, stack)
+        return _run_pipeline(config, out, stack, described)
     finally:
         if stack is not None:
             stack.stop()
 
 
-def _run_pipeline(config: DemoConfig, out: TextIO, stack: _stack.LocalStack | None) -> int:
+def _run_pipeline(
+    config: DemoConfig, out: TextIO, stack: _stack.LocalStack | None, model_line: str | None
+) -> int:
     kind, name = describe(config.source)
     target = redact_url(config.otlp_endpoint) if config.otlp_endpoint else f"{config.run_dir}/"
     if kind == "synthetic":
@@ -277,6 +282,8 @@ def _run_pipeline(config: DemoConfig, out: TextIO, stack: _stack.LocalStack | No
     out.write(f"visiontel demo {config.run_id}: {kind} frames ({name}), model "
               f"{' + '.join(config.versions)}, telemetry "
               f"{'to ' + target if config.telemetry else 'off'}\n")  # fmt: skip
+    if model_line is not None:
+        out.write(f"{model_line}\n")
     out.flush()
     pipeline = Pipeline(config, out)
     previous = signal.signal(signal.SIGINT, lambda signum, frame: pipeline.interrupt())

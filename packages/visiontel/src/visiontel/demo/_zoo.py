@@ -5,7 +5,8 @@ core). ``ssdlite`` is torchvision's SSDlite320 / MobileNetV3-Large, the mobile d
 people deploy, built with ``weights=None`` (nothing downloaded) and calibrated so random
 weights still give a handful of detections per frame; ~50 ms per frame on one core, which
 is where a production CPU detector sits and what the telemetry's share should be read
-against (docs/benchmarks.md).
+against (docs/benchmarks.md). Any other name is an Ultralytics YOLO model, built and traced
+in ``visiontel.demo._yolo``; only the check before the start goes through here.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from visiontel.demo import _model
+from visiontel.demo import _model, _yolo
+from visiontel.demo._config import MODELS
 from visiontel.demo._errors import UsageError
 from visiontel.demo._frames import synthetic
 
@@ -36,13 +38,18 @@ class Detector:
     """The model's output for the frame as ``N x 6`` rows (box, score, label)."""
 
 
-def check(name: str) -> None:
+def check(name: str, weights: str | None = None) -> str | None:
     """Fail before any process starts when ``name`` needs a library that is not installed.
 
-    ``name`` itself is checked against ``MODELS`` with the other flags (``_config``).
+    ``name`` itself is checked against ``MODELS`` with the other flags (``_config``); any
+    other name is an Ultralytics model, looked up here. Returns a line describing an
+    Ultralytics model for the launcher to print, None for the demo's own.
     """
-    if name == "ssdlite":
+    if name == "ssdlite" and weights is None:
         _torchvision()
+    elif weights is not None or name not in MODELS:
+        return _yolo.check(name, weights)
+    return None
 
 
 def build(name: str, version: str, device: torch.device) -> Detector:

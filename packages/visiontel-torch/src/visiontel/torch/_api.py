@@ -9,7 +9,7 @@ from opentelemetry import metrics, trace
 from visiontel.torch import _model
 from visiontel.torch._config import Granularity, TorchConfig, config_from_env
 from visiontel.torch._metrics import DetectionCounter
-from visiontel.torch._runtime import default_runtime, runtime_for
+from visiontel.torch._runtime import all_runtimes, default_runtime, runtime_for
 from visiontel.torch._timing import EventSource
 
 M = TypeVar("M")
@@ -90,6 +90,8 @@ def is_instrumented(model: Any) -> bool:
 def flush(timeout: float = 10.0) -> bool:
     """Wait until every finished forward has become spans (tests, shutdown); True if done."""
     done = default_runtime().resolver.flush(timeout)
+    for runtime in all_runtimes():  # stages timed for explicit providers, too
+        done = runtime.resolver.flush(timeout) and done
     for model in _model.all_instrumented():
         instrumentation = _model.instrumentation_of(model)
         if instrumentation is not None:

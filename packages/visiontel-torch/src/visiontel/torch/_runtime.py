@@ -64,6 +64,15 @@ def runtime_for(
         return runtime
 
 
+def all_runtimes() -> list[Runtime]:
+    """The default runtime and every one bound to explicit providers."""
+    with _lock:
+        runtimes = list(_by_providers.values())
+        if _default is not None:
+            runtimes.insert(0, _default)
+    return runtimes
+
+
 def set_default_runtime(runtime: Runtime | None) -> None:
     global _default
     with _lock:

@@ -106,10 +106,16 @@ class CudaEventSource:
 
 
 def cuda_event_source(device: Any) -> EventSource | None:
-    """The process's event pool for ``device`` when it is a CUDA device, else ``None``."""
-    if device is None or getattr(device, "type", None) != "cuda":
+    """The process's event pool for ``device`` (``torch.device`` or ``"cuda:0"``) when it is
+    a CUDA device, else ``None``."""
+    if device is None:
         return None
     import torch
+
+    if isinstance(device, str):
+        device = torch.device(device)
+    if getattr(device, "type", None) != "cuda":
+        return None
 
     index = device.index if device.index is not None else torch.cuda.current_device()
     source = _cuda_sources.get(index)

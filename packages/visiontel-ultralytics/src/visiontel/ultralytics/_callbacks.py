@@ -31,6 +31,9 @@ _logger = logging.getLogger("visiontel.ultralytics")
 _STAGE_METHODS = ("preprocess", "inference", "postprocess")
 
 _runs: weakref.WeakKeyDictionary[Any, PredictRun] = weakref.WeakKeyDictionary()
+_last_runs: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], PredictRun]] = (
+    weakref.WeakKeyDictionary()
+)
 _patched: dict[tuple[type, str], Any] = {}  # (class, method name) -> the original function
 _lock = threading.Lock()
 
@@ -42,6 +45,25 @@ class Settings:
         self.config = config
         self.telemetry = telemetry
         self.enabled = True
+
+    # ``instrument_yolo`` puts these in the model's callback table, which copy.deepcopy and
+    # pickle (a model sent to a worker) take along. The telemetry holds locks and a thread,
+    # so it is never copied: a copy in this process shares it, and an unpickled one is
+    # rebuilt on the global providers (explicit providers cannot leave the process).
+    def __copy__(self) -> Settings:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Settings:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_unpickle_settings, (self.config, self.enabled))
+
+
+def _unpickle_settings(config: UltralyticsConfig, enabled: bool) -> Settings:
+    settings = Settings(config, Telemetry(None, None))
+    settings.enabled = enabled
+    return settings
 
 
 def start_run(predictor: Any, settings: Settings) -> None:
@@ -66,7 +88,30 @@ def _start_run(predictor: Any, settings: Settings) -> None:
         _triton.inject_headers(predictor.model)
     if config.sync_free_profile:
         _free_profilers_from_sync()
-    _runs[predictor] = PredictRun(predictor, config, settings.telemetry, torch_traced)
+    # Building a run (attributes, class labels, stage timers) costs tens of microseconds; a
+    # service calling predict() once per frame reuses the last one while nothing changed.
+    key = _run_key(predictor, settings, torch_traced)
+    cached = _last_runs.get(predictor)
+    if cached is not None and cached[0] == key:
+        run = cached[1]
+        run.reset()
+    else:
+        run = PredictRun(predictor, config, settings.telemetry, torch_traced)
+        _last_runs[predictor] = (key, run)
+    _runs[predictor] = run
+
+
+def _run_key(predictor: Any, settings: Settings, torch_traced: bool) -> tuple[Any, ...]:
+    args = predictor.args
+    imgsz = getattr(predictor, "imgsz", None)
+    return (
+        id(settings),
+        id(predictor.model),
+        torch_traced,
+        str(getattr(predictor, "device", None)),
+        tuple(imgsz) if isinstance(imgsz, (list, tuple)) else imgsz,
+        *(str(getattr(args, name, None)) for name in ("model", "mode", "task", "half")),
+    )
 
 
 def _trace_network(predictor: Any, config: UltralyticsConfig, settings: Settings) -> bool:
@@ -115,7 +160,9 @@ def _on_batch_start(predictor: Any) -> None:
 
 def _before_postprocess_callbacks(predictor: Any) -> None:
     run = _runs.get(predictor)
-    if run is not None and hasattr(predictor, "trackers"):
+    # A predictor that ran track() keeps its trackers for a later predict() on the same
+    # model; the tracker callbacks then return at once (as Ultralytics' own checks the mode)
+    if run is not None and run.mode == "track" and hasattr(predictor, "trackers"):
         try:
             run.tracker_started()
         except Exception as exc:
@@ -217,3 +264,4 @@ def clear_runs() -> None:
     for run in list(_runs.values()):
         run.abort(None)
     _runs.clear()
+    _last_runs.clear()

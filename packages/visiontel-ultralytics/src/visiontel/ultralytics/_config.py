@@ -37,7 +37,7 @@ class UltralyticsConfig:
     top_classes: int = 16
     classes: tuple[str, ...] = ()
     class_metrics: bool = True
-    max_confidences: int = 64
+    max_confidences: int = 16
     torch_spans: bool = True
     sync_free_profile: bool = False
     triton_headers: bool = True

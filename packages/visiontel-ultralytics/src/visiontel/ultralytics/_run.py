@@ -76,7 +76,9 @@ class PredictRun:
         args = predictor.args
         backend = predictor.model
         self.mode = "track" if getattr(args, "mode", None) == "track" else "predict"
-        self.model_name = config.model_name or model_stem(getattr(args, "model", None))
+        self.model_name = config.model_name or model_stem(
+            _ultralytics_private.model_source(predictor)
+        )
         metadata = _ultralytics_private.metadata(backend)
         version = config.model_version or metadata.get("date")
         self.model_version = str(version) if version else None
@@ -91,7 +93,7 @@ class PredictRun:
             **identity,
             "visiontel.ultralytics.task": self.task,
             "visiontel.ultralytics.format": self.format,
-            "visiontel.ultralytics.half": bool(getattr(args, "half", False)),
+            "visiontel.ultralytics.half": _ultralytics_private.runs_fp16(backend),
             "visiontel.ultralytics.device": str(self.device),
         }
         imgsz = getattr(predictor, "imgsz", None) or getattr(args, "imgsz", None)
@@ -122,6 +124,12 @@ class PredictRun:
         self._frames: dict[str, int] = {}
         self._in_stage: str | None = None
         self.batch: _Batch | None = None
+
+    def reset(self) -> None:
+        """Ready for another predict call: frame numbers restart, no batch is open."""
+        self.abort(None)
+        self._frames.clear()
+        self._in_stage = None
 
     # -- batches ---------------------------------------------------------------------------
     def begin_batch(self, predictor: Any) -> None:
@@ -173,7 +181,10 @@ class PredictRun:
 
     def run_stage(self, name: str, call: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         batch = self.batch
-        if batch is None or self._in_stage is not None:  # a stage calling its parent class
+        # Untimed: a stage calling its parent class, and a stage the tracker runs again (8.4's
+        # default TRACKTRACK repeats postprocess at looser thresholds): that time is the
+        # tracker's, and a second postprocess point per image would skew the stage's metric.
+        if batch is None or self._in_stage is not None or batch.tracker_start is not None:
             return call(*args, **kwargs)
         timer = self._stages[name]
         token = None

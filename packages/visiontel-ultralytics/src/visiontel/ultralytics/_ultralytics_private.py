@@ -93,6 +93,27 @@ def loaded_model(autobackend: Any) -> Any:
     return getattr(autobackend, "model", None)
 
 
+def model_source(predictor: Any) -> Any:
+    """What the model was loaded from: ``args.model``, or a Triton model's name on the server.
+
+    ``YOLO(url)`` for a Triton model keeps the URL on the ``Model`` alone and leaves the
+    predictor's ``args.model`` unset; the ``TritonRemoteModel`` keeps the model's name.
+    """
+    source = getattr(predictor.args, "model", None)
+    if source is None and backend_format(predictor.model) == "triton":
+        source = getattr(loaded_model(predictor.model), "endpoint", None)
+    return source
+
+
+def runs_fp16(autobackend: Any) -> bool:
+    """Whether the loaded model computes in FP16 (``AutoBackend.fp16`` in both layouts).
+
+    Not ``args.half``: that is a request, which AutoBackend turns down on a CPU, and 8.4
+    replaced it with ``quantize`` (``args`` then has no ``half`` at all).
+    """
+    return getattr(unwrap_compiled(autobackend), "fp16", False) is True
+
+
 def torch_module(autobackend: Any) -> Any:
     """The eager ``nn.Module`` behind a pt backend, or ``None`` for every other format."""
     if backend_format(autobackend) != "pt":

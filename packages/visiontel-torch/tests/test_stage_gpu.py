@@ -312,3 +312,17 @@ def test_a_model_forward_inside_a_gpu_stage_nests_under_it(
     assert [p.attributes["visiontel.stage"] for p in telemetry.metric_points(DURATION)] == [
         "inference"
     ]  # the forward's own point; the stage (metric=False) adds none
+
+
+@pytest.mark.parametrize("device", ["cuda:0", "cuda"])
+def test_a_device_given_as_text_is_timed_too(
+    standin: StandInGpu, stage_telemetry: GpuTelemetry, device: str
+) -> None:
+    """``stage(device="cuda:0")``, as a predictor's ``args.device`` often reads."""
+    with stage("preprocess", device=device):
+        pass
+    standin.finish()
+    span = _only(stage_telemetry.spans(), "preprocess")
+    assert _has_gpu_times(span)
+    assert list(_timing._cuda_sources) == [0]
+    assert len(standin.log.events(calibration=False)) == 2

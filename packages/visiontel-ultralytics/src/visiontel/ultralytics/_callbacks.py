@@ -21,7 +21,8 @@ from typing import Any
 
 import wrapt
 
-from visiontel.torch import instrument_model, is_instrumented
+from visiontel.torch import instrument_model
+from visiontel.torch._model import instrumentation_of
 from visiontel.torch._safety import report_internal_error, warn_once
 from visiontel.ultralytics import _triton, _ultralytics_private
 from visiontel.ultralytics._config import UltralyticsConfig
@@ -105,7 +106,7 @@ def _run_key(predictor: Any, settings: Settings, torch_traced: bool) -> tuple[An
     args = predictor.args
     imgsz = getattr(predictor, "imgsz", None)
     return (
-        id(settings),
+        settings,  # the object, not its id: a freed one's id can be reused
         id(predictor.model),
         torch_traced,
         str(getattr(predictor, "device", None)),
@@ -119,7 +120,8 @@ def _trace_network(predictor: Any, config: UltralyticsConfig, settings: Settings
     module = _ultralytics_private.torch_module(predictor.model)
     if module is None or not config.torch_spans:
         return False
-    if not is_instrumented(module):
+    existing = instrumentation_of(module)
+    if existing is None or _discovered_unnamed(existing):
         from visiontel.ultralytics._run import model_stem
 
         args = predictor.args
@@ -131,8 +133,18 @@ def _trace_network(predictor: Any, config: UltralyticsConfig, settings: Settings
             version=str(version) if version else None,
             tracer_provider=settings.telemetry.tracer_provider,
             meter_provider=settings.telemetry.meter_provider,
+            _base_config=existing.config if existing is not None else None,
         )
+        renamed = instrumentation_of(module)
+        if existing is not None and renamed is not None:  # still a discovered root
+            renamed.on_nested = existing.on_nested
     return True
+
+
+def _discovered_unnamed(instrumentation: Any) -> bool:
+    """Found by visiontel-torch's zero-code discovery on an earlier forward (``yolo predict``
+    counts the model's FLOPs first) and so named after its class, ``DetectionModel``."""
+    return instrumentation.on_nested is not None and instrumentation.config.model_name is None
 
 
 def _free_profilers_from_sync() -> None:

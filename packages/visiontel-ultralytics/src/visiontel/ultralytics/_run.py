@@ -141,6 +141,9 @@ class PredictRun:
         parent_context = otel_context.get_current()
         tracer = self.telemetry.tracer
         kind = getattr(getattr(predictor, "dataset", None), "mode", None)
+        in_memory = _ultralytics_private.in_memory_source(predictor)
+        if in_memory:  # numpy, PIL or tensor input: the "paths" are made-up names
+            kind, paths = in_memory, []
         images: list[Span] = []
         for index in range(size):
             attributes = {**self.attributes, "visiontel.batch.size": size}

@@ -164,6 +164,20 @@ def disable_profile_sync(profiler: Any) -> bool:
     return False
 
 
+def in_memory_source(predictor: Any) -> str | None:
+    """``"array"`` or ``"tensor"`` when the predictor's input was in memory, else ``None``.
+
+    For numpy, PIL and tensor inputs Ultralytics invents paths (``image0.jpg``): as source
+    names they would mislead, and frame numbers over them would restart at every call.
+    """
+    source_type = getattr(predictor, "source_type", None)
+    if getattr(source_type, "tensor", False) is True:
+        return "tensor"
+    if getattr(source_type, "from_img", False) is True:
+        return "array"
+    return None
+
+
 def iter_results_boxes(result: Any) -> Iterator[Any]:
     """The detections container of one ``Results`` (boxes, or oriented boxes for obb)."""
     for name in ("boxes", "obb"):

@@ -38,7 +38,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-import visiontel.torch as vt
+import visiontel.ultralytics
 from visiontel.ultralytics import instrument_yolo
 
 _DISTINCT = 8
@@ -105,7 +105,7 @@ def main() -> None:
                 run(index)
             wall[name].append((time.perf_counter_ns() - start_wall) / args.block / 1e6)
             cpu[name].append((time.thread_time_ns() - start_cpu) / args.block / 1e6)
-    vt.flush()
+    visiontel.ultralytics.flush()
     tracer_provider.force_flush()
     report(args, wall, cpu, detections, exporter.spans)
     tracer_provider.shutdown()

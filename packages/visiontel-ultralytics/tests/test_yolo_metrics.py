@@ -112,7 +112,7 @@ def test_points_recorded_in_a_sampled_span_carry_its_exemplar(telemetry: Telemet
     trace_id = root.context.trace_id
     stage_ids = {s.name: s.context.span_id for s in children(spans, root)}
     network = [s for s in spans if s.name == "inference yolov8n"]
-    data = telemetry.reader.get_metrics_data()
+    data = telemetry.collect()
     durations = {
         p.attributes["visiontel.stage"]: p
         for p in telemetry.metric_points(DURATION_METRIC, data=data)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from opentelemetry.trace import StatusCode
 
+import visiontel.ultralytics
 from visiontel.ultralytics import (
     UltralyticsInstrumentor,
     _callbacks,
@@ -67,7 +68,7 @@ def _stage_originals() -> dict[tuple[type, str], Any]:
     ("target", "site"),
     [
         ((PredictRun, "begin_batch"), "ultralytics on_predict_batch_start"),
-        ((_metrics, "record_classes"), "ultralytics results"),
+        ((_metrics, "record_classes"), "ultralytics metrics"),  # on the metrics worker
     ],
     ids=["begin_batch", "record_classes"],
 )
@@ -94,6 +95,7 @@ def test_our_exception_never_reaches_predict(
     telemetry.instrument(model)
     with caplog.at_level(logging.ERROR, logger="visiontel"):
         results = model.predict(video, imgsz=IMGSZ, conf=CONF, verbose=False)
+        assert visiontel.ultralytics.flush(10.0)
 
     _same(boxes_of(results), expected)
     assert len(calls) == 3  # every frame hit it ...

@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import visiontel.torch as vt
+import visiontel.ultralytics
 from visiontel.ultralytics import instrument_yolo
 
 CONF = 1e-6
@@ -47,12 +48,17 @@ class Telemetry:
     def named(self, name: str) -> list[ReadableSpan]:
         return [span for span in self.spans() if span.name == name]
 
+    def collect(self) -> Any:
+        """A metrics collection once every finished image's metrics are recorded."""
+        assert visiontel.ultralytics.flush(10.0), "metrics worker did not drain"
+        return self.reader.get_metrics_data()
+
     def metric_points(self, name: str, scope: str | None = None, data: Any = None) -> list[Any]:
         """The points of metric ``name``; from ``data`` if given, else a new collection (the
         SDK hands out a point's exemplars in one collection only: pass the same ``data`` to
         read several metrics' exemplars)."""
         if data is None:
-            data = self.reader.get_metrics_data()
+            data = self.collect()
         points: list[Any] = []
         for resource_metrics in data.resource_metrics if data else ():
             for scope_metrics in resource_metrics.scope_metrics:

@@ -19,6 +19,7 @@ Nothing of Ultralytics is imported until ``instrument()`` or ``instrument_yolo``
 from visiontel.ultralytics._config import UltralyticsConfig
 from visiontel.ultralytics._instrumentor import (
     UltralyticsInstrumentor,
+    flush,
     instrument_yolo,
     uninstrument_yolo,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "UltralyticsConfig",
     "UltralyticsInstrumentor",
     "__version__",
+    "flush",
     "instrument_yolo",
     "uninstrument_yolo",
 ]

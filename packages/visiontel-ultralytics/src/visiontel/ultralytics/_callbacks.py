@@ -35,6 +35,7 @@ _runs: weakref.WeakKeyDictionary[Any, PredictRun] = weakref.WeakKeyDictionary()
 _last_runs: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], PredictRun]] = (
     weakref.WeakKeyDictionary()
 )
+_patched_classes: set[type] = set()  # done: each class and its bases
 _patched: dict[tuple[type, str], Any] = {}  # (class, method name) -> the original function
 _lock = threading.Lock()
 
@@ -218,6 +219,11 @@ _PLACED = (
 
 
 def _place_callbacks(table: Any) -> None:
+    if all(  # already in place (every predict after the first): a few lookups
+        (callbacks := table.get(event)) and callbacks[0 if first else -1] is callback
+        for event, callback, first in _PLACED
+    ):
+        return
     for event, callback, first in _PLACED:
         callbacks = table[event]
         while callback in callbacks:
@@ -251,6 +257,9 @@ _WRAPPERS = {name: _stage_wrapper(name) for name in _STAGE_METHODS}
 
 def patch_predictor_class(cls: type) -> None:
     """Time the stages of ``cls`` and of every class it inherits them from."""
+    if cls in _patched_classes:
+        return
+    _patched_classes.add(cls)
     for klass in cls.__mro__:
         for name in _STAGE_METHODS:
             original = klass.__dict__.get(name)
@@ -267,6 +276,7 @@ def unpatch_all() -> None:
     with _lock:
         patched = list(_patched.items())
         _patched.clear()
+        _patched_classes.clear()
     for (klass, name), original in patched:
         if isinstance(klass.__dict__.get(name), wrapt.FunctionWrapper):
             setattr(klass, name, original)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Collection
 from typing import Any
 
@@ -13,8 +14,9 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
     BaseInstrumentor,
 )
 
+from visiontel.torch import flush as vt_flush
 from visiontel.torch._safety import warn_once
-from visiontel.ultralytics import _callbacks, _ultralytics_private
+from visiontel.ultralytics import _callbacks, _metrics, _ultralytics_private
 from visiontel.ultralytics._config import UltralyticsConfig, config_from_env
 from visiontel.ultralytics._run import Telemetry
 from visiontel.ultralytics.package import _instruments
@@ -171,3 +173,12 @@ def uninstrument_yolo(model: Any) -> bool:
     if ours:
         _callbacks.remove_placed_callbacks(callbacks)
     return bool(ours)
+
+
+def flush(timeout: float = 10.0) -> bool:
+    """Wait until every finished image is in the providers: its spans (visiontel-torch's
+    resolver) and its metrics (recorded off the inference thread). Call before shutting
+    the providers down; True if everything was done within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    done = vt_flush(timeout)
+    return _metrics.worker().flush(max(0.0, deadline - time.monotonic())) and done

@@ -1,16 +1,19 @@
 """What the model saw: detections per class (bounded labels) and a confidence histogram.
 
 Class ids and confidences are tensor *values*, so reading them on a CUDA device would wait
-for the GPU. Values on the CPU (ONNX Runtime, OpenVINO, CPU torch) are read inline; values
-on a GPU are read by one daemon thread, which alone waits for the copy, never the inference
-thread. Only counts and confidences leave the process: never boxes, masks or pixels.
+for the GPU, and recording them is a few dozen SDK calls per image: both happen on one
+daemon thread (``MetricsWorker``), never on the inference thread. Only counts and
+confidences leave the process: never boxes, masks or pixels.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,7 +25,7 @@ from visiontel.ultralytics.version import SCHEMA_URL, __version__
 
 OTHER = "other"
 _CONFIDENCE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 20))
-_MAX_PENDING_READS = 256
+_MAX_PENDING_BATCHES = 256
 _logger = logging.getLogger("visiontel.ultralytics")
 
 
@@ -77,50 +80,89 @@ def class_labels(
     return labels
 
 
-class ValueReader:
-    """Reads small tensors' values without ever making the inference thread wait."""
+class MetricsWorker:
+    """Records each batch's per-image metrics on a thread of its own.
+
+    A histogram record or counter add costs the SDK 5-20 µs (attribute checks, hashing,
+    aggregation, exemplar reservoir); an image with 20 detections needs about 20 of them.
+    The inference thread only queues one job per batch. The worker also reads the class ids
+    and confidences (``tolist()``), which on a GPU waits for the device: that wait falls
+    here, never on the inference thread. When the worker falls behind by
+    ``_MAX_PENDING_BATCHES`` batches, further batches' metrics are dropped and counted.
+    """
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[Sequence[Any], Callable[[list[list[float]]], None]]] = (
-            queue.Queue(_MAX_PENDING_READS)
-        )
+        self._queue: queue.Queue[Callable[[], None]] = queue.Queue(_MAX_PENDING_BATCHES)
         self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._pending = 0
         self.dropped = 0
+        atexit.register(self.flush, 2.0)
 
-    def read(self, tensors: Sequence[Any], then: Callable[[list[list[float]]], None]) -> None:
-        """Call ``then`` with the tensors' values, inline if they are on the CPU."""
-        if all(getattr(getattr(t, "device", None), "type", "cpu") == "cpu" for t in tensors):
-            then([_values(t) for t in tensors])
-            return
+    def submit(self, job: Callable[[], None]) -> None:
         self._start()
+        with self._lock:
+            self._pending += 1
         try:
-            self._queue.put_nowait((tensors, then))
+            self._queue.put_nowait(job)
         except queue.Full:
-            self.dropped += 1  # the reader fell behind: skip this image's class metrics
+            self.dropped += 1
+            self._done()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued job has run; False if ``timeout`` passed first."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def _done(self) -> None:
+        with self._idle:
+            self._pending -= 1
+            if not self._pending:
+                self._idle.notify_all()
 
     def _start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        if self._thread is not None and self._pid == os.getpid():
             return
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
+            if self._pid != os.getpid():  # forked: the parent's thread does not exist here
+                self._pid, self._thread, self._pending = os.getpid(), None, 0
+                self._queue = queue.Queue(_MAX_PENDING_BATCHES)
+            if self._thread is None:
                 self._thread = threading.Thread(
-                    target=self._run, name="visiontel-ultralytics-values", daemon=True
+                    target=self._run, name="visiontel-ultralytics-metrics", daemon=True
                 )
                 self._thread.start()
 
     def _run(self) -> None:
         while True:
-            tensors, then = self._queue.get()
+            job = self._queue.get()
             try:
-                then([_values(t) for t in tensors])  # .tolist() waits for the copy, here only
+                job()
             except Exception as exc:
-                report_internal_error("ultralytics value reader", exc)
+                report_internal_error("ultralytics metrics", exc)
+            finally:
+                self._done()
 
 
-def _values(tensor: Any) -> list[float]:
-    values = tensor.tolist() if hasattr(tensor, "tolist") else list(tensor)
-    return values if isinstance(values, list) else [values]
+_worker = MetricsWorker()
+
+
+def worker() -> MetricsWorker:
+    return _worker
+
+
+def values(tensor: Any) -> list[float]:
+    """A small tensor's values as a list (waits for the device on a GPU: worker only)."""
+    result = tensor.tolist() if hasattr(tensor, "tolist") else list(tensor)
+    return result if isinstance(result, list) else [result]
 
 
 def spread_positions(count: int, limit: int) -> range | list[int]:

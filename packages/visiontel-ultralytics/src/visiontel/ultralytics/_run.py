@@ -14,6 +14,7 @@ failures, and a stage whose telemetry failed still runs exactly once.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from pathlib import PurePath
@@ -29,14 +30,14 @@ from visiontel.torch._runtime import runtime_for
 from visiontel.torch._safety import report_internal_error
 from visiontel.ultralytics import _metrics, _ultralytics_private
 from visiontel.ultralytics._config import UltralyticsConfig
-from visiontel.ultralytics._metrics import PredictMetrics, ValueReader
+from visiontel.ultralytics._metrics import PredictMetrics
 
 _STAGES = ("preprocess", "inference", "postprocess")
 _MAX_SOURCES = 4096  # frame counters kept per run (one per video file or stream)
 
 
 class Telemetry:
-    """The tracer, instruments and value reader of one pair of providers."""
+    """The tracer and instruments of one pair of providers."""
 
     def __init__(
         self,
@@ -49,7 +50,6 @@ class Telemetry:
             "visiontel.ultralytics", __version__, tracer_provider, schema_url=SCHEMA_URL
         )
         self.metrics = PredictMetrics(meter_provider)
-        self.reader = ValueReader()
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
         # visiontel-torch's runtime for the same providers: stage durations and detections
@@ -246,15 +246,18 @@ class PredictRun:
             return
         results = getattr(predictor, "results", None) or []
         end_ns = time.time_ns()
+        seen: list[tuple[Any, Any, Any]] = []  # (detections container or probs, count, context)
         for index, span in enumerate(batch.images):
             try:
                 if index < len(results):
-                    self._observe(results[index], span)
+                    seen.append(self._observe(results[index], span))
             except Exception as exc:
                 report_internal_error("ultralytics results", exc)
             span.end(end_time=end_ns)
         if batch.parent is not batch.images[0]:
             batch.parent.end(end_time=end_ns)
+        if seen:
+            _metrics.worker().submit(functools.partial(self._record, seen))
 
     def abort(self, exc: BaseException | None) -> None:
         """End a batch that will never reach ``on_predict_batch_end``."""
@@ -269,41 +272,41 @@ class PredictRun:
             span.end()
 
     # -- what the model saw ----------------------------------------------------------------
-    def _observe(self, result: Any, span: Span) -> None:
+    def _observe(self, result: Any, span: Span) -> tuple[Any, Any, Any]:
+        """What the metrics worker needs of one image; only shapes are read here."""
         context = trace.set_span_in_context(span)
         probs = getattr(result, "probs", None)
         if probs is not None:  # classifier: its top-1 class counts as one "detection"
-            data = getattr(probs, "data", None)
-            if data is not None and self.config.class_metrics:
-                top = data.max(0) if hasattr(data, "max") else None
-                if top is not None:
-                    self._read_classes([top.indices.reshape(1), top.values.reshape(1)], context)
-            return
+            return probs, None, context
         for boxes in _ultralytics_private.iter_results_boxes(result):
             count = len(boxes)  # a shape: no device sync
             span.set_attribute("visiontel.detections", count)
-            self.telemetry.runtime.metrics.detections.record(
-                count, self.detection_attributes, context=context
-            )
-            if count and self.config.class_metrics:
-                self._read_classes([boxes.cls, boxes.conf], context)
+            return boxes, count, context
+        return None, None, context
 
-    def _read_classes(self, tensors: list[Any], context: Any) -> None:
-        instruments, labels, attributes = self.telemetry.metrics, self.labels, self.class_attributes
-        limit = self.config.max_confidences
-
-        def record(values: list[list[float]]) -> None:
+    def _record(self, seen: list[tuple[Any, Any, Any]]) -> None:
+        """On the metrics worker: detections per image, per class, and confidences."""
+        detections = self.telemetry.runtime.metrics.detections
+        class_metrics = self.config.class_metrics
+        for found, count, context in seen:
+            if count is not None:
+                detections.record(count, self.detection_attributes, context=context)
+            if found is None or not class_metrics or count == 0:
+                continue
+            if count is None:  # classifier probabilities
+                top = found.data.max(0)
+                classes, confidences = [float(top.indices)], [float(top.values)]
+            else:
+                classes, confidences = _metrics.values(found.cls), _metrics.values(found.conf)
             _metrics.record_classes(
-                instruments,
-                labels=labels,
-                attributes=attributes,
-                classes=values[0],
-                confidences=values[1],
-                max_confidences=limit,
+                self.telemetry.metrics,
+                labels=self.labels,
+                attributes=self.class_attributes,
+                classes=classes,
+                confidences=confidences,
+                max_confidences=self.config.max_confidences,
                 context=context,
             )
-
-        self.telemetry.reader.read(tensors, record)
 
 
 def model_stem(model: Any) -> str:

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import queue
 import random
+import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
@@ -253,4 +254,7 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
     server.stop(0.2).wait()
     if telemetry.enabled:
         vt.flush(5.0)
+        traced_yolo = sys.modules.get("visiontel.ultralytics")  # loaded only for --model yolo*
+        if traced_yolo is not None:  # its per-image metrics are recorded off this thread
+            traced_yolo.flush(5.0)
     _log.info("detected on %d frames with %s", done, model_name)

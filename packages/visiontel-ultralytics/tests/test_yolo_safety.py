@@ -9,9 +9,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 
 import visiontel.ultralytics
+from visiontel.torch import stage
 from visiontel.ultralytics import (
     UltralyticsInstrumentor,
     _callbacks,
@@ -113,6 +115,27 @@ def test_our_exception_never_reaches_predict(
     else:
         assert image_spans(spans) == []
         assert not [s for s in spans if s.name in STAGES]
+
+
+def test_a_failure_while_closing_a_stage_never_reaches_predict(
+    telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = yolo()
+    expected = boxes_of(model.predict(image(), imgsz=IMGSZ, conf=CONF, verbose=False))
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise Boom("visiontel bug")
+
+    monkeypatch.setattr(stage, "__exit__", broken)
+    telemetry.instrument(model)
+    with caplog.at_level(logging.ERROR, logger="visiontel"):
+        for _ in range(2):
+            results = model.predict(image(), imgsz=IMGSZ, conf=CONF, verbose=False)
+            _same(boxes_of(results), expected)
+    assert not trace.get_current_span().get_span_context().is_valid  # no context leaked
+    for name in STAGES:  # said once per stage, not once per frame
+        [record] = _errors(caplog, f"ultralytics {name} end")
+        assert record.exc_info is not None and isinstance(record.exc_info[1], Boom)
 
 
 @pytest.mark.parametrize("where", ["network", "preprocess"])

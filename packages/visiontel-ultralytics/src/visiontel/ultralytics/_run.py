@@ -203,17 +203,25 @@ class PredictRun:
         try:
             result = call(*args, **kwargs)
         except BaseException as exc:
-            self._leave_stage(timer, token, exc)
-            self.abort(exc)
+            self._in_stage = None
+            self._close_stage(name, timer, token, exc)
+            try:  # the predictor's own exception must reach the caller, not one of ours
+                self.abort(exc)
+            except Exception as internal:
+                report_internal_error(f"ultralytics {name} failure", internal)
             raise
-        self._leave_stage(timer, token, None)
+        self._in_stage = None
+        self._close_stage(name, timer, token, None)
         return result
 
-    def _leave_stage(self, timer: stage, token: object, exc: BaseException | None) -> None:
-        self._in_stage = None
+    def _close_stage(
+        self, name: str, timer: stage, token: object, exc: BaseException | None
+    ) -> None:
         try:
             timer.__exit__(type(exc) if exc else None, exc, None)
-        finally:
+        except Exception as internal:
+            report_internal_error(f"ultralytics {name} end", internal)
+        finally:  # whatever failed, the caller's context is as it was
             otel_context.detach(token)  # type: ignore[arg-type]
 
     def tracker_started(self) -> None:

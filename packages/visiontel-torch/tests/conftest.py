@@ -1,13 +1,19 @@
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from typing import TypeVar
 
 import pytest
+import torch
+from cuda_standin import RealCuda, StandInGpu
 
 import visiontel.torch as vt
-from visiontel.torch import _model, _safety
+from visiontel.torch import _model, _safety, _timing
 
 from torch_support import Telemetry, make_telemetry
+
+B = TypeVar("B", StandInGpu, RealCuda)
 
 
 @pytest.fixture(autouse=True)
@@ -40,3 +46,34 @@ def telemetry() -> Iterator[Telemetry]:
     yield make_telemetry()
     for model in _model.all_instrumented():
         vt.uninstrument_model(model)
+
+
+def _installed(backend: B, monkeypatch: pytest.MonkeyPatch) -> Iterator[B]:
+    # The process-wide cache of sources: fresh, so no source outlives the stand-in it used.
+    monkeypatch.setattr(_timing, "_cuda_sources", {})
+    errors = _safety.internal_error_count()
+    backend.install(monkeypatch)
+    yield backend
+    # Hooks and stages swallow exceptions; a stand-in that refused a call must still fail
+    # the test.
+    assert backend.log.violations == []
+    assert _safety.internal_error_count() == errors, "visiontel swallowed an internal error"
+
+
+@pytest.fixture(params=["stand-in", "cuda"])
+def gpu(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[StandInGpu | RealCuda]:
+    """The CUDA stand-in (any machine), then a real GPU with recorders (skipped without one)."""
+    if request.param == "stand-in":
+        yield from _installed(StandInGpu(wall_zero_ns=time.time_ns()), monkeypatch)
+        return
+    if not torch.cuda.is_available():
+        pytest.skip("needs cuda: no CUDA device (torch.cuda.is_available() is False)")
+    yield from _installed(RealCuda(), monkeypatch)
+
+
+@pytest.fixture
+def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[StandInGpu]:
+    """The stand-in alone, for what needs its scripted clocks or its device queue held back."""
+    yield from _installed(StandInGpu(wall_zero_ns=time.time_ns()), monkeypatch)

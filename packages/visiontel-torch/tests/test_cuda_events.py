@@ -10,8 +10,6 @@ throughout: the forward (caller's) thread only enqueues events; every ``query``,
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -23,7 +21,7 @@ from cuda_standin import (
     assert_forward_thread_never_waits,
 )
 
-from visiontel.torch import TorchInstrumentor, _safety, _timing
+from visiontel.torch import TorchInstrumentor, _timing
 from visiontel.torch._timing import CudaEventSource
 
 from torch_support import Telemetry, TinyDetector
@@ -32,35 +30,6 @@ from torch_support import Telemetry, TinyDetector
 # a start/end pair for each stage. A span's GPU start is its start event's completion.
 START_EVENT = {"inference cal": 0, "backbone": 1, "neck": 3, "head": 5}
 B = TypeVar("B", StandInGpu, RealCuda)
-
-
-def _installed(backend: B, monkeypatch: pytest.MonkeyPatch) -> Iterator[B]:
-    # The process-wide cache of sources: fresh, so no source outlives the stand-in it used.
-    monkeypatch.setattr(_timing, "_cuda_sources", {})
-    errors = _safety.internal_error_count()
-    backend.install(monkeypatch)
-    yield backend
-    # Hooks swallow exceptions; a stand-in that refused a call must still fail the test.
-    assert backend.log.violations == []
-    assert _safety.internal_error_count() == errors, "a hook swallowed an internal error"
-
-
-@pytest.fixture(params=["stand-in", "cuda"])
-def gpu(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[StandInGpu | RealCuda]:
-    if request.param == "stand-in":
-        yield from _installed(StandInGpu(wall_zero_ns=time.time_ns()), monkeypatch)
-        return
-    if not torch.cuda.is_available():
-        pytest.skip("needs cuda: no CUDA device (torch.cuda.is_available() is False)")
-    yield from _installed(RealCuda(), monkeypatch)
-
-
-@pytest.fixture
-def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[StandInGpu]:
-    """The stand-in alone, for what needs its scripted clocks."""
-    yield from _installed(StandInGpu(wall_zero_ns=time.time_ns()), monkeypatch)
 
 
 def _has_gpu_times(attributes: Any) -> bool:

@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import visiontel.torch as vt
-from visiontel.torch import _model, _runtime, _safety, _timing, stage
+from visiontel.torch import _model, _runtime, _timing, stage
 from visiontel.torch._timing import CudaEventSource
 
 from torch_support import Telemetry, TinyDetector
@@ -81,33 +81,6 @@ def stage_telemetry() -> Iterator[GpuTelemetry]:
     _runtime.set_default_runtime(None)
     for model in _model.all_instrumented():
         vt.uninstrument_model(model)
-
-
-def _installed(backend: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    monkeypatch.setattr(_timing, "_cuda_sources", {})  # no source outlives its stand-in
-    errors = _safety.internal_error_count()
-    backend.install(monkeypatch)
-    yield backend
-    assert backend.log.violations == []
-    assert _safety.internal_error_count() == errors, "stage swallowed an internal error"
-
-
-@pytest.fixture(params=["stand-in", "cuda"])
-def gpu(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[StandInGpu | RealCuda]:
-    if request.param == "stand-in":
-        yield from _installed(StandInGpu(wall_zero_ns=time.time_ns()), monkeypatch)
-        return
-    if not torch.cuda.is_available():
-        pytest.skip("needs cuda: no CUDA device (torch.cuda.is_available() is False)")
-    yield from _installed(RealCuda(), monkeypatch)
-
-
-@pytest.fixture
-def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[StandInGpu]:
-    """The stand-in alone, for what needs its device queue held back."""
-    yield from _installed(StandInGpu(wall_zero_ns=time.time_ns()), monkeypatch)
 
 
 def _gpu_work(gpu: StandInGpu | RealCuda) -> None:

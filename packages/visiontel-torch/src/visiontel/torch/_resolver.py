@@ -21,6 +21,7 @@ from typing import Any
 from opentelemetry import trace
 
 from visiontel.torch._children import Children, ChildSpan, children_for
+from visiontel.torch._inflight import InFlight
 from visiontel.torch._metrics import InferenceMetrics
 from visiontel.torch._record import ForwardRecord
 from visiontel.torch._safety import report_internal_error
@@ -43,9 +44,8 @@ class Resolver:
         self._metrics = metrics
         self._queue: queue.Queue[ForwardRecord] = queue.Queue(_MAX_QUEUE)
         self._waiting: list[tuple[float, ForwardRecord]] = []
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._in_flight = 0
+        self._lock = threading.Lock()  # starting the thread
+        self._in_flight = InFlight()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self.volume = VolumeWatch(tracer_provider)
@@ -58,12 +58,11 @@ class Resolver:
     def submit(self, record: ForwardRecord) -> bool:
         """Queue ``record``; False (and nothing queued) when the resolver is saturated."""
         self._ensure_thread()
-        with self._lock:
-            self._in_flight += 1
+        self._in_flight.add()
         try:
             self._queue.put_nowait(record)
         except queue.Full:
-            self._done()
+            self._in_flight.done()
             return False
         return True
 
@@ -88,20 +87,7 @@ class Resolver:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued forward has been turned into spans."""
-        deadline = time.monotonic() + timeout
-        with self._idle:
-            while self._in_flight:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._idle.wait(remaining)
-        return True
-
-    def _done(self) -> None:
-        with self._idle:
-            self._in_flight -= 1
-            if not self._in_flight:
-                self._idle.notify_all()
+        return self._in_flight.wait(timeout)
 
     def _ensure_thread(self) -> None:
         if self._thread is not None and self._pid == os.getpid():
@@ -109,7 +95,7 @@ class Resolver:
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's thread does not exist here
                 self._pid = os.getpid()
-                self._in_flight = 0
+                self._in_flight.reset()
                 self._waiting.clear()
                 self._queue = queue.Queue(_MAX_QUEUE)
                 self._thread = None
@@ -147,7 +133,7 @@ class Resolver:
                 _end_quietly(record)
             if record.events is not None:
                 record.events.release(record.gpu_events())
-            self._done()
+            self._in_flight.done()
         self._waiting = still_waiting
 
     def _materialise(

@@ -13,13 +13,13 @@ import logging
 import os
 import queue
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import metrics
 from opentelemetry.context import Context
 
+from visiontel.torch._inflight import InFlight
 from visiontel.torch._safety import report_internal_error
 from visiontel.ultralytics.version import SCHEMA_URL, __version__
 
@@ -95,45 +95,31 @@ class MetricsWorker:
         self._queue: queue.Queue[Callable[[], None]] = queue.Queue(_MAX_PENDING_BATCHES)
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._pending = 0
+        self._lock = threading.Lock()  # starting the thread
+        self._pending = InFlight()
         self.dropped = 0
         atexit.register(self.flush, 2.0)
 
     def submit(self, job: Callable[[], None]) -> None:
         self._start()
-        with self._lock:
-            self._pending += 1
+        self._pending.add()
         try:
             self._queue.put_nowait(job)
         except queue.Full:
             self.dropped += 1
-            self._done()
+            self._pending.done()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued job has run; False if ``timeout`` passed first."""
-        deadline = time.monotonic() + timeout
-        with self._idle:
-            while self._pending:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._idle.wait(remaining)
-        return True
-
-    def _done(self) -> None:
-        with self._idle:
-            self._pending -= 1
-            if not self._pending:
-                self._idle.notify_all()
+        return self._pending.wait(timeout)
 
     def _start(self) -> None:
         if self._thread is not None and self._pid == os.getpid():
             return
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's thread does not exist here
-                self._pid, self._thread, self._pending = os.getpid(), None, 0
+                self._pid, self._thread = os.getpid(), None
+                self._pending.reset()
                 self._queue = queue.Queue(_MAX_PENDING_BATCHES)
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -149,7 +135,7 @@ class MetricsWorker:
             except Exception as exc:
                 report_internal_error("ultralytics metrics", exc)
             finally:
-                self._done()
+                self._pending.done()
 
 
 _worker = MetricsWorker()

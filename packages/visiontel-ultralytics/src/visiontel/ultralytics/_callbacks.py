@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import wrapt
@@ -162,13 +163,18 @@ def _free_profilers_from_sync() -> None:
 
 
 # -- the callbacks on_predict_start puts in place ----------------------------------------
+def _guarded(run: PredictRun | None, site: str, action: Callable[[PredictRun], None]) -> None:
+    """``action(run)`` for a predictor with a run; a failure of ours is reported, never raised."""
+    if run is None:
+        return
+    try:
+        action(run)
+    except Exception as exc:
+        report_internal_error(f"ultralytics {site}", exc)
+
+
 def _on_batch_start(predictor: Any) -> None:
-    run = _runs.get(predictor)
-    if run is not None:
-        try:
-            run.begin_batch(predictor)
-        except Exception as exc:
-            report_internal_error("ultralytics on_predict_batch_start", exc)
+    _guarded(_runs.get(predictor), "on_predict_batch_start", lambda r: r.begin_batch(predictor))
 
 
 def _before_postprocess_callbacks(predictor: Any) -> None:
@@ -176,37 +182,20 @@ def _before_postprocess_callbacks(predictor: Any) -> None:
     # A predictor that ran track() keeps its trackers for a later predict() on the same
     # model; the tracker callbacks then return at once (as Ultralytics' own checks the mode)
     if run is not None and run.mode == "track" and hasattr(predictor, "trackers"):
-        try:
-            run.tracker_started()
-        except Exception as exc:
-            report_internal_error("ultralytics tracker start", exc)
+        _guarded(run, "tracker start", lambda r: r.tracker_started())
 
 
 def _after_postprocess_callbacks(predictor: Any) -> None:
-    run = _runs.get(predictor)
-    if run is not None:
-        try:
-            run.tracker_ended()
-        except Exception as exc:
-            report_internal_error("ultralytics tracker end", exc)
+    _guarded(_runs.get(predictor), "tracker end", lambda r: r.tracker_ended())
 
 
 def _on_batch_end(predictor: Any) -> None:
-    run = _runs.get(predictor)
-    if run is not None:
-        try:
-            run.end_batch(predictor)
-        except Exception as exc:
-            report_internal_error("ultralytics on_predict_batch_end", exc)
+    _guarded(_runs.get(predictor), "on_predict_batch_end", lambda r: r.end_batch(predictor))
 
 
 def _on_predict_end(predictor: Any) -> None:
-    run = _runs.pop(predictor, None)
-    if run is not None:
-        try:
-            run.abort(None)  # a batch still open here was cut short
-        except Exception as exc:
-            report_internal_error("ultralytics on_predict_end", exc)
+    # a batch still open here was cut short
+    _guarded(_runs.pop(predictor, None), "on_predict_end", lambda r: r.abort(None))
 
 
 _PLACED = (

@@ -4,7 +4,8 @@ Every session uses uv as the virtualenv backend, so wheels (torch above all, sev
 with its CUDA libraries) come from uv's shared cache instead of being downloaded again.
 
     nox -t ci            # what .ci/run runs: lint, build, tests on the oldest and newest torch,
-                         # the OpenTelemetry floor, the collector, the stack, short reliability
+                         # OpenTelemetry from its floor up, the collector, the stack,
+                         # short reliability
     nox -s tests         # the whole torch matrix
     nox -s ultralytics   # visiontel-ultralytics on the oldest and newest Ultralytics
     nox -s bench         # overhead benchmarks, figures for docs/benchmarks.md
@@ -148,22 +149,27 @@ def alone(session: nox.Session) -> None:
     session.run("python", runner, *session.posargs, "--", *selection, env=env)
 
 
-# The oldest OpenTelemetry releases visiontel-torch and visiontel-propagation declare
-# (pyproject.toml); visiontel-gpu and the meta package need newer ones.
-OTEL_FLOOR = ("opentelemetry-api==1.30.0", "opentelemetry-sdk==1.30.0")
-OTEL_FLOOR_CONTRIB = ("opentelemetry-instrumentation==0.51b0", "opentelemetry-distro==0.51b0")
+# The OpenTelemetry releases visiontel-torch and visiontel-propagation are tested on below
+# the newest (which the `tests` session installs): their declared floor and two between.
+# visiontel-torch's fast paths switch themselves off past the newest tested release
+# (TESTED_SDK in its _otel_private.py): move both together.
+OTEL_RELEASES = {"1.30.0": "0.51b0", "1.35.0": "0.56b0", "1.40.0": "0.61b0"}
 
 
 @nox.session(python=PYTHON, tags=["ci"])
-def floor(session: nox.Session) -> None:
-    """visiontel-torch and visiontel-propagation on their declared oldest OpenTelemetry."""
+@nox.parametrize("otel", list(OTEL_RELEASES))
+def floor(session: nox.Session, otel: str) -> None:
+    """visiontel-torch and visiontel-propagation on older OpenTelemetry, down to the floor."""
     pins = _torch_pins(session, TORCH_OLDEST)
     session.install(f"torch=={TORCH_OLDEST}", "numpy", "setuptools<70", *pins)  # 0.51b0
     names = ("visiontel-torch", "visiontel-propagation")
+    contrib = OTEL_RELEASES[otel]
     session.install(
         *(f"-e{ROOT / 'packages' / n}[test]" for n in names),
-        *OTEL_FLOOR,
-        *OTEL_FLOOR_CONTRIB,
+        f"opentelemetry-api=={otel}",
+        f"opentelemetry-sdk=={otel}",
+        f"opentelemetry-instrumentation=={contrib}",
+        f"opentelemetry-distro=={contrib}",
         *pins,
     )
     session.run(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 _MAX_DESCRIBED = 8
@@ -10,15 +9,31 @@ _MAX_CACHED = 256
 # (shape, dtype, device) of each described tensor -> the attributes they give. A service
 # sees a handful of input signatures, and formatting them costs more than the rest of the
 # description; the cache is bounded (cleared when full) so odd inputs cannot grow it.
-_cache: dict[tuple[Any, ...], tuple[str, dict[str, Any]]] = {}
+_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
 
 
-@dataclass
 class InputDescription:
-    batch_size: int = 0
-    device: Any = None
-    batch_shape: str | None = None
-    attributes: dict[str, Any] = field(default_factory=dict)
+    """What a forward's inputs look like. Device and shape are read only when asked for:
+    every forward needs the batch size, but only a traced or failed one the rest."""
+
+    __slots__ = ("attributes", "batch_size", "first")
+
+    def __init__(
+        self, batch_size: int = 0, first: Any = None, attributes: dict[str, Any] | None = None
+    ) -> None:
+        self.batch_size, self.first = batch_size, first
+        self.attributes = _NONE if attributes is None else attributes
+
+    @property
+    def device(self) -> Any:
+        return None if self.first is None else self.first.device
+
+    @property
+    def batch_shape(self) -> str | None:
+        return None if self.first is None else _shape(self.first)
+
+
+_NONE: dict[str, Any] = {}
 
 
 def _is_tensor(value: Any) -> bool:
@@ -30,12 +45,18 @@ def _shape(tensor: Any) -> str:
 
 
 def describe_inputs(args: Any, kwargs: Any, detailed: bool) -> InputDescription:
-    """Batch size and device always (they are cheap); shapes and dtypes when ``detailed``.
+    """Batch size always (it is cheap); shapes, dtypes and device attributes when ``detailed``.
 
     A list of image tensors (torchvision detection models) counts one image per tensor;
     otherwise the first tensor's leading dimension is the batch size. Several tensors
-    (e.g. an RGB and an IR stream) are all described, up to eight.
+    (e.g. an RGB and an IR stream) are all described, up to eight. The attribute values
+    are tuples: what the SDK stores for a list, so spans take them without a conversion.
     """
+    if not kwargs and len(args) == 1 and not detailed:  # model(images): the usual call
+        value = args[0]
+        if _is_tensor(value):
+            shape = value.shape
+            return InputDescription(int(shape[0]) if len(shape) else 0, value)
     tensors: list[Any] = []
     batch_size = 0
     for value in (*args, *(kwargs or {}).values()):
@@ -49,28 +70,25 @@ def describe_inputs(args: Any, kwargs: Any, detailed: bool) -> InputDescription:
             tensors.extend(value)
         if len(tensors) >= _MAX_DESCRIBED:
             break
-    description = InputDescription(batch_size=batch_size)
     if not tensors:
-        return description
+        return InputDescription(batch_size)
     first = tensors[0]
+    if not detailed:
+        return InputDescription(batch_size, first)
     described = tensors[:_MAX_DESCRIBED]
     key = (batch_size, *((t.shape, t.dtype, t.device) for t in described))
-    cached = _cache.get(key)
-    if cached is None:
+    attributes = _cache.get(key)
+    if attributes is None:
         if len(_cache) >= _MAX_CACHED:
             _cache.clear()
-        cached = _cache[key] = (_shape(first), _attributes(batch_size, described))
-    description.device = first.device
-    description.batch_shape = cached[0]
-    if detailed:
-        description.attributes = cached[1]  # read-only: the span copies it
-    return description
+        attributes = _cache[key] = _attributes(batch_size, described)
+    return InputDescription(batch_size, first, attributes)  # read-only: the span copies it
 
 
 def _attributes(batch_size: int, described: list[Any]) -> dict[str, Any]:
     return {
         "visiontel.batch.size": batch_size,
-        "visiontel.input.shapes": [_shape(t) for t in described],
-        "visiontel.input.dtypes": [str(t.dtype).removeprefix("torch.") for t in described],
+        "visiontel.input.shapes": tuple(_shape(t) for t in described),
+        "visiontel.input.dtypes": tuple(str(t.dtype).removeprefix("torch.") for t in described),
         "visiontel.input.device": str(described[0].device),
     }

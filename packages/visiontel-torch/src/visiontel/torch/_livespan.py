@@ -2,18 +2,18 @@
 
 Every frame opens a few spans of ours: the stages around the model and the forward's root
 span. Through the SDK each one costs ~30 µs on a warm 2-core VM and several times that
-right after a forward has flushed the caches. Under a local sampled parent, with the usual
-set-up, nothing in the SDK's start-up work can change the outcome: a parent-based (or
-always-on) sampler gives the parent's decision, the batch and simple processors ignore
-``on_start``, and the SDK is not counting its own spans. Then ``LiveSpans.start`` hands out a
-``_LiveSpan``: the ids, start time and plain attributes in a small object, ended by building
-the finished ``ReadableSpan`` from the template the child spans use (``_children.py``).
+right after a forward has flushed the caches. Where the SDK's start-up work cannot change
+the outcome (``_otel_private.fast_path_for`` decides: static samplers, processors that do
+nothing in ``on_start``, no SDK self-metrics, a tested SDK release), ``LiveSpans.start``
+hands out a ``_LiveSpan``: the ids, start time and plain attributes in a small object,
+ended by building the finished ``ReadableSpan`` the way the child spans are built. A span
+the sampler drops is the same non-recording span the SDK would return, without asking it.
 
 Anything else asked of a live span (events, exceptions, status, links, renaming, attribute
 values that need the SDK's checks) first promotes it to a real SDK span with the same ids,
 parent, start time and attributes, so that work follows the installed SDK exactly. Any
-other configuration, or an SDK whose pieces differ from what is checked here, gets spans
-from the tracer as before.
+other configuration, a remote parent, or an SDK the gate does not know gets spans from the
+tracer as before.
 """
 
 from __future__ import annotations
@@ -24,15 +24,24 @@ from types import TracebackType
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import SpanContext, Status, StatusCode, TraceState
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 from opentelemetry.util import types
 
-from visiontel.torch._children import SdkChildren
-from visiontel.torch.version import SCHEMA_URL, __version__
+from visiontel.torch._otel_private import FastPath, fast_path_for
 
 # Values the SDK stores unchanged when no attribute length limit is set.
 _PLAIN = (str, bool, int, float)
 _NOT_PLAIN = object()
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_NO_STATE = TraceState()
 
 
 def _plain(value: Any) -> Any:
@@ -54,158 +63,109 @@ class LiveSpans:
         self._explicit_provider = tracer_provider
         self._tracer = tracer
         self._provider: object = None
-        self._path: _FastPath | None = None
+        self._path: FastPath | None = None
+        self.batched = False
+        """Spans end in batched processors only: the end of a forward may run as later work."""
 
     def start(
-        self, name: str, attributes: Mapping[str, Any], start_time: int | None = None
+        self,
+        name: str,
+        attributes: Mapping[str, Any],
+        start_time: int | None = None,
+        hidden: bool = False,
     ) -> trace.Span:
-        """A span named ``name`` under the current span; ``attributes`` is not kept."""
-        path = self._current_path()
+        """A span named ``name`` under the current span; ``attributes`` is not kept.
+
+        ``hidden``: the caller never makes a dropped span current nor hands it out, so a
+        span the sampler drops need not carry ids of its own.
+        """
+        path = self.current_path()
         if path is not None:
             parent = trace.get_current_span().get_span_context()
-            if parent.trace_flags.sampled and not parent.is_remote and path.enabled():
-                return path.start(name, parent, attributes, start_time)
+            if not parent.is_remote and path.enabled():
+                decision = path.decide(parent)
+                if decision:
+                    return _start_live(path, name, parent, attributes, start_time)
+                if decision is False:
+                    return trace.INVALID_SPAN if hidden else _dropped(path, parent)
         return self._tracer.start_span(name, attributes=attributes, start_time=start_time)
 
-    def _current_path(self) -> _FastPath | None:
+    def current_path(self) -> FastPath | None:
+        """The gate's answer for the provider in use, asked again when it may have changed."""
         provider = self._explicit_provider or trace.get_tracer_provider()
         path = self._path
         if provider is not self._provider or (path is not None and path.stale()):
-            self._path = _FastPath.build(provider)
+            path = self._path = fast_path_for(provider)
             self._provider = provider
+            self.batched = path is not None and path.batched
         return self._path
 
 
-class _FastPath:
-    """What a live span needs from one SDK tracer provider, checked once."""
-
-    def __init__(self, provider: Any, tracer: Any, sdk_span_class: type, children: Any) -> None:
-        self._processor = provider._active_span_processor
-        self._processors = self._processor._span_processors
-        self._tracer = tracer
-        self._sdk_span_class = sdk_span_class
-        self._children = children
-        self._new_span_id = provider.id_generator.generate_span_id
-        self._is_enabled = getattr(tracer, "_is_enabled", None)
-        self.finished_span = children.finished_span
-        self.new_context = children.new_context
-        limits = tracer._span_limits
-        self._max_attributes = limits.max_span_attributes
-        self._max_length = limits.max_span_attribute_length
-
-    @classmethod
-    def build(cls, provider: Any) -> _FastPath | None:
-        try:
-            from opentelemetry.sdk.trace import Tracer as SdkTracer
-            from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
-            from opentelemetry.sdk.trace import _Span
-        except ImportError:
-            return None
-        if type(provider) is not SdkTracerProvider:  # a subclass may change span creation
-            return None
-        try:
-            tracer = provider.get_tracer("visiontel.torch", __version__, schema_url=SCHEMA_URL)
-            if type(tracer) is not SdkTracer or not _outcome_is_fixed(provider, tracer):
-                return None
-            path = cls(provider, tracer, _Span, SdkChildren(provider))
-            # Fail here, not on the first promotion, if the constructor wants other arguments.
-            probe = path.new_context(1, 1, trace.TraceFlags(trace.TraceFlags.SAMPLED), TraceState())
-            path.unstarted_sdk_span("probe", probe, None, {})  # never started or ended
-        except (AttributeError, TypeError):  # an SDK release without the pieces used here
-            return None
-        return path
-
-    def stale(self) -> bool:
-        """A span processor was added since the check: check again."""
-        return self._processor._span_processors is not self._processors
-
-    def enabled(self) -> bool:
-        """False while the SDK's tracer configurator turns visiontel.torch's tracer off."""
-        return self._is_enabled is None or bool(self._is_enabled())
-
-    def start(
-        self,
-        name: str,
-        parent: SpanContext,
-        attributes: Mapping[str, Any],
-        start_time: int | None,
-    ) -> _LiveSpan:
-        context = self.new_context(
-            parent.trace_id, self._new_span_id(), parent.trace_flags, parent.trace_state
+def _start_live(
+    path: FastPath,
+    name: str,
+    parent: SpanContext,
+    attributes: Mapping[str, Any],
+    start_time: int | None,
+) -> _LiveSpan:
+    if parent.is_valid:
+        context = path.new_context(
+            parent.trace_id, path.new_span_id(), _SAMPLED, parent.trace_state
         )
-        plain = {}
-        needs_sdk = False
-        for key, value in attributes.items():
-            stored = _plain(value)
-            if stored is _NOT_PLAIN:
-                needs_sdk = True
-            else:
-                plain[key] = stored
-        span = _LiveSpan(self, name, context, parent, plain, start_time or time.time_ns())
-        if needs_sdk:  # mixed sequences and other values: let the SDK check them
-            span.promoted().set_attributes(attributes)
-        return span
+        parent_context: SpanContext | None = parent
+    else:  # a new trace
+        context = path.new_context(path.new_trace_id(), path.new_span_id(), _SAMPLED, _NO_STATE)
+        parent_context = None
+    plain = {}
+    needs_sdk = False
+    for key, value in attributes.items():
+        stored = _plain(value)
+        if stored is _NOT_PLAIN:
+            needs_sdk = True
+        else:
+            plain[key] = stored
+    span = _LiveSpan(path, name, context, parent_context, plain, start_time or time.time_ns())
+    if needs_sdk:  # mixed sequences and other values: let the SDK check them
+        span.promoted().set_attributes(attributes)
+    return span
 
-    def finish(self, span: _LiveSpan, end_time: int) -> None:
-        attributes: Any = span.attributes
-        if self._max_length is not None or (
-            self._max_attributes is not None and len(attributes) > self._max_attributes
-        ):
-            from opentelemetry.attributes import BoundedAttributes
 
-            attributes = BoundedAttributes(
-                self._max_attributes, attributes, immutable=True, max_value_len=self._max_length
-            )
-        self._children.on_end(
-            self.finished_span(
-                span.name, span.context, span.parent, attributes, span.start_ns, end_time
-            )
+def _dropped(path: FastPath, parent: SpanContext) -> trace.Span:
+    """The non-recording span the SDK returns when its sampler drops a new span."""
+    if parent.is_valid:
+        trace_id, state = parent.trace_id, parent.trace_state
+    else:
+        trace_id, state = path.new_trace_id(), _NO_STATE
+    return NonRecordingSpan(path.new_context(trace_id, path.new_span_id(), _NOT_SAMPLED, state))
+
+
+def add_plain_attributes(span: trace.Span, attributes: Mapping[str, Any]) -> None:
+    """Add attributes whose values are already stored as the SDK stores them (str, bool,
+    int, float, homogeneous tuples), without checking each one again on a live span."""
+    if type(span) is _LiveSpan and span._sdk_span is None and not span._ended:
+        span.attributes.update(attributes)
+    else:
+        span.set_attributes(attributes)
+
+
+def _finish(span: _LiveSpan, end_time: int) -> None:
+    path = span._path
+    path.on_end(
+        path.finished_span(
+            span.name,
+            span.context,
+            span.parent,
+            path.limited(span.attributes),
+            span.start_ns,
+            end_time,
         )
-
-    def promote(self, span: _LiveSpan) -> trace.Span:
-        sdk_span = self.unstarted_sdk_span(span.name, span.context, span.parent, span.attributes)
-        sdk_span.start(start_time=span.start_ns)  # type: ignore[attr-defined]
-        return sdk_span
-
-    def unstarted_sdk_span(
-        self,
-        name: str,
-        context: SpanContext,
-        parent: SpanContext | None,
-        attributes: dict[str, Any],
-    ) -> trace.Span:
-        """The SDK span the tracer would make with these ids, not yet started."""
-        tracer = self._tracer
-        sdk_span: trace.Span = self._sdk_span_class(
-            name=name,
-            context=context,
-            parent=parent,
-            sampler=tracer.sampler,
-            resource=tracer.resource,
-            attributes=attributes,
-            span_processor=tracer.span_processor,
-            kind=trace.SpanKind.INTERNAL,
-            instrumentation_info=tracer.instrumentation_info,
-            limits=tracer._span_limits,
-            instrumentation_scope=tracer._instrumentation_scope,
-        )
-        return sdk_span
+    )
 
 
-def _outcome_is_fixed(provider: Any, tracer: Any) -> bool:
-    """Whether a local sampled parent alone decides a child span, with no other side effect."""
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
-
-    sampler = tracer.sampler
-    keeps_children = getattr(sampler, "_local_parent_sampled", None) is ALWAYS_ON
-    if sampler is not ALWAYS_ON and not (type(sampler) is ParentBased and keeps_children):
-        return False
-    processors = provider._active_span_processor._span_processors
-    if any(type(p) not in (BatchSpanProcessor, SimpleSpanProcessor) for p in processors):
-        return False  # another processor may act in on_start, which live spans skip
-    counting = getattr(tracer, "_tracer_metrics", None)  # the SDK's own span metrics
-    return counting is None or type(counting).__name__ == "NoOpTracerMetrics"
+def _promote(span: _LiveSpan) -> trace.Span:
+    sdk_span = span._path.unstarted_sdk_span(span.name, span.context, span.parent, span.attributes)
+    sdk_span.start(start_time=span.start_ns)  # type: ignore[attr-defined]
+    return sdk_span
 
 
 class _LiveSpan(trace.Span):
@@ -224,10 +184,10 @@ class _LiveSpan(trace.Span):
 
     def __init__(  # noqa: PLR0917 (positional: one is made per stage and forward)
         self,
-        path: _FastPath,
+        path: FastPath,
         name: str,
         context: SpanContext,
-        parent: SpanContext,
+        parent: SpanContext | None,
         attributes: dict[str, Any],
         start_ns: int,
     ) -> None:
@@ -239,7 +199,7 @@ class _LiveSpan(trace.Span):
     def promoted(self) -> trace.Span:
         """The SDK span this live span hands its work to from now on."""
         if self._sdk_span is None:
-            self._sdk_span = self._path.promote(self)
+            self._sdk_span = _promote(self)
         return self._sdk_span
 
     def get_span_context(self) -> SpanContext:
@@ -303,7 +263,7 @@ class _LiveSpan(trace.Span):
         if self._ended:
             return
         self._ended = True
-        self._path.finish(self, end_time if end_time is not None else time.time_ns())
+        _finish(self, end_time if end_time is not None else time.time_ns())
 
     def __exit__(
         self,

@@ -82,6 +82,8 @@ class _ImageCounter:
     """
 
     def __init__(self, meter: metrics.Meter) -> None:
+        self.before_collect: Callable[[], None] | None = None
+        """Runs first at every collection: the resolver finishes pending metric points."""
         self._lock = threading.Lock()
         self._totals: dict[frozenset[tuple[str, Any]], list[Any]] = {}
         meter.create_observable_counter(
@@ -104,6 +106,10 @@ class _ImageCounter:
         return add
 
     def _observe(self, _options: metrics.CallbackOptions) -> list[metrics.Observation]:
+        # The SDK runs observable callbacks before it reads the histograms' storage, so the
+        # points still queued as later work are recorded in time for this collection.
+        if self.before_collect is not None:
+            self.before_collect()
         with self._lock:
             totals = list(self._totals.values())
         # a model that has seen no image yet reports no point, as a Counter never added to

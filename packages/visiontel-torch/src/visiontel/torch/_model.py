@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -20,6 +20,7 @@ from opentelemetry import trace
 from visiontel.torch._config import TorchConfig
 from visiontel.torch._failures import record_failure
 from visiontel.torch._inputs import describe_inputs
+from visiontel.torch._livespan import add_plain_attributes
 from visiontel.torch._metrics import DetectionCounter, count_detections
 from visiontel.torch._record import ForwardRecord, ModuleTable
 from visiontel.torch._runtime import Runtime
@@ -130,7 +131,8 @@ class ModelInstrumentation:
     def _begin(self, model: Any, args: Any, kwargs: Any) -> None:
         wall_ns, perf_ns = time.time_ns(), time.perf_counter_ns()
         runtime = self._runtime
-        span = runtime.spans.start(self._span_name, self._static_attributes, wall_ns)
+        # The root span becomes current only if it records: a dropped one is never seen.
+        span = runtime.spans.start(self._span_name, self._static_attributes, wall_ns, hidden=True)
         recording = span.is_recording()
         tree = self._tree
         if recording:
@@ -138,19 +140,19 @@ class ModelInstrumentation:
         table = tree.table
         inputs = describe_inputs(args, kwargs, detailed=recording and self.config.capture_shapes)
         record = ForwardRecord(
-            table=table,
-            tracer=runtime.tracer,
-            span=span,
-            perf_start_ns=perf_ns,
-            wall_start_ns=wall_ns,
-            stamps=[] if recording and table.names else None,
+            table,
+            runtime.tracer,
+            span,
+            perf_ns,
+            wall_ns,
+            [] if recording and table.names else None,
             batch_size=inputs.batch_size,
-            device=inputs.device,
-            batch_shape=inputs.batch_shape,
+            inputs=inputs,
             previous=self._tls.record,
         )
         if recording:
-            span.set_attributes(inputs.attributes)
+            if inputs.attributes:
+                add_plain_attributes(span, inputs.attributes)
             record.events = self._events_for(inputs.device)
             if record.events is not None:
                 record.start_event = record.events.acquire()
@@ -169,7 +171,6 @@ class ModelInstrumentation:
         self._tls.record = record.previous
         _depth.value -= 1
         record.perf_end_ns = perf_end
-        span = record.span
         if record.events is not None:
             record.end_event = record.events.acquire()
         if record.context_token is not None:
@@ -178,13 +179,32 @@ class ModelInstrumentation:
             record.probes.disarm()
             self._tree.seen(record.stamps or [])
         failure = sys.exc_info()[1] if output is None else None
+        if failure is not None:
+            self._complete(record, None, failure)
+            return
+        counts = self._detections(output)  # shapes only, read now: the output is not kept
+        if self._runtime.spans.batched:
+            self._runtime.resolver.later(self._complete, record, counts, None, True)
+        else:
+            self._complete(record, counts, None)
+
+    def _complete(
+        self,
+        record: ForwardRecord,
+        counts: Sequence[int] | None,
+        failure: BaseException | None,
+        on_resolver_thread: bool = False,
+    ) -> None:
+        """Metric points and span end of a finished forward (inline, or as later work)."""
+        span, perf_end = record.span, record.perf_end_ns
         attributes = self._metric_attributes
         if failure is not None:
             attributes = {
                 **attributes,
-                **record_failure(span, failure, record.device, record.batch_shape),
+                **record_failure(span, failure, record.inputs.device, record.inputs.batch_shape),
             }
-        metric_context = trace.set_span_in_context(span) if span.is_recording() else None
+        recording = span.is_recording()
+        metric_context = trace.set_span_in_context(span) if recording else None
         metrics = self._runtime.metrics
         metrics.duration.record(
             (perf_end - record.perf_start_ns) / 1e9, attributes, context=metric_context
@@ -192,25 +212,24 @@ class ModelInstrumentation:
         if failure is None:
             if record.batch_size:
                 self._add_images(record.batch_size)
-            counts = self._detections(output)
             if counts is not None:
                 total = metrics.record_detections(counts, self._image_attributes, metric_context)
-                if span.is_recording():
+                if recording:
                     span.set_attribute("visiontel.detections", total)
-        if not span.is_recording():
+        if not recording:
             return
+        resolver = self._runtime.resolver
         if record.events is None:
             if record.stamps is None:
                 span.end(end_time=record.wall_ns(perf_end))
             else:
-                self._runtime.resolver.resolve_inline(record)
+                resolver.resolve_inline(record, on_resolver_thread)
             return
-        if not self._runtime.resolver.submit(record):
+        if not resolver.submit(record):
             metrics.dropped.add(1, self._image_attributes)
             span.set_attribute("visiontel.layers.dropped", len(record.stamps or ()) // 2)
             span.end(end_time=record.wall_ns(perf_end))
-            if record.events is not None:
-                record.events.release(record.gpu_events())
+            record.events.release(record.gpu_events())
 
     def _events_for(self, device: Any) -> EventSource | None:
         if self._event_source is not None:

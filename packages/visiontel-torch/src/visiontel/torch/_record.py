@@ -25,7 +25,7 @@ class ModuleTable:
     """How long the resolver waits for a forward's CUDA events (VISIONTEL_TORCH_GPU_TIMEOUT)."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class ForwardRecord:
     table: ModuleTable
     tracer: Tracer
@@ -38,8 +38,8 @@ class ForwardRecord:
     end_event: GpuEvent | None = None
     perf_end_ns: int = 0
     batch_size: int = 0
-    device: Any = None
-    batch_shape: str | None = None
+    inputs: Any = None
+    """The forward's ``InputDescription`` (device and shape read only on failure)."""
     context_token: object = None
     containers_open: int = 0
     """Stage containers on trial (_tree.py) running now: their elements do not stamp."""

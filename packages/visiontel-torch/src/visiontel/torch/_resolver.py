@@ -1,38 +1,55 @@
-"""Turns stamps into spans.
+"""Turns stamps into spans, and finishes the per-forward work off the inference thread.
 
-Forwards without GPU events are materialised on the caller's thread right after the root
-forward returns (there is nothing to wait for, and a second Python thread would only
-contend for the GIL). Forwards with CUDA events are queued here: a single daemon thread waits
-(by polling ``query()``, never synchronising) until a forward's GPU events have completed,
-then creates its child spans with explicit start and end times and ends the root span.
-The queue is bounded: when it is full the forward keeps its root span and loses only its
-child detail, which is counted (``visiontel.torch.dropped``) — inference never waits.
+The resolver owns one daemon thread per runtime. It does two kinds of work:
+
+* **Later work.** When spans are exported in batches anyway (every span processor is the
+  SDK's ``BatchSpanProcessor``), the end of a forward or stage (its duration and detection
+  points, its root span's end, its layer spans) is one ``deque.append`` on the inference
+  thread and runs here, in short runs that hand the GIL back between items so inference
+  never queues behind it. A metric collection and ``flush()`` first finish whatever is
+  still pending, so readers and exporters see the same points and spans as before.
+* **GPU forwards.** A forward with CUDA events waits here (polling ``query()``, never
+  synchronising) until its events completed, then gets its child spans with explicit start
+  and end times and its root span ends.
+
+Both queues are bounded: past the bound, later work runs inline (nothing is lost) and a GPU
+forward keeps its root span but loses its child detail, counted in
+``visiontel.torch.dropped``. Inference never waits.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
+import functools
 import os
-import queue
 import threading
 import time
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import trace
 
-from visiontel.torch._children import Children, ChildSpan, children_for
+from visiontel.torch._children import Children, ChildSpan, SdkChildren, children_for
 from visiontel.torch._inflight import InFlight
 from visiontel.torch._metrics import InferenceMetrics
 from visiontel.torch._record import ForwardRecord
 from visiontel.torch._safety import report_internal_error
 from visiontel.torch._volume import VolumeWatch
 
-_POLL_S = 0.002
+_POLL_S = 0.002  # GPU events pending: how often to query them
+_IDLE_S = 0.02  # otherwise: how often later work is picked up
 _MAX_QUEUE = 1024
+_MAX_LATER = 8192
 # The resolver shares the GIL with the inference thread. A thread that waits for the GIL
-# gets it only after the switch interval (5 ms by default), so the resolver hands it over
-# itself every few spans: inference never queues behind a long batch of span creation.
+# gets it only after the switch interval (5 ms by default) unless the holder lets go, so
+# the resolver sleeps briefly every few spans and after every item of later work: a real
+# sleep (not sleep(0), which may take the GIL straight back) hands it over.
 _SPANS_PER_YIELD = 4
+_YIELD_S = 0.00002
+
+LaterWork = tuple[Callable[..., None], tuple[Any, ...]]
 
 
 class Resolver:
@@ -42,63 +59,90 @@ class Resolver:
         tracer_provider: trace.TracerProvider | None,
     ) -> None:
         self._metrics = metrics
-        self._queue: queue.Queue[ForwardRecord] = queue.Queue(_MAX_QUEUE)
+        self._submitted: collections.deque[ForwardRecord] = collections.deque()
+        self._later: collections.deque[LaterWork] = collections.deque()
+        self._later_lock = threading.Lock()  # one drainer at a time: flush() waits on it
+        self._wake = threading.Event()
         self._waiting: list[tuple[float, ForwardRecord]] = []
         self._lock = threading.Lock()  # starting the thread
         self._in_flight = InFlight()
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
         self.volume = VolumeWatch(tracer_provider)
         self._tracer_provider = tracer_provider
         self._children: Children | None = None
         self._children_provider: object = None
         self.gpu_timeouts = 0
         atexit.register(self.flush, 2.0)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=functools.partial(_after_fork, weakref.ref(self)))
+
+    def _after_fork(self) -> None:
+        """The parent's thread and its work do not exist in a forked child."""
+        self._lock = threading.Lock()
+        self._later_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._in_flight.reset()
+        self._waiting.clear()
+        self._submitted.clear()
+        self._later.clear()
+        self._thread = None
+
+    def later(self, function: Callable[..., None], *args: Any) -> None:
+        """Run ``function(*args)`` on the resolver thread (inline when it is backed up)."""
+        if len(self._later) >= _MAX_LATER:
+            function(*args)
+            return
+        self._later.append((function, args))
+        if self._thread is None:
+            self._ensure_thread()
+
+    def drain_later(self) -> None:
+        """Finish every pending item of later work now, on the calling thread."""
+        with self._later_lock:
+            self._run_later(handing_over=False)
 
     def submit(self, record: ForwardRecord) -> bool:
         """Queue ``record``; False (and nothing queued) when the resolver is saturated."""
-        self._ensure_thread()
-        self._in_flight.add()
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
-            self._in_flight.done()
+        if len(self._submitted) >= _MAX_QUEUE:
             return False
+        self._in_flight.add()
+        self._submitted.append(record)
+        if self._thread is None:
+            self._ensure_thread()
         return True
 
     def _children_for(self, record: ForwardRecord) -> Children:
         provider = self._tracer_provider or trace.get_tracer_provider()
-        if provider is not self._children_provider or self._children is None:
-            self._children = children_for(provider, record.tracer)
+        children = self._children
+        if (
+            provider is not self._children_provider
+            or children is None
+            or (isinstance(children, SdkChildren) and children.stale())
+        ):
+            children = self._children = children_for(provider, record.tracer)
             self._children_provider = provider
-        return self._children
+        return children
 
-    def resolve_inline(self, record: ForwardRecord) -> None:
-        """Materialise a forward that has no GPU events, on the caller's thread.
+    def resolve_inline(self, record: ForwardRecord, on_resolver_thread: bool = False) -> None:
+        """Materialise a forward that has no GPU events now, on the calling thread.
 
-        With nothing to wait for, handing the work to the resolver thread only adds GIL
-        hand-offs between the two threads (measured: far slower than doing it here).
+        With nothing to wait for, there is no reason to queue it on its own: it runs where
+        it is called (the inference thread, or the resolver thread as later work).
         """
         try:
-            self._materialise(record, with_gpu=False, on_resolver_thread=False)
+            self._materialise(record, with_gpu=False, on_resolver_thread=on_resolver_thread)
         except Exception as exc:
             report_internal_error("inline resolve", exc)
             _end_quietly(record)
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every queued forward has been turned into spans."""
+        """Finish the later work, then wait until every queued forward became spans."""
+        self.drain_later()
+        self._wake.set()
         return self._in_flight.wait(timeout)
 
     def _ensure_thread(self) -> None:
-        if self._thread is not None and self._pid == os.getpid():
-            return
         with self._lock:
-            if self._pid != os.getpid():  # forked: the parent's thread does not exist here
-                self._pid = os.getpid()
-                self._in_flight.reset()
-                self._waiting.clear()
-                self._queue = queue.Queue(_MAX_QUEUE)
-                self._thread = None
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="visiontel-torch-resolver", daemon=True
@@ -107,13 +151,29 @@ class Resolver:
 
     def _run(self) -> None:
         while True:
-            timeout = _POLL_S if self._waiting else None
+            self._wake.wait(_POLL_S if self._waiting else _IDLE_S)
+            self._wake.clear()
+            while self._submitted:
+                self._waiting.append((time.monotonic(), self._submitted.popleft()))
+            if self._waiting:
+                self._resolve_ready()
+            if self._later:
+                with self._later_lock:
+                    self._run_later(handing_over=True)
+
+    def _run_later(self, handing_over: bool) -> None:
+        pending = self._later
+        while pending:
             try:
-                record = self._queue.get(timeout=timeout)
-                self._waiting.append((time.monotonic(), record))
-            except queue.Empty:
-                pass
-            self._resolve_ready()
+                function, args = pending.popleft()
+            except IndexError:  # another drainer took the last one
+                return
+            try:
+                function(*args)
+            except Exception as exc:
+                report_internal_error("later work", exc)
+            if handing_over:
+                time.sleep(_YIELD_S)
 
     def _resolve_ready(self) -> None:
         still_waiting: list[tuple[float, ForwardRecord]] = []
@@ -160,7 +220,7 @@ class Resolver:
                     parents.append(span)
                     created += 1
                     if on_resolver_thread and not created % _SPANS_PER_YIELD:
-                        time.sleep(0)
+                        time.sleep(_YIELD_S)
                 open_calls.append((index, perf_ns, event, span))
                 continue
             closed = ~index
@@ -199,6 +259,12 @@ class Resolver:
             )
         record.span.end(end_time=record.wall_ns(record.perf_end_ns))
         self.volume.observe(created + 1)
+
+
+def _after_fork(resolver: weakref.ref[Resolver]) -> None:
+    alive = resolver()
+    if alive is not None:
+        alive._after_fork()
 
 
 def _events_done(record: ForwardRecord) -> bool:

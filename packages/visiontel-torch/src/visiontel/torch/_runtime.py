@@ -26,6 +26,7 @@ class Runtime:
         self.spans = LiveSpans(tracer_provider, self.tracer)
         self.metrics = InferenceMetrics(meter_provider)
         self.resolver = Resolver(self.metrics, tracer_provider)
+        self.metrics.images.before_collect = self.resolver.drain_later
 
 
 _lock = threading.Lock()
@@ -35,6 +36,9 @@ _default: Runtime | None = None
 def default_runtime() -> Runtime:
     """The runtime bound to the global providers (proxies until the SDK is configured)."""
     global _default
+    runtime = _default  # read without the lock on every stage and forward: set rarely
+    if runtime is not None:
+        return runtime
     with _lock:
         if _default is None:
             _default = Runtime()

@@ -115,18 +115,20 @@ class stage:
             span = self._span
             if self._token is not None:
                 otel_context.detach(self._token)  # type: ignore[arg-type]
-            attributes = self._metric_attributes
+            runtime = self._runtime or default_runtime()
+            end = _StageEnd(runtime, elapsed_s, self._wall_start_ns + end_ns - self._start_ns)
+            metric = self._metric_attributes if self._metric else None
             if span is not None and exc is not None and isinstance(exc, Exception):
-                attributes = {**attributes, **record_failure(span, exc, None, None)}
-            context = None
-            if span is not None and span.is_recording():
-                context = trace.set_span_in_context(span)
-            if self._metric:
-                (self._runtime or default_runtime()).metrics.duration.record(
-                    elapsed_s, attributes, context=context
-                )
-            if span is not None and not self._end_after_gpu(span, end_ns):
-                span.end(end_time=self._wall_start_ns + end_ns - self._start_ns)
+                failed = {**self._metric_attributes, **record_failure(span, exc, None, None)}
+                end.complete(span, failed if self._metric else None)
+            elif span is not None and self._start_event is not None:  # GPU time measured
+                end.complete(span, metric, end_span=False)
+                if not self._end_after_gpu(span, end_ns):
+                    span.end(end_time=end.wall_ns)
+            elif runtime.spans.batched:
+                runtime.resolver.later(end.complete, span, metric)
+            else:
+                end.complete(span, metric)
         except Exception as internal:
             report_internal_error("stage exit", internal)
         finally:
@@ -175,6 +177,31 @@ class stage:
                 return function(*args, **kwargs)
 
         return run  # type: ignore[return-value]
+
+
+class _StageEnd:
+    """What ends one stage: its duration point (with the span as exemplar) and its span's
+    end, run inline or as the resolver's later work."""
+
+    __slots__ = ("elapsed_s", "runtime", "wall_ns")
+
+    def __init__(self, runtime: Runtime, elapsed_s: float, wall_ns: int) -> None:
+        self.runtime, self.elapsed_s, self.wall_ns = runtime, elapsed_s, wall_ns
+
+    def complete(
+        self,
+        span: trace.Span | None,
+        metric_attributes: dict[str, Any] | None,
+        end_span: bool = True,
+    ) -> None:
+        """``end_span=False``: the resolver ends the span once its GPU events completed."""
+        if metric_attributes is not None:
+            context = None
+            if span is not None and span.is_recording():
+                context = trace.set_span_in_context(span)
+            self.runtime.metrics.duration.record(self.elapsed_s, metric_attributes, context=context)
+        if span is not None and end_span:
+            span.end(end_time=self.wall_ns)
 
 
 # A stage has no module children: the resolver only reads its two events and ends its span.

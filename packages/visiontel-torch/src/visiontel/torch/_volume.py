@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
 from opentelemetry import trace
 
+from visiontel.torch._otel_private import batch_queue_fill
 from visiontel.torch._safety import warn_once
 
 _CHECK_INTERVAL_S = 1.0
@@ -42,7 +42,8 @@ class VolumeWatch:
         self._window_start, self._spans_in_window = now, 0
         if self.warned:
             return
-        queue_size, queue_capacity = _batch_queue_fill(self._tracer_provider)
+        provider = self._tracer_provider or trace.get_tracer_provider()
+        queue_size, queue_capacity = batch_queue_fill(provider)
         capacity = queue_capacity or _env_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
         filling = queue_capacity and queue_size >= _QUEUE_FILL_WARNING * queue_capacity
         outrunning = self.last_rate * _EXPORT_STALL_S > capacity
@@ -65,21 +66,3 @@ def _env_int(name: str, default: int) -> int:
         return max(1, int(os.environ.get(name, default)))
     except ValueError:
         return default
-
-
-def _batch_queue_fill(provider: Any) -> tuple[int, int]:
-    """(queued, capacity) of the first batch processor found, or (0, 0).
-
-    The SDK keeps these private; we read them duck-typed and tolerate their absence.
-    """
-    provider = provider or trace.get_tracer_provider()
-    active = getattr(provider, "_active_span_processor", None)
-    for processor in getattr(active, "_span_processors", ()):
-        inner = getattr(processor, "_batch_processor", processor)
-        pending: Any = getattr(inner, "_queue", None)
-        if pending is None:  # older SDKs (1.30-1.33 checked) name it without the underscore
-            pending = getattr(inner, "queue", None)
-        capacity = getattr(pending, "maxlen", None)
-        if pending is not None and capacity:
-            return len(pending), int(capacity)
-    return 0, 0

@@ -1,0 +1,317 @@
+"""Every use of an OpenTelemetry SDK or API internal in visiontel-torch, behind one gate.
+
+visiontel-torch makes its own spans (stages, a forward's root, its layers) without the
+SDK's ``start_span`` where nothing in the SDK's start-up work could change the outcome: it
+builds the finished ``ReadableSpan`` itself and hands it to the span processors' ``on_end``.
+That needs pieces the SDK keeps private (the provider's processor list, the tracer's span
+limits and sampler delegates, ``_Span``'s constructor, the batch processor's queue) and one
+API shortcut (a ``SpanContext`` tuple built without re-validating known-good ids).
+
+``fast_path_for(provider)`` is the one gate. It gives a ``FastPath`` only when all of these
+hold, and ``None`` (use the public API) otherwise:
+
+* the installed opentelemetry-sdk is inside ``TESTED_SDK``, the releases CI runs against
+  (past it, the gate says so once in the log and stays shut);
+* the provider and its tracer are exactly the SDK's classes;
+* no span processor acts in ``on_start`` (the fast path would skip it) and the SDK is not
+  counting its own spans;
+* a probe span built both ways is the same.
+
+A ``FastPath`` notices when it goes stale: a processor was added, or the provider's
+resource changed (the SDK re-reads it in a forked child); the caller then asks the gate
+again. Everything else in the package uses only the public API.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from importlib import metadata
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+
+from visiontel.torch.version import SCHEMA_URL, __version__
+
+TESTED_SDK = ((1, 30), (1, 45))
+"""The first and last opentelemetry-sdk (major, minor) the test matrix covers."""
+
+_logger = logging.getLogger("visiontel.torch")
+_lock = threading.Lock()
+_version_ok: bool | None = None
+_forced_public = False  # tests: every gate shut, the public API everywhere
+
+
+def _use_public_api(force: bool) -> None:
+    """Tests only: shut (or reopen) the gate for every provider from now on."""
+    global _forced_public
+    _forced_public = force
+
+
+def sdk_version_supported() -> bool:
+    """Whether the installed SDK is one the fast paths were tested on (logged once if not)."""
+    global _version_ok
+    if _version_ok is None:
+        with _lock:
+            if _version_ok is None:
+                _version_ok = _check_version()
+    return _version_ok
+
+
+def _reset_version_check() -> None:
+    """Tests only: check the installed version again."""
+    global _version_ok
+    _version_ok = None
+
+
+def _check_version() -> bool:
+    try:
+        installed = metadata.version("opentelemetry-sdk")
+        major, minor = (int(part) for part in installed.split(".")[:2])
+    except (metadata.PackageNotFoundError, ValueError):
+        return False
+    low, high = TESTED_SDK
+    if low <= (major, minor) <= high:
+        return True
+    _logger.info(
+        "visiontel.torch: opentelemetry-sdk %s is outside the releases it was tested with "
+        "(%d.%d to %d.%d); its spans go through the public OpenTelemetry API, which is "
+        "correct but slower. A visiontel-torch release that covers it restores the fast path.",
+        installed,
+        *low,
+        *high,
+    )
+    return False
+
+
+def fast_path_for(provider: Any) -> FastPath | None:
+    """The fast path for ``provider``'s spans, or ``None`` where the public API must be used."""
+    if _forced_public or not sdk_version_supported():
+        return None
+    try:
+        from opentelemetry.sdk.trace import Tracer as SdkTracer
+        from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+    except ImportError:
+        return None
+    if type(provider) is not SdkTracerProvider:  # a subclass may change span creation
+        return None
+    try:
+        tracer = provider.get_tracer("visiontel.torch", __version__, schema_url=SCHEMA_URL)
+        if type(tracer) is not SdkTracer or not _nothing_acts_on_start(provider, tracer):
+            return None
+        path = FastPath(provider, tracer)
+        path.self_check()
+    except (AttributeError, TypeError, ValueError):  # an SDK without the pieces used here
+        return None
+    return path
+
+
+def _nothing_acts_on_start(provider: Any, tracer: Any) -> bool:
+    """No processor has an ``on_start`` of its own, and the SDK does not count spans."""
+    from opentelemetry.sdk.trace import SpanProcessor
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
+    quiet = (BatchSpanProcessor, SimpleSpanProcessor)  # their on_start does nothing
+    for processor in provider._active_span_processor._span_processors:
+        kind = type(processor)
+        if kind not in quiet and kind.on_start is not SpanProcessor.on_start:
+            return False
+    counting = getattr(tracer, "_tracer_metrics", None)  # the SDK's own span metrics (1.37+)
+    return counting is None or type(counting).__name__ == "NoOpTracerMetrics"
+
+
+class FastPath:
+    """What visiontel-torch's spans need from one SDK tracer provider, read once."""
+
+    def __init__(self, provider: Any, tracer: Any) -> None:
+        from opentelemetry.sdk.trace import ReadableSpan, _Span
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+        self._provider = provider
+        self._processor = provider._active_span_processor
+        self._processors = self._processor._span_processors
+        self._resource = provider.resource
+        self._tracer = tracer
+        self._decisions = _static_decisions(tracer.sampler)
+        self._limits = tracer._span_limits
+        self._is_enabled = getattr(tracer, "_is_enabled", None)  # the SDK's tracer configurator
+        self._sdk_span_class = _Span
+        self._readable_span = ReadableSpan
+        self.on_end = self._processor.on_end
+        self.new_span_id = provider.id_generator.generate_span_id
+        self.new_trace_id = provider.id_generator.generate_trace_id
+        scope = InstrumentationScope("visiontel.torch", __version__, SCHEMA_URL)
+        # Every field a ReadableSpan gets from its constructor, as that constructor sets
+        # them: a finished span is this template's fields plus its own name, ids, times and
+        # attributes (a third of the cost of the keyword-heavy constructor).
+        template = ReadableSpan("template", resource=self._resource, instrumentation_scope=scope)
+        self._template = dict(vars(template))
+        self.new_context = _context_factory()
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        # Every processor queues spans for a later export anyway: ending ours a little later,
+        # on another thread, changes nothing a reader of the exported spans can see.
+        self.batched = all(type(p) is BatchSpanProcessor for p in self._processors)
+        self.max_attributes = self._limits.max_span_attributes
+        self.max_attribute_length = self._limits.max_span_attribute_length
+
+    def stale(self) -> bool:
+        """A processor was added, or the resource changed (a forked child): ask the gate again."""
+        return (
+            self._processor._span_processors is not self._processors
+            or self._provider.resource is not self._resource
+        )
+
+    def enabled(self) -> bool:
+        """False while the SDK's tracer configurator turns visiontel.torch's tracer off."""
+        return self._is_enabled is None or bool(self._is_enabled())
+
+    def decide(self, parent: SpanContext) -> bool | None:
+        """The sampler's decision for a new span under ``parent`` when it is fixed, else None.
+
+        Only the SDK's static samplers, alone or as ``ParentBased`` delegates, are decided
+        here (read once, in ``_decisions``); any other sampler is asked through the SDK.
+        """
+        root, local_sampled, local_dropped, remote_sampled, remote_dropped = self._decisions
+        if not parent.is_valid:
+            return root
+        if parent.is_remote:
+            return remote_sampled if parent.trace_flags.sampled else remote_dropped
+        return local_sampled if parent.trace_flags.sampled else local_dropped
+
+    def self_check(self) -> None:
+        """Raise if a span built here would differ from the SDK's (an unknown SDK layout)."""
+        flags = TraceFlags(TraceFlags.SAMPLED)
+        context = self.new_context(1, 1, flags, TraceState())
+        self.unstarted_sdk_span("probe", context, None, {})  # never started or ended
+        built = self.finished_span("probe", context, None, {"k": 1}, 5, 7)
+        if (built.name, built.context, built.start_time, built.end_time) != (
+            "probe",
+            context,
+            5,
+            7,
+        ) or built.resource is not self._resource:
+            raise ValueError("finished span layout differs")
+
+    def finished_span(  # noqa: PLR0917 (positional: called once per span)
+        self,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        attributes: Mapping[str, Any],
+        start_ns: int,
+        end_ns: int | None,
+    ) -> Any:
+        span = object.__new__(self._readable_span)
+        fields = self._template.copy()
+        fields["_name"], fields["_context"], fields["_parent"] = name, context, parent
+        fields["_attributes"], fields["_start_time"], fields["_end_time"] = (
+            attributes,
+            start_ns,
+            end_ns,
+        )
+        span.__dict__ = fields
+        return span
+
+    def limited(self, attributes: dict[str, Any]) -> Any:
+        """``attributes`` as the SDK stores them under this provider's span limits."""
+        if self.max_attribute_length is None and (
+            self.max_attributes is None or len(attributes) <= self.max_attributes
+        ):
+            return attributes
+        from opentelemetry.attributes import BoundedAttributes
+
+        return BoundedAttributes(
+            self.max_attributes, attributes, immutable=True, max_value_len=self.max_attribute_length
+        )
+
+    def unstarted_sdk_span(
+        self,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        attributes: dict[str, Any],
+    ) -> trace.Span:
+        """The SDK span the tracer would make with these ids, not yet started."""
+        tracer = self._tracer
+        sdk_span: trace.Span = self._sdk_span_class(
+            name=name,
+            context=context,
+            parent=parent,
+            sampler=tracer.sampler,
+            resource=tracer.resource,
+            attributes=attributes,
+            span_processor=tracer.span_processor,
+            kind=trace.SpanKind.INTERNAL,
+            instrumentation_info=tracer.instrumentation_info,
+            limits=self._limits,
+            instrumentation_scope=tracer._instrumentation_scope,
+        )
+        return sdk_span
+
+
+def _static_decisions(sampler: Any) -> tuple[bool | None, ...]:
+    """(root, local sampled, local dropped, remote sampled, remote dropped) parents: True
+    where the sampler always keeps a new span, False where it always drops it, None where
+    it must be asked."""
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
+
+    def fixed(delegate: Any) -> bool | None:
+        return True if delegate is ALWAYS_ON else False if delegate is ALWAYS_OFF else None
+
+    if type(sampler) is not ParentBased:
+        return (fixed(sampler),) * 5
+    return (
+        fixed(sampler._root),
+        fixed(sampler._local_parent_sampled),
+        fixed(sampler._local_parent_not_sampled),
+        fixed(sampler._remote_parent_sampled),
+        fixed(sampler._remote_parent_not_sampled),
+    )
+
+
+def _context_factory() -> Any:
+    """A constructor for local SpanContexts whose ids are known to be valid.
+
+    ``SpanContext`` is a tuple; building the tuple directly skips re-validating ids that
+    come from a valid parent and the SDK's id generator. The shortcut is used only if it
+    gives exactly what the constructor gives on this API version.
+    """
+
+    def checked(trace_id: int, span_id: int, flags: Any, state: Any) -> SpanContext:
+        return SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags, trace_state=state)
+
+    def direct(trace_id: int, span_id: int, flags: Any, state: Any) -> SpanContext:
+        return tuple.__new__(SpanContext, (trace_id, span_id, False, flags, state, True))
+
+    sample = (0x5A5A << 64 | 0x1234, 0x77, TraceFlags(TraceFlags.SAMPLED), TraceState())
+    try:
+        expected, candidate = checked(*sample), direct(*sample)
+        same = (
+            tuple(expected) == tuple(candidate)
+            and expected.is_valid == candidate.is_valid
+            and expected.span_id == candidate.span_id
+            and expected.trace_flags == candidate.trace_flags
+        )
+    except Exception:
+        same = False
+    return direct if same else checked
+
+
+def batch_queue_fill(provider: Any) -> tuple[int, int]:
+    """(queued, capacity) of the first batch span processor found, or (0, 0).
+
+    The SDK keeps both private; they are read duck-typed and their absence tolerated.
+    """
+    active = getattr(provider, "_active_span_processor", None)
+    for processor in getattr(active, "_span_processors", ()):
+        inner = getattr(processor, "_batch_processor", processor)
+        pending: Any = getattr(inner, "_queue", None)
+        if pending is None:  # older SDKs (1.30-1.33 checked) name it without the underscore
+            pending = getattr(inner, "queue", None)
+        capacity = getattr(pending, "maxlen", None)
+        if pending is not None and capacity:
+            return len(pending), int(capacity)
+    return 0, 0

@@ -1,0 +1,231 @@
+"""The one gate in front of the SDK fast paths (``_otel_private``), and what it guards.
+
+The same workload (stages around an instrumented model at layer granularity, under a frame
+span, one forward failing) runs through the fast paths (ended inline with a simple
+processor, and as later work with a batch processor) and through the public API with the
+gate shut. The spans must be the same tree with the same attributes, links, events,
+status, resource and scope, and the metric points the same. Then each reason to shut the
+gate is shown to shut it: a processor that acts in ``on_start``, an SDK release outside the
+tested range, and a resource changed after ``fork``. This file runs on every OpenTelemetry
+release the nox matrix covers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import visiontel.torch as vt
+from visiontel.torch import _otel_private, _runtime
+from visiontel.torch._livespan import _LiveSpan
+
+from torch_support import TinyDetector
+
+
+class _Boom(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("bad input")
+
+
+class _CopiesBaggage(SpanProcessor):
+    """Like contrib's BaggageSpanProcessor: every span takes the baggage in ``on_start``."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        self.started.append(span.name)
+        for key, value in baggage.get_all(parent_context).items():
+            span.set_attribute(key, str(value))
+
+
+@pytest.fixture(autouse=True)
+def _gate_reset() -> Iterator[None]:
+    yield
+    _otel_private._use_public_api(False)
+    _otel_private._reset_version_check()
+
+
+def _workload(processor: SpanProcessor, *extra: SpanProcessor) -> tuple[list[Any], list[Any]]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "gate"}))
+    for added in (*extra, processor(exporter) if isinstance(processor, type) else processor):
+        provider.add_span_processor(added)
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    runtime = _runtime.Runtime(provider, meters)
+    _runtime.set_default_runtime(runtime)
+    model = vt.instrument_model(
+        TinyDetector(),
+        name="det",
+        granularity="layer",
+        tracer_provider=provider,
+        meter_provider=meters,
+    )
+    failing = vt.instrument_model(
+        _Boom(), name="boom", tracer_provider=provider, meter_provider=meters
+    )
+    token = otel_context.attach(baggage.set_baggage("camera", "gate-3"))
+    try:
+        tracer = provider.get_tracer("app")
+        with torch.inference_mode():
+            for frame in range(3):
+                with tracer.start_as_current_span("frame", attributes={"frame": frame}) as span:
+                    span.add_link(span.get_span_context(), {"self": True})
+                    with vt.stage("preprocess", model="det", attributes={"camera": "gate-3"}):
+                        images = torch.randn(2, 3, 16, 16)
+                    with vt.stage("inference"):
+                        model(images)
+                    with vt.stage("nms") as nms:
+                        trace.get_current_span().add_event("kept", {"boxes": 3})
+                        del nms
+            with pytest.raises(RuntimeError), vt.stage("broken"):
+                failing(torch.zeros(1, 3, 4, 4))
+        assert vt.flush(10)
+        provider.force_flush()
+        points = _points(reader)
+    finally:
+        otel_context.detach(token)
+        vt.uninstrument_model(model)
+        vt.uninstrument_model(failing)
+        _runtime.set_default_runtime(None)
+    return _tree(list(exporter.get_finished_spans())), points
+
+
+def _tree(spans: list[ReadableSpan]) -> list[Any]:
+    by_id = {s.context.span_id: s for s in spans}
+    rows = []
+    for span in spans:
+        exported = json.loads(span.to_json())
+        for key in ("context", "parent_id", "start_time", "end_time"):
+            exported.pop(key)
+        for event in exported["events"]:
+            event.pop("timestamp")
+        for link in exported["links"]:
+            link.pop("context")
+        parent = by_id.get(span.parent.span_id) if span.parent else None
+        exported["parent_name"] = parent.name if parent else None
+        exported["scope"] = (span.instrumentation_scope.name, span.instrumentation_scope.version)
+        exported["sampled"] = span.context.trace_flags.sampled
+        assert span.end_time is not None and span.start_time is not None
+        assert span.start_time <= span.end_time
+        if parent is not None:
+            assert parent.context.trace_id == span.context.trace_id
+        rows.append(json.dumps(exported, sort_keys=True))
+    return sorted(rows)
+
+
+def _points(reader: InMemoryMetricReader) -> list[Any]:
+    data = reader.get_metrics_data()
+    points = []
+    for resource_metrics in data.resource_metrics if data else ():
+        for scope in resource_metrics.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    count = getattr(point, "count", None)
+                    value = getattr(point, "value", None)
+                    exemplars = len(getattr(point, "exemplars", ()) or ())
+                    attributes = sorted(dict(point.attributes).items())
+                    if metric.name.endswith("duration"):  # times differ run to run
+                        points.append((metric.name, attributes, count, exemplars > 0))
+                    else:
+                        points.append((metric.name, attributes, count, value))
+    return sorted(points, key=repr)
+
+
+def test_fast_paths_and_public_api_give_the_same_spans_and_points() -> None:
+    fast_inline = _workload(SimpleSpanProcessor)
+    fast_later = _workload(BatchSpanProcessor)
+    _otel_private._use_public_api(True)
+    public = _workload(SimpleSpanProcessor)
+    assert fast_inline == public
+    assert fast_later == public
+    names = {json.loads(row)["name"] for row in public[0]}
+    assert {"frame", "preprocess", "inference det", "nms", "broken", "inference boom"} <= names
+    assert len(public[0]) > 30  # layer spans too
+
+
+def test_a_processor_acting_on_start_shuts_the_gate_and_sees_every_span() -> None:
+    watcher = _CopiesBaggage()
+    spans, _ = _workload(SimpleSpanProcessor, watcher)
+    rows = [json.loads(row) for row in spans]
+    assert len(watcher.started) == len(rows)
+    assert all(row["attributes"].get("camera") == "gate-3" for row in rows)  # layer spans too
+    provider = TracerProvider()
+    provider.add_span_processor(_CopiesBaggage())
+    assert _otel_private.fast_path_for(provider) is None
+
+
+def test_an_sdk_outside_the_tested_range_shuts_the_gate_logs_once_and_works(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    expected = _workload(SimpleSpanProcessor)
+    newest = _otel_private.TESTED_SDK[1]
+    monkeypatch.setattr(
+        _otel_private.metadata, "version", lambda name: f"{newest[0]}.{newest[1] + 1}.0"
+    )
+    _otel_private._reset_version_check()
+    with caplog.at_level(logging.INFO, logger="visiontel.torch"):
+        assert _otel_private.fast_path_for(TracerProvider()) is None
+        outside = _workload(SimpleSpanProcessor)
+    notes = [r for r in caplog.records if "outside the releases" in r.getMessage()]
+    assert len(notes) == 1
+    assert outside == expected
+    live = vt.stage("x")
+    with live:
+        assert type(trace.get_current_span()) is not _LiveSpan
+
+
+def test_the_installed_sdk_is_inside_the_tested_range() -> None:
+    """CI's matrix must move TESTED_SDK when it moves: this fails on an untested release."""
+    assert _otel_private.sdk_version_supported()
+    assert _otel_private.fast_path_for(TracerProvider()) is not None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+def test_spans_in_a_forked_child_carry_the_childs_resource() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "forked"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    _runtime.set_default_runtime(_runtime.Runtime(provider, None))
+    try:
+        with provider.get_tracer("app").start_as_current_span("warm"), vt.stage("before"):
+            pass
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report its spans' resources, then leave without cleanup
+            try:
+                exporter.clear()
+                with provider.get_tracer("app").start_as_current_span("frame"), vt.stage("after"):
+                    pass
+                found = {s.name: dict(s.resource.attributes) for s in exporter.get_finished_spans()}
+                found["provider"] = dict(provider.resource.attributes)
+                os.write(write, json.dumps(found, default=str).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            child = json.loads(pipe.read())
+        os.waitpid(pid, 0)
+    finally:
+        _runtime.set_default_runtime(None)
+    assert child["after"] == child["frame"] == child["provider"]
+    if "process.pid" in child["provider"]:  # SDKs that refresh the resource after fork
+        assert child["after"]["process.pid"] == pid != os.getpid()
+    assert sys.platform != "win32"

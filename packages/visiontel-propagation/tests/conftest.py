@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler
 from opentelemetry.trace import Tracer
 
-from visiontel.propagation import _diag
+from visiontel.propagation import _diag, _otel_private
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +24,16 @@ def _fresh_log_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     test that counts log lines passes alone and in any order."""
     monkeypatch.setattr(_diag, "_last_log", {})
     monkeypatch.setattr(_diag, "_errors_logged", set())
+
+
+@pytest.fixture
+def public_api_only() -> Iterator[bool]:
+    """The fast paths forced off for one test (True if they were on before it); the gate
+    decides afresh after it."""
+    was_on = _otel_private.fast_paths_enabled()
+    _otel_private._force(False)
+    yield was_on
+    _otel_private._force(None)
 
 
 @dataclass

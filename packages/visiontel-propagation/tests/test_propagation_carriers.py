@@ -332,13 +332,11 @@ def test_bad_frame_identity_raises_at_the_source():
         vp.set_frame(vp.FrameIdentity("cam", -1, 2))
 
 
-def test_extract_without_the_one_copy_context_shortcut(monkeypatch):
-    from visiontel.propagation import _w3c
+def test_extract_without_the_one_copy_context_shortcut(public_api_only):
+    from visiontel.propagation import _otel_private
 
-    # the shortcuts are in use with this API version
-    assert _w3c._SPAN_KEY is not None and _w3c._BAGGAGE_KEY is not None
-    monkeypatch.setattr(_w3c, "_SPAN_KEY", None)
-    monkeypatch.setattr(_w3c, "_BAGGAGE_KEY", None)
+    # the shortcuts were in use with this API version, and are off for this test
+    assert public_api_only and not _otel_private.fast_paths_enabled()
     for round_trip in ROUND_TRIPS:
         assert_same(round_trip(remote_context()))
 

@@ -16,14 +16,13 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanContext, SpanKind, Tracer
 from opentelemetry.util.types import AttributeValue
 
-from visiontel.propagation import _w3c
+from visiontel.propagation import _otel_private
 from visiontel.propagation._diag import internal_error, limits
 from visiontel.propagation._frame import get_frame
 from visiontel.propagation._stage import _tracer, frame_attributes
@@ -105,41 +104,18 @@ def batch_span(
             internal_error("batch_span end")
 
 
-class _FrameLink(Link):
-    """A :class:`Link` without attributes, made in one call instead of two.
-
-    Used only if it ends up exactly like ``Link(context)`` (checked at import): a
-    batch creates one per frame, and the SDK replaces the attributes anyway.
-    """
-
-    __slots__ = ()
-
-    def __init__(self, context: SpanContext) -> None:  # no super().__init__: see above
-        self._context = context
-        self._attributes = None
-
-
-def _pick_link() -> type[Link]:
-    probe = SpanContext(1, 2, True)
-    fast, slow = _FrameLink(probe), Link(probe)
-    if vars(fast) == vars(slow) and fast.context is probe and fast.attributes is None:
-        return _FrameLink
-    return Link
-
-
-_new_link = _pick_link()
-
-
 def _link_limit(tracer: Tracer) -> int:
     """Links one span may keep: ours, or the SDK tracer's own if it says less.
 
     The SDK's limit can be set in code (``TracerProvider(span_limits=...)``), not
     only through ``OTEL_SPAN_LINK_COUNT_LIMIT``; it is read where the tracer exposes
-    it, so links past it go to chunk spans instead of being dropped by the SDK.
+    it, so links past it go to chunk spans instead of being dropped by the SDK. That
+    read is an SDK internal: with the fast paths off (an OpenTelemetry release newer
+    than the tested ones) only the environment's limit is known.
     """
     ours = limits().max_links
-    sdk = getattr(getattr(tracer, "_span_limits", None), "max_links", None)
-    return min(ours, sdk) if isinstance(sdk, int) and sdk > 0 else ours
+    sdk = _otel_private.sdk_link_limit(tracer)
+    return ours if sdk is None else min(ours, sdk)
 
 
 def _open(
@@ -154,22 +130,15 @@ def _open(
 ) -> Batch:
     links: list[Link] = []
     sampled: list[int] = []  # indexes of sampled frames, in order
-    # This loop runs once per frame: the span lookup of span_context_of() is inlined
-    # for the usual case (a Context holding a span of a type seen before).
-    span_context_of, new_link = _w3c.span_context_of, _new_link
-    key, span_types = _w3c._SPAN_KEY, _w3c._SPAN_TYPES
-    for index, ctx in enumerate(contexts):
-        held: Any = ctx.get(key) if type(ctx) is Context and key is not None else None
-        if held is not None and type(held) in span_types:
-            span_context = held.get_span_context()
-        else:
-            span_context = span_context_of(ctx)
+    span_contexts = _otel_private.span_contexts_of(contexts)
+    new_link = _otel_private.new_link
+    for index, span_context in enumerate(span_contexts):
         if span_context.is_valid:
             if span_context.trace_flags & 1:  # TraceFlags.sampled without the property call
                 sampled.append(index)
             links.append(new_link(span_context))
     # First frame whose link does not fit on the batch span (only past the limit).
-    overflow_from = _nth_linked(contexts, per_span) if len(links) > per_span else len(contexts)
+    overflow_from = _nth_linked(span_contexts, per_span) if len(links) > per_span else len(contexts)
     start = time.time_ns()
     linked = min(len(links), per_span)
     chunk_count = max(0, (len(links) - 1) // per_span)
@@ -221,12 +190,12 @@ def _open(
     return batch
 
 
-def _nth_linked(contexts: list[Context], n: int) -> int:
+def _nth_linked(span_contexts: list[SpanContext], n: int) -> int:
     """Index of the frame that gives the batch its ``n``-th link (0-based)."""
     seen = 0
-    for index, ctx in enumerate(contexts):
-        if _w3c.span_context_of(ctx).is_valid:
+    for index, span_context in enumerate(span_contexts):
+        if span_context.is_valid:
             if seen == n:
                 return index
             seen += 1
-    return len(contexts)
+    return len(span_contexts)

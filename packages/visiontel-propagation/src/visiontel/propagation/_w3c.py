@@ -15,20 +15,13 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, unquote
 
-from opentelemetry import baggage, trace
 from opentelemetry.context import Context, get_current
-from opentelemetry.trace import (
-    INVALID_SPAN_CONTEXT,
-    NonRecordingSpan,
-    Span,
-    SpanContext,
-    TraceState,
-)
+from opentelemetry.trace import TraceState
 
-from visiontel.propagation import _diag
+from visiontel.propagation import _diag, _otel_private
 from visiontel.propagation._diag import reject, rejections
 from visiontel.propagation._frame import _FRAME_KEY, FRAME_HEADER, FrameIdentity
-from visiontel.propagation._spancontext import DEFAULT_STATE, remote_span_context
+from visiontel.propagation._otel_private import DEFAULT_TRACE_STATE
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -90,11 +83,7 @@ def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
 def encode(context: Context | None) -> list[tuple[str, str]]:
     """The (key, value) pairs that carry ``context`` (default: the current one)."""
     values = get_current() if context is None else context
-    # span_context_of(), inlined for the usual case: a span of a type seen before
-    held: Any = values.get(_SPAN_KEY) if _SPAN_KEY is not None else None
-    span_context: SpanContext = (
-        held.get_span_context() if type(held) in _SPAN_TYPES else span_context_of(values)
-    )
+    span_context, entries = _otel_private.span_context_and_baggage(values)
     out = []
     if span_context.is_valid:
         flags = span_context.trace_flags
@@ -109,16 +98,10 @@ def encode(context: Context | None) -> list[tuple[str, str]]:
         )
         out.append((TRACEPARENT, traceparent))
         trace_state = span_context.trace_state
-        if trace_state is not DEFAULT_STATE and trace_state:  # the default one is empty
+        if trace_state is not DEFAULT_TRACE_STATE and trace_state:  # the default one is empty
             out.append((TRACESTATE, trace_state.to_header()))
-    if _BAGGAGE_KEY is None:
-        entries: object = baggage.get_all(values)
-    else:  # what baggage.get_all() does, without its read-only copy
-        entries = values.get(_BAGGAGE_KEY)
-        if entries is not None and not isinstance(entries, dict):
-            entries = None
     if entries:
-        out.append((BAGGAGE, encode_baggage(entries)))  # type: ignore[arg-type]
+        out.append((BAGGAGE, encode_baggage(entries)))
     frame = values.get(_FRAME_KEY)
     if frame is not None and isinstance(frame, FrameIdentity):
         out.append((FRAME_HEADER, frame.to_header()))
@@ -244,55 +227,6 @@ def _parse_baggage(value: str, carrier: str) -> dict[str, str]:
     return entries
 
 
-def _span_key() -> str | None:
-    """The context key OpenTelemetry stores the current span under, found by asking it.
-
-    A context is a dict; filling it in one copy instead of one copy per value saves a
-    measurable part of every extract. If the API ever stores spans differently, the
-    public (slower) calls are used instead.
-    """
-    probe = trace.set_span_in_context(trace.INVALID_SPAN, Context())
-    keys = list(probe)
-    if len(keys) == 1 and trace.get_current_span(Context({keys[0]: probe[keys[0]]})) is (
-        trace.INVALID_SPAN
-    ):
-        return keys[0]
-    return None
-
-
-def _baggage_key() -> str | None:
-    """Same idea for baggage, which OpenTelemetry keeps as one dict under one key."""
-    probe = baggage.set_baggage("k", "v", Context())
-    keys = list(probe)
-    if len(keys) == 1 and probe[keys[0]] == {"k": "v"}:
-        check = Context({keys[0]: {"a": "b"}})
-        if dict(baggage.get_all(check)) == {"a": "b"}:
-            return keys[0]
-    return None
-
-
-_SPAN_KEY = _span_key()
-_BAGGAGE_KEY = _baggage_key()
-
-# Span classes already seen to be Spans: an exact type lookup instead of the ABC
-# isinstance check OpenTelemetry does on every get_current_span().
-_SPAN_TYPES: set[type] = {NonRecordingSpan}
-
-
-def span_context_of(context: Context) -> SpanContext:
-    """``trace.get_current_span(context).get_span_context()`` for a given context."""
-    if _SPAN_KEY is None or not isinstance(context, dict):
-        return trace.get_current_span(context).get_span_context()
-    span: Any = context.get(_SPAN_KEY)
-    if span is None:
-        return INVALID_SPAN_CONTEXT
-    if type(span) not in _SPAN_TYPES:
-        if not isinstance(span, Span):
-            return INVALID_SPAN_CONTEXT
-        _SPAN_TYPES.add(type(span))
-    return span.get_span_context()  # type: ignore[no-any-return]
-
-
 def build(
     base: Context,
     span: tuple[int, int, int] | None,
@@ -301,24 +235,7 @@ def build(
     frame: FrameIdentity | None = None,
 ) -> Context:
     """Assemble the extracted pieces on top of ``base``."""
-    values = dict(base) if base else {}
-    if span is not None:
-        span_context = remote_span_context(span[0], span[1], span[2], trace_state)
-        if _SPAN_KEY is None:
-            values = dict(trace.set_span_in_context(NonRecordingSpan(span_context), base))
-        else:
-            values[_SPAN_KEY] = NonRecordingSpan(span_context)
-    if frame is not None:
-        values[_FRAME_KEY] = frame
-    if entries and _BAGGAGE_KEY is not None:
-        before = base.get(_BAGGAGE_KEY) if base else None  # what baggage.get_all() reads
-        values[_BAGGAGE_KEY] = {**before, **entries} if isinstance(before, dict) else dict(entries)
-        entries = None
-    ctx = Context(values)
-    if entries:
-        for key, value in entries.items():
-            ctx = baggage.set_baggage(key, value, ctx)
-    return ctx
+    return _otel_private.context_with(base, span, trace_state, entries, frame)
 
 
 def decode(found: Mapping[str, object], carrier: str, base: Context | None) -> Context:
@@ -344,22 +261,12 @@ def decode(found: Mapping[str, object], carrier: str, base: Context | None) -> C
     raw = text.get(FRAME_HEADER)
     if raw is not None:
         frame = FrameIdentity.from_header(raw, carrier)
-    if span is None:
-        ctx = Context() if base is None else base
-        return build(ctx, None, None, entries, frame) if entries or frame is not None else ctx
-    raw = text.get(TRACESTATE)
-    if raw is not None or entries or _SPAN_KEY is None:
-        trace_state = parse_tracestate(raw, carrier) if raw is not None else None
-        return build(Context() if base is None else base, span, trace_state, entries, frame)
-    # The usual frame (trace context and identity, nothing else), in one dict copy.
-    remote = NonRecordingSpan(remote_span_context(span[0], span[1], span[2], None))
-    if base is None:
-        if frame is None:
-            return Context({_SPAN_KEY: remote})
-        return Context({_SPAN_KEY: remote, _FRAME_KEY: frame})
-    if frame is None:
-        return Context({**base, _SPAN_KEY: remote})
-    return Context({**base, _SPAN_KEY: remote, _FRAME_KEY: frame})
+    if span is None and not entries and frame is None:
+        return Context() if base is None else base
+    raw = text.get(TRACESTATE) if span is not None else None
+    trace_state = parse_tracestate(raw, carrier) if raw is not None else None
+    # base None: the usual frame's context is built in one dict, with no empty one to copy
+    return _otel_private.context_with(base, span, trace_state, entries, frame)
 
 
 def _checked(found: Mapping[str, object], carrier: str, max_len: int) -> dict[str, str]:

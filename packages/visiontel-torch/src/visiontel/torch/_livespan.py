@@ -19,11 +19,12 @@ tracer as before.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import (
     NonRecordingSpan,
     SpanContext,
@@ -66,6 +67,9 @@ class LiveSpans:
         self._path: FastPath | None = None
         self.batched = False
         """Spans end in batched processors only: the end of a forward may run as later work."""
+        self.later: Callable[..., None] | None = None
+        """Where later work goes (the runtime's resolver); a live span's end goes there when
+        ``batched``."""
 
     def start(
         self,
@@ -73,22 +77,29 @@ class LiveSpans:
         attributes: Mapping[str, Any],
         start_time: int | None = None,
         hidden: bool = False,
+        context: Context | None = None,
     ) -> trace.Span:
-        """A span named ``name`` under the current span; ``attributes`` is not kept.
+        """A span named ``name`` under the span of ``context`` (default: the current one);
+        ``attributes`` is not kept.
 
         ``hidden``: the caller never makes a dropped span current nor hands it out, so a
         span the sampler drops need not carry ids of its own.
         """
         path = self.current_path()
         if path is not None:
-            parent = trace.get_current_span().get_span_context()
+            parent = trace.get_current_span(context).get_span_context()
             if not parent.is_remote and path.enabled():
                 decision = path.decide(parent)
                 if decision:
-                    return _start_live(path, name, parent, attributes, start_time)
+                    span = _start_live(path, name, parent, attributes, start_time)
+                    if self.batched:
+                        span._later = self.later
+                    return span
                 if decision is False:
                     return trace.INVALID_SPAN if hidden else _dropped(path, parent)
-        return self._tracer.start_span(name, attributes=attributes, start_time=start_time)
+        return self._tracer.start_span(
+            name, context=context, attributes=attributes, start_time=start_time
+        )
 
     def current_path(self) -> FastPath | None:
         """The gate's answer for the provider in use, asked again when it may have changed."""
@@ -173,6 +184,7 @@ class _LiveSpan(trace.Span):
 
     __slots__ = (
         "_ended",
+        "_later",
         "_path",
         "_sdk_span",
         "attributes",
@@ -195,6 +207,7 @@ class _LiveSpan(trace.Span):
         self.attributes, self.start_ns = attributes, start_ns
         self._sdk_span: trace.Span | None = None
         self._ended = False
+        self._later: Callable[..., None] | None = None
 
     def promoted(self) -> trace.Span:
         """The SDK span this live span hands its work to from now on."""
@@ -263,7 +276,11 @@ class _LiveSpan(trace.Span):
         if self._ended:
             return
         self._ended = True
-        _finish(self, end_time if end_time is not None else time.time_ns())
+        end_ns = end_time if end_time is not None else time.time_ns()
+        if self._later is not None:  # built and handed to the processors on the resolver
+            self._later(_finish, self, end_ns)
+        else:
+            _finish(self, end_ns)
 
     def __exit__(
         self,

@@ -27,6 +27,7 @@ class Runtime:
         self.metrics = InferenceMetrics(meter_provider)
         self.resolver = Resolver(self.metrics, tracer_provider)
         self.metrics.images.before_collect = self.resolver.drain_later
+        self.spans.later = self.resolver.later
 
 
 _lock = threading.Lock()

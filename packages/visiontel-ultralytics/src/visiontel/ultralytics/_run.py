@@ -139,7 +139,7 @@ class PredictRun:
         size = len(paths) or 1
         now = time.time_ns()
         parent_context = otel_context.get_current()
-        tracer = self.telemetry.tracer
+        tracer, spans = self.telemetry.tracer, self.telemetry.runtime.spans
         kind = getattr(getattr(predictor, "dataset", None), "mode", None)
         in_memory = _ultralytics_private.in_memory_source(predictor)
         if in_memory:  # numpy, PIL or tensor input: the "paths" are made-up names
@@ -153,12 +153,9 @@ class PredictRun:
                 attributes["visiontel.frame.index"] = self._next_frame(source)
             if isinstance(kind, str):
                 attributes["visiontel.source.kind"] = kind
-            images.append(
-                tracer.start_span(
-                    f"{self.mode} {self.model_name}",
-                    context=parent_context,
-                    attributes=attributes,
-                    start_time=now,
+            images.append(  # visiontel-torch's live spans: the SDK's span, made cheaply
+                spans.start(
+                    f"{self.mode} {self.model_name}", attributes, now, context=parent_context
                 )
             )
         if size == 1:
@@ -235,11 +232,11 @@ class PredictRun:
         wall_ns, perf_ns = batch.tracker_start
         batch.tracker_start = None
         elapsed_ns = time.perf_counter_ns() - perf_ns
-        span = self.telemetry.tracer.start_span(
+        span = self.telemetry.runtime.spans.start(
             "tracker",
+            {"visiontel.stage": "tracker", "visiontel.model.name": self.model_name},
+            wall_ns,
             context=batch.context,
-            attributes={"visiontel.stage": "tracker", "visiontel.model.name": self.model_name},
-            start_time=wall_ns,
         )
         attributes = {"visiontel.stage": "tracker", **self.detection_attributes}
         attributes.pop("visiontel.ultralytics.task", None)

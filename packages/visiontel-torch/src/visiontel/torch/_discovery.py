@@ -1,6 +1,6 @@
 """Zero-code discovery: find each model's true root on its first call.
 
-One global forward pre-hook sees every module call made while no instrumented forward runs
+A global forward pre-hook sees every module call made while no instrumented forward runs
 on the thread. Each module seen there is judged once:
 
 * no parameters (transforms, activations), TorchScript: never a model;
@@ -16,13 +16,29 @@ on the thread. Each module seen there is judged once:
 
 A discovered root that later runs inside another instrumented forward is withdrawn as
 well, so the outer model stays the only root.
+
+The global hook's mere presence takes every module call in the process off torch's fast
+path, so it is only there while it can still find something: while some module *pending*
+here may yet become a root. Modules become pending when they exist as discovery starts
+(one ``gc.get_objects()`` sweep), and whenever ``Module.__init__`` or ``__setstate__``
+(``copy.deepcopy``, ``pickle``, ``torch.load``) makes one or ``register_parameter`` gives
+one a parameter: those three are wrapped on the class while discovery is open. A pending
+module is *settled*, and forgotten, once it is rejected, has no parameters, is TorchScript
+or lies inside an instrumented model. Calls of an instrumented root at depth 0 (steady
+state) run the settle check, rate-limited; when nothing pending is left the hook is
+removed, and the next module made or given a parameter puts it back. A model that is
+built and never called (the original of a deep copy) stays pending and keeps the hook.
 """
 
 from __future__ import annotations
 
+import functools
+import gc
 import sys
 import threading
+import time
 import weakref
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -34,6 +50,11 @@ from visiontel.torch._tree import is_compiled
 
 _MAX_DEFERRALS = 3
 _MAX_FRAMES = 64
+# Settle checks cost O(pending + instrumented modules): the first runs on the first steady
+# call, later ones back off while modules stay unsettled (a model that is never called).
+_SETTLE_FIRST_S = 0.5
+_SETTLE_MAX_S = 8.0
+_WRAPPED_METHODS = ("__init__", "__setstate__", "register_parameter")
 
 
 class Discovery:
@@ -43,18 +64,35 @@ class Discovery:
         import torch
 
         self._config = config
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # what has been decided about modules
         self._rejected: weakref.WeakSet[Any] = weakref.WeakSet()
         self._discovered: weakref.WeakSet[Any] = weakref.WeakSet()
         self._deferrals: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self._is_compiling = _model.is_compiling_fn()
-        register = torch.nn.modules.module.register_module_forward_pre_hook
-        self._handle: Any = register(self._on_call)
+        # The hook's handle and the pending modules. Taken inside Module.__init__, so it is
+        # never held while calling out (nor while taking _lock); reentrant in case a
+        # collection run while it is held finalises something that builds a module.
+        self._arm_lock = threading.RLock()
+        self._pending: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        self._births = 0  # a settle check disarms only if no module came while it ran
+        self._handle: Any = None
+        self._closed = False
+        self._next_check = 0.0
+        self._interval = _SETTLE_FIRST_S
+        _listen(self)  # from here on every new module is seen
+        module_class = torch.nn.Module
+        existing = [o for o in gc.get_objects() if issubclass(type(o), module_class)]
+        with self._arm_lock:
+            for module in existing:
+                self._pending[id(module)] = module
+            self._arm()
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        _unlisten(self)
+        with self._arm_lock:
+            self._closed = True
+            self._disarm()
+            self._pending.clear()
         with self._lock:
             discovered = list(self._discovered)
             self._discovered = weakref.WeakSet()
@@ -66,12 +104,68 @@ class Discovery:
         with self._lock:
             return list(self._discovered)
 
+    # -- arming --------------------------------------------------------------------------
+    def _arm(self) -> None:  # under _arm_lock
+        if self._handle is None and not self._closed:
+            import torch
+
+            register = torch.nn.modules.module.register_module_forward_pre_hook
+            self._handle = register(self._on_call)
+            self._next_check, self._interval = 0.0, _SETTLE_FIRST_S
+
+    def _disarm(self) -> None:  # under _arm_lock
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def _on_born(self, module: Any) -> None:
+        """``module`` was made, loaded, copied or given a parameter: it may be a root."""
+        with self._arm_lock:
+            self._pending[id(module)] = module
+            self._births += 1
+            self._arm()
+
+    def _settle(self) -> None:
+        """Forget settled modules; remove the global hook if none is left pending."""
+        with self._arm_lock:
+            births = self._births
+            pending = list(self._pending.items())
+        with self._lock:
+            rejected = {id(m) for m in self._rejected}
+        inside: set[int] | None = None
+        settled: list[tuple[int, Any]] = []
+        unsettled = 0
+        for key, module in pending:
+            if key not in rejected and _has_parameters(module):
+                if inside is None:
+                    roots = _model.all_instrumented()
+                    inside = {id(m) for root in roots for m in root.modules()}
+                if key not in inside:
+                    unsettled += 1
+                    continue
+            settled.append((key, module))
+        with self._arm_lock:
+            for key, module in settled:
+                if self._pending.get(key) is module:
+                    del self._pending[key]
+            if unsettled:  # e.g. a model never called: look again later, less often
+                self._next_check = time.monotonic() + self._interval
+                self._interval = min(self._interval * 2, _SETTLE_MAX_S)
+            elif births != self._births:
+                self._next_check = 0.0  # a module came while this ran: judge it next call
+            else:
+                self._disarm()
+
     # -- the global pre-hook -----------------------------------------------------------------
     def _on_call(self, module: Any, args: Any) -> None:
         if self._is_compiling() or _model.forward_depth() or getattr(module, "_is_replica", False):
             return
         try:
-            if module in self._rejected or _model.instrumentation_of(module) is not None:
+            if module in self._rejected:
+                return
+            if _model.instrumentation_of(module) is not None:  # steady state
+                if time.monotonic() >= self._next_check:
+                    self._settle()
                 return
             with self._lock:
                 if not self._judge(module):
@@ -79,10 +173,11 @@ class Discovery:
                 withdrawn = self._fold_into(module)
                 instrument_model(module, _base_config=self._config)
                 self._discovered.add(module)
+            self._next_check = 0.0  # its modules just settled: check at its next call
             for inner in withdrawn:
                 uninstrument_model(inner)
             instrumentation = _model.instrumentation_of(module)
-            if instrumentation is not None:  # this call already passed the root pre-hook
+            if instrumentation is not None:  # registered too late to run for this call
                 instrumentation.on_nested = self._withdraw_nested
                 instrumentation._root_pre(module, args, {})
         except Exception as exc:
@@ -170,3 +265,63 @@ def _outer_running_directly(module: Any) -> Any:
         if id(owner) not in called and any(m is module for m in owner.modules()):
             return owner
     return None
+
+
+# -- Module.__init__, __setstate__ and register_parameter, wrapped while discovery is open ----
+# Wrapped on the class, so instances (and so copies and pickles) carry nothing. The wrappers
+# are installed once, whatever the number of open Discovery objects, and put back on the
+# last close unless someone wrapped them in turn (torch._dynamo does, for good): ours then
+# stay in their chain, inert, and are reused by the next Discovery.
+_listeners: tuple[Discovery, ...] = ()  # replaced, never mutated: the wrappers read it unlocked
+_wrapped: dict[str, tuple[Any, Any]] = {}  # name: (the function we wrapped, our wrapper)
+_wrap_lock = threading.Lock()
+
+
+def _listen(discovery: Discovery) -> None:
+    global _listeners
+    import torch
+
+    with _wrap_lock:
+        _listeners = (*_listeners, discovery)
+        for name in _WRAPPED_METHODS:
+            if name not in _wrapped:
+                original = torch.nn.Module.__dict__[name]
+                wrapper = _tell_listeners_after(original)
+                _wrapped[name] = (original, wrapper)
+                setattr(torch.nn.Module, name, wrapper)
+
+
+def _unlisten(discovery: Discovery) -> None:
+    global _listeners
+    import torch
+
+    with _wrap_lock:
+        _listeners = tuple(d for d in _listeners if d is not discovery)
+        if _listeners:
+            return
+        for name, (original, wrapper) in list(_wrapped.items()):
+            if torch.nn.Module.__dict__.get(name) is wrapper:
+                setattr(torch.nn.Module, name, original)
+                del _wrapped[name]
+
+
+def _tell_listeners_after(original: Callable[..., Any]) -> Callable[..., Any]:
+    import torch
+
+    # A module built inside a region torch.compile traces: tracing our locks would only
+    # break the graph, and what runs there compiled is not called through a hook anyway.
+    compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", lambda: False)
+
+    @functools.wraps(original)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        listeners = _listeners
+        if listeners and not compiling():
+            try:
+                for discovery in listeners:
+                    discovery._on_born(self)
+            except Exception as exc:  # never break building or loading a module
+                report_internal_error("discovery bookkeeping", exc)
+        return result
+
+    return wrapper

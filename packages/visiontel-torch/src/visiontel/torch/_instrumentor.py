@@ -2,9 +2,11 @@
 
 With no code change every model is discovered at its *root* on its first call and
 instrumented like ``instrument_model`` would (``_discovery.py`` says how the root is
-found). Discovery needs one global forward pre-hook, which costs a little on every module
-call (see docs/benchmarks.md); call ``instrument_model`` yourself and set
-``VISIONTEL_TORCH_AUTO_DISCOVER=false`` for the zero-overhead path.
+found). Discovery needs a global forward pre-hook, which takes every module call off
+torch's fast path while it is installed. It is removed once no module is left that could
+still become a root, and it is put back when a module is built, copied or loaded. A model
+that is built but never called keeps it (see the README). Call ``instrument_model``
+yourself and set ``VISIONTEL_TORCH_AUTO_DISCOVER=false`` to avoid it entirely.
 """
 
 from __future__ import annotations

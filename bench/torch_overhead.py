@@ -11,10 +11,10 @@ same round).
 Time is the inference thread's CPU time (``time.thread_time``) by default: with one torch
 thread every operator runs on it, and on a shared, loaded machine CPU time is far steadier
 than wall time (which also counts the time the OS gave the core to someone else).
-visiontel-torch finishes a forward's telemetry on its resolver thread when spans are
-exported in batches (as here), so the inference thread's CPU time leaves that work out:
-``--clock process`` counts every thread's CPU time and ``--clock wall`` elapsed time, and
-both end each timed block with ``visiontel.torch.flush()`` so nothing queued escapes it.
+When spans are exported in batches (as here), visiontel-torch finishes a forward's
+telemetry later, in batches: every timed block ends with ``visiontel.torch.flush()`` so
+that work is counted in the block that caused it. ``--clock process`` counts every
+thread's CPU time (the span processor's export thread included).
 """
 
 from __future__ import annotations
@@ -207,7 +207,6 @@ def measure(
     rounds: int,
     iters: int,
     clock: Any,
-    settle_in_block: bool,
 ) -> dict[str, Any]:
     model.eval()
     table = variants(model)
@@ -226,8 +225,7 @@ def measure(
                 with around():
                     for _ in range(iters):
                         model(images)
-                if settle_in_block:  # the telemetry still queued is part of this block's cost
-                    vt.flush(30)
+                vt.flush(30)  # the telemetry still queued is part of this block's cost
                 elapsed = clock() - start
                 remove()
                 times[name].append(elapsed / iters)
@@ -286,8 +284,7 @@ def main() -> int:
         choices=["cpu", "wall", "process"],
         default="cpu",
         help="cpu: the inference thread's CPU time; wall: elapsed time; process: CPU time of "
-        "every thread (resolver and span exporter included). wall and process end each "
-        "block with visiontel.torch.flush(), so telemetry still queued counts in it",
+        "every thread (resolver and span exporter included)",
     )
     parser.add_argument(
         "--only", choices=["resnet", "detector"], default=None, help="measure one model only"
@@ -308,9 +305,7 @@ def main() -> int:
     for case, (model, images) in cases.items():
         print(f"measuring {case} ({args.rounds} rounds x {args.iters} forwards)...", flush=True)
         clock = {"cpu": time.thread_time, "wall": time.perf_counter, "process": time.process_time}
-        results[case] = measure(
-            model, images, args.rounds, args.iters, clock[args.clock], args.clock != "cpu"
-        )
+        results[case] = measure(model, images, args.rounds, args.iters, clock[args.clock])
     header = (
         "| variant (median paired ratio / ratio of fastest blocks) | " + " | ".join(cases) + " |"
     )

@@ -36,6 +36,19 @@ class InputDescription:
 _NONE: dict[str, Any] = {}
 
 
+_tensor_type: type | None = None
+
+
+def tensor_type() -> type:
+    """``torch.Tensor``, imported on first use (importing visiontel.torch does not load torch)."""
+    global _tensor_type
+    if _tensor_type is None:
+        import torch
+
+        _tensor_type = torch.Tensor
+    return _tensor_type
+
+
 def _is_tensor(value: Any) -> bool:
     return hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "device")
 
@@ -52,11 +65,19 @@ def describe_inputs(args: Any, kwargs: Any, detailed: bool) -> InputDescription:
     (e.g. an RGB and an IR stream) are all described, up to eight. The attribute values
     are tuples: what the SDK stores for a list, so spans take them without a conversion.
     """
-    if not kwargs and len(args) == 1 and not detailed:  # model(images): the usual call
-        value = args[0]
-        if _is_tensor(value):
-            shape = value.shape
-            return InputDescription(int(shape[0]) if len(shape) else 0, value)
+    if not kwargs and len(args) == 1 and isinstance(args[0], tensor_type()):
+        value: Any = args[0]  # model(images): the usual call, one attribute read when untraced
+        shape = value.shape
+        batch_size = int(shape[0]) if len(shape) else 0
+        if not detailed:
+            return InputDescription(batch_size, value)
+        key: tuple[Any, ...] = (batch_size, (shape, value.dtype, value.device))
+        attributes = _cache.get(key)
+        if attributes is None:
+            if len(_cache) >= _MAX_CACHED:
+                _cache.clear()
+            attributes = _cache[key] = _attributes(batch_size, [value])
+        return InputDescription(batch_size, value, attributes)
     tensors: list[Any] = []
     batch_size = 0
     for value in (*args, *(kwargs or {}).values()):

@@ -76,8 +76,10 @@ class LiveSpans:
         name: str,
         attributes: Mapping[str, Any],
         start_time: int | None = None,
+        *,
         hidden: bool = False,
         context: Context | None = None,
+        plain: bool = False,
     ) -> trace.Span:
         """A span named ``name`` under the span of ``context`` (default: the current one);
         ``attributes`` is not kept.
@@ -91,7 +93,9 @@ class LiveSpans:
             if not parent.is_remote and path.enabled():
                 decision = path.decide(parent)
                 if decision:
-                    span = _start_live(path, name, parent, attributes, start_time)
+                    span = _start_live(
+                        path, name, parent, attributes, start_time, plain_values=plain
+                    )
                     if self.batched:
                         span._later = self.later
                     return span
@@ -118,6 +122,8 @@ def _start_live(
     parent: SpanContext,
     attributes: Mapping[str, Any],
     start_time: int | None,
+    *,
+    plain_values: bool,
 ) -> _LiveSpan:
     if parent.is_valid:
         context = path.new_context(
@@ -127,14 +133,17 @@ def _start_live(
     else:  # a new trace
         context = path.new_context(path.new_trace_id(), path.new_span_id(), _SAMPLED, _NO_STATE)
         parent_context = None
-    plain = {}
+    plain: dict[str, Any] = {}
     needs_sdk = False
-    for key, value in attributes.items():
-        stored = _plain(value)
-        if stored is _NOT_PLAIN:
-            needs_sdk = True
-        else:
-            plain[key] = stored
+    if plain_values:
+        plain.update(attributes)
+    else:
+        for key, value in attributes.items():
+            stored = _plain(value)
+            if stored is _NOT_PLAIN:
+                needs_sdk = True
+            else:
+                plain[key] = stored
     span = _LiveSpan(path, name, context, parent_context, plain, start_time or time.time_ns())
     if needs_sdk:  # mixed sequences and other values: let the SDK check them
         span.promoted().set_attributes(attributes)
@@ -148,6 +157,11 @@ def _dropped(path: FastPath, parent: SpanContext) -> trace.Span:
     else:
         trace_id, state = path.new_trace_id(), _NO_STATE
     return NonRecordingSpan(path.new_context(trace_id, path.new_span_id(), _NOT_SAMPLED, state))
+
+
+def all_plain(attributes: Mapping[str, Any]) -> bool:
+    """Whether every value is stored by the SDK as it is (lists excepted: stored as tuples)."""
+    return all(type(v) is not list and _plain(v) is not _NOT_PLAIN for v in attributes.values())
 
 
 def add_plain_attributes(span: trace.Span, attributes: Mapping[str, Any]) -> None:

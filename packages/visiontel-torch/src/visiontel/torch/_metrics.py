@@ -13,6 +13,7 @@ from typing import Any
 from opentelemetry import metrics
 from opentelemetry.context import Context
 
+from visiontel.torch._inputs import tensor_type
 from visiontel.torch.version import SCHEMA_URL, __version__
 
 DetectionCounter = Callable[[Any], "Sequence[int] | None"]
@@ -137,7 +138,7 @@ def count_detections(output: Any) -> Sequence[int] | None:
       known from the values, and reading them would synchronise the GPU.
     Anything else returns ``None`` (no detection metric, no error).
     """
-    if _is_tensor(output):
+    if isinstance(output, tensor_type()) or _is_tensor(output):
         return _count_tensor(output)
     if isinstance(output, (list, tuple)) and output:
         counts: list[int] = []

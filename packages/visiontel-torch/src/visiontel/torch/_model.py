@@ -20,7 +20,7 @@ from opentelemetry import trace
 from visiontel.torch._config import TorchConfig
 from visiontel.torch._failures import record_failure
 from visiontel.torch._inputs import describe_inputs
-from visiontel.torch._livespan import add_plain_attributes
+from visiontel.torch._livespan import add_plain_attributes, all_plain
 from visiontel.torch._metrics import DetectionCounter, count_detections
 from visiontel.torch._record import ForwardRecord, ModuleTable
 from visiontel.torch._runtime import Runtime
@@ -97,6 +97,7 @@ class ModelInstrumentation:
             k: v for k, v in self._metric_attributes.items() if k != "visiontel.stage"
         }
         self._add_images = runtime.metrics.images.adder(self._image_attributes)
+        self._plain = all_plain(self._static_attributes)
         self._tree = ProbeTree(model, config, self._tls, self._is_compiling)
         self._root_handles = register_hooks(model, self._root_pre, self._root_post)
 
@@ -132,7 +133,9 @@ class ModelInstrumentation:
         wall_ns, perf_ns = time.time_ns(), time.perf_counter_ns()
         runtime = self._runtime
         # The root span becomes current only if it records: a dropped one is never seen.
-        span = runtime.spans.start(self._span_name, self._static_attributes, wall_ns, hidden=True)
+        span = runtime.spans.start(
+            self._span_name, self._static_attributes, wall_ns, hidden=True, plain=self._plain
+        )
         recording = span.is_recording()
         tree = self._tree
         if recording:
@@ -184,7 +187,7 @@ class ModelInstrumentation:
             return
         counts = self._detections(output)  # shapes only, read now: the output is not kept
         if self._runtime.spans.batched:
-            self._runtime.resolver.later(self._complete, record, counts, None, True)
+            self._runtime.resolver.later(self._complete, record, counts, None)
         else:
             self._complete(record, counts, None)
 
@@ -193,7 +196,6 @@ class ModelInstrumentation:
         record: ForwardRecord,
         counts: Sequence[int] | None,
         failure: BaseException | None,
-        on_resolver_thread: bool = False,
     ) -> None:
         """Metric points and span end of a finished forward (inline, or as later work)."""
         span, perf_end = record.span, record.perf_end_ns
@@ -223,7 +225,7 @@ class ModelInstrumentation:
             if record.stamps is None:
                 span.end(end_time=record.wall_ns(perf_end))
             else:
-                resolver.resolve_inline(record, on_resolver_thread)
+                resolver.resolve_inline(record)
             return
         if not resolver.submit(record):
             metrics.dropped.add(1, self._image_attributes)

@@ -39,9 +39,9 @@ from visiontel.torch._safety import report_internal_error
 from visiontel.torch._volume import VolumeWatch
 
 _POLL_S = 0.002  # GPU events pending: how often to query them
-_IDLE_S = 0.02  # otherwise: how often later work is picked up
+_IDLE_S = 0.5  # otherwise: how often the thread finishes later work left waiting
 _MAX_QUEUE = 1024
-_MAX_LATER = 8192
+_LATER_BATCH = 64
 # The resolver shares the GIL with the inference thread. A thread that waits for the GIL
 # gets it only after the switch interval (5 ms by default) unless the holder lets go, so
 # the resolver sleeps briefly every few spans and after every item of later work: a real
@@ -67,6 +67,7 @@ class Resolver:
         self._lock = threading.Lock()  # starting the thread
         self._in_flight = InFlight()
         self._thread: threading.Thread | None = None
+        self._thread_ident = 0
         self.volume = VolumeWatch(tracer_provider)
         self._tracer_provider = tracer_provider
         self._children: Children | None = None
@@ -88,12 +89,16 @@ class Resolver:
         self._thread = None
 
     def later(self, function: Callable[..., None], *args: Any) -> None:
-        """Run ``function(*args)`` on the resolver thread (inline when it is backed up)."""
-        if len(self._later) >= _MAX_LATER:
-            function(*args)
-            return
-        self._later.append((function, args))
-        if self._thread is None:
+        """Run ``function(*args)`` later: in a batch on this thread, or on the resolver's."""
+        pending = self._later
+        pending.append((function, args))
+        if len(pending) >= _LATER_BATCH:
+            if self._later_lock.acquire(blocking=False):  # else the resolver is on it
+                try:
+                    self._run_later(handing_over=False)
+                finally:
+                    self._later_lock.release()
+        elif self._thread is None:
             self._ensure_thread()
 
     def drain_later(self) -> None:
@@ -123,14 +128,14 @@ class Resolver:
             self._children_provider = provider
         return children
 
-    def resolve_inline(self, record: ForwardRecord, on_resolver_thread: bool = False) -> None:
+    def resolve_inline(self, record: ForwardRecord) -> None:
         """Materialise a forward that has no GPU events now, on the calling thread.
 
         With nothing to wait for, there is no reason to queue it on its own: it runs where
         it is called (the inference thread, or the resolver thread as later work).
         """
         try:
-            self._materialise(record, with_gpu=False, on_resolver_thread=on_resolver_thread)
+            self._materialise(record, with_gpu=False)
         except Exception as exc:
             report_internal_error("inline resolve", exc)
             _end_quietly(record)
@@ -150,6 +155,7 @@ class Resolver:
                 self._thread.start()
 
     def _run(self) -> None:
+        self._thread_ident = threading.get_ident()
         while True:
             self._wake.wait(_POLL_S if self._waiting else _IDLE_S)
             self._wake.clear()
@@ -196,11 +202,10 @@ class Resolver:
             self._in_flight.done()
         self._waiting = still_waiting
 
-    def _materialise(
-        self, record: ForwardRecord, with_gpu: bool, on_resolver_thread: bool = True
-    ) -> None:
+    def _materialise(self, record: ForwardRecord, with_gpu: bool) -> None:
         table = record.table
         names, classes, budget = table.names, table.classes, table.budget
+        handing_over = threading.get_ident() == self._thread_ident  # on the resolver thread
         start_child = self._children_for(record).start
         to_wall = record.wall_start_ns - record.perf_start_ns  # perf_counter_ns -> wall clock
         open_calls: list[tuple[int, int, Any, ChildSpan | None]] = []
@@ -219,7 +224,7 @@ class Resolver:
                     span = start_child(names[index], parents[-1], perf_ns + to_wall, attributes)
                     parents.append(span)
                     created += 1
-                    if on_resolver_thread and not created % _SPANS_PER_YIELD:
+                    if handing_over and not created % _SPANS_PER_YIELD:
                         time.sleep(_YIELD_S)
                 open_calls.append((index, perf_ns, event, span))
                 continue

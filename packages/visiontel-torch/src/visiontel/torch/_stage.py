@@ -13,6 +13,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from visiontel.torch._failures import record_failure
+from visiontel.torch._livespan import all_plain
 from visiontel.torch._record import ForwardRecord, ModuleTable
 from visiontel.torch._runtime import Runtime, default_runtime
 from visiontel.torch._safety import report_internal_error
@@ -63,6 +64,7 @@ class stage:
             if value:
                 self._span_attributes[key] = value
                 self._metric_attributes[key] = value
+        self._plain = all_plain(self._span_attributes)
         self._device = device
         self._metric = metric
         self._event_source = _event_source
@@ -76,7 +78,7 @@ class stage:
     def _copy(self) -> stage:
         fresh = object.__new__(stage)
         fresh.name = self.name
-        fresh._span_attributes = self._span_attributes
+        fresh._span_attributes, fresh._plain = self._span_attributes, self._plain
         fresh._metric_attributes = self._metric_attributes
         fresh._device, fresh._event_source = self._device, self._event_source
         fresh._metric, fresh._runtime = self._metric, self._runtime
@@ -89,7 +91,7 @@ class stage:
         self._start_ns = time.perf_counter_ns()
         try:
             span = (self._runtime or default_runtime()).spans.start(
-                self.name, self._span_attributes, self._wall_start_ns
+                self.name, self._span_attributes, self._wall_start_ns, plain=self._plain
             )
             self._span = span
             self._token = otel_context.attach(trace.set_span_in_context(span))

@@ -1,20 +1,19 @@
-"""Turns stamps into spans, and finishes the per-forward work off the inference thread.
-
-The resolver owns one daemon thread per runtime. It does two kinds of work:
+"""Turns stamps into spans, and finishes the per-forward work in batches.
 
 * **Later work.** When spans are exported in batches anyway (every span processor is the
   SDK's ``BatchSpanProcessor``), the end of a forward or stage (its duration and detection
-  points, its root span's end, its layer spans) is one ``deque.append`` on the inference
-  thread and runs here, in short runs that hand the GIL back between items so inference
-  never queues behind it. A metric collection and ``flush()`` first finish whatever is
-  still pending, so readers and exporters see the same points and spans as before.
-* **GPU forwards.** A forward with CUDA events waits here (polling ``query()``, never
-  synchronising) until its events completed, then gets its child spans with explicit start
-  and end times and its root span ends.
-
-Both queues are bounded: past the bound, later work runs inline (nothing is lost) and a GPU
-forward keeps its root span but loses its child detail, counted in
-``visiontel.torch.dropped``. Inference never waits.
+  points, its root span's end, its layer spans) is one ``deque.append``. Every 64 items the
+  inference thread runs them in one go, warm, instead of each right after a forward has
+  evicted the interpreter's caches; the resolver thread finishes what is left waiting
+  every 0.5 s. Doing all of it on the resolver thread was measured slower: each of the
+  forward's operator calls releases the GIL, and taking it back from a busy resolver cost
+  more than the work (docs/benchmarks.md). A metric collection and ``flush()`` first finish
+  whatever is pending, so readers and exporters see the same points and spans as before.
+* **GPU forwards.** A forward with CUDA events waits on the resolver thread (polling
+  ``query()``, never synchronising) until its events completed, then gets its child spans
+  with explicit start and end times and its root span ends. That queue is bounded: when it
+  is full the forward keeps its root span but loses its child detail, counted in
+  ``visiontel.torch.dropped``. Inference never waits.
 """
 
 from __future__ import annotations
@@ -46,6 +45,7 @@ _LATER_BATCH = 64
 # gets it only after the switch interval (5 ms by default) unless the holder lets go, so
 # the resolver sleeps briefly every few spans and after every item of later work: a real
 # sleep (not sleep(0), which may take the GIL straight back) hands it over.
+# Later work runs on the thread that queued it once this many items are waiting.
 _SPANS_PER_YIELD = 4
 _YIELD_S = 0.00002
 

@@ -229,3 +229,32 @@ def test_spans_in_a_forked_child_carry_the_childs_resource() -> None:
     if "process.pid" in child["provider"]:  # SDKs that refresh the resource after fork
         assert child["after"]["process.pid"] == pid != os.getpid()
     assert sys.platform != "win32"
+
+
+def test_a_full_batch_queue_gets_each_span_through_its_own_on_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Layer spans go into a batch processor's queue at once only when all of them fit;
+    otherwise the processor's own on_end drops what does not fit, as the SDK would."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    processor = BatchSpanProcessor(
+        exporter, max_queue_size=8, max_export_batch_size=8, schedule_delay_millis=60_000
+    )
+    provider.add_span_processor(processor)
+    path = _otel_private.fast_path_for(provider)
+    assert path is not None and path.batched
+    layers = torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(20)))
+    model = vt.instrument_model(layers, granularity="layer", tracer_provider=provider)
+    try:
+        with torch.inference_mode(), caplog.at_level(logging.WARNING):
+            model(torch.randn(1, 4))
+            assert vt.flush(10)
+        provider.force_flush()
+    finally:
+        vt.uninstrument_model(model)
+    exported = exporter.get_finished_spans()
+    assert 0 < len(exported) < 21  # 20 layer spans and the root: some were dropped
+    if path.on_end_many is not None:  # the SDK's own drop path ran, with its warning
+        assert any("full" in r.getMessage().lower() for r in caplog.records)
+    processor.shutdown()

@@ -96,6 +96,10 @@ class SdkChildren:
     def stale(self) -> bool:
         return self._path.stale()
 
+    def batch(self) -> Children:
+        """Children whose finished spans are kept until ``emit`` hands them over at once."""
+        return BatchedChildren(self) if self._path.on_end_many is not None else self
+
     def start(
         self, name: str, parent: ChildSpan, start_ns: int, attributes: dict[str, Any]
     ) -> ChildSpan:
@@ -107,6 +111,20 @@ class SdkChildren:
             parent_context.trace_state,
         )
         return _PendingSpan(self, name, context, parent_context, start_ns, attributes)
+
+
+class BatchedChildren(SdkChildren):
+    def __init__(self, owner: SdkChildren) -> None:
+        super().__init__(owner._path)
+        self._ended: list[Any] = []
+        self.on_end = self._ended.append
+        self._on_end_many = owner._path.on_end_many
+
+    def emit(self) -> None:
+        """Hand every span ended so far to the span processors, in the order they ended."""
+        ended, self._ended[:] = list(self._ended), []
+        if ended and self._on_end_many is not None:
+            self._on_end_many(ended)
 
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)

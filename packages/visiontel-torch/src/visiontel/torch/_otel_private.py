@@ -154,6 +154,7 @@ class FastPath:
         # Every processor queues spans for a later export anyway: ending ours a little later,
         # on another thread, changes nothing a reader of the exported spans can see.
         self.batched = all(type(p) is BatchSpanProcessor for p in self._processors)
+        self.on_end_many = _bulk_on_end(self._processors, self.on_end) if self.batched else None
         self.max_attributes = self._limits.max_span_attributes
         self.max_attribute_length = self._limits.max_span_attribute_length
 
@@ -298,6 +299,50 @@ def _context_factory() -> Any:
     except Exception:
         same = False
     return direct if same else checked
+
+
+def _bulk_on_end(processors: Any, on_end: Any) -> Any:
+    """``on_end`` for a list of finished spans, one queue operation per batch processor.
+
+    Every processor is the SDK's ``BatchSpanProcessor``, whose ``on_end`` only puts a span in
+    its queue (checking shutdown, fork and room, then waking its exporter when a batch is
+    ready): a forward's layer spans go in with one ``extendleft``, in the order the same
+    number of ``on_end`` calls would leave. When the processor is shut down, forked or
+    without room for all of them, each span goes through its own ``on_end`` (the SDK's drop
+    counting and warnings). ``None`` where the SDK's layout is not the one known here.
+    """
+    import collections
+    import os
+
+    queues: list[tuple[Any, Any]] = []
+    for processor in processors:
+        inner = getattr(processor, "_batch_processor", None)
+        pending = getattr(inner, "_queue", None)
+        wake = getattr(inner, "_worker_awaken", None)
+        if not isinstance(pending, collections.deque) or not isinstance(wake, threading.Event):
+            return None
+        for name in ("_shutdown", "_pid", "_max_queue_size", "_max_export_batch_size"):
+            if not hasattr(inner, name):
+                return None
+        queues.append((processor, inner))
+
+    def on_end_many(spans: list[Any]) -> None:
+        pid = os.getpid()
+        for processor, inner in queues:
+            pending = inner._queue
+            if (
+                inner._shutdown
+                or inner._pid != pid
+                or len(pending) + len(spans) > inner._max_queue_size
+            ):
+                for span in spans:
+                    processor.on_end(span)
+                continue
+            pending.extendleft(spans)
+            if len(pending) >= inner._max_export_batch_size and not inner._worker_awaken.is_set():
+                inner._worker_awaken.set()
+
+    return on_end_many
 
 
 def batch_queue_fill(provider: Any) -> tuple[int, int]:

@@ -30,7 +30,13 @@ from typing import Any
 
 from opentelemetry import trace
 
-from visiontel.torch._children import Children, ChildSpan, SdkChildren, children_for
+from visiontel.torch._children import (
+    BatchedChildren,
+    Children,
+    ChildSpan,
+    SdkChildren,
+    children_for,
+)
 from visiontel.torch._inflight import InFlight
 from visiontel.torch._metrics import InferenceMetrics
 from visiontel.torch._record import ForwardRecord
@@ -206,7 +212,10 @@ class Resolver:
         table = record.table
         names, classes, budget = table.names, table.classes, table.budget
         handing_over = threading.get_ident() == self._thread_ident  # on the resolver thread
-        start_child = self._children_for(record).start
+        children = self._children_for(record)
+        if isinstance(children, SdkChildren):
+            children = children.batch()  # this forward's layer spans go out together
+        start_child = children.start
         to_wall = record.wall_start_ns - record.perf_start_ns  # perf_counter_ns -> wall clock
         open_calls: list[tuple[int, int, Any, ChildSpan | None]] = []
         parents: list[Any] = [record.span]  # the innermost open call that has a span
@@ -256,6 +265,8 @@ class Resolver:
             if span is not None:
                 span.set_attribute("visiontel.module.incomplete", True)
                 span.end(end_time=record.wall_ns(record.perf_end_ns))
+        if isinstance(children, BatchedChildren):
+            children.emit()
         if aggregated:
             record.span.set_attribute("visiontel.layers.aggregated", aggregated)
         if with_gpu and record.start_event is not None and record.end_event is not None:

@@ -235,7 +235,7 @@ def test_a_full_batch_queue_gets_each_span_through_its_own_on_end(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Layer spans go into a batch processor's queue at once only when all of them fit;
-    otherwise the processor's own on_end drops what does not fit, as the SDK would."""
+    otherwise each goes through the processor's own on_end, which drops and warns."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     processor = BatchSpanProcessor(
@@ -244,17 +244,16 @@ def test_a_full_batch_queue_gets_each_span_through_its_own_on_end(
     provider.add_span_processor(processor)
     path = _otel_private.fast_path_for(provider)
     assert path is not None and path.batched
-    layers = torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(20)))
-    model = vt.instrument_model(layers, granularity="layer", tracer_provider=provider)
-    try:
-        with torch.inference_mode(), caplog.at_level(logging.WARNING):
-            model(torch.randn(1, 4))
-            assert vt.flush(10)
-        provider.force_flush()
-    finally:
-        vt.uninstrument_model(model)
-    exported = exporter.get_finished_spans()
-    assert 0 < len(exported) < 21  # 20 layer spans and the root: some were dropped
-    if path.on_end_many is not None:  # the SDK's own drop path ran, with its warning
-        assert any("full" in r.getMessage().lower() for r in caplog.records)
+    if path.on_end_many is None:  # an SDK whose processor layout has no bulk path
+        assert _otel_private.TESTED_SDK[0] <= (1, 33)
+        processor.shutdown()
+        return
+    context = trace.SpanContext(7, 7, is_remote=False, trace_flags=trace.TraceFlags(1))
+    few = [path.finished_span(f"fits {i}", context, None, {}, 1, 2) for i in range(4)]
+    many = [path.finished_span(f"over {i}", context, None, {}, 1, 2) for i in range(20)]
+    with caplog.at_level(logging.WARNING):
+        path.on_end_many(few)
+        assert not caplog.records
+        path.on_end_many(many)  # 4 queued + 20 > 8: the SDK's on_end, span by span
+    assert any("full" in r.getMessage().lower() for r in caplog.records)
     processor.shutdown()

@@ -176,8 +176,16 @@ def floor(session: nox.Session, otel: str) -> None:
         "python", "-c", "import opentelemetry.sdk.version as v; print('sdk', v.__version__)"
     )
     targets = [str(ROOT / "packages" / n / "tests") for n in names]
+    if otel != min(OTEL_RELEASES):  # between floor and newest: what touches the SDK's pieces
+        torch_tests = ROOT / "packages" / "visiontel-torch" / "tests"
+        targets[0:1] = [str(torch_tests / f"test_{name}.py") for name in OTEL_SENSITIVE]
     env = {"VISIONTEL_TEST_TORCH": TORCH_OLDEST, **STRICT_SKIPS}
     session.run("pytest", *targets, *session.posargs, env=env)
+
+
+# visiontel-torch tests of the span and metric paths, run on the releases between floor and
+# newest (the floor and the newest run everything).
+OTEL_SENSITIVE = ("otel_gate", "livespan", "children", "spans", "metrics", "stage", "volume")
 
 
 @nox.session(python=PYTHON, tags=["ci"])

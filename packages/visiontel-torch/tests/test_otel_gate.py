@@ -263,3 +263,35 @@ def test_a_full_batch_queue_gets_each_span_through_its_own_on_end() -> None:
     path.on_end_many(many)  # 4 queued + 20 > 8
     assert one_by_one == [f"over {i}" for i in range(20)]
     processor.shutdown()
+
+
+def test_sdk_span_metrics_that_count_shut_the_gate() -> None:
+    """SDK releases that count their own spans (``otel.sdk.span.started``) count ours too:
+    with a meter provider behind those counters the gate is shut and the tracer used."""
+    reader = InMemoryMetricReader()
+    try:
+        provider = TracerProvider(meter_provider=MeterProvider(metric_readers=[reader]))
+    except TypeError:  # a release without the SDK's own span metrics: nothing to count
+        assert _otel_private.fast_path_for(TracerProvider()) is not None
+        return
+    tracer = provider.get_tracer("visiontel.torch")
+    if _otel_private._span_counters_waiting(tracer) == []:  # created but never counting
+        assert _otel_private.fast_path_for(provider) is not None
+        return
+    assert _otel_private.fast_path_for(provider) is None
+    _runtime.set_default_runtime(_runtime.Runtime(provider, None))
+    try:
+        with provider.get_tracer("app").start_as_current_span("frame"), vt.stage("work"):
+            pass
+    finally:
+        _runtime.set_default_runtime(None)
+    data = reader.get_metrics_data()
+    started = [
+        point.value
+        for resource_metrics in data.resource_metrics
+        for scope in resource_metrics.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "otel.sdk.span.started"
+        for point in metric.data.data_points
+    ]
+    assert sum(started) == 2  # the frame and the stage

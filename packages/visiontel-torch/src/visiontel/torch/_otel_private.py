@@ -118,8 +118,27 @@ def _nothing_acts_on_start(provider: Any, tracer: Any) -> bool:
         kind = type(processor)
         if kind not in quiet and kind.on_start is not SpanProcessor.on_start:
             return False
-    counting = getattr(tracer, "_tracer_metrics", None)  # the SDK's own span metrics (1.37+)
-    return counting is None or type(counting).__name__ == "NoOpTracerMetrics"
+    return _span_counters_waiting(tracer) is not None
+
+
+def _span_counters_waiting(tracer: Any) -> list[Any] | None:
+    """The SDK's own span metrics (``otel.sdk.span.*``, in some releases): ``None`` if they
+    count (the fast path would skip them), else the counters that do nothing only until a
+    global meter provider is set (the fast path then goes stale)."""
+    counting = getattr(tracer, "_tracer_metrics", None)
+    if counting is None or type(counting).__name__ == "NoOpTracerMetrics":
+        return []
+    waiting = []
+    for name in ("_started_spans", "_live_spans"):
+        counter = getattr(counting, name, None)
+        kind = type(counter).__name__
+        if kind.startswith("NoOp"):
+            continue
+        if kind.startswith("_Proxy") and getattr(counter, "_real_instrument", ...) is None:
+            waiting.append(counter)
+            continue
+        return None
+    return waiting
 
 
 class FastPath:
@@ -134,6 +153,7 @@ class FastPath:
         self._processors = self._processor._span_processors
         self._resource = provider.resource
         self._tracer = tracer
+        self._counters_waiting = _span_counters_waiting(tracer) or []
         self._decisions = _static_decisions(tracer.sampler)
         self._limits = tracer._span_limits
         self._is_enabled = getattr(tracer, "_is_enabled", None)  # the SDK's tracer configurator
@@ -159,10 +179,12 @@ class FastPath:
         self.max_attribute_length = self._limits.max_span_attribute_length
 
     def stale(self) -> bool:
-        """A processor was added, or the resource changed (a forked child): ask the gate again."""
+        """A processor was added, the resource changed (a forked child) or a meter provider
+        arrived for the SDK's own span metrics: ask the gate again."""
         return (
             self._processor._span_processors is not self._processors
             or self._provider.resource is not self._resource
+            or any(c._real_instrument is not None for c in self._counters_waiting)
         )
 
     def enabled(self) -> bool:

@@ -295,3 +295,28 @@ def test_sdk_span_metrics_that_count_shut_the_gate() -> None:
         for point in metric.data.data_points
     ]
     assert sum(started) == 2  # the frame and the stage
+
+
+def test_queued_work_keeps_no_input_or_output_tensor_alive() -> None:
+    """With batch processors a forward's end waits in a queue: it must hold shapes and
+    counts, never the tensors (on a GPU that would be device memory held for 64 frames)."""
+    import gc
+    import weakref
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(InMemorySpanExporter()))
+    model = vt.instrument_model(
+        torch.nn.Sequential(torch.nn.Linear(4, 6)), granularity="layer", tracer_provider=provider
+    )
+    try:
+        with torch.inference_mode():
+            images = torch.randn(3, 4)
+            output = model(images)
+        inputs_left, output_left = weakref.ref(images), weakref.ref(output)
+        assert _runtime.runtime_for(provider, None).resolver._later  # queued, not yet run
+        del images, output
+        gc.collect()
+        assert inputs_left() is None and output_left() is None
+        assert vt.flush(10)
+    finally:
+        vt.uninstrument_model(model)

@@ -186,6 +186,9 @@ class ModelInstrumentation:
             self._complete(record, None, failure)
             return
         counts = self._detections(output)  # shapes only, read now: the output is not kept
+        # Nor the inputs, nor the enclosing forward's record: queued work must not keep
+        # tensors (GPU memory) alive for the batch's lifetime.
+        record.inputs = record.previous = None
         if self._runtime.spans.batched:
             self._runtime.resolver.later(self._complete, record, counts, None)
         else:

@@ -152,6 +152,7 @@ def test_track_on_video_adds_tracker_spans(telemetry: Telemetry, tmp_path: Path)
         assert [s.name for s in below] == [*STAGES, "tracker"]
         tracker = below[-1]
         assert tracker.attributes["visiontel.stage"] == "tracker"
+        assert tracker.instrumentation_scope.name == "visiontel.ultralytics"
         assert tracker.attributes["visiontel.model.name"] == "yolov8n"
         # the tracker runs after postprocess, inside the image span
         assert below[2].end_time <= tracker.start_time <= tracker.end_time <= root.end_time

@@ -30,6 +30,8 @@ def test_one_image_gives_predict_with_stage_children_and_the_network_below_infer
     assert root.name == "predict yolov8n"
     assert root.parent is None
     assert root.status.status_code is StatusCode.UNSET
+    # each package's spans under its own scope (the network's are visiontel-torch's)
+    assert root.instrumentation_scope.name == "visiontel.ultralytics"
     assert child_names(spans, root) == list(STAGES)
     stages = {s.name: s for s in children(spans, root)}
     for span in stages.values():
@@ -42,6 +44,7 @@ def test_one_image_gives_predict_with_stage_children_and_the_network_below_infer
 
     [network] = children(spans, stages["inference"])
     assert network.name == "inference yolov8n"
+    assert network.instrumentation_scope.name == "visiontel.torch"
     layers = children(spans, network)
     assert layers, "the network's stage-granularity children are missing"
     assert {s.name for s in layers} <= {f"model.{i}" for i in range(23)}

@@ -35,7 +35,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util import types
 
-from visiontel.torch._otel_private import FastPath, fast_path_for
+from visiontel.torch._otel_private import TORCH_SCOPE, FastPath, fast_path_for
 
 # Values the SDK stores unchanged when no attribute length limit is set.
 _PLAIN = (str, bool, int, float)
@@ -60,9 +60,17 @@ def _plain(value: Any) -> Any:
 class LiveSpans:
     """Starts visiontel-torch's stage and root spans: live spans where safe, else the tracer's."""
 
-    def __init__(self, tracer_provider: trace.TracerProvider | None, tracer: trace.Tracer) -> None:
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None,
+        tracer: trace.Tracer,
+        scope: tuple[str, str, str] = TORCH_SCOPE,
+    ) -> None:
+        """``tracer`` and ``scope`` name the same instrumentation scope (the tracer's spans
+        and the live spans must be indistinguishable)."""
         self._explicit_provider = tracer_provider
         self._tracer = tracer
+        self._scope = scope
         self._provider: object = None
         self._path: FastPath | None = None
         self.batched = False
@@ -110,7 +118,7 @@ class LiveSpans:
         provider = self._explicit_provider or trace.get_tracer_provider()
         path = self._path
         if provider is not self._provider or (path is not None and path.stale()):
-            path = self._path = fast_path_for(provider)
+            path = self._path = fast_path_for(provider, self._scope)
             self._provider = provider
             self.batched = path is not None and path.batched
         return self._path

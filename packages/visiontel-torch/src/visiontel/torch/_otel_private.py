@@ -36,6 +36,8 @@ from opentelemetry.trace import SpanContext, TraceFlags, TraceState
 from visiontel.torch.version import SCHEMA_URL, __version__
 
 TESTED_SDK = ((1, 30), (1, 45))
+TORCH_SCOPE = ("visiontel.torch", __version__, SCHEMA_URL)
+"""(name, version, schema URL) of the instrumentation scope spans are made for, by default."""
 """The first and last opentelemetry-sdk (major, minor) the test matrix covers."""
 
 _logger = logging.getLogger("visiontel.torch")
@@ -86,8 +88,9 @@ def _check_version() -> bool:
     return False
 
 
-def fast_path_for(provider: Any) -> FastPath | None:
-    """The fast path for ``provider``'s spans, or ``None`` where the public API must be used."""
+def fast_path_for(provider: Any, scope: tuple[str, str, str] = TORCH_SCOPE) -> FastPath | None:
+    """The fast path for ``provider``'s spans of ``scope``, or ``None`` where the public API
+    must be used."""
     if _forced_public or not sdk_version_supported():
         return None
     try:
@@ -98,10 +101,10 @@ def fast_path_for(provider: Any) -> FastPath | None:
     if type(provider) is not SdkTracerProvider:  # a subclass may change span creation
         return None
     try:
-        tracer = provider.get_tracer("visiontel.torch", __version__, schema_url=SCHEMA_URL)
+        tracer = provider.get_tracer(scope[0], scope[1], schema_url=scope[2])
         if type(tracer) is not SdkTracer or not _nothing_acts_on_start(provider, tracer):
             return None
-        path = FastPath(provider, tracer)
+        path = FastPath(provider, tracer, scope)
         path.self_check()
     except (AttributeError, TypeError, ValueError):  # an SDK without the pieces used here
         return None
@@ -144,7 +147,9 @@ def _span_counters_waiting(tracer: Any) -> list[Any] | None:
 class FastPath:
     """What visiontel-torch's spans need from one SDK tracer provider, read once."""
 
-    def __init__(self, provider: Any, tracer: Any) -> None:
+    def __init__(
+        self, provider: Any, tracer: Any, scope: tuple[str, str, str] = TORCH_SCOPE
+    ) -> None:
         from opentelemetry.sdk.trace import ReadableSpan, _Span
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
@@ -162,11 +167,13 @@ class FastPath:
         self.on_end = self._processor.on_end
         self.new_span_id = provider.id_generator.generate_span_id
         self.new_trace_id = provider.id_generator.generate_trace_id
-        scope = InstrumentationScope("visiontel.torch", __version__, SCHEMA_URL)
+        instrumentation_scope = InstrumentationScope(*scope)
         # Every field a ReadableSpan gets from its constructor, as that constructor sets
         # them: a finished span is this template's fields plus its own name, ids, times and
         # attributes (a third of the cost of the keyword-heavy constructor).
-        template = ReadableSpan("template", resource=self._resource, instrumentation_scope=scope)
+        template = ReadableSpan(
+            "template", resource=self._resource, instrumentation_scope=instrumentation_scope
+        )
         self._template = dict(vars(template))
         self.new_context = _context_factory()
         from opentelemetry.sdk.trace.export import BatchSpanProcessor

@@ -26,6 +26,7 @@ from opentelemetry.trace import Link, Span, Status, StatusCode
 
 from visiontel.propagation import strip_credentials
 from visiontel.torch import stage
+from visiontel.torch._livespan import LiveSpans
 from visiontel.torch._runtime import runtime_for
 from visiontel.torch._safety import report_internal_error
 from visiontel.ultralytics import _metrics, _ultralytics_private
@@ -55,6 +56,10 @@ class Telemetry:
         # visiontel-torch's runtime for the same providers: stage durations and detections
         # go to its instruments, so each metric has one definition across both packages
         self.runtime = runtime_for(tracer_provider, meter_provider)
+        # this package's own spans (image, tracker), cheap where the SDK allows it
+        scope = ("visiontel.ultralytics", __version__, SCHEMA_URL)
+        self.spans = LiveSpans(tracer_provider, self.tracer, scope)
+        self.spans.later = self.runtime.resolver.later
 
 
 class _Batch:
@@ -139,7 +144,7 @@ class PredictRun:
         size = len(paths) or 1
         now = time.time_ns()
         parent_context = otel_context.get_current()
-        tracer, spans = self.telemetry.tracer, self.telemetry.runtime.spans
+        tracer, spans = self.telemetry.tracer, self.telemetry.spans
         kind = getattr(getattr(predictor, "dataset", None), "mode", None)
         in_memory = _ultralytics_private.in_memory_source(predictor)
         if in_memory:  # numpy, PIL or tensor input: the "paths" are made-up names
@@ -232,7 +237,7 @@ class PredictRun:
         wall_ns, perf_ns = batch.tracker_start
         batch.tracker_start = None
         elapsed_ns = time.perf_counter_ns() - perf_ns
-        span = self.telemetry.runtime.spans.start(
+        span = self.telemetry.spans.start(
             "tracker",
             {"visiontel.stage": "tracker", "visiontel.model.name": self.model_name},
             wall_ns,

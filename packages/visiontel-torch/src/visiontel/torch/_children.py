@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from opentelemetry import trace
-from opentelemetry.trace import SpanContext, TraceFlags
+from opentelemetry.trace import SpanContext
 
-from visiontel.torch._otel_private import FastPath, fast_path_for
+from visiontel.torch._otel_private import SAMPLED, FastPath, fast_path_for
 
 
 class ChildSpan(Protocol):
@@ -98,7 +98,8 @@ class SdkChildren:
 
     def batch(self) -> Children:
         """Children whose finished spans are kept until ``emit`` hands them over at once."""
-        return BatchedChildren(self) if self._path.on_end_many is not None else self
+        on_end_many = self._path.on_end_many
+        return self if on_end_many is None else BatchedChildren(self, on_end_many)
 
     def start(
         self, name: str, parent: ChildSpan, start_ns: int, attributes: dict[str, Any]
@@ -107,28 +108,30 @@ class SdkChildren:
         context = self.new_context(
             parent_context.trace_id,
             self._new_span_id(),
-            _SAMPLED,
+            SAMPLED,
             parent_context.trace_state,
         )
         return _PendingSpan(self, name, context, parent_context, start_ns, attributes)
 
 
 class BatchedChildren(SdkChildren):
-    def __init__(self, owner: SdkChildren) -> None:
+    """One forward's children: ended spans wait in a list until ``emit``."""
+
+    def __init__(self, owner: SdkChildren, on_end_many: Any) -> None:
         super().__init__(owner._path)
         self._ended: list[Any] = []
         self.on_end = self._ended.append
-        self._on_end_many = owner._path.on_end_many
+        self._on_end_many = on_end_many
 
     def emit(self) -> None:
         """Hand every span ended so far to the span processors, in the order they ended."""
-        ended, self._ended[:] = list(self._ended), []
-        if ended and self._on_end_many is not None:
+        ended = self._ended[:]
+        self._ended.clear()
+        if ended:
             self._on_end_many(ended)
 
 
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_LOCAL_SAMPLED_PARENT = SpanContext(1, 1, is_remote=False, trace_flags=_SAMPLED)
+_LOCAL_SAMPLED_PARENT = SpanContext(1, 1, is_remote=False, trace_flags=SAMPLED)
 
 
 def children_for(provider: Any, tracer: trace.Tracer) -> Children:

@@ -35,12 +35,11 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util import types
 
-from visiontel.torch._otel_private import TORCH_SCOPE, FastPath, fast_path_for
+from visiontel.torch._otel_private import SAMPLED, TORCH_SCOPE, FastPath, fast_path_for
 
 # Values the SDK stores unchanged when no attribute length limit is set.
 _PLAIN = (str, bool, int, float)
 _NOT_PLAIN = object()
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _NO_STATE = TraceState()
 
@@ -134,12 +133,10 @@ def _start_live(
     plain_values: bool,
 ) -> _LiveSpan:
     if parent.is_valid:
-        context = path.new_context(
-            parent.trace_id, path.new_span_id(), _SAMPLED, parent.trace_state
-        )
+        context = path.new_context(parent.trace_id, path.new_span_id(), SAMPLED, parent.trace_state)
         parent_context: SpanContext | None = parent
     else:  # a new trace
-        context = path.new_context(path.new_trace_id(), path.new_span_id(), _SAMPLED, _NO_STATE)
+        context = path.new_context(path.new_trace_id(), path.new_span_id(), SAMPLED, _NO_STATE)
         parent_context = None
     plain: dict[str, Any] = {}
     needs_sdk = False
@@ -299,7 +296,7 @@ class _LiveSpan(trace.Span):
             return
         self._ended = True
         end_ns = end_time if end_time is not None else time.time_ns()
-        if self._later is not None:  # built and handed to the processors on the resolver
+        if self._later is not None:  # built and handed to the processors as later work
             self._later(_finish, self, end_ns)
         else:
             _finish(self, end_ns)

@@ -37,6 +37,7 @@ from visiontel.torch.version import SCHEMA_URL, __version__
 
 TESTED_SDK = ((1, 30), (1, 45))
 TORCH_SCOPE = ("visiontel.torch", __version__, SCHEMA_URL)
+SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 """(name, version, schema URL) of the instrumentation scope spans are made for, by default."""
 """The first and last opentelemetry-sdk (major, minor) the test matrix covers."""
 
@@ -102,17 +103,20 @@ def fast_path_for(provider: Any, scope: tuple[str, str, str] = TORCH_SCOPE) -> F
         return None
     try:
         tracer = provider.get_tracer(scope[0], scope[1], schema_url=scope[2])
-        if type(tracer) is not SdkTracer or not _nothing_acts_on_start(provider, tracer):
+        if type(tracer) is not SdkTracer or not _nothing_acts_on_start(provider):
             return None
-        path = FastPath(provider, tracer, scope)
+        counters_waiting = _span_counters_waiting(tracer)
+        if counters_waiting is None:
+            return None
+        path = FastPath(provider, tracer, scope, counters_waiting)
         path.self_check()
     except (AttributeError, TypeError, ValueError):  # an SDK without the pieces used here
         return None
     return path
 
 
-def _nothing_acts_on_start(provider: Any, tracer: Any) -> bool:
-    """No processor has an ``on_start`` of its own, and the SDK does not count spans."""
+def _nothing_acts_on_start(provider: Any) -> bool:
+    """No span processor has an ``on_start`` of its own (the fast path would skip it)."""
     from opentelemetry.sdk.trace import SpanProcessor
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
@@ -121,7 +125,7 @@ def _nothing_acts_on_start(provider: Any, tracer: Any) -> bool:
         kind = type(processor)
         if kind not in quiet and kind.on_start is not SpanProcessor.on_start:
             return False
-    return _span_counters_waiting(tracer) is not None
+    return True
 
 
 def _span_counters_waiting(tracer: Any) -> list[Any] | None:
@@ -148,9 +152,14 @@ class FastPath:
     """What visiontel-torch's spans need from one SDK tracer provider, read once."""
 
     def __init__(
-        self, provider: Any, tracer: Any, scope: tuple[str, str, str] = TORCH_SCOPE
+        self,
+        provider: Any,
+        tracer: Any,
+        scope: tuple[str, str, str],
+        counters_waiting: list[Any],
     ) -> None:
         from opentelemetry.sdk.trace import ReadableSpan, _Span
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
         self._provider = provider
@@ -158,7 +167,7 @@ class FastPath:
         self._processors = self._processor._span_processors
         self._resource = provider.resource
         self._tracer = tracer
-        self._counters_waiting = _span_counters_waiting(tracer) or []
+        self._counters_waiting = counters_waiting
         self._decisions = _static_decisions(tracer.sampler)
         self._limits = tracer._span_limits
         self._is_enabled = getattr(tracer, "_is_enabled", None)  # the SDK's tracer configurator
@@ -176,12 +185,10 @@ class FastPath:
         )
         self._template = dict(vars(template))
         self.new_context = _context_factory()
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
         # Every processor queues spans for a later export anyway: ending ours a little later,
-        # on another thread, changes nothing a reader of the exported spans can see.
+        # in a batch, changes nothing a reader of the exported spans can see.
         self.batched = all(type(p) is BatchSpanProcessor for p in self._processors)
-        self.on_end_many = _bulk_on_end(self._processors, self.on_end) if self.batched else None
+        self.on_end_many = _bulk_on_end(self._processors) if self.batched else None
         self.max_attributes = self._limits.max_span_attributes
         self.max_attribute_length = self._limits.max_span_attribute_length
 
@@ -213,8 +220,7 @@ class FastPath:
 
     def self_check(self) -> None:
         """Raise if a span built here would differ from the SDK's (an unknown SDK layout)."""
-        flags = TraceFlags(TraceFlags.SAMPLED)
-        context = self.new_context(1, 1, flags, TraceState())
+        context = self.new_context(1, 1, SAMPLED, TraceState())
         self.unstarted_sdk_span("probe", context, None, {})  # never started or ended
         built = self.finished_span("probe", context, None, {"k": 1}, 5, 7)
         if (built.name, built.context, built.start_time, built.end_time) != (
@@ -316,7 +322,7 @@ def _context_factory() -> Any:
     def direct(trace_id: int, span_id: int, flags: Any, state: Any) -> SpanContext:
         return tuple.__new__(SpanContext, (trace_id, span_id, False, flags, state, True))
 
-    sample = (0x5A5A << 64 | 0x1234, 0x77, TraceFlags(TraceFlags.SAMPLED), TraceState())
+    sample = (0x5A5A << 64 | 0x1234, 0x77, SAMPLED, TraceState())
     try:
         expected, candidate = checked(*sample), direct(*sample)
         same = (
@@ -330,7 +336,7 @@ def _context_factory() -> Any:
     return direct if same else checked
 
 
-def _bulk_on_end(processors: Any, on_end: Any) -> Any:
+def _bulk_on_end(processors: Any) -> Any:
     """``on_end`` for a list of finished spans, one queue operation per batch processor.
 
     Every processor is the SDK's ``BatchSpanProcessor``, whose ``on_end`` only puts a span in
@@ -340,16 +346,15 @@ def _bulk_on_end(processors: Any, on_end: Any) -> Any:
     without room for all of them, each span goes through its own ``on_end`` (the SDK's drop
     counting and warnings). ``None`` where the SDK's layout is not the one known here.
     """
-    import collections
     import os
 
     queues: list[tuple[Any, Any]] = []
     for processor in processors:
-        inner = getattr(processor, "_batch_processor", None)
-        pending = getattr(inner, "_queue", None)
+        inner, pending = _batch_queue(processor)
         wake = getattr(inner, "_worker_awaken", None)
-        if not isinstance(pending, collections.deque) or not isinstance(wake, threading.Event):
-            return None
+        newer_layout = pending is not None and pending is getattr(inner, "_queue", None)
+        if not newer_layout or not isinstance(wake, threading.Event):
+            return None  # the older layout (public ``queue``, a condition): one by one
         for name in ("_shutdown", "_pid", "_max_queue_size", "_max_export_batch_size"):
             if not hasattr(inner, name):
                 return None
@@ -375,17 +380,24 @@ def _bulk_on_end(processors: Any, on_end: Any) -> Any:
 
 
 def batch_queue_fill(provider: Any) -> tuple[int, int]:
-    """(queued, capacity) of the first batch span processor found, or (0, 0).
-
-    The SDK keeps both private; they are read duck-typed and their absence tolerated.
-    """
+    """(queued, capacity) of the first batch span processor found, or (0, 0)."""
     active = getattr(provider, "_active_span_processor", None)
     for processor in getattr(active, "_span_processors", ()):
-        inner = getattr(processor, "_batch_processor", processor)
-        pending: Any = getattr(inner, "_queue", None)
-        if pending is None:  # older SDKs (1.30-1.33 checked) name it without the underscore
-            pending = getattr(inner, "queue", None)
-        capacity = getattr(pending, "maxlen", None)
-        if pending is not None and capacity:
-            return len(pending), int(capacity)
+        _, pending = _batch_queue(processor)
+        if pending is not None:
+            return len(pending), int(pending.maxlen)
     return 0, 0
+
+
+def _batch_queue(processor: Any) -> tuple[Any, Any]:
+    """(the object holding it, the bounded deque) of a batch span processor's queue, or
+    (…, None). The SDK keeps both private; they are read duck-typed, absence tolerated."""
+    import collections
+
+    inner = getattr(processor, "_batch_processor", processor)
+    pending = getattr(inner, "_queue", None)
+    if pending is None:  # older SDKs (1.30-1.33 checked) name it without the underscore
+        pending = getattr(inner, "queue", None)
+    if isinstance(pending, collections.deque) and pending.maxlen:
+        return inner, pending
+    return inner, None

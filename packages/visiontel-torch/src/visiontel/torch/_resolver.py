@@ -46,14 +46,12 @@ from visiontel.torch._volume import VolumeWatch
 _POLL_S = 0.002  # GPU events pending: how often to query them
 _IDLE_S = 0.5  # otherwise: how often the thread finishes later work left waiting
 _MAX_QUEUE = 1024
-_LATER_BATCH = 64
+_LATER_BATCH = 64  # later work runs on the thread that queued it once this many wait
 # The resolver shares the GIL with the inference thread. A thread that waits for the GIL
-# gets it only after the switch interval (5 ms by default) unless the holder lets go, so
-# the resolver sleeps briefly every few spans and after every item of later work: a real
-# sleep (not sleep(0), which may take the GIL straight back) hands it over.
-# Later work runs on the thread that queued it once this many items are waiting.
+# gets it only after the switch interval (5 ms by default), so the resolver hands it over
+# itself every few spans and after every item of later work: inference never queues
+# behind a long batch of span creation.
 _SPANS_PER_YIELD = 4
-_YIELD_S = 0.00002
 
 LaterWork = tuple[Callable[..., None], tuple[Any, ...]]
 
@@ -185,7 +183,7 @@ class Resolver:
             except Exception as exc:
                 report_internal_error("later work", exc)
             if handing_over:
-                time.sleep(_YIELD_S)
+                time.sleep(0)
 
     def _resolve_ready(self) -> None:
         still_waiting: list[tuple[float, ForwardRecord]] = []
@@ -234,7 +232,7 @@ class Resolver:
                     parents.append(span)
                     created += 1
                     if handing_over and not created % _SPANS_PER_YIELD:
-                        time.sleep(_YIELD_S)
+                        time.sleep(0)
                 open_calls.append((index, perf_ns, event, span))
                 continue
             closed = ~index

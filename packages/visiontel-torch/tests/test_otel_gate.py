@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -187,9 +186,10 @@ def test_an_sdk_outside_the_tested_range_shuts_the_gate_logs_once_and_works(
     notes = [r for r in caplog.records if "outside the releases" in r.getMessage()]
     assert len(notes) == 1
     assert outside == expected
-    live = vt.stage("x")
-    with live:
-        assert type(trace.get_current_span()) is not _LiveSpan
+    provider = TracerProvider()  # an SDK provider whose spans would otherwise be live
+    spans = _runtime.Runtime(provider, None).spans
+    with provider.get_tracer("app").start_as_current_span("frame"):
+        assert type(spans.start("work", {})) is not _LiveSpan
 
 
 def test_the_installed_sdk_is_inside_the_tested_range() -> None:
@@ -228,7 +228,6 @@ def test_spans_in_a_forked_child_carry_the_childs_resource() -> None:
     assert child["after"] == child["frame"] == child["provider"]
     if "process.pid" in child["provider"]:  # SDKs that refresh the resource after fork
         assert child["after"]["process.pid"] == pid != os.getpid()
-    assert sys.platform != "win32"
 
 
 def test_a_full_batch_queue_gets_each_span_through_its_own_on_end() -> None:

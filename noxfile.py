@@ -114,6 +114,27 @@ def _unit_test_dirs() -> list[str]:
     return targets
 
 
+# visiontel-gpu declares nvidia-ml-py>=12.535: its oldest release here, the newest in `tests`.
+# The NVML paths touch nvidia-ml-py's private names behind one gate (_nvml_private.py);
+# this session proves the gate and the layouts on the floor release.
+NVML_PY_OLDEST = "12.535.77"
+
+
+@nox.session(python=PYTHON, tags=["ci"])
+def gpu(session: nox.Session) -> None:
+    """visiontel-gpu's tests on the oldest nvidia-ml-py it declares (no torch needed)."""
+    session.install(
+        f"-e{ROOT / 'packages' / 'visiontel-gpu'}[test]", f"nvidia-ml-py=={NVML_PY_OLDEST}"
+    )
+    session.run(
+        "python",
+        "-c",
+        "import pynvml, importlib.metadata as m; print('nvidia-ml-py', m.version('nvidia-ml-py'))",
+    )
+    tests = str(ROOT / "packages" / "visiontel-gpu" / "tests")
+    session.run("pytest", tests, *session.posargs, env=dict(STRICT_SKIPS))
+
+
 # Oldest supported Ultralytics with the oldest torch, newest with the newest.
 ULTRALYTICS_MATRIX = {"8.3.0": TORCH_OLDEST, "8.4.190": TORCH_NEWEST}
 

@@ -323,3 +323,20 @@ def attribute(span: dict[str, Any], key: str) -> Any:
 
 def quote(args: Iterable[str]) -> str:
     return " ".join(shlex.quote(a) for a in args)
+
+
+Points = dict[str, list[tuple[dict[str, Any], Any]]]
+
+
+def metric_points(reader: Any) -> Points:
+    """Metric name -> [(attributes, value)] of an InMemoryMetricReader's latest collection."""
+    out: Points = {}
+    data = reader.get_metrics_data()
+    for rm in data.resource_metrics if data else []:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                out[metric.name] = [
+                    (dict(p.attributes or {}), getattr(p, "value", None))
+                    for p in metric.data.data_points
+                ]
+    return out

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from reliability_support import PROFILE
+from reliability_support import PROFILE, metric_points
 
 from visiontel.gpu import GPUInstrumentor
 from visiontel.gpu.testing import DRIVER_NOT_LOADED, GPU_IS_LOST, TIMEOUT, NvmlSimulator
@@ -93,7 +93,7 @@ class App:
             try:
                 sum(i * i for i in range(2000))  # the application's own work
                 started = time.perf_counter()
-                self.latest = points(self.reader)
+                self.latest = metric_points(self.reader)
                 self.worst_collect = max(self.worst_collect, time.perf_counter() - started)
                 if self.iterations % 20 == 0:
                     started = time.perf_counter()
@@ -106,19 +106,6 @@ class App:
             except BaseException as exc:  # what the application would see
                 self.errors.append(exc)
             time.sleep(0.02)
-
-
-def points(reader: InMemoryMetricReader) -> dict[str, list[tuple[dict[str, Any], Any]]]:
-    out: dict[str, list[tuple[dict[str, Any], Any]]] = {}
-    data = reader.get_metrics_data()
-    for rm in data.resource_metrics if data else []:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                out[metric.name] = [
-                    (dict(p.attributes or {}), getattr(p, "value", None))
-                    for p in metric.data.data_points
-                ]
-    return out
 
 
 def memory(p: dict[str, list[tuple[dict[str, Any], Any]]], gpu: str) -> Any:
@@ -165,11 +152,11 @@ def run_fault(sim: NvmlSimulator, fault: str) -> dict[str, str]:
         app.thread.start()
         assert wait_for(lambda: memory(app.latest, gpus[0]) == 10 * GiB, 10) is not None
 
-        errors_before = collection_errors(points(reader))
+        errors_before = collection_errors(metric_points(reader))
         sim.write({**healthy(10), **FAULTS[fault]})
         faulted = [gpus[i] for i in FAULTED_GPUS[fault]]
         time.sleep(PHASE_S)
-        during = points(reader)
+        during = metric_points(reader)
         errors_during = collection_errors(during) - errors_before
         gone = [memory(during, g) is None for g in faulted]
 

@@ -1,4 +1,4 @@
-"""OpenTelemetry GPU metrics and events for NVIDIA GPUs (NVML, optionally DCGM).
+"""OpenTelemetry GPU metrics and events for NVIDIA GPUs (NVML or DCGM; sysfs on Jetson).
 
     from visiontel.gpu import GPUInstrumentor
     GPUInstrumentor().instrument()          # or: opentelemetry-instrument, entry point "gpu"
@@ -51,7 +51,8 @@ class GPUInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Registers the GPU instruments and starts the sampler (and event) threads.
 
     instrument() accepts `meter_provider`, `logger_provider` and every GPUConfig field as a
-    keyword (backend, nvml_library, interval, processes, events, proc_root, dcgm_address);
+    keyword (backend, nvml_library, interval, processes, events, proc_root, dcgm_address,
+    sysfs_root);
     unset ones come from the VISIONTEL_GPU_* environment variables.
     """
 
@@ -64,7 +65,7 @@ class GPUInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         fields = ("backend", "nvml_library", "interval", "processes", "events", "proc_root")
         config = GPUConfig.resolve(
-            **{k: kwargs[k] for k in (*fields, "dcgm_address") if k in kwargs}
+            **{k: kwargs[k] for k in (*fields, "dcgm_address", "sysfs_root") if k in kwargs}
         )
         try:
             backend = open_backend(config)

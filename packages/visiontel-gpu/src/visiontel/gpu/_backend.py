@@ -31,7 +31,12 @@ class Backend(Protocol):
 
 
 def open_backend(config: GPUConfig) -> Backend:
-    """DCGM when asked for, or when `auto` and its bindings import; NVML otherwise."""
+    """The backend `config.backend` names; for `auto`: DCGM when its bindings import and
+    nv-hostengine answers, else NVML, else (NVML unavailable) a Jetson's integrated GPU."""
+    if config.backend == "jetson":
+        from visiontel.gpu._jetson import JetsonBackend
+
+        return JetsonBackend(config.sysfs_root)
     if config.backend in ("auto", "dcgm"):
         from visiontel.gpu import _dcgm
 
@@ -46,9 +51,27 @@ def open_backend(config: GPUConfig) -> Backend:
             if config.backend == "dcgm":
                 raise
             _log.debug("DCGM not used: %s", exc)
+    return open_nvml_or_jetson(config)
+
+
+def open_nvml_or_jetson(config: GPUConfig) -> Backend:
+    """NVML; under `auto`, a Jetson's sysfs when NVML is unavailable (it gives little there)."""
     from visiontel.gpu._nvml import NvmlBackend
 
-    return NvmlBackend(config.nvml_library, processes=config.processes)
+    try:
+        return NvmlBackend(config.nvml_library, processes=config.processes)
+    except BackendUnavailable as nvml_missing:
+        if config.backend != "auto":
+            raise
+        from visiontel.gpu._jetson import JetsonBackend
+
+        try:
+            backend = JetsonBackend(config.sysfs_root)
+        except BackendUnavailable:
+            # Not a Jetson either: NVML's reason is the one that tells what to install.
+            raise nvml_missing from None
+        _log.info("NVML not used (%s); reading the Jetson GPU from sysfs", nvml_missing)
+        return backend
 
 
 def resource_attributes(backend: Backend) -> dict[str, str | int | list[str]]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 _log = logging.getLogger("visiontel.gpu")
 
 DEFAULT_LIBRARY = "libnvidia-ml.so.1"
-BACKENDS = ("auto", "nvml", "dcgm")
+BACKENDS = ("auto", "nvml", "dcgm", "jetson")
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -58,6 +58,7 @@ class GPUConfig:
     events: bool = True
     proc_root: str = "/proc"
     dcgm_address: str = "127.0.0.1"
+    sysfs_root: str = "/"  # the jetson backend reads <root>/sys, <root>/proc, <root>/etc
 
     @classmethod
     def resolve(
@@ -70,6 +71,7 @@ class GPUConfig:
         events: bool | None = None,
         proc_root: str | None = None,
         dcgm_address: str | None = None,
+        sysfs_root: str | None = None,
     ) -> GPUConfig:
         """Arguments win; unset ones come from the environment, then the defaults."""
         env = os.environ
@@ -89,4 +91,5 @@ class GPUConfig:
             events=events if events is not None else _env_bool("VISIONTEL_GPU_EVENTS", True),
             proc_root=proc_root or env.get("VISIONTEL_GPU_PROC_ROOT") or "/proc",
             dcgm_address=dcgm_address or env.get("VISIONTEL_GPU_DCGM_ADDRESS") or "127.0.0.1",
+            sysfs_root=sysfs_root or env.get("VISIONTEL_GPU_SYSFS_ROOT") or "/",
         )

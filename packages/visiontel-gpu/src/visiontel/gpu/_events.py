@@ -1,7 +1,9 @@
 """XID and other critical NVML events as OpenTelemetry log records, from their own thread.
 
 The thread blocks in nvmlEventSetWait (ctypes releases the GIL there) with a short timeout,
-so it never delays a sweep and notices a stop request within `wait_ms`.
+so it never delays a sweep and notices a stop request within `wait_ms`. A driver that lacks
+an event entry point (_nvml_calls.EVENTS) turns events off, said once in the log; metrics
+are not affected.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ EVENT_TYPES: dict[int, tuple[str, SeverityNumber]] = {
     0x4000: ("gpu_unavailable", SeverityNumber.FATAL),
 }
 _TIMEOUT = 10
+_FUNCTION_NOT_FOUND = 13
 
 
 class EventSource(Protocol):
@@ -70,10 +73,13 @@ class EventWatcher:
                     nvml.nvmlDeviceRegisterEvents(handle, supported, self._set)
                     self.registered.append(info.uuid)
             except nvml.NVMLError as exc:
+                if exc.value == _FUNCTION_NOT_FOUND:  # the driver lacks it: so do all GPUs
+                    _log.info("GPU events are not available (%s); XID log records disabled", exc)
+                    self.registered.clear()
+                    break
                 _log.info("no events from %s (%s): %s", info.name, info.uuid, exc)
         if not self.registered:
-            nvml.nvmlEventSetFree(self._set)
-            self._set = None
+            self._free()
             return False
         self._thread = threading.Thread(target=self._run, name="visiontel-gpu-events", daemon=True)
         self._thread.start()
@@ -85,6 +91,9 @@ class EventWatcher:
             try:
                 data = nvml.nvmlEventSetWait(self._set, self._wait_ms)
             except nvml.NVMLError as exc:
+                if exc.value == _FUNCTION_NOT_FOUND:  # a driver without it: no event ever
+                    _log.info("GPU events are not available (%s); XID log records disabled", exc)
+                    return
                 if exc.value != _TIMEOUT:
                     self._log.exception("wait", f"waiting for GPU events failed: {exc}")
                     self._stop.wait(1.0)
@@ -120,9 +129,12 @@ class EventWatcher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(self._wait_ms / 1000 + 5)
+        self._free()
+
+    def _free(self) -> None:
         if self._set is not None:
             try:
                 self._nvml.nvmlEventSetFree(self._set)
-            except self._nvml.NVMLError as exc:
+            except self._nvml.NVMLError as exc:  # a driver without it: the set stays
                 _log.debug("nvmlEventSetFree failed: %s", exc)
             self._set = None

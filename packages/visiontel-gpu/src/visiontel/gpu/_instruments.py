@@ -2,7 +2,8 @@
 
 Names, units and instrument kinds are those of the OpenTelemetry hardware semantic
 conventions (hw.gpu.*, hw.power, hw.energy, hw.temperature, hw.errors, hw.status); what the
-conventions do not cover is under `nvidia.gpu.*`. Counters and up-down counters of the
+conventions do not cover is under `nvidia.gpu.*` (`nvidia.jetson.*` for Jetson boards, in
+_instruments_jetson.py). Counters and up-down counters of the
 conventions are cumulative readings here, so they are their observable forms. Every callback
 reports only what the snapshot holds: an unsupported reading has no series at all.
 """
@@ -42,6 +43,7 @@ from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.util.types import AttributeValue
 
 from visiontel.gpu import _model as m
+from visiontel.gpu._instruments_jetson import register_jetson
 from visiontel.gpu._sampler import Sampler
 
 Attrs = dict[str, AttributeValue]
@@ -254,6 +256,7 @@ def register(meter: Meter, sampler: Sampler) -> None:
     )
     updown(HW_STATUS, [i.per_device(_status)], "1", "Operational status of the GPU, 1 or 0.")
     _register_extensions(meter, sampler, i)
+    register_jetson(meter, i)
 
 
 def _register_extensions(meter: Meter, sampler: Sampler, i: _Instruments) -> None:
@@ -344,5 +347,6 @@ def _register_extensions(meter: Meter, sampler: Sampler, i: _Instruments) -> Non
         COLLECTION_ERRORS,
         [i.errors],
         "{error}",
-        "GPU readings that failed, by NVML/DCGM error (not_supported is counted once per reading).",
+        "GPU readings that failed, by NVML/DCGM error (not_supported is counted once per reading)"
+        " or, on Jetson, by sysfs failure (counted once per node and outage).",
     )

@@ -45,6 +45,17 @@ PCIE_TX_RATE = "pcie.tx_rate"  # By/s
 PCIE_RX_RATE = "pcie.rx_rate"
 NVLINK_TX_RATE = "nvlink.tx_rate"
 NVLINK_RX_RATE = "nvlink.rx_rate"
+# Jetson (Tegra) readings with no hw.* meaning. Those ending in "/" are prefixes: the rest
+# of the key is a board-specific name (an INA3221 rail label, a thermal zone type), which
+# becomes an attribute of the series, so a board's rails need no constant each.
+JETSON_RAIL_POWER = "jetson.rail.power/"  # W, + rail label
+JETSON_RAIL_ENERGY = "jetson.rail.energy/"  # J, integrated by the backend, + rail label
+JETSON_TEMPERATURE = "jetson.temperature/"  # Cel, + thermal zone type
+JETSON_GPU_FREQ_MIN = "jetson.gpu.frequency.min"  # Hz, devfreq floor (nvpmodel sets it)
+JETSON_GPU_FREQ_MAX = "jetson.gpu.frequency.max"  # Hz, devfreq ceiling
+JETSON_EMC_FREQUENCY = "jetson.emc.frequency"  # Hz, external memory controller clock
+JETSON_EMC_UTILIZATION = "jetson.emc.utilization"  # ratio 0-1
+JETSON_NVMAP_USED = "jetson.memory.nvmap"  # bytes the nvmap allocator holds (GPU buffers)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@ Per device a sweep makes about ten NVML calls: the scalar readings NVML has no f
 plus one nvmlDeviceGetFieldValues batch for energy, power, ECC, PCIe and row-remapping
 counters. A reading the board does not support is remembered and never asked for again, so
 it costs one call and one counted error for the life of the backend, and produces no series.
+The same holds for an entry point the driver does not export (an older branch): only init,
+the device count and each GPU's handle, name and UUID are required (_nvml_calls.py lists
+them all); without any other call only the series that need it are missing.
 """
 
 from __future__ import annotations
@@ -11,14 +14,22 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-import struct
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from visiontel.gpu import _model as m
+from visiontel.gpu import _nvml_calls as calls
 from visiontel.gpu._backend import BackendUnavailable
-from visiontel.gpu._nvml_requests import FieldValues, ProcessUtilization, RunningProcesses
+from visiontel.gpu._nvml_fields import BY_CALL, FIELDS, POWER_FIELD, field_number
+from visiontel.gpu._nvml_private import load_library
+from visiontel.gpu._nvml_requests import (
+    FieldValues,
+    ProcessUtilization,
+    RunningProcesses,
+    UnsignedLongLong,
+)
 
 _log = logging.getLogger("visiontel.gpu")
 
@@ -27,45 +38,6 @@ _NOT_SUPPORTED = 3
 _NOT_FOUND = 6
 _GPU_IS_LOST = 15
 _FUNCTION_NOT_FOUND = 13
-
-# nvmlDeviceGetFieldValues ids (nvml.h) -> (reading key, scale to the reading's unit).
-_FIELDS: dict[int, tuple[str, float]] = {
-    83: (m.ENERGY, 1e-3),  # NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, mJ
-    186: (m.POWER, 1e-3),  # NVML_FI_DEV_POWER_INSTANT, mW
-    82: (m.TEMP_MEMORY, 1.0),  # NVML_FI_DEV_MEMORY_TEMP
-    5: (m.ECC_CORRECTED, 1.0),  # NVML_FI_DEV_ECC_SBE_AGG_TOTAL
-    6: (m.ECC_UNCORRECTED, 1.0),  # NVML_FI_DEV_ECC_DBE_AGG_TOTAL
-    94: (m.PCIE_REPLAYS, 1.0),  # NVML_FI_DEV_PCIE_REPLAY_COUNTER
-    142: (m.REMAPPED_CORRECTABLE, 1.0),  # NVML_FI_DEV_REMAPPED_COR
-    143: (m.REMAPPED_UNCORRECTABLE, 1.0),  # NVML_FI_DEV_REMAPPED_UNC
-    144: (m.REMAP_PENDING, 1.0),  # NVML_FI_DEV_REMAPPED_PENDING
-    145: (m.REMAP_FAILURE, 1.0),  # NVML_FI_DEV_REMAPPED_FAILURE
-    197: (m.PCIE_TX, 1.0),  # NVML_FI_DEV_PCIE_COUNT_TX_BYTES
-    198: (m.PCIE_RX, 1.0),  # NVML_FI_DEV_PCIE_COUNT_RX_BYTES
-}
-_POWER_FIELD = 186
-# nvmlFieldValue_t: fieldId, scopeId, timestamp, latencyUsec, valueType, nvmlReturn, value.
-_FIELD_VALUE = struct.Struct("=IIqqIIQ")
-_DOUBLE = struct.Struct("=d")
-_CLOCK_CALLS = {1: "nvmlDeviceGetClockInfo/1", 2: "nvmlDeviceGetClockInfo/2"}
-_PROCESSES = "nvmlDeviceGetComputeRunningProcesses_v3"
-_UTILIZATION = "nvmlDeviceGetProcessUtilization"
-
-
-def _field_number(value_type: int, bits: int) -> float:
-    """The nvmlValue_t union, read as an unsigned 64-bit integer, as its declared type."""
-    if value_type in (2, 3):  # unsigned long, unsigned long long
-        return float(bits)
-    if value_type == 1:  # unsigned int
-        return float(bits & 0xFFFFFFFF)
-    if value_type == 0:  # double
-        return float(_DOUBLE.unpack(bits.to_bytes(8, "little"))[0])
-    if value_type == 4:  # signed long long
-        return float(bits - (1 << 64) if bits >> 63 else bits)
-    if value_type == 5:  # signed int
-        low = bits & 0xFFFFFFFF
-        return float(low - (1 << 32) if low >> 31 else low)
-    return float(bits & 0xFFFF)  # unsigned short
 
 
 @functools.lru_cache(maxsize=64)
@@ -87,19 +59,16 @@ def open_nvml(library: str) -> Any:
         raise BackendUnavailable(
             "nvidia-ml-py is not installed (pip install nvidia-ml-py)", "nvidia-ml-py"
         ) from exc
-    with pynvml.libLoadLock:
+    try:
         # nvidia-ml-py loads "libnvidia-ml.so.1" by name; loading it ourselves first is how
-        # the path becomes configurable. Once loaded, the library stays for the process.
-        if pynvml.nvmlLib is None:
-            try:
-                pynvml.nvmlLib = ctypes.CDLL(library)
-            except OSError as exc:
-                raise BackendUnavailable(
-                    f"the NVIDIA driver library {library} could not be loaded ({exc}); "
-                    "install the NVIDIA driver or set VISIONTEL_GPU_NVML_LIBRARY",
-                    library,
-                ) from exc
-            pynvml._nvmlGetFunctionPointer_cache.clear()
+        # the path becomes configurable.
+        load_library(pynvml, library)
+    except OSError as exc:
+        raise BackendUnavailable(
+            f"the NVIDIA driver library {library} could not be loaded ({exc}); "
+            "install the NVIDIA driver or set VISIONTEL_GPU_NVML_LIBRARY",
+            library,
+        ) from exc
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError as exc:
@@ -114,10 +83,12 @@ class _Device:
     info: m.DeviceInfo
     handle: Any
     fields: FieldValues | None
-    processes: RunningProcesses | None = None
+    # Alternatives for one reading, tried in order until one is exported.
+    processes: Mapping[str, RunningProcesses] = field(default_factory=dict)
     utilization: ProcessUtilization | None = None
+    reasons: Mapping[str, UnsignedLongLong] = field(default_factory=dict)
     unsupported: set[str] = field(default_factory=set)
-    power_by_call: bool = False
+    by_call: set[str] = field(default_factory=set)  # readings asked for one call each
     last_process_ts: int = 0
     migs: list[_Device] = field(default_factory=list)
 
@@ -135,14 +106,16 @@ class NvmlBackend:
         self._nvml = open_nvml(library)
         self.nvml: Any = self._nvml  # the pynvml module, for the event watcher
         self._processes = processes
+        # Optional calls that failed while starting: the first sweep counts them.
+        self._pending: list[m.CollectionError] = []
         nvml = self._nvml
         try:
-            self.driver_version: str = str(nvml.nvmlSystemGetDriverVersion())
-            try:
-                cuda = int(nvml.nvmlSystemGetCudaDriverVersion())
-                self.cuda_version: str | None = f"{cuda // 1000}.{cuda % 1000 // 10}"
-            except nvml.NVMLError:
-                self.cuda_version = None
+            version = self._system(calls.DRIVER_VERSION)
+            self.driver_version: str = "unknown" if version is None else str(version)
+            cuda = self._system(calls.CUDA_VERSION)
+            self.cuda_version: str | None = (
+                None if cuda is None else f"{int(cuda) // 1000}.{int(cuda) % 1000 // 10}"
+            )
             self._devices = [self._discover(i) for i in range(nvml.nvmlDeviceGetCount())]
         except nvml.NVMLError as exc:
             nvml.nvmlShutdown()
@@ -163,20 +136,20 @@ class NvmlBackend:
         device = _Device(
             info,
             handle,
-            FieldValues(nvml, list(_FIELDS)),
-            RunningProcesses(nvml),
+            FieldValues(nvml, list(FIELDS)),
+            {name: RunningProcesses(nvml, name) for name in calls.PROCESSES},
             ProcessUtilization(nvml),
+            {name: UnsignedLongLong(nvml, name) for name in calls.CLOCK_REASONS},
         )
-        try:
-            current, _pending = nvml.nvmlDeviceGetMigMode(handle)
-        except nvml.NVMLError:
-            current = 0  # boards without MIG answer NOT_SUPPORTED
-        if current == 1:
-            for slot in range(nvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
-                try:
-                    mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
-                except nvml.NVMLError:
-                    continue  # empty slot
+        # Boards without MIG answer NOT_SUPPORTED: not worth counting.
+        mode = self._at_start(device, calls.MIG_MODE, quiet=(_NOT_SUPPORTED,))
+        if mode is not None and mode[0] == 1:
+            for slot in range(self._at_start(device, calls.MIG_COUNT) or 0):
+                mig = self._at_start(device, calls.MIG_HANDLE, slot, quiet=(_NOT_FOUND,))
+                if mig is None:  # an empty slot, or the call is missing
+                    if calls.MIG_HANDLE in device.unsupported:
+                        break
+                    continue
                 mig_info = m.DeviceInfo(
                     index,
                     str(nvml.nvmlDeviceGetUUID(mig)),
@@ -188,6 +161,27 @@ class NvmlBackend:
                 )
                 device.migs.append(_Device(mig_info, mig, None))
         return device
+
+    def _system(self, what: str) -> Any:
+        """A system-wide optional reading; None (counted, without hw.id) when it failed."""
+        try:
+            return getattr(self._nvml, what)()
+        except self._nvml.NVMLError as exc:
+            self._pending.append(m.CollectionError(error_name(int(exc.value)), None))
+            return None
+
+    def _at_start(self, dev: _Device, what: str, *args: Any, quiet: tuple[int, ...] = ()) -> Any:
+        """An optional call made once while starting; None when it failed (counted unless
+        its code is in `quiet`; a missing entry point is remembered in dev.unsupported)."""
+        try:
+            return getattr(self._nvml, what)(dev.handle, *args)
+        except self._nvml.NVMLError as exc:
+            code = int(exc.value)
+            if code == _FUNCTION_NOT_FOUND:
+                dev.unsupported.add(what)
+            if code not in quiet:
+                self._pending.append(m.CollectionError(error_name(code), dev.info.uuid))
+            return None
 
     def handle_address(self, handle: Any) -> int | None:
         return ctypes.cast(handle, ctypes.c_void_p).value
@@ -203,7 +197,7 @@ class NvmlBackend:
         return [(dev.info, dev.handle) for dev in self._devices]
 
     def sweep(self) -> m.Snapshot:
-        errors: list[m.CollectionError] = []
+        errors, self._pending = self._pending, []
         samples: list[m.DeviceSample] = []
         for dev in self._devices:
             sample = self._sample(dev, errors)
@@ -222,7 +216,10 @@ class NvmlBackend:
     def _guarded(
         self, dev: _Device, what: str, errors: list[m.CollectionError], fn: Any, *args: Any
     ) -> Any:
-        if what in dev.unsupported:
+        """`what` names the entry point, or "entry point/variant" for one of several
+        readings it gives: NOT_SUPPORTED drops that reading, a missing entry point all."""
+        entry = what.partition("/")[0]
+        if what in dev.unsupported or entry in dev.unsupported:
             return None
         nvml = self._nvml
         try:
@@ -231,10 +228,25 @@ class NvmlBackend:
             code = int(exc.value)
             if code == _GPU_IS_LOST:
                 raise _Lost from exc
-            if code in (_NOT_SUPPORTED, _FUNCTION_NOT_FOUND):
+            if code == _FUNCTION_NOT_FOUND:
+                dev.unsupported.add(entry)
+            elif code == _NOT_SUPPORTED:
                 dev.unsupported.add(what)
             errors.append(m.CollectionError(error_name(code), dev.info.uuid))
             return None
+
+    def _first(
+        self, dev: _Device, chain: Mapping[str, Any], errors: list[m.CollectionError], *args: Any
+    ) -> Any:
+        """The answer of the first alternative in `chain` the device has; a missing or
+        unsupported one is counted once and skipped from then on."""
+        for what, request in chain.items():
+            if what in dev.unsupported:
+                continue
+            value = self._guarded(dev, what, errors, request, *args)
+            if what not in dev.unsupported:
+                return value
+        return None
 
     def _sample(self, dev: _Device, errors: list[m.CollectionError]) -> m.DeviceSample:
         readings: dict[str, float] = {}
@@ -253,64 +265,56 @@ class NvmlBackend:
     def _read(
         self, dev: _Device, out: dict[str, float], errors: list[m.CollectionError]
     ) -> tuple[m.ProcessSample, ...]:
-        mem = self._call(dev, "nvmlDeviceGetMemoryInfo", errors)
+        mem = self._call(dev, calls.MEMORY, errors)
         if mem is not None:
             out[m.MEMORY_USED] = float(mem.used)
             out[m.MEMORY_LIMIT] = float(mem.total)
-        util = self._call(dev, "nvmlDeviceGetUtilizationRates", errors)
+        util = self._call(dev, calls.UTILIZATION, errors)
         if util is not None:
             out[m.UTIL_GENERAL] = util.gpu / 100.0
             out[m.MEMORY_CONTROLLER] = util.memory / 100.0
-        for what, key in (
-            ("nvmlDeviceGetEncoderUtilization", m.UTIL_ENCODER),
-            ("nvmlDeviceGetDecoderUtilization", m.UTIL_DECODER),
-        ):
+        for what, key in ((calls.ENCODER, m.UTIL_ENCODER), (calls.DECODER, m.UTIL_DECODER)):
             value = self._call(dev, what, errors)
             if value is not None:
                 out[key] = value[0] / 100.0
-        temp = self._call(dev, "nvmlDeviceGetTemperature", errors, 0)  # NVML_TEMPERATURE_GPU
+        temp = self._call(dev, calls.TEMPERATURE, errors, 0)  # NVML_TEMPERATURE_GPU
         if temp is not None:
             out[m.TEMP_GPU] = float(temp)
-        for clock_type, key in ((1, m.CLOCK_SM), (2, m.CLOCK_MEMORY)):
-            mhz = self._call_clock(dev, clock_type, errors)
+        clock = getattr(self._nvml, calls.CLOCK)
+        for clock_type, key in ((1, m.CLOCK_SM), (2, m.CLOCK_MEMORY)):  # NVML_CLOCK_SM, _MEM
+            mhz = self._guarded(dev, f"{calls.CLOCK}/{clock_type}", errors, clock, clock_type)
             if mhz is not None:
                 out[key] = mhz * 1e6
-        reasons = self._call(dev, _REASONS_CALL, errors)
+        reasons = self._first(dev, dev.reasons, errors)
         if reasons is not None:
             out[m.CLOCK_EVENT_REASONS] = float(reasons)
         self._read_fields(dev, out, errors)
-        if dev.power_by_call:
-            power = self._call(dev, "nvmlDeviceGetPowerUsage", errors)
-            if power is not None:
-                out[m.POWER] = power / 1000.0
+        for key in dev.by_call:
+            what, args, scale = BY_CALL[key]
+            fn = getattr(self._nvml, what)
+            value = self._guarded(dev, f"{what}/{key}", errors, fn, *args)
+            if value is not None:
+                out[key] = float(value) * scale
         return self._read_processes(dev, errors) if self._processes else ()
-
-    def _call_clock(self, dev: _Device, clock_type: int, errors: list[m.CollectionError]) -> Any:
-        what = _CLOCK_CALLS[clock_type]
-        if what in dev.unsupported:
-            return None
-        value = self._call(dev, "nvmlDeviceGetClockInfo", errors, clock_type)
-        if "nvmlDeviceGetClockInfo" in dev.unsupported:
-            dev.unsupported.discard("nvmlDeviceGetClockInfo")
-            dev.unsupported.add(what)
-        return value
 
     def _read_fields(
         self, dev: _Device, out: dict[str, float], errors: list[m.CollectionError]
     ) -> None:
         batch = dev.fields
-        if batch is None or not batch.field_ids:
+        if batch is None:
             return
-        raw = self._guarded(dev, "nvmlDeviceGetFieldValues", errors, batch)
-        if raw is None:
+        values = self._guarded(dev, calls.FIELD_VALUES, errors, batch)
+        if values is None:
+            if calls.FIELD_VALUES in dev.unsupported:
+                # A driver without the batch: its readings that have a call of their own.
+                dev.fields = None
+                dev.by_call.update(BY_CALL)
             return
         dropped: list[int] = []
-        # Decode the nvmlFieldValue_t array from its bytes: attribute access on
-        # nvidia-ml-py's structures costs ~2 µs each.
-        for field_id, _scope, _ts, _lat, value_type, ret, value in _FIELD_VALUE.iter_unpack(raw):
-            key, scale = _FIELDS[field_id]
+        for field_id, value_type, ret, value in values:
+            key, scale = FIELDS[field_id]
             if ret == 0:
-                out[key] = _field_number(value_type, value) * scale
+                out[key] = field_number(value_type, value) * scale
                 continue
             if ret == _GPU_IS_LOST:
                 raise _Lost
@@ -318,18 +322,22 @@ class NvmlBackend:
             if ret == _NOT_SUPPORTED:
                 dropped.append(field_id)
         if dropped:
-            dev.fields = FieldValues(self._nvml, [f for f in batch.field_ids if f not in dropped])
+            kept = [f for f in batch.field_ids if f not in dropped]
+            dev.fields = FieldValues(self._nvml, kept) if kept else None
             # Drivers before the instant-power field still answer the older call.
-            dev.power_by_call = _POWER_FIELD in dropped or dev.power_by_call
+            if POWER_FIELD in dropped:
+                dev.by_call.add(m.POWER)
 
     def _read_processes(
         self, dev: _Device, errors: list[m.CollectionError]
     ) -> tuple[m.ProcessSample, ...]:
-        if dev.processes is None or dev.utilization is None:
-            return ()
-        procs = self._guarded(dev, _PROCESSES, errors, dev.processes) or []
+        if dev.utilization is None:
+            return ()  # a MIG instance: its processes are listed on the GPU
+        procs = self._first(dev, dev.processes, errors) or []
         util: dict[int, dict[str, float]] = {}
-        samples = self._guarded(dev, _UTILIZATION, errors, dev.utilization, dev.last_process_ts)
+        samples = self._guarded(
+            dev, calls.PROCESS_UTILIZATION, errors, dev.utilization, dev.last_process_ts
+        )
         for pid, stamp, sm, enc, dec in samples or ():
             dev.last_process_ts = max(dev.last_process_ts, stamp)
             util[pid] = {"general": sm / 100.0, "encoder": enc / 100.0, "decoder": dec / 100.0}
@@ -344,7 +352,7 @@ class NvmlBackend:
     def _sample_mig(self, mig: _Device, errors: list[m.CollectionError]) -> m.DeviceSample:
         readings: dict[str, float] = {}
         try:
-            mem = self._call(mig, "nvmlDeviceGetMemoryInfo", errors)
+            mem = self._call(mig, calls.MEMORY, errors)
         except _Lost:
             errors.append(m.CollectionError("gpu_is_lost", mig.info.uuid))
             return m.DeviceSample(mig.info, {}, "failed")
@@ -358,17 +366,3 @@ class NvmlBackend:
             self._nvml.nvmlShutdown()
         except self._nvml.NVMLError as exc:
             _log.debug("nvmlShutdown failed: %s", exc)
-
-
-def _reasons_call() -> str:
-    try:
-        import pynvml
-    except ImportError:
-        return "nvmlDeviceGetCurrentClocksEventReasons"
-    # nvidia-ml-py before 12.535.108 only has the older name of the same NVML call.
-    if hasattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons"):
-        return "nvmlDeviceGetCurrentClocksEventReasons"
-    return "nvmlDeviceGetCurrentClocksThrottleReasons"
-
-
-_REASONS_CALL = _reasons_call()

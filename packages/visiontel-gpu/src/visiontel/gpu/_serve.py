@@ -20,7 +20,7 @@ from types import FrameType
 from typing import Any
 
 from visiontel.gpu._backend import BackendUnavailable, open_backend, resource_attributes
-from visiontel.gpu._config import GPUConfig
+from visiontel.gpu._config import BACKENDS, GPUConfig
 from visiontel.gpu._events import EventWatcher
 from visiontel.gpu._instruments import register
 from visiontel.gpu._sampler import Sampler
@@ -56,8 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visiontel-gpu", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="export GPU metrics and events until SIGTERM")
-    serve.add_argument("--interval", type=float, help="seconds between NVML sweeps")
-    serve.add_argument("--backend", choices=["auto", "nvml", "dcgm"])
+    serve.add_argument("--interval", type=float, help="seconds between sweeps")
+    serve.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="auto (the default): DCGM, else NVML, else a Jetson's sysfs; or force one",
+    )
     serve.add_argument("--nvml-library", help="path of libnvidia-ml.so.1")
     serve.add_argument(
         "--prometheus-port",

@@ -4,8 +4,19 @@
     sim.write({"device_count": 2, **sim.gpu(0), **sim.gpu(1), "gpu.1.error.all": 15})
     os.environ.update(sim.env())                 # NVML_SIM_SCRIPT + VISIONTEL_GPU_NVML_LIBRARY
 
-The real nvidia-ml-py bindings then load it like the driver's library. Script keys (one
-`key=value` per line; an unset value answers NVML_ERROR_NOT_SUPPORTED):
+The real nvidia-ml-py bindings then load it like the driver's library.
+
+`NvmlSimulator.build(tmp_path, hide=["nvmlDeviceGetProcessUtilization", ...])` builds a
+library (once per set of names, in a subdirectory of its own, with its own script file) in
+which those entry points are not exported at all: a linker version script makes them local.
+nvidia-ml-py's lookup of a hidden name then fails with NVML_ERROR_FUNCTION_NOT_FOUND, exactly
+as on a driver branch that predates the call (R470 has no
+nvmlDeviceGetComputeRunningProcesses_v3, for instance). The three process-list generations
+are exported with their own layouts: `_v3` and `_v2` fill nvmlProcessInfo_t (pid, used
+bytes, GPU and compute instance), the unsuffixed v1 call the short nvmlProcessInfo_v1_t
+(pid, used bytes). `visiontel.gpu.testing.degrade` says what each optional entry point feeds.
+
+Script keys (one `key=value` per line; an unset value answers NVML_ERROR_NOT_SUPPORTED):
 
     device_count, init_error (an NVML return code for nvmlInit), driver_version,
     cuda_version (e.g. 12040; `!` for not supported), event.<n>=<gpu>,<event type>,<data>
@@ -33,12 +44,14 @@ lock, so release() before write() while one is in progress: reload() waits for t
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("nvml_sim.c")
@@ -58,24 +71,34 @@ class NvmlSimulator:
     def __init__(self, library: Path, script: Path) -> None:
         self.library = library
         self.script = script
+        self.hidden: tuple[str, ...] = ()  # entry points this build does not export
 
     @classmethod
-    def build(cls, directory: str | os.PathLike[str], compiler: str | None = None) -> NvmlSimulator:
-        """Compile the simulator into `directory` (once) and return a handle on it."""
+    def build(
+        cls,
+        directory: str | os.PathLike[str],
+        compiler: str | None = None,
+        *,
+        hide: Iterable[str] = (),
+    ) -> NvmlSimulator:
+        """Compile the simulator into `directory` (once) and return a handle on it.
+
+        `hide`: NVML entry points the library must not export (a subdirectory per set).
+        """
         directory = Path(directory)
+        hidden = sorted(set(hide))
+        unknown = [name for name in hidden if name not in exported_functions()]
+        if unknown:
+            raise ValueError(f"the simulator does not implement {', '.join(unknown)}")
+        if hidden:
+            digest = hashlib.sha256("\n".join(hidden).encode()).hexdigest()[:12]
+            directory = directory / f"hide-{digest}"
         directory.mkdir(parents=True, exist_ok=True)
         library = directory / LIBRARY_NAME
         if not library.exists() or library.stat().st_mtime < SOURCE.stat().st_mtime:
-            cc = compiler or os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-            if cc is None:
-                raise RuntimeError("no C compiler found (install gcc or set CC)")
-            out = directory / f".{LIBRARY_NAME}.tmp"
-            subprocess.run(
-                [cc, "-shared", "-fPIC", "-O2", "-o", str(out), str(SOURCE), "-lpthread"],
-                check=True,
-            )
-            out.replace(library)
+            _compile(directory, library, hidden, compiler)
         sim = cls(library, directory / "nvml_sim_script.txt")
+        sim.hidden = tuple(hidden)
         if not sim.script.exists():
             sim.write({"device_count": 0})
         return sim
@@ -145,6 +168,30 @@ class NvmlSimulator:
                 g + "field.197": 5_000_000, g + "field.198": 9_000_000,  # PCIe bytes
             })  # fmt: skip
         return keys
+
+
+def exported_functions() -> frozenset[str]:
+    """Every NVML entry point the simulator defines (what `hide` may name)."""
+    text = SOURCE.read_text()
+    return frozenset(re.findall(r"^(?:nvmlReturn_t|const char \*)\s*(nvml\w+)\(", text, re.M))
+
+
+def _compile(directory: Path, library: Path, hidden: list[str], compiler: str | None) -> None:
+    cc = compiler or os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise RuntimeError("no C compiler found (install gcc or set CC)")
+    out = directory / f".{LIBRARY_NAME}.tmp"
+    # The soname lets a copy preloaded by path answer a later dlopen("libnvidia-ml.so.1").
+    command = [cc, "-shared", "-fPIC", "-O2", f"-Wl,-soname,{LIBRARY_NAME}", "-o", str(out)]
+    if hidden:
+        # A name listed as local wins over the `global: *` pattern: the rest stays exported.
+        script = directory / "hide.map"
+        script.write_text(
+            "{\n  global: *;\n  local:\n" + "".join(f"    {n};\n" for n in hidden) + "};\n"
+        )
+        command.append(f"-Wl,--version-script={script}")
+    subprocess.run([*command, str(SOURCE), "-lpthread"], check=True)
+    out.replace(library)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,8 +9,9 @@
  * which is what a real driver answers for a field the board lacks.
  *
  * Only the entry points that the real nvidia-ml-py bindings call for visiontel-gpu (and its
- * benchmark baselines) are implemented; the struct layouts follow nvml.h as those bindings
- * declare them.
+ * benchmark baselines) are implemented; the struct layouts follow nvml.h. A build may hide
+ * entry points (NvmlSimulator.build(..., hide=[...]) links with a version script that makes
+ * them local), so a lookup fails as it does on a driver branch that predates them.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,6 +83,9 @@ typedef struct {
 typedef struct { unsigned long long total, free, used; } nvmlMemory_t;
 typedef struct { unsigned version; unsigned long long total, reserved, free, used; } nvmlMemory_v2_t;
 typedef struct { unsigned gpu, memory; } nvmlUtilization_t;
+/* nvmlDeviceGetComputeRunningProcesses (v1) fills nvmlProcessInfo_v1_t; _v2 and _v3 fill the
+   larger nvmlProcessInfo_t (same layout as nvmlProcessInfo_v2_t). */
+typedef struct { unsigned pid; unsigned long long used; } nvmlProcessInfo_v1_t;
 typedef struct { unsigned pid; unsigned long long used; unsigned gi, ci; } nvmlProcessInfo_t;
 typedef struct { unsigned pid; unsigned long long ts; unsigned sm, mem, enc, dec; } nvmlProcUtil_t;
 typedef union { double d; unsigned ui; unsigned long ul; unsigned long long ull; long long sll; int si; unsigned short us; } nvmlValue_t;
@@ -463,17 +467,34 @@ nvmlReturn_t nvmlDeviceGetFieldValues(sim_device *d, int count, nvmlFieldValue_t
 }
 
 /* ---- processes ---- */
-nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(sim_device *d, unsigned *count, nvmlProcessInfo_t *infos) {
+/* One implementation for the three generations; `v1` selects the short element. Every
+   generation answers the same script keys and the same injected error key. */
+static nvmlReturn_t running_processes(sim_device *d, unsigned *count, void *infos, int v1) {
     pthread_mutex_lock(&lock); GUARD(d, "nvmlDeviceGetComputeRunningProcesses");
     unsigned n = (unsigned)d->nprocs;
     if (infos == NULL || *count < n) {
         *count = n; pthread_mutex_unlock(&lock); return n == 0 ? OK : E_INSUFFICIENT;
     }
     for (unsigned i = 0; i < n; i++) {
-        infos[i].pid = d->procs[i].pid; infos[i].used = d->procs[i].used;
-        infos[i].gi = d->procs[i].gi; infos[i].ci = d->procs[i].ci;
+        if (v1) {
+            nvmlProcessInfo_v1_t *p = (nvmlProcessInfo_v1_t *)infos + i;
+            p->pid = d->procs[i].pid; p->used = d->procs[i].used;
+        } else {
+            nvmlProcessInfo_t *p = (nvmlProcessInfo_t *)infos + i;
+            p->pid = d->procs[i].pid; p->used = d->procs[i].used;
+            p->gi = d->procs[i].gi; p->ci = d->procs[i].ci;
+        }
     }
     *count = n; pthread_mutex_unlock(&lock); return OK;
+}
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(sim_device *d, unsigned *count, nvmlProcessInfo_t *infos) {
+    return running_processes(d, count, infos, 0);
+}
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(sim_device *d, unsigned *count, nvmlProcessInfo_t *infos) {
+    return running_processes(d, count, infos, 0);
+}
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses(sim_device *d, unsigned *count, nvmlProcessInfo_v1_t *infos) {
+    return running_processes(d, count, infos, 1);
 }
 nvmlReturn_t nvmlDeviceGetProcessUtilization(sim_device *d, nvmlProcUtil_t *samples, unsigned *count, unsigned long long since) {
     (void)since;

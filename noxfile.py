@@ -180,15 +180,18 @@ OTEL_RELEASES = {"1.30.0": "0.51b0", "1.35.0": "0.56b0", "1.40.0": "0.61b0"}
 @nox.session(python=PYTHON, tags=["ci"])
 @nox.parametrize("otel", list(OTEL_RELEASES))
 def floor(session: nox.Session, otel: str) -> None:
-    """visiontel-torch and visiontel-propagation on older OpenTelemetry, down to the floor."""
+    """visiontel-torch, -propagation and -spool on older OpenTelemetry, down to the floor."""
     pins = _torch_pins(session, TORCH_OLDEST)
     session.install(f"torch=={TORCH_OLDEST}", "numpy", "setuptools<70", *pins)  # 0.51b0
-    names = ("visiontel-torch", "visiontel-propagation")
+    names = ("visiontel-torch", "visiontel-propagation", "visiontel-spool")
     contrib = OTEL_RELEASES[otel]
     session.install(
         *(f"-e{ROOT / 'packages' / n}[test]" for n in names),
         f"opentelemetry-api=={otel}",
         f"opentelemetry-sdk=={otel}",
+        # visiontel-spool wraps these exporters and reaches into them behind its gate.
+        f"opentelemetry-exporter-otlp-proto-http=={otel}",
+        f"opentelemetry-exporter-otlp-proto-grpc=={otel}",
         f"opentelemetry-instrumentation=={contrib}",
         f"opentelemetry-distro=={contrib}",
         *pins,

@@ -1,0 +1,149 @@
+"""Settings, the process's loss tally, its metric and rate-limited logging.
+
+Settings follow the workspace rule: a keyword argument, whose default comes from a
+``VISIONTEL_SPOOL_*`` variable; a malformed variable is logged once and replaced by the
+default, a malformed argument raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from opentelemetry import metrics
+
+logger = logging.getLogger("visiontel.spool")
+
+DEFAULT_MAX_BYTES = 256 * 2**20
+MIN_MAX_BYTES = 64 * 2**10
+DEFAULT_MAX_BACKOFF_S = 5.0
+LOG_EVERY_S = 60.0
+REASONS = ("full", "corrupt", "rejected")
+
+_lock = threading.Lock()
+_tally: Counter[tuple[str, str]] = Counter()  # (signal, reason) -> items lost
+_last_log: dict[str, float] = {}
+_since_log: Counter[str] = Counter()
+_metric_registered = False
+
+
+def default_directory() -> Path:
+    """``$XDG_STATE_HOME/visiontel/spool/<service>`` (``~/.local/state`` without it): one
+    directory per application, since one process at a time may own a spool."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    service = os.environ.get("OTEL_SERVICE_NAME", "").strip() or "default"
+    return Path(state) / "visiontel" / "spool" / re.sub(r"[^A-Za-z0-9._-]", "_", service)[:64]
+
+
+def directory_setting(value: str | os.PathLike[str] | None) -> Path:
+    if value is not None:
+        return Path(value)
+    raw = os.environ.get("VISIONTEL_SPOOL_DIR", "").strip()
+    return Path(raw) if raw else default_directory()
+
+
+def max_bytes_setting(value: int | None) -> int:
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < MIN_MAX_BYTES:
+            raise ValueError(f"max_bytes must be an int >= {MIN_MAX_BYTES}, got {value!r}")
+        return value
+    return int(_env_number("VISIONTEL_SPOOL_MAX_BYTES", DEFAULT_MAX_BYTES, MIN_MAX_BYTES, int))
+
+
+def max_backoff_setting(value: float | None) -> float:
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValueError(f"max_backoff must be a number > 0, got {value!r}")
+        return float(value)
+    return _env_number("VISIONTEL_SPOOL_MAX_BACKOFF", DEFAULT_MAX_BACKOFF_S, 0.05, float)
+
+
+def _env_number(name: str, default: float, minimum: float, kind: type[float] | type[int]) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        log_once(name, "%s=%r is not a number; using %s", name, raw, default)
+        return default
+    if not minimum <= value < float("inf"):
+        log_once(name, "%s=%r is below %s; using %s", name, raw, minimum, default)
+        return default
+    return value
+
+
+# --- logging -------------------------------------------------------------------------------
+def log_once(key: str, message: str, *args: object, level: int = logging.WARNING) -> None:
+    """Log ``message`` the first time ``key`` is seen in this process."""
+    with _lock:
+        if key in _last_log:
+            return
+        _last_log[key] = time.monotonic()
+    logger.log(level, message, *args)
+
+
+# --- losses --------------------------------------------------------------------------------
+def count_loss(signal: str, reason: str, items: int, batches: int, directory: Path) -> None:
+    """Count items lost and log it: at once the first time, then at most once a minute per
+    signal and reason, with the number lost since the last line."""
+    if items <= 0 and batches <= 0:
+        return
+    key = f"{signal}/{reason}"
+    now = time.monotonic()
+    with _lock:
+        _tally[(signal, reason)] += items
+        _since_log[key] += items
+        _since_log[key + "/batches"] += batches
+        last = _last_log.get(key)
+        if last is not None and now - last < LOG_EVERY_S:
+            return
+        _last_log[key] = now
+        since, _since_log[key] = _since_log[key], 0
+        since_batches, _since_log[key + "/batches"] = _since_log[key + "/batches"], 0
+    why = {
+        "full": "the spool is full (oldest batches dropped first)",
+        "corrupt": "a spooled batch failed its length/checksum check",
+        "rejected": "the endpoint refused the batch for good (a 4xx answer)",
+    }[reason]
+    logger.warning(
+        "visiontel.spool: %d %s item(s) in %d batch(es) lost since the last report: %s; spool %s",
+        since,
+        signal,
+        since_batches,
+        why,
+        directory,
+    )
+
+
+def dropped_counts() -> dict[tuple[str, str], int]:
+    """Items (spans, metric points, log records) this process lost, by (signal, reason)."""
+    with _lock:
+        return dict(_tally)
+
+
+def register_metric() -> None:
+    """The ``visiontel.spool.dropped`` counter (observed, so losing costs no metric call)."""
+    global _metric_registered
+    with _lock:
+        if _metric_registered:
+            return
+        _metric_registered = True
+    meter = metrics.get_meter("visiontel.spool")
+    meter.create_observable_counter(
+        "visiontel.spool.dropped",
+        callbacks=[_observe],
+        unit="{item}",
+        description="Telemetry items the offline spool lost: spool full, corrupt file, refused",
+    )
+
+
+def _observe(options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+    for (signal, reason), items in dropped_counts().items():
+        yield metrics.Observation(items, {"visiontel.signal": signal, "visiontel.reason": reason})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from spool_support import Receiver, start_receiver, stop_receiver
@@ -33,6 +34,24 @@ def otlp_env(monkeypatch: pytest.MonkeyPatch, receiver: Receiver, tmp_path: Path
     spool = tmp_path / "spool"
     monkeypatch.setenv("VISIONTEL_SPOOL_DIR", str(spool))
     return spool
+
+
+@pytest.fixture
+def grpc_receiver() -> Iterator[Any]:
+    from spool_grpc_support import start_grpc_receiver, stop_grpc_receiver
+
+    receiver = start_grpc_receiver()
+    yield receiver
+    stop_grpc_receiver(receiver)
+
+
+@pytest.fixture
+def grpc_env(monkeypatch: pytest.MonkeyPatch, otlp_env: Path, grpc_receiver: Any) -> Path:
+    """otlp_env, but OTLP/gRPC to the gRPC receiver (the HTTP one stays up, unused)."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", grpc_receiver.endpoint)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_INSECURE", raising=False)
+    return otlp_env
 
 
 @pytest.fixture(autouse=True)

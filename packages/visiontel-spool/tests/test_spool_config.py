@@ -55,13 +55,13 @@ def test_second_owner_exports_without_spool_then_takes_over(receiver, otlp_env, 
     second.shutdown()
 
 
-def test_grpc_protocol_is_passed_through_without_a_spool(otlp_env, monkeypatch, caplog):
+def test_grpc_protocol_is_spooled_too(otlp_env, monkeypatch, caplog):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-    with caplog.at_level(logging.WARNING, logger="visiontel.spool"):
+    with caplog.at_level(logging.INFO, logger="visiontel.spool"):
         exporter = SpoolSpanExporter()
     assert type(exporter._inner).__module__.startswith("opentelemetry.exporter.otlp.proto.grpc")
-    assert exporter._core is None and not otlp_env.exists()
-    assert "sends OTLP/HTTP only" in caplog.text
+    assert exporter.stats()["owned"] and (otlp_env / "traces" / ".lock").exists()
+    assert "grpc" not in caplog.text.lower()  # nothing to warn about
     exporter.shutdown()
 
 

@@ -13,13 +13,24 @@ import visiontel.spool as spool
 PACKAGE = Path(spool.__file__).parent
 GATED = "_otel_private.py"
 MODULES = sorted(p for p in PACKAGE.glob("*.py") if p.name != GATED)
-PRIVATE_ATTRIBUTES = ("_export", "_client", "_submit", "_compress", "_preferred_temporality")
+PRIVATE_ATTRIBUTES = (
+    "_export",
+    "_client",
+    "_submit",
+    "_compress",
+    "_preferred_temporality",
+    "_channel",
+    "_headers",
+    "_initialize_channel_and_stub",
+)
 
 
 def test_the_gated_module_holds_what_this_test_looks_for():
     text = (PACKAGE / GATED).read_text()
     assert all(name in text for name in PRIVATE_ATTRIBUTES)
-    assert {"_exporters.py", "_core.py", "_spool.py", "_http.py"} <= {p.name for p in MODULES}
+    assert {"_exporters.py", "_core.py", "_spool.py", "_http.py", "_grpc.py"} <= {
+        p.name for p in MODULES
+    }
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda p: p.name)

@@ -1,10 +1,10 @@
 """The three exporters the SDK loads by name (``visiontel_spool``), one per signal.
 
-Each wraps the standard OTLP/HTTP exporter of its signal, built with the same keyword
-arguments and so reading the same ``OTEL_EXPORTER_OTLP_*`` variables, and puts a
-``SpoolCore`` in front of it. Where the spool cannot be had (another process owns the
-directory, it cannot be created, ``OTEL_EXPORTER_OTLP_PROTOCOL=grpc``) a batch goes to the
-wrapped exporter as if the spool were not there.
+Each wraps the standard OTLP exporter of its signal for the protocol asked for (HTTP, or
+gRPC with ``OTEL_EXPORTER_OTLP_PROTOCOL=grpc``), built with the same keyword arguments and
+so reading the same ``OTEL_EXPORTER_OTLP_*`` variables, and puts a ``SpoolCore`` in front
+of it. Where the spool cannot be had (another process owns the directory, it cannot be
+created) a batch goes to the wrapped exporter as if the spool were not there.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from visiontel.spool import _diag, _otel_private
 from visiontel.spool._core import SpoolCore
-from visiontel.spool._http import PublicSender, protocol, timeout_s
+from visiontel.spool._http import PublicSender, Sender, protocol, timeout_s
 
 
 class _Spooled:
@@ -49,34 +49,33 @@ class _Spooled:
         self._inner: Any = None
         wanted = protocol(self.signal)
         if wanted == "grpc":
-            _diag.log_once(
-                f"grpc:{self.signal}",
-                "visiontel.spool: OTEL_EXPORTER_OTLP_PROTOCOL=grpc: the spool sends "
-                "OTLP/HTTP only, so %s go to the standard OTLP/gRPC exporter without a spool "
-                "(set the protocol to http/protobuf, and the endpoint to the collector's "
-                "HTTP port, to spool them)",
-                self.signal,
-            )
             try:
                 self._inner = make_grpc(**otlp)
             except ImportError:
                 _diag.log_once(
                     f"nogrpc:{self.signal}",
                     "visiontel.spool: OTEL_EXPORTER_OTLP_PROTOCOL=grpc but "
-                    "opentelemetry-exporter-otlp-proto-grpc is not installed: %s are not "
-                    "exported",
+                    "opentelemetry-exporter-otlp-proto-grpc is not installed (pip install "
+                    "'visiontel-spool[grpc]'): %s are not exported",
                     self.signal,
                     level=logging.ERROR,
                 )
-            return
-        if wanted != "http/protobuf":
-            _diag.log_once(
-                f"protocol:{self.signal}",
-                "visiontel.spool: OTLP protocol %r is not supported; using http/protobuf",
-                wanted,
-            )
-        self._inner = make_http(**otlp)
-        send = _otel_private.private_sender(self._inner) or PublicSender(self.signal, **otlp)
+                return
+            from visiontel.spool._grpc import GrpcSender  # grpcio: there with the exporter
+
+            send: Sender = _otel_private.private_grpc_sender(
+                self._inner, self.signal
+            ) or GrpcSender(self.signal, backoff, **otlp)
+        else:
+            if wanted != "http/protobuf":
+                _diag.log_once(
+                    f"protocol:{self.signal}",
+                    "visiontel.spool: OTLP protocol %r is not supported; using http/protobuf",
+                    wanted,
+                )
+            self._inner = make_http(**otlp)
+            send = _otel_private.private_sender(self._inner) or PublicSender(self.signal, **otlp)
+        self._sender = send
         self._core = SpoolCore(
             self.signal,
             send,
@@ -120,6 +119,9 @@ class _Spooled:
     def _close(self) -> None:
         if self._core is not None:
             self._core.shutdown()
+        close = getattr(getattr(self, "_sender", None), "close", None)
+        if callable(close):
+            close()
         if self._inner is not None:
             self._inner.shutdown()
 

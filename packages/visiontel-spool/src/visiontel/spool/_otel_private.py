@@ -21,6 +21,12 @@ that release is known to have. Otherwise ``None``, and the caller uses
 variables; a credential-provider session is not honoured there). The same gate gives the
 metric exporter's temporality and aggregation preferences (else the SDK's defaults).
 
+Over gRPC, ``private_grpc_sender(exporter, signal)`` sends the body on the OTLP/gRPC
+exporter's own ``_channel`` with its ``_headers`` as metadata, and after a failure lets it
+rebuild the channel (``_initialize_channel_and_stub``), for an
+opentelemetry-exporter-otlp-proto-grpc inside ``TESTED`` with that shape (1.40 on; 1.30 -
+1.34 keep only a stub, 1.35 - 1.39 cannot rebuild). Otherwise ``_grpc.GrpcSender``.
+
 Logs have no public home in the SDK or the exporter (``opentelemetry.sdk._logs``,
 ``..._log_encoder``, ``..._log_exporter``) at any release; they are imported here, and the
 logs exporter does not exist where they are missing.
@@ -37,31 +43,33 @@ from typing import Any
 from visiontel.spool._http import Outcome, Sender, outcome_of
 
 TESTED = ((1, 30), (1, 45))
-"""The first and last opentelemetry-exporter-otlp-proto-http (major, minor) checked."""
+"""The first and last OTLP exporter (major, minor) checked, HTTP and gRPC alike."""
 
 _logger = logging.getLogger("visiontel.spool")
 _forced: bool | None = None  # tests: None = decide, False = gate shut
-_version_ok: bool | None = None
+_version_ok: dict[str, bool] = {}  # distribution -> inside TESTED
+HTTP_DIST = "opentelemetry-exporter-otlp-proto-http"
+GRPC_DIST = "opentelemetry-exporter-otlp-proto-grpc"
 
 
 def _force(value: bool | None) -> None:
     """Tests only: shut the gate (False) or let it decide again (None)."""
-    global _forced, _version_ok
-    _forced, _version_ok = value, None
+    global _forced
+    _forced = value
+    _version_ok.clear()
 
 
-def gate_open() -> bool:
-    global _version_ok
+def gate_open(dist: str = HTTP_DIST) -> bool:
     if _forced is False:
         return False
-    if _version_ok is None:
-        _version_ok = _check_version()
-    return _version_ok
+    if dist not in _version_ok:
+        _version_ok[dist] = _check_version(dist)
+    return _version_ok[dist]
 
 
-def _check_version() -> bool:
+def _check_version(dist: str) -> bool:
     try:
-        installed = metadata.version("opentelemetry-exporter-otlp-proto-http")
+        installed = metadata.version(dist)
         major, minor = (int(part) for part in installed.split(".")[:2])
     except (metadata.PackageNotFoundError, ValueError):
         return False
@@ -69,10 +77,10 @@ def _check_version() -> bool:
     if low <= (major, minor) <= high:
         return True
     _logger.info(
-        "visiontel.spool: opentelemetry-exporter-otlp-proto-http %s is outside the releases "
-        "it was checked against (%d.%d to %d.%d); spooled batches are sent with requests, "
-        "configured from the OTEL_EXPORTER_OTLP_* variables (a credential-provider session "
-        "is not used)",
+        "visiontel.spool: %s %s is outside the releases it was checked against (%d.%d to "
+        "%d.%d); spooled batches are sent by visiontel-spool's own client, configured from "
+        "the OTEL_EXPORTER_OTLP_* variables (a credential provider is not used)",
+        dist,
         installed,
         *low,
         *high,
@@ -121,11 +129,47 @@ def _export_sender(export: Any, takes_timeout: bool) -> Sender:
     return send
 
 
+# --- gRPC: the exporter's own channel and metadata ------------------------------------------
+def private_grpc_sender(exporter: Any, signal: str) -> Sender | None:
+    """A unary call with the body as it is, on the OTLP/gRPC exporter's own channel and with
+    its metadata, or None (use ``_grpc.GrpcSender``)."""
+    if not gate_open(GRPC_DIST):
+        return None
+    from visiontel.spool import _grpc  # grpcio: only where the gRPC exporter is
+
+    has_channel = callable(getattr(getattr(exporter, "_channel", None), "unary_unary", None))
+    rebuild = getattr(exporter, "_initialize_channel_and_stub", None)
+    if not (
+        has_channel and callable(rebuild) and isinstance(getattr(exporter, "_headers", None), tuple)
+    ):
+        # 1.30 - 1.34 keep no channel; 1.35 - 1.39 keep one they cannot rebuild, which after
+        # an outage waits out gRPC's reconnect backoff (29 s late after 80 s down, measured;
+        # up to 2 min). The public channel caps that backoff and reads the same settings.
+        return None
+
+    def send(body: bytes, timeout: float) -> Outcome:
+        # Looked up each time: the exporter replaces the channel after UNAVAILABLE.
+        outcome = _grpc.send_on(exporter._channel, signal, body, exporter._headers, timeout)
+        if outcome is Outcome.RETRY and not getattr(exporter, "_shutdown", False):
+            # What the exporter does itself on UNAVAILABLE: a fresh channel connects at
+            # once, where the old one waits out its reconnect backoff.
+            old = exporter._channel
+            try:
+                rebuild()
+                old.close()
+            except Exception as error:  # a new channel failed: the old one stays in use
+                _logger.debug("visiontel.spool: cannot rebuild the gRPC channel: %s", error)
+        return outcome
+
+    return send
+
+
 def metric_preferences(exporter: Any) -> tuple[dict[type, Any] | None, dict[type, Any] | None]:
     """The OTLP metric exporter's temporality and aggregation preferences (it reads
     OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE and ..._DEFAULT_HISTOGRAM_AGGREGATION
     into them), or (None, None): the SDK's defaults."""
-    if not gate_open():
+    grpc = type(exporter).__module__.startswith("opentelemetry.exporter.otlp.proto.grpc")
+    if not gate_open(GRPC_DIST if grpc else HTTP_DIST):
         return None, None
     temporality = getattr(exporter, "_preferred_temporality", None)
     aggregation = getattr(exporter, "_preferred_aggregation", None)

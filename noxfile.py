@@ -260,7 +260,7 @@ def demo(session: nox.Session) -> None:
     )
     env = {}
     if "--stack" in session.posargs:  # the local stack's binaries, built once and cached
-        for tool in ("otelcol", "jaeger", "prometheus"):
+        for tool in ("otelcol", "jaeger", "prometheus", "zipkin", "victorialogs"):
             env[f"VISIONTEL_{tool.upper()}"] = _collector_tool(session, tool)
     session.run("visiontel", "demo", *session.posargs, env=env)
 
@@ -270,7 +270,14 @@ def demo(session: nox.Session) -> None:
 # ~/.cache/visiontel/ (the collector keyed by a hash of its builder manifest), so only the
 # first run on a machine pays for the build.
 COLLECTOR_TOOLCHAIN = ROOT / "collector-config" / "toolchain.py"
-COLLECTOR_TEST_DEPS = ("pytest>=8", "pyyaml", "opentelemetry-sdk", "opentelemetry-exporter-otlp")
+COLLECTOR_TEST_DEPS = (
+    "pytest>=8",
+    "pyyaml",
+    "opentelemetry-sdk",
+    "opentelemetry-exporter-otlp",
+    "jsonschema",
+    "grafana-foundation-sdk==1769699379!11.6.0",
+)
 
 
 def _collector_tool(session: nox.Session, name: str) -> str:
@@ -306,7 +313,9 @@ def collector(session: nox.Session) -> None:
 # adds ~10 min of CPU (measured: 28 min wall under a load of 6, far less on an idle CI run).
 @nox.session(python=PYTHON, tags=["ci"])
 def stack(session: nox.Session) -> None:
-    """Jaeger (built from Go modules) + Prometheus (Debian) + otelcol-visiontel on loopback.
+    """Jaeger and VictoriaLogs (built from Go modules) + Zipkin (Maven Central jar, on Java
+    17) + Prometheus (Debian) + otelcol-visiontel on loopback; Chromium (Debian) for the
+    Lens UI test.
 
     `nox -s stack` runs the end-to-end tests against it; `nox -s stack -- up` starts it
     and keeps it running until Ctrl-C.
@@ -316,12 +325,15 @@ def stack(session: nox.Session) -> None:
         "VISIONTEL_PROMTOOL": _collector_tool(session, "promtool"),
         "VISIONTEL_PROMETHEUS": _collector_tool(session, "prometheus"),
         "VISIONTEL_JAEGER": _collector_tool(session, "jaeger"),
+        "VISIONTEL_ZIPKIN": _collector_tool(session, "zipkin"),
+        "VISIONTEL_VICTORIALOGS": _collector_tool(session, "victorialogs"),
         **STRICT_SKIPS,
     }
     if session.posargs == ["up"]:
         stack_py = str(ROOT / "collector-config" / "stack" / "stack.py")
         session.run("python", stack_py, "up", env=env)
         return
+    env["VISIONTEL_CHROMIUM"] = _collector_tool(session, "chromium")  # not for `up`
     # The whole workspace: tests/demo's e2e test runs `visiontel demo --stack` end to end.
     _install_workspace(session, TORCH_NEWEST, *COLLECTOR_TEST_DEPS)
     tests = [str(ROOT / "tests" / "collector"), str(ROOT / "tests" / "demo")]

@@ -4,10 +4,14 @@
     python collector-config/toolchain.py promtool   # Debian's promtool, print its path
     python collector-config/toolchain.py prometheus # Debian's Prometheus server, print its path
     python collector-config/toolchain.py jaeger     # Jaeger v2 built from Go modules
+    python collector-config/toolchain.py victorialogs  # VictoriaLogs built from its Go module
+    python collector-config/toolchain.py zipkin     # Zipkin's server (exec jar, Maven Central)
+    python collector-config/toolchain.py chromium   # Debian's Chromium (apt-get install)
 
 Everything lands under ~/.cache/visiontel/ (or $VISIONTEL_CACHE_DIR), keyed by what
 determines it: the collector by a hash of builder/manifest.yaml and the builder version,
-the Debian tools by package version, Jaeger by its pinned module version. A second call
+the Debian tools by package version, Jaeger by its pinned module version, Zipkin's jar by
+its version (Chromium alone is installed system-wide, by apt-get). A second call
 finds the cache and returns at once. Progress goes to stderr; stdout is only the path,
 so the nox sessions can capture it.
 
@@ -28,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 HERE = pathlib.Path(__file__).resolve().parent
 MANIFEST = HERE / "builder" / "manifest.yaml"
@@ -37,6 +42,17 @@ JAEGER_MODULE_DIR = HERE / "stack" / "jaeger"
 BUILDER_VERSION = "v0.161.0"
 # Debian bookworm's prometheus package: ships both prometheus and promtool.
 PROMETHEUS_DEB = "prometheus"
+# VictoriaLogs (Apache-2.0): the local stack's log store. v1.52.2 is the newest release the
+# Go module proxy serves that builds with Go 1.26 (its go.mod asks for go 1.26.5).
+VICTORIALOGS_VERSION = "v1.52.2"
+VICTORIALOGS_PACKAGE = "github.com/VictoriaMetrics/VictoriaLogs/app/victoria-logs"
+VICTORIAMETRICS_BUILDINFO = "github.com/VictoriaMetrics/VictoriaMetrics/lib/buildinfo"
+# Zipkin's server: the local stack's trace UI (Lens, at /zipkin/). The `exec` jar is a
+# Spring Boot fat jar that runs on Java 17. Maven Central publishes a .sha1 but no .sha256
+# for it: both are checked, the SHA-256 pinned here (measured on the downloaded jar).
+ZIPKIN_VERSION = "3.5.1"
+ZIPKIN_SHA256 = "7ac633a6832647e71e50012a5e3e91fbc7054414955261724526030faf271d8d"
+MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
 
 
 def cache_root() -> pathlib.Path:
@@ -204,11 +220,100 @@ def jaeger() -> pathlib.Path:
     return target
 
 
+def _download(url: str, target: pathlib.Path) -> None:
+    _say(f"GET {url}")
+    with urllib.request.urlopen(url, timeout=120) as response, target.open("wb") as out:
+        shutil.copyfileobj(response, out, 1 << 20)
+
+
+def _digest(path: pathlib.Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with path.open("rb") as data:
+        for block in iter(lambda: data.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def zipkin() -> pathlib.Path:
+    """Zipkin's server exec jar at ZIPKIN_VERSION from Maven Central (cached by version).
+
+    Checked against the pinned SHA-256 and Maven Central's published .sha1 before it is
+    installed (atomically: a half-downloaded jar never sits at the cached path).
+    """
+    name = f"zipkin-server-{ZIPKIN_VERSION}-exec.jar"
+    target = cache_root() / "zipkin" / ZIPKIN_VERSION / name
+    if target.exists():
+        return target
+    url = f"{MAVEN_CENTRAL}/io/zipkin/zipkin-server/{ZIPKIN_VERSION}/{name}"
+    with tempfile.TemporaryDirectory(prefix="zipkin-", dir=cache_root()) as work:
+        jar = pathlib.Path(work) / name
+        _download(url, jar)
+        sha1_file = pathlib.Path(work) / (name + ".sha1")
+        _download(url + ".sha1", sha1_file)
+        published = sha1_file.read_text().split()[0].lower()
+        sha1, sha256 = _digest(jar, "sha1"), _digest(jar, "sha256")
+        if sha256 != ZIPKIN_SHA256 or sha1 != published:
+            raise SystemExit(
+                f"{url}: SHA-256 {sha256} (pinned {ZIPKIN_SHA256}), SHA-1 {sha1} "
+                f"(published {published}): refusing to install it"
+            )
+        _install_atomically(jar, target)
+    _say(f"fetched {target}")
+    return target
+
+
+def chromium() -> pathlib.Path:
+    """Debian's Chromium, for the headless-browser test of Zipkin's UI: installed with
+    apt-get when missing (a browser needs its shared libraries and fonts in place, which an
+    unpacked .deb would not bring), so a CI machine sets itself up. Needs root."""
+    target = pathlib.Path("/usr/bin/chromium")
+    if target.exists():
+        return target
+    if os.geteuid() != 0:
+        raise SystemExit("chromium is not installed: run `apt-get install -y chromium` as root")
+    _apt_candidate("chromium")  # runs apt-get update first on a machine without package lists
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    _run(["apt-get", "install", "-y", "-q", "chromium"], env=env)
+    if not target.exists():
+        raise SystemExit("apt-get install chromium left no /usr/bin/chromium")
+    return target
+
+
+def victorialogs() -> pathlib.Path:
+    """VictoriaLogs' single-node server at VICTORIALOGS_VERSION (cached by version).
+
+    Its go.mod has no replace directives, so `go install <package>@<version>` builds the
+    release as published (module checksums verified as for any download) and, unlike Jaeger,
+    no pinning module is needed. CGO_ENABLED=0 (_go_env) selects VictoriaMetrics' pure-Go
+    zstd, as upstream's `-pure` build does.
+    """
+    target = cache_root() / "victorialogs" / VICTORIALOGS_VERSION / "victoria-logs"
+    if target.exists():
+        return target
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="victorialogs-build-", dir=cache_root()) as work:
+        env = _go_env()
+        env["GOBIN"] = work
+        # As upstream's Makefile does: the version shows in `-version` and on its / page.
+        version = f"{VICTORIAMETRICS_BUILDINFO}.Version=victoria-logs-{VICTORIALOGS_VERSION}"
+        package = f"{VICTORIALOGS_PACKAGE}@{VICTORIALOGS_VERSION}"
+        _run(
+            _nice(["go", "install", "-trimpath", f"-ldflags=-s -w -X {version}", package]),
+            env=env,
+        )
+        _install_atomically(pathlib.Path(work) / "victoria-logs", target)
+    _say(f"built {target} in {time.monotonic() - started:.0f} s")
+    return target
+
+
 TOOLS = {
     "otelcol": otelcol,
     "promtool": promtool,
     "prometheus": prometheus,
     "jaeger": jaeger,
+    "victorialogs": victorialogs,
+    "zipkin": zipkin,
+    "chromium": chromium,
 }
 
 

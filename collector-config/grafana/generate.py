@@ -1,142 +1,31 @@
-"""Write the Grafana dashboards of this directory from the compact definitions below.
+"""Write the Grafana dashboards of this directory from the definitions below.
 
     python collector-config/grafana/generate.py          # rewrite dashboards/*.json
     python collector-config/grafana/generate.py --check  # exit 1 if a file is stale
 
 The JSON files are committed (Grafana provisions them as they are); this script is
-their source, so every panel is built the same way: Prometheus datasource by uid,
-exemplars on for latency panels, the $model / $instance variables. The tests run
---check and parse every PromQL expression with promtool.
+their source. Panels are built with grafana-foundation-sdk through panels.py, so every
+panel is built the same way: Prometheus datasource by uid, exemplars on for latency
+panels, the $model / $instance / $stage variables. The tests run --check, parse every
+PromQL expression with promtool, and (tests/collector/test_dashboards_on_data.py) run
+every panel's queries against a real Prometheus after a demo run.
 """
 
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
-from typing import Any
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from generated import write_or_check  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+from generated import write_or_check  # noqa: E402
+
+try:
+    from panels import dashboard_json, heatmap_panel, stat, timeseries, variable
+except ModuleNotFoundError as exc:  # the SDK, which `nox -s collector` installs
+    sys.exit(f"{exc}: pip install 'grafana-foundation-sdk==1769699379!11.6.0' (docs/collector.md)")
+
 OUT = HERE / "dashboards"
-PROMETHEUS = {"type": "prometheus", "uid": "visiontel-prometheus"}
-
-Panel = dict[str, Any]
-
-
-def _target(expr: str, legend: str = "", *, ref: str = "A", **extra: Any) -> dict[str, Any]:
-    return {
-        "datasource": PROMETHEUS,
-        "expr": expr,
-        "legendFormat": legend or "__auto",
-        "refId": ref,
-        **extra,
-    }
-
-
-def timeseries(
-    title: str,
-    targets: list[tuple[str, str]],
-    unit: str,
-    *,
-    exemplars: bool = False,
-    description: str = "",
-) -> Panel:
-    return {
-        "type": "timeseries",
-        "title": title,
-        "description": description,
-        "datasource": PROMETHEUS,
-        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-        "options": {
-            "legend": {
-                "displayMode": "table",
-                "placement": "bottom",
-                "calcs": ["lastNotNull", "max"],
-            }
-        },
-        "targets": [
-            _target(expr, legend, ref=chr(ord("A") + i), exemplar=exemplars)
-            for i, (expr, legend) in enumerate(targets)
-        ],
-    }
-
-
-def heatmap(title: str, expr: str, unit: str, description: str = "") -> Panel:
-    return {
-        "type": "heatmap",
-        "title": title,
-        "description": description,
-        "datasource": PROMETHEUS,
-        "options": {
-            "calculate": False,
-            "yAxis": {"unit": unit},
-            "cellGap": 1,
-            "color": {"scheme": "Oranges", "mode": "scheme"},
-            "exemplars": {"color": "rgba(255,0,255,0.7)"},
-        },
-        "targets": [_target(expr, "{{le}}", format="heatmap", exemplar=True)],
-    }
-
-
-def stat(title: str, expr: str, unit: str) -> Panel:
-    return {
-        "type": "stat",
-        "title": title,
-        "datasource": PROMETHEUS,
-        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-        "targets": [_target(expr, instant=True)],
-    }
-
-
-def variable(name: str, query: str, label: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "label": label,
-        "type": "query",
-        "datasource": PROMETHEUS,
-        "query": {"query": query, "refId": f"{name}-values"},
-        "definition": query,
-        "includeAll": True,
-        "multi": True,
-        "allValue": ".*",
-        "current": {"text": "All", "value": "$__all"},
-        "refresh": 2,
-        "sort": 1,
-    }
-
-
-def dashboard(
-    uid: str, title: str, description: str, panels: list[Panel], variables: list[dict[str, Any]]
-) -> dict[str, Any]:
-    laid_out = []
-    for index, definition in enumerate(panels):
-        width = 24 if definition["type"] == "heatmap" else 12
-        panel = {"id": index + 1, **definition}
-        panel["gridPos"] = {
-            "h": 8,
-            "w": width,
-            "x": 0 if width == 24 else 12 * (index % 2),
-            "y": 8 * index,
-        }
-        laid_out.append(panel)
-    return {
-        "uid": uid,
-        "title": title,
-        "description": description,
-        "tags": ["visiontel"],
-        "timezone": "browser",
-        "schemaVersion": 39,
-        "version": 1,
-        "editable": False,
-        "refresh": "30s",
-        "time": {"from": "now-1h", "to": "now"},
-        "templating": {"list": variables},
-        "annotations": {"list": []},
-        "panels": laid_out,
-    }
 
 
 RATE = "$__rate_interval"
@@ -151,8 +40,8 @@ GPU_SEL = 'instance=~"$instance"'
 MODEL_SEL = 'visiontel_model_name=~"$model"'
 
 
-def gpu_fleet() -> dict[str, Any]:
-    return dashboard(
+def gpu_fleet() -> str:
+    return dashboard_json(
         "visiontel-gpu-fleet",
         "visiontel / GPU fleet",
         "Every GPU of every node: memory, utilisation, temperature, power, throttling, errors.",
@@ -166,7 +55,8 @@ def gpu_fleet() -> dict[str, Any]:
                     )
                 ],
                 "percentunit",
-                description="Alert VisiontelGPUMemoryHigh fires above 90 %.",
+                description="Alert VisiontelGPUMemoryHigh fires above 90 % (red line).",
+                threshold=0.9,
             ),
             timeseries(
                 "GPU utilisation (general task)",
@@ -187,6 +77,8 @@ def gpu_fleet() -> dict[str, Any]:
                     )
                 ],
                 "celsius",
+                description="Alert VisiontelGPUTemperatureHigh fires above 85 °C (red line).",
+                threshold=85,
             ),
             timeseries(
                 "Power", [(f"hw_power_watts{{{GPU_SEL}}}", "{{instance}} {{hw_id}}")], "watt"
@@ -195,12 +87,16 @@ def gpu_fleet() -> dict[str, Any]:
                 "Active throttle reasons",
                 [
                     (
-                        f"nvidia_gpu_clock_event_reason_ratio{{{GPU_SEL}}} == 1",
+                        f"nvidia_gpu_clock_event_reason_ratio{{{GPU_SEL}}}",
                         "{{instance}} {{hw_id}} {{nvidia_gpu_clock_event_reason}}",
                     )
                 ],
                 "short",
-                description="NVML clock-event reasons currently active (1 = active).",
+                # Every reason, not only the active ones (`== 1`): a GPU with none active
+                # would show "No data", which reads as broken collection.
+                description="NVML clock-event reasons, 1 = active, 0 = not; sort the "
+                "legend by max to see which were active. sw_power_cap alone is normal "
+                "under load.",
             ),
             timeseries(
                 "ECC errors",
@@ -228,14 +124,14 @@ def gpu_fleet() -> dict[str, Any]:
     )
 
 
-def inference_stages() -> dict[str, Any]:
+def inference_stages() -> str:
     sel = f'{MODEL_SEL},visiontel_stage=~"$stage"'
-    return dashboard(
+    return dashboard_json(
         "visiontel-inference-stages",
         "visiontel / inference stages",
         "Where inference time goes: per-stage latency distribution, with trace exemplars.",
         [
-            heatmap(
+            heatmap_panel(
                 "Stage latency distribution",
                 f"sum by (le) (rate(visiontel_inference_duration_seconds_bucket{{{sel}}}[{RATE}]))",
                 "s",
@@ -290,13 +186,13 @@ def inference_stages() -> dict[str, Any]:
     )
 
 
-def frame_latency() -> dict[str, Any]:
-    return dashboard(
+def frame_latency() -> str:
+    return dashboard_json(
         "visiontel-frame-latency",
         "visiontel / pipeline frame latency",
         "Capture-to-result latency of frames across the pipeline, and RED metrics per service.",
         [
-            heatmap(
+            heatmap_panel(
                 "Frame latency distribution",
                 f"sum by (le) (rate(visiontel_frame_latency_seconds_bucket[{RATE}]))",
                 "s",
@@ -313,6 +209,9 @@ def frame_latency() -> dict[str, Any]:
                 ],
                 "s",
                 exemplars=True,
+                description="Alert VisiontelFrameLatencyHigh fires when p99 stays above 1 s "
+                "(red line).",
+                threshold=1,
             ),
             timeseries(
                 "Spans per second by service",
@@ -328,6 +227,8 @@ def frame_latency() -> dict[str, Any]:
                 "Error ratio by service",
                 [("visiontel:span_error_ratio:rate5m", "{{service_name}}")],
                 "percentunit",
+                description="Alert VisiontelErrorRateHigh fires above 5 % (red line).",
+                threshold=0.05,
             ),
             timeseries(
                 "Span duration p99 by service",
@@ -346,9 +247,9 @@ def frame_latency() -> dict[str, Any]:
     )
 
 
-def canary() -> dict[str, Any]:
+def canary() -> str:
     inference = f'{MODEL_SEL},visiontel_stage="inference"'
-    return dashboard(
+    return dashboard_json(
         "visiontel-canary",
         "visiontel / canary vs stable",
         "Every version of a model side by side. The stable version is the one serving most "
@@ -379,7 +280,8 @@ def canary() -> dict[str, Any]:
                     )
                 ],
                 "percentunit",
-                description="1.2 (120 %) is the alert threshold.",
+                description="1.2 (120 %, red line) is the alert threshold.",
+                threshold=1.2,
             ),
             timeseries(
                 "Traffic share",
@@ -433,7 +335,7 @@ DASHBOARDS = {
 
 
 def render() -> dict[str, str]:
-    return {name: json.dumps(build(), indent=2) + "\n" for name, build in DASHBOARDS.items()}
+    return {name: build() for name, build in DASHBOARDS.items()}
 
 
 def main(argv: list[str]) -> int:

@@ -1,19 +1,22 @@
-"""A local observability stack on loopback: otelcol-visiontel (local.yaml), Jaeger, Prometheus.
+"""A local observability stack on loopback: otelcol-visiontel (local.yaml), Jaeger, Prometheus,
+and Zipkin, whose Lens UI is the trace view a person opens (see stack_zipkin.py).
 
     python collector-config/stack/stack.py up      # start, print the endpoints, stop on Ctrl-C
 
 Binaries come from the environment (the `stack` nox session sets them from
-collector-config/toolchain.py): VISIONTEL_OTELCOL, VISIONTEL_JAEGER, VISIONTEL_PROMETHEUS.
+collector-config/toolchain.py): VISIONTEL_OTELCOL, VISIONTEL_JAEGER, VISIONTEL_PROMETHEUS,
+VISIONTEL_ZIPKIN (a jar, run with the `java` on PATH). Zipkin binds port 0 and logs its port.
 Every process gets loopback ports picked at random outside the kernel's ephemeral range
 (see pick_port), is waited for until it logs that it is ready and its readiness endpoint
 answers, and is started again on fresh ports when one was taken (the binaries cannot bind
 port 0 and say which port they got); it is stopped by the PID this module started
 (SIGTERM, then SIGKILL after a grace period) — nothing else on the machine is touched.
 
-Logs: Loki cannot be obtained here (see docs/collector.md), so the collector runs
-local.yaml with its logs pipeline re-pointed at a `file` exporter; everything else in
-local.yaml (receivers, privacy processors, traces to Jaeger, metrics to Prometheus) is
-the recipe as shipped.
+Logs: Loki cannot be obtained here (see docs/collector.md), so the stack runs VictoriaLogs
+(VISIONTEL_VICTORIALOGS; see stack_victorialogs.py) and the collector runs local.yaml with
+the shipped overlay logs-victorialogs.yaml, which sends the logs pipeline there over
+OTLP/HTTP; everything else in local.yaml (receivers, privacy processors, traces to Jaeger,
+metrics to Prometheus) is the recipe as shipped.
 
 Standard library only, so the tests and the CLI share it.
 """
@@ -38,6 +41,14 @@ from typing import IO, Any
 
 HERE = pathlib.Path(__file__).resolve().parent
 CONFIG_DIR = HERE.parent
+SPAN_METRICS = CONFIG_DIR / "span-metrics.yaml"  # overlay: RED metrics from spans
+# Its sibling, also when this file is loaded by path (visiontel's demo does).
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+import stack_victorialogs  # noqa: E402
+import stack_zipkin  # noqa: E402
+from stack_logs import log_tail as _tail  # noqa: E402
+from stack_logs import read_log as _read  # noqa: E402
 
 # --- ports ---------------------------------------------------------------------------------
 # A port found free by binding port 0 and closing the socket can be taken again before the
@@ -138,8 +149,9 @@ OTELCOL_READY = "Everything is ready. Begin running and processing data."
 PROMETHEUS_READY = "Server is ready to receive web requests."
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float, log: pathlib.Path,
-               marker: str) -> None:
+def wait_ready(
+    url: str, proc: subprocess.Popen[bytes], timeout: float, log: pathlib.Path, marker: str
+) -> None:
     """Until proc has logged `marker` and `url` answers 200.
 
     The log line is what ties readiness to this process: with a port taken, `url` may be
@@ -171,22 +183,8 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float, log: pat
     raise RuntimeError(f"{url} not ready after {timeout} s (last: {last}):\n{_tail(log)}")
 
 
-def _read(log: pathlib.Path) -> str:
-    try:
-        return log.read_text(errors="replace")
-    except OSError:
-        return ""
-
-
 def _first(text: str, needle: str) -> str:
     return next(line.strip() for line in text.splitlines() if needle in line)
-
-
-def _tail(log: pathlib.Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 # Variables of the recipes (collector-config/*.yaml) that name an address the collector
@@ -210,8 +208,9 @@ class Stack:
     a start that found a port taken picks fresh ones. Read them after starting.
     """
 
-    def __init__(self, workdir: pathlib.Path,
-                 jaeger_tls: tuple[pathlib.Path, pathlib.Path] | None = None) -> None:
+    def __init__(
+        self, workdir: pathlib.Path, jaeger_tls: tuple[pathlib.Path, pathlib.Path] | None = None
+    ) -> None:
         self.workdir = workdir
         self.jaeger_tls = jaeger_tls  # (cert, key): Jaeger's OTLP receiver speaks TLS
         self._procs: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
@@ -219,22 +218,31 @@ class Stack:
         self._pick_jaeger_ports()
         self.prometheus = f"127.0.0.1:{pick_port()}"
         self._pick_collector_ports()
-        self.logs_file = workdir / "otelcol-logs.jsonl"
+        self.victorialogs = stack_victorialogs.VictoriaLogs(
+            f"127.0.0.1:{pick_port()}", workdir / "victorialogs-data"
+        )
+        self.zipkin = ""  # "127.0.0.1:port", set by start_zipkin: Zipkin picks its own port
+        self._zipkin_bridge: stack_zipkin.Bridge | None = None
 
     # -- processes -------------------------------------------------------------------
-    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None
-               ) -> tuple[subprocess.Popen[bytes], pathlib.Path]:
+    def _spawn(
+        self, name: str, args: list[str], env: dict[str, str] | None = None
+    ) -> tuple[subprocess.Popen[bytes], pathlib.Path]:
         log_path = self.workdir / f"{name}.log"
         log = log_path.open("wb")
         proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
             cwd=self.workdir,
         )
         self._procs.append((name, proc, log))
         return proc, log_path
 
-    def _run(self, name: str, args: list[str], env: dict[str, str] | None, url: str,
-             marker: str) -> None:
+    def _run(
+        self, name: str, args: list[str], env: dict[str, str] | None, url: str, marker: str
+    ) -> None:
         """Spawn and wait until ready; on PortInUse the process is gone and forgotten."""
         proc, log = self._spawn(name, args, env)
         try:
@@ -256,8 +264,19 @@ class Stack:
         if self.jaeger_tls:
             tls = self.workdir / "jaeger-tls.yaml"
             cert, key = self.jaeger_tls
-            tls.write_text(json.dumps({"receivers": {"otlp": {"protocols": {"grpc": {
-                "tls": {"cert_file": str(cert), "key_file": str(key)}}}}}}))
+            tls.write_text(
+                json.dumps(
+                    {
+                        "receivers": {
+                            "otlp": {
+                                "protocols": {
+                                    "grpc": {"tls": {"cert_file": str(cert), "key_file": str(key)}}
+                                }
+                            }
+                        }
+                    }
+                )
+            )
             args += ["--config", str(tls)]
 
         def start(attempt: int) -> None:
@@ -273,6 +292,30 @@ class Stack:
             self._run("jaeger", args, env, url, OTELCOL_READY)
 
         with_fresh_ports(start, "Jaeger")
+
+    def start_zipkin(self) -> None:
+        """Zipkin (Lens UI, in-memory) and the OTLP bridge in front of it; both bind port 0,
+        so nothing is retried here: no port of theirs can be taken before they bind it."""
+        jar = os.environ.get("VISIONTEL_ZIPKIN", "")
+        if not os.path.isfile(jar):
+            raise SystemExit("VISIONTEL_ZIPKIN must name Zipkin's server jar (run `nox -s stack`)")
+        args, env = stack_zipkin.command(jar)
+        proc, log = self._spawn("zipkin", args, env)
+        self.zipkin = stack_zipkin.wait_ready(proc, log, 180)
+        self._zipkin_bridge = stack_zipkin.Bridge(self.zipkin)
+
+    def start_victorialogs(self) -> None:
+        """The log store; start it before start_collector, whose logs pipeline it receives.
+        A Stack on a folder used before reopens the logs stored there."""
+        server = self.victorialogs
+
+        def start(attempt: int) -> None:
+            if attempt:
+                server.address = f"127.0.0.1:{pick_port()}"
+            args = server.command(_binary("VISIONTEL_VICTORIALOGS"))
+            self._run("victorialogs", args, None, server.health_url, server.ready_marker)
+
+        with_fresh_ports(start, "VictoriaLogs")
 
     def start_prometheus(self) -> None:
         """Prometheus scraping the stack's collector: start it after start_collector, whose
@@ -290,8 +333,9 @@ class Stack:
                 "--enable-feature=exemplar-storage",
                 "--web.enable-remote-write-receiver",
             ]
-            self._run("prometheus", args, None, f"http://{self.prometheus}/-/ready",
-                      PROMETHEUS_READY)
+            self._run(
+                "prometheus", args, None, f"http://{self.prometheus}/-/ready", PROMETHEUS_READY
+            )
 
         with_fresh_ports(start, "Prometheus")
 
@@ -304,8 +348,10 @@ class Stack:
         text = text.replace('"localhost:9464"', f'"{self.exporter}"')
         text = text.replace('"localhost:8888"', f'"127.0.0.1:{self.collector_metrics_port}"')
         text = text.replace("scrape_interval: 15s", "scrape_interval: 1s")
-        text = text.replace("rules/visiontel.rules.yaml",
-                            str(CONFIG_DIR / "prometheus" / "rules" / "visiontel.rules.yaml"))
+        text = text.replace(
+            "rules/visiontel.rules.yaml",
+            str(CONFIG_DIR / "prometheus" / "rules" / "visiontel.rules.yaml"),
+        )
         path = self.workdir / "prometheus.yaml"
         path.write_text(text)
         return path
@@ -318,6 +364,7 @@ class Stack:
             "VISIONTEL_OTELCOL_METRICS_PORT": str(self.collector_metrics_port),
             "VISIONTEL_JAEGER_OTLP_ENDPOINT": self.jaeger_otlp,
             "VISIONTEL_PROMETHEUS_EXPORTER_ENDPOINT": self.exporter,
+            stack_victorialogs.ENDPOINT_VARIABLE: self.victorialogs.otlp_endpoint,
         }
 
     def _pick_collector_ports(self) -> None:
@@ -336,13 +383,21 @@ class Stack:
         self.exporter = env["VISIONTEL_PROMETHEUS_EXPORTER_ENDPOINT"]
 
     def start_collector(self) -> None:
-        override = self.workdir / "logs-to-file.yaml"
-        override.write_text(json.dumps({
-            "exporters": {"file/logs": {"path": str(self.logs_file), "flush_interval": "200ms"}},
-            "service": {"pipelines": {"logs": {"exporters": ["file/logs"]}}},
-        }))
+        # Logs to the stack's VictoriaLogs through the overlay users run (start it first).
+        # RED metrics from spans too, for the frame-latency dashboard (span-metrics.yaml).
+        configs = [CONFIG_DIR / "local.yaml", stack_victorialogs.OVERLAY, SPAN_METRICS]
+        if self._zipkin_bridge is not None:  # traces to Zipkin too, besides local.yaml's Jaeger
+            to_zipkin = self.workdir / "traces-to-zipkin.yaml"
+            to_zipkin.write_text(
+                json.dumps(
+                    stack_zipkin.collector_override(
+                        self._zipkin_bridge.address, ["otlp_grpc/jaeger", "span_metrics"]
+                    )
+                )
+            )
+            configs.append(to_zipkin)
         env = self.collector_env()
-        self.start_otelcol("otelcol", [CONFIG_DIR / "local.yaml", override], env)
+        self.start_otelcol("otelcol", configs, env)
         self._adopt_collector_env(env)
 
     def start_otelcol(self, name: str, configs: list[pathlib.Path], env: dict[str, str]) -> None:
@@ -386,7 +441,9 @@ class Stack:
         # The collector before Prometheus, whose configuration names the collector's ports
         # as they are once it runs; Jaeger first, whose OTLP port the collector sends to.
         try:
+            self.start_victorialogs()  # before the collector, which sends it the logs
             self.start_jaeger()
+            self.start_zipkin()
             self.start_collector()
             self.start_prometheus()
         except BaseException:
@@ -395,8 +452,14 @@ class Stack:
         return self
 
     def stop(self) -> None:
-        self._terminate(list(reversed(self._procs)))
+        # One at a time, newest first: a collector's shutdown sends what its batch processors
+        # still hold to backends that are still up (they started before it, so stop after).
+        for entry in reversed(self._procs):
+            self._terminate([entry])
         self._procs.clear()
+        if self._zipkin_bridge is not None:
+            self._zipkin_bridge.stop()
+            self._zipkin_bridge = None
 
     @staticmethod
     def _terminate(entries: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]]) -> None:
@@ -430,6 +493,18 @@ class Stack:
         traces = data.get("data") or []
         return dict(traces[0]) if traces else {}
 
+    def zipkin_trace(self, trace_id: str) -> list[dict[str, Any]]:
+        """One trace's spans from Zipkin's API; [] when not there yet."""
+        return stack_zipkin.trace(self.zipkin, trace_id)
+
+    def lens_url(self, trace_id: str | None = None) -> str:
+        """Zipkin's UI, or one trace in it."""
+        return stack_zipkin.lens_url(self.zipkin, trace_id)
+
+    def frame_trace(self, services: tuple[str, ...], timeout: float = 10.0) -> str | None:
+        """A recent trace with spans from every one of services (searched by the first)."""
+        return stack_zipkin.frame_trace(self.zipkin, services, timeout)
+
     def promql(self, query: str) -> list[dict[str, Any]]:
         url = f"http://{self.prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": query})
         data = self.get_json(url)
@@ -443,9 +518,16 @@ def main(argv: list[str]) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="visiontel-stack-") as work:
         stack = Stack(pathlib.Path(work)).start()
-        print(f"OTLP gRPC   {stack.otlp_grpc}\nOTLP HTTP   http://{stack.otlp_http}\n"
-              f"Jaeger UI   http://{stack.jaeger_query}\nPrometheus  http://{stack.prometheus}\n"
-              f"logs file   {stack.logs_file}\nCtrl-C stops the stack.", flush=True)
+        print(
+            f"OTLP gRPC   {stack.otlp_grpc}\nOTLP HTTP   http://{stack.otlp_http}\n"
+            f"Zipkin UI   {stack.lens_url()}\n"
+            f"Jaeger API  http://{stack.jaeger_query}/api/traces/<trace id>  (JSON, no UI)\n"
+            f"Prometheus  http://{stack.prometheus}\n"
+            f"Logs UI     {stack.victorialogs.ui_url}  (VictoriaLogs; LogsQL at "
+            f"{stack.victorialogs.query_url})\n"
+            "Ctrl-C stops the stack.",
+            flush=True,
+        )
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             while True:

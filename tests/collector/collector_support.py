@@ -5,7 +5,9 @@ from __future__ import annotations
 import pathlib
 import re
 import sys
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "collector-config"
@@ -77,3 +79,17 @@ def dummy_env(recipe: pathlib.Path, tls: dict[str, pathlib.Path]) -> dict[str, s
         else:
             env[name] = "dummy-value-from-test"
     return env
+
+
+T = TypeVar("T")
+
+
+def eventually(probe: Callable[[], T | None], what: str, timeout: float = 45.0) -> T:
+    """probe()'s first truthy answer, polled every 0.5 s; fails naming `what` after timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = probe()
+        if result:
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")

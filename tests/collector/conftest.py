@@ -64,6 +64,8 @@ def stack_binaries() -> None:
         )
     for variable in ("VISIONTEL_OTELCOL", "VISIONTEL_JAEGER", "VISIONTEL_PROMETHEUS"):
         _tool(variable)
+    _tool("VISIONTEL_ZIPKIN")  # a jar, installed 0755 by toolchain.py like the binaries
+    _tool("VISIONTEL_VICTORIALOGS")  # the log store the stack's collector sends logs to
 
 
 @pytest.fixture

@@ -1,36 +1,23 @@
 """End to end: a multi-process pipeline -> otelcol-visiontel (local.yaml) -> Jaeger and
 Prometheus, read back through each backend's own query API.
 
-Loki cannot be obtained here (docs/collector.md says why), so the logs leg is read
-from the collector's file exporter that stack.py puts in place of the Loki exporter.
-Run with `nox -s stack`.
+Loki cannot be obtained here (docs/collector.md says why), so the logs leg goes to
+VictoriaLogs (the collector runs local.yaml with the shipped logs-victorialogs.yaml
+overlay) and is read back with LogsQL. Run with `nox -s stack`.
 """
 
 from __future__ import annotations
 
 import json
-import pathlib
-import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from collector_support import Stack
+from collector_support import Stack, eventually
 from e2e_pipeline import CAMERA_URL, run_pipeline
 
 pytestmark = pytest.mark.e2e
-T = TypeVar("T")
 FRAMES = 5
-
-
-def _eventually(probe: Callable[[], T | None], what: str, timeout: float = 45.0) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = probe()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +42,7 @@ def test_jaeger_has_each_frame_with_spans_from_every_process(
             found = {p["serviceName"] for p in trace.get("processes", {}).values()}
             return found if found >= {"e2e-decoder", "e2e-detector", "e2e-tracker"} else None
 
-        assert _eventually(services, f"trace {trace_id} in Jaeger")
+        assert eventually(services, f"trace {trace_id} in Jaeger")
         trace = stack.jaeger_trace(trace_id)
         names = {span["operationName"] for span in trace["spans"]}
         assert {"decode", "detect", "track"} <= names
@@ -77,12 +64,12 @@ def test_prometheus_has_inference_and_frame_metrics(stack: Stack, trace_ids: lis
         result = stack.promql(query)
         return float(result[0]["value"][1]) if result else None
 
-    images = _eventually(
+    images = eventually(
         lambda: count('sum(visiontel_inference_images_total{visiontel_model_name="e2e-yolo"})'),
         "visiontel_inference_images_total in Prometheus",
     )
     assert images == FRAMES
-    forwards = _eventually(
+    forwards = eventually(
         lambda: count(
             'sum(visiontel_inference_duration_seconds_count{job="e2e-detector",'
             'visiontel_stage="inference",visiontel_model_version="v3"})'
@@ -90,7 +77,7 @@ def test_prometheus_has_inference_and_frame_metrics(stack: Stack, trace_ids: lis
         "visiontel_inference_duration_seconds_count in Prometheus",
     )
     assert forwards == FRAMES
-    frames = _eventually(
+    frames = eventually(
         lambda: count('sum(visiontel_frame_latency_seconds_count{job="e2e-tracker"})'),
         "visiontel_frame_latency_seconds_count in Prometheus",
     )
@@ -103,21 +90,21 @@ def test_prometheus_has_inference_and_frame_metrics(stack: Stack, trace_ids: lis
 
 
 def test_logs_carry_the_frame_trace_id(stack: Stack, trace_ids: list[str]) -> None:
+    # The detector logs once per frame; read back through VictoriaLogs' LogsQL API.
     def records() -> list[dict[str, Any]] | None:
-        path: pathlib.Path = stack.logs_file
-        if not path.exists():
-            return None
-        found = []
-        for line in path.read_text().splitlines():
-            for rl in json.loads(line)["resourceLogs"]:
-                for sl in rl["scopeLogs"]:
-                    found += sl["logRecords"]
+        found = stack.victorialogs.query('"service.name":="e2e-detector"')
         return found if len(found) >= FRAMES else None
 
-    logged = _eventually(records, f"{FRAMES} log records in the file exporter")
-    assert {r["traceId"].lower() for r in logged} == set(trace_ids)
+    logged = eventually(records, f"{FRAMES} log records in VictoriaLogs")
+    assert len(logged) == FRAMES
+    assert {r["trace_id"] for r in logged} == set(trace_ids)
     for record in logged:
-        assert record["body"]["stringValue"].startswith("detected ")
+        assert record["_msg"].startswith("detected ")
+        assert "rtsp://10.9.8.7:554/live" in record["_msg"]
+        assert record["visiontel.camera.url"] == "rtsp://10.9.8.7:554/live"
         assert "Cam3raPa55" not in json.dumps(record)
-        assert "rtsp://10.9.8.7:554/live" in record["body"]["stringValue"]
-    assert CAMERA_URL not in stack.logs_file.read_text()
+        # logs-victorialogs.yaml's VL-Stream-Fields: one stream per service, the
+        # per-process id an ordinary field.
+        assert record["_stream"] == '{service.name="e2e-detector"}'
+        assert record["service.instance.id"] == "e2e-detector-1"
+    assert CAMERA_URL not in json.dumps(logged)

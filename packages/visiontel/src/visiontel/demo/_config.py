@@ -22,6 +22,11 @@ Ultralytics one (``visiontel.demo._yolo``)."""
 # check looks the yaml itself up. A model loaded with --weights may be named anything.
 _YOLO_NAME = re.compile(r"yolo[a-z0-9-]*")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+FAULTS = {
+    "overdetect": "the canary keeps low-score boxes: several times the detections per image",
+    "slow": "the canary's forward takes 40 ms longer",
+}
+"""What ``--canary-fault`` can break in the canary model (``visiontel.demo._faults``)."""
 
 
 @dataclass
@@ -36,6 +41,7 @@ class DemoConfig:
     model_version: str = "1.0"
     canary_version: str | None = None
     canary_fraction: float = 0.1
+    canary_fault: str | None = None
     output: str = "visiontel-output"
     otlp_endpoint: str | None = None
     stack: bool = False
@@ -170,6 +176,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="share of frames the canary model gets (default %(default)s)",
     )
     add(
+        "--canary-fault",
+        default=_env("VISIONTEL_DEMO_CANARY_FAULT", str, None),
+        metavar="FAULT",
+        help="break the canary model on purpose, to see the canary gates catch it: "
+        "'overdetect' (many more detections per image) or 'slow' (40 ms more per forward) "
+        "(default: none)",
+    )
+    add(
         "--output",
         default=_env("VISIONTEL_DEMO_OUTPUT", str, d.output),
         help="folder for the OTLP JSON files when no endpoint is set (default %(default)s)",
@@ -224,7 +238,7 @@ def from_arguments(args: argparse.Namespace) -> DemoConfig:
         fps=args.fps, model=_model_name(args.model, args.weights), weights=args.weights or None,
         model_version=args.model_version,
         canary_version=args.canary_version, canary_fraction=args.canary_fraction,
-        output=args.output,
+        canary_fault=args.canary_fault or None, output=args.output,
         otlp_endpoint=args.otlp_endpoint or None, stack=args.stack,
         detector_port=args.detector_port, sink_port=args.sink_port, telemetry=args.telemetry,
         device=args.device, threads=args.threads,
@@ -248,6 +262,7 @@ def _validate(config: DemoConfig) -> None:
         raise UsageError("--canary-fraction must be between 0 and 1, e.g. 0.1")
     if config.canary_version is not None and config.canary_version == config.model_version:
         raise UsageError("--canary-version must differ from --model-version")
+    _validate_fault(config)
     for flag, port in (
         ("--detector-port", config.detector_port),
         ("--sink-port", config.sink_port),
@@ -259,6 +274,28 @@ def _validate(config: DemoConfig) -> None:
     _validate_model(config)
     if config.threads < 0:
         raise UsageError("--threads must be 0 (torch's choice) or more")
+
+
+def _validate_fault(config: DemoConfig) -> None:
+    fault = config.canary_fault
+    if fault is None:
+        return
+    if fault not in FAULTS:
+        choices = "; ".join(f"{name} ({effect})" for name, effect in FAULTS.items())
+        raise UsageError(
+            f"--canary-fault / VISIONTEL_DEMO_CANARY_FAULT {fault!r} is not a fault: pick one of "
+            f"{choices}, or leave it out"
+        )
+    if config.canary_version is None:
+        raise UsageError(
+            "--canary-fault breaks the canary model only: add --canary-version, e.g. "
+            "--canary-version 2.0-canary"
+        )
+    if config.weights is not None or config.model not in MODELS:
+        raise UsageError(
+            f"--canary-fault works with the demo's own models ({', '.join(MODELS)}), not with "
+            f"--model {config.model}: leave --canary-fault out, or pick --model tinydet"
+        )
 
 
 def _validate_model(config: DemoConfig) -> None:

@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanKind
 
 import visiontel.propagation as vp
 import visiontel.torch as vt
-from visiontel.demo import _child, _yolo
+from visiontel.demo import _child, _faults, _yolo
 from visiontel.demo._config import DemoConfig
 from visiontel.demo._errors import DemoError
 from visiontel.demo._model import to_frame
@@ -180,6 +180,8 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
             yolos = _build_yolos(config, telemetry, device)
         else:
             models = {version: build(model_name, version, device) for version in config.versions}
+            if config.canary_fault and config.canary_version:
+                _faults.inject(config.canary_fault, models[config.canary_version].module)
         if telemetry.enabled:
             for version, model in models.items():
                 vt.instrument_model(model.module, name=model_name, version=version)

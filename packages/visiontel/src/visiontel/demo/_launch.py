@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import IO, TextIO
 
-from visiontel.demo import _preflight, _report, _stack, _zoo
+from visiontel.demo import _canary, _preflight, _report, _stack, _zoo
 from visiontel.demo._config import DemoConfig
 from visiontel.demo._errors import DemoError, UsageError
 from visiontel.demo._frames import describe, redact_url
@@ -34,15 +34,18 @@ class _Stats:
     last: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     per_version: dict[str, int] = field(default_factory=dict)
+    # (capture-to-result ms, detections) of each frame, per model version
+    by_version: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
     gpu: str = ""
     cpu_s: dict[str, float] = field(default_factory=dict)
 
-    def add(self, latency_ns: int, version: str) -> None:
+    def add(self, latency_ns: int, version: str, detections: int = 0) -> None:
         self.last = time.monotonic()
         if self.first is None:
             self.first = self.last
         self.latencies_ms.append(latency_ns / 1e6)
         self.per_version[version] = self.per_version.get(version, 0) + 1
+        self.by_version.setdefault(version, []).append((latency_ns / 1e6, detections))
 
     @property
     def fps(self) -> float:
@@ -161,7 +164,9 @@ class Pipeline:
                 raise DemoError(f"no progress for {_STALL_S:.0f}s: the pipeline is stuck")
             kind = fields[0] if fields else ""
             if kind == "DONE" and len(fields) >= 4:
-                self.stats.add(int(fields[2]), fields[4] if len(fields) > 4 else "")
+                version = fields[4] if len(fields) > 4 else ""
+                detections = int(fields[3]) if fields[3].isdigit() else 0
+                self.stats.add(int(fields[2]), version, detections)
             elif kind == "READY" and len(fields) == 2 and fields[1].isdigit():
                 self._ready(role, int(fields[1]))
             elif kind == "ERROR":
@@ -219,6 +224,9 @@ def _print_report(config: DemoConfig, stats: _Stats, out: TextIO) -> None:
     if stats.per_version and config.canary_version:
         shares = ", ".join(f"{v}: {n}" for v, n in sorted(stats.per_version.items()))
         write(f"frames per model version: {shares}\n")
+    canary = (config.model_version, config.canary_version) if config.canary_version else None
+    if canary and (config.otlp_endpoint or not config.telemetry):
+        write("\n" + "\n".join(_canary.live_columns(stats.by_version, *canary)) + "\n")
     if config.otlp_endpoint:
         write(f"\nTelemetry went to {redact_url(config.otlp_endpoint)} as OTLP; look for the "
               "services frame-source, detector and tracker (namespace visiontel-demo), "
@@ -232,7 +240,11 @@ def _print_report(config: DemoConfig, stats: _Stats, out: TextIO) -> None:
             write("no complete frame trace was written (see the *.stderr.log files)\n")
         else:
             write("\n".join(_report.waterfall(typical)) + "\n\n")
-            write("\n".join(_report.stage_table(traces)) + "\n")
+            if canary:
+                write("\n".join(_canary.stage_columns(traces, *canary)) + "\n\n")
+                write("\n".join(_canary.gate_table(run_dir, traces, *canary)) + "\n")
+            else:
+                write("\n".join(_report.stage_table(traces)) + "\n")
         names, logs = _report.metric_summary(run_dir)
         write(f"\n{len(traces)} frame traces, {len(spans)} spans; metrics and log records:\n")
         for service in SERVICE_NAMES.values():
@@ -260,7 +272,8 @@ def run(config: DemoConfig, out: TextIO = sys.stdout) -> int:
     config.run_dir = str(_preflight.output(config).resolve())
     stack = None
     if script is not None:
-        out.write("starting the local stack (collector, Jaeger, Prometheus)...\n")
+        out.write("starting the local stack (collector, Jaeger, Zipkin, Prometheus, "
+                  "VictoriaLogs)...\n")  # fmt: skip
         out.flush()
         stack = _stack.LocalStack(script, config.run_path / "stack")
         config.otlp_endpoint = stack.endpoint

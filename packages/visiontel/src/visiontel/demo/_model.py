@@ -95,10 +95,14 @@ def _iou(box: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 class NMS(nn.Module):
     """Score threshold, top-k, then greedy class-aware non-maximum suppression."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.score_threshold = _SCORE_THRESHOLD  # an attribute: --canary-fault lowers it
+
     def forward(self, rows: torch.Tensor) -> list[torch.Tensor]:
         kept: list[torch.Tensor] = []
         for image in rows:
-            passing = image[image[:, 4] >= _SCORE_THRESHOLD]
+            passing = image[image[:, 4] >= self.score_threshold]
             order = passing[:, 4].argsort(descending=True)[:_CANDIDATES]
             candidates = passing[order]
             # Offsetting each class far apart makes one IoU pass class-aware.

@@ -1,7 +1,8 @@
 """``--stack``: run the demo against the local stack of collector-config/.
 
-The stack (otelcol-visiontel with collector-config/local.yaml, Jaeger, Prometheus, on
-loopback ports it picks, and picks again should one be taken) is started by
+The stack (otelcol-visiontel with collector-config/local.yaml, Jaeger, Prometheus, and
+Zipkin, whose UI shows the frame traces; on loopback ports it picks, and picks again
+should one be taken) is started by
 ``collector-config/stack/stack.py`` from a visiontel checkout, with binaries that
 ``collector-config/toolchain.py`` builds or fetches once (``nox -s demo -- --stack`` does
 both). This module only finds and drives it; the addresses it prints are read from the
@@ -16,9 +17,16 @@ import pathlib
 from typing import Any
 
 from visiontel.demo._errors import DemoError, UsageError
+from visiontel.demo._telemetry import SERVICE_NAMES
 
 _SCRIPT = pathlib.Path("collector-config", "stack", "stack.py")
-BINARIES = ("VISIONTEL_OTELCOL", "VISIONTEL_JAEGER", "VISIONTEL_PROMETHEUS")
+BINARIES = (
+    "VISIONTEL_OTELCOL",
+    "VISIONTEL_JAEGER",
+    "VISIONTEL_PROMETHEUS",
+    "VISIONTEL_VICTORIALOGS",
+)
+JARS = ("VISIONTEL_ZIPKIN",)  # run with the java on PATH: a file, not an executable
 _HOW = "run `nox -s demo -- --stack` from a visiontel checkout, which builds them"
 
 
@@ -43,6 +51,7 @@ def check() -> pathlib.Path:
             "(`nox -s demo -- --stack`), or set OTEL_EXPORTER_OTLP_ENDPOINT to your collector"
         )
     missing = [v for v in BINARIES if not os.access(os.environ.get(v, ""), os.X_OK)]
+    missing += [v for v in JARS if not os.path.isfile(os.environ.get(v, ""))]
     if missing:
         raise UsageError(f"--stack needs {', '.join(missing)} (the stack's binaries): {_HOW}")
     return script
@@ -68,10 +77,20 @@ class LocalStack:
 
     def describe(self) -> list[str]:
         stack = self._stack
+        services = tuple(SERVICE_NAMES.values())
+        lines = [f"  Zipkin UI   {stack.lens_url()}  ({', '.join(services)})"]
+        try:
+            # The run's last spans may still sit in the collector's batch: wait a little.
+            frame = stack.frame_trace(services, timeout=10)
+        except OSError:
+            frame = None
+        if frame:
+            lines.append(f"  a frame     {stack.lens_url(frame)}")
         return [
-            f"  Jaeger UI   http://{stack.jaeger_query}  (frame-source, detector, tracker)",
+            *lines,
             f"  Prometheus  http://{stack.prometheus}  (metrics visiontel_*)",
-            f"  logs        {stack.logs_file}",
+            # VictoriaLogs' web UI: LogsQL such as `trace_id:=<id>` finds a frame's records.
+            f"  Logs UI     {stack.victorialogs.ui_url}  (VictoriaLogs, LogsQL)",
         ]
 
     def stop(self) -> None:

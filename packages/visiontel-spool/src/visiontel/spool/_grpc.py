@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import grpc
 from opentelemetry.util.re import parse_env_headers
 
-from visiontel.spool._http import Outcome
+from visiontel.spool._http import Outcome, _env
 from visiontel.spool.version import __version__
 
 METHODS = {
@@ -78,14 +78,6 @@ def send_on(
     except ValueError:  # a closed channel (shutdown racing a send): try again later
         return Outcome.RETRY
     return Outcome.SENT
-
-
-def _env(signal: str, name: str) -> str | None:
-    for key in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_{name}", f"OTEL_EXPORTER_OTLP_{name}"):
-        value = os.environ.get(key, "").strip()
-        if value:
-            return value
-    return None
 
 
 def _read(path: str | None) -> bytes | None:

@@ -52,6 +52,12 @@ def _torch_pins(session: nox.Session, torch_version: str) -> list[str]:
     return ["-c", str(constraints)]
 
 
+def _editable(*names: str) -> list[str]:
+    """``-e`` arguments installing these distributions (with their test extra) and
+    visiontel-support, which every distribution depends on and PyPI does not hold."""
+    return [f"-e{ROOT / 'packages' / n}[test]" for n in ("visiontel-support", *names)]
+
+
 def _install_workspace(session: nox.Session, torch_version: str, *extra: str) -> None:
     """Install every distribution of the workspace (editable, with its test extra)."""
     pins = _torch_pins(session, torch_version)
@@ -123,9 +129,7 @@ NVML_PY_OLDEST = "12.535.77"
 @nox.session(python=PYTHON, tags=["ci"])
 def gpu(session: nox.Session) -> None:
     """visiontel-gpu's tests on the oldest nvidia-ml-py it declares (no torch needed)."""
-    session.install(
-        f"-e{ROOT / 'packages' / 'visiontel-gpu'}[test]", f"nvidia-ml-py=={NVML_PY_OLDEST}"
-    )
+    session.install(*_editable("visiontel-gpu"), f"nvidia-ml-py=={NVML_PY_OLDEST}")
     session.run(
         "python",
         "-c",
@@ -150,7 +154,7 @@ def ultralytics(session: nox.Session, ultralytics: str) -> None:
     pin.write_text(f"ultralytics=={ultralytics}\n")
     session.install(f"torch=={torch_version}", "numpy", *pins)
     names = ("visiontel-torch", "visiontel-propagation", "visiontel-ultralytics")
-    session.install(*(f"-e{ROOT / 'packages' / n}[test]" for n in names), *pins, "-c", str(pin))
+    session.install(*_editable(*names), *pins, "-c", str(pin))
     session.run("python", "-c", "import ultralytics; print('ultralytics', ultralytics.__version__)")
     env = {"VISIONTEL_TEST_TORCH": torch_version, "YOLO_OFFLINE": "1", **STRICT_SKIPS}
     tests = str(ROOT / "packages" / "visiontel-ultralytics" / "tests")
@@ -186,7 +190,7 @@ def floor(session: nox.Session, otel: str) -> None:
     names = ("visiontel-torch", "visiontel-propagation", "visiontel-spool")
     contrib = OTEL_RELEASES[otel]
     session.install(
-        *(f"-e{ROOT / 'packages' / n}[test]" for n in names),
+        *_editable(*names),
         f"opentelemetry-api=={otel}",
         f"opentelemetry-sdk=={otel}",
         # visiontel-spool wraps these exporters and reaches into them behind its gate.

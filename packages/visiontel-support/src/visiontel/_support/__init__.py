@@ -1,0 +1,2 @@
+"""Shared internals of the visiontel distributions. Not a public API: names and
+signatures change with the distributions that use them."""

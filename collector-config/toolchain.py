@@ -42,6 +42,23 @@ JAEGER_MODULE_DIR = HERE / "stack" / "jaeger"
 BUILDER_VERSION = "v0.161.0"
 # Debian bookworm's prometheus package: ships both prometheus and promtool.
 PROMETHEUS_DEB = "prometheus"
+# Its web UI (the classic one: Debian builds no React UI) links its scripts and styles out
+# of Debian's JavaScript packages (usr/share/prometheus/web/static/jquery ->
+# ../../../javascript/jquery, ...): without them the page loads and shows no query result.
+# Unpacked into the same root, so those relative links resolve.
+PROMETHEUS_WEB_DEBS = (
+    "fonts-glyphicons-halflings",
+    "libjs-bootstrap4",
+    "libjs-d3",
+    "libjs-eonasdan-bootstrap-datetimepicker",
+    "libjs-jquery",
+    "libjs-jquery-hotkeys",
+    "libjs-moment",
+    "libjs-moment-timezone",
+    "libjs-mustache",
+    "libjs-popper.js",
+    "libjs-rickshaw",
+)
 # VictoriaLogs (Apache-2.0): the local stack's log store. v1.52.2 is the newest release the
 # Go module proxy serves that builds with Go 1.26 (its go.mod asks for go 1.26.5).
 VICTORIALOGS_VERSION = "v1.52.2"
@@ -134,8 +151,9 @@ def otelcol() -> pathlib.Path:
     return target
 
 
-def _debian_package(package: str, binary: str) -> pathlib.Path:
-    """A binary from a Debian package, unpacked (not installed) into the cache.
+def _debian_package(package: str, binary: str, extras: tuple[str, ...] = ()) -> pathlib.Path:
+    """A binary from a Debian package, unpacked (not installed) into the cache, with the
+    `extras` packages unpacked into the same root.
 
     `apt-get download` + `dpkg-deb -x` leaves the system untouched: no service is
     started, nothing to uninstall, and several versions could sit side by side.
@@ -143,15 +161,21 @@ def _debian_package(package: str, binary: str) -> pathlib.Path:
     key = _apt_candidate(package).replace(":", "_")
     root = cache_root() / "debian" / f"{package}-{key}"
     target = root / "usr" / "bin" / binary
-    if target.exists():
+    # One marker per set of extras: a root unpacked before extras were asked for is redone.
+    marker = root / ".visiontel-extras" / hashlib.sha256(" ".join(extras).encode()).hexdigest()[:16]
+    if target.exists() and marker.exists():
         return target
     with tempfile.TemporaryDirectory(prefix="deb-", dir=cache_root()) as work:
-        _run(["apt-get", "download", package], cwd=pathlib.Path(work))
-        debs = glob.glob(os.path.join(work, f"{package}_*.deb"))
-        if not debs:
-            raise SystemExit(f"apt-get download {package} produced no .deb")
+        names = (package, *extras)
+        _run(["apt-get", "download", *names], cwd=pathlib.Path(work))
         staging = pathlib.Path(work) / "root"
-        _run(["dpkg-deb", "-x", debs[0], str(staging)])
+        for name in names:
+            debs = glob.glob(os.path.join(work, f"{name}_*.deb"))
+            if not debs:
+                raise SystemExit(f"apt-get download {name} produced no .deb")
+            _run(["dpkg-deb", "-x", debs[0], str(staging)])
+        (staging / marker.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
+        (staging / marker.relative_to(root)).write_text("\n".join(names) + "\n")
         root.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(root, ignore_errors=True)
         shutil.move(str(staging), root)
@@ -182,11 +206,13 @@ def _apt_candidate(package: str) -> str:
 
 
 def promtool() -> pathlib.Path:
-    return _debian_package(PROMETHEUS_DEB, "promtool")
+    return _debian_package(PROMETHEUS_DEB, "promtool", PROMETHEUS_WEB_DEBS)
 
 
 def prometheus() -> pathlib.Path:
-    return _debian_package(PROMETHEUS_DEB, "prometheus")
+    """Debian's Prometheus with its web UI's assets: start it with `--web.local-assets`
+    pointing at usr/share/prometheus/web/ beside the binary (stack.py does)."""
+    return _debian_package(PROMETHEUS_DEB, "prometheus", PROMETHEUS_WEB_DEBS)
 
 
 def jaeger() -> pathlib.Path:

@@ -144,6 +144,17 @@ def _binary(variable: str) -> str:
     return value
 
 
+def _prometheus_web_assets(binary: str) -> list[str]:
+    """`--web.local-assets` for a Prometheus unpacked from Debian's package by toolchain.py.
+
+    Debian's binary looks for its web UI's templates and scripts under the absolute
+    /usr/share/prometheus/web/, which an unpacked (not installed) package does not have:
+    its pages answer "Error reading base template". The assets sit beside the binary.
+    """
+    web = pathlib.Path(binary).resolve().parent.parent / "share" / "prometheus" / "web"
+    return [f"--web.local-assets={web}/"] if (web / "templates").is_dir() else []
+
+
 # What each binary logs once it has bound every port and started every component.
 OTELCOL_READY = "Everything is ready. Begin running and processing data."
 PROMETHEUS_READY = "Server is ready to receive web requests."
@@ -325,8 +336,10 @@ class Stack:
         def start(attempt: int) -> None:
             if attempt:
                 self.prometheus = f"127.0.0.1:{pick_port()}"
+            binary = _binary("VISIONTEL_PROMETHEUS")
             args = [
-                _binary("VISIONTEL_PROMETHEUS"),
+                binary,
+                *_prometheus_web_assets(binary),
                 f"--config.file={config}",
                 f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
                 f"--web.listen-address={self.prometheus}",

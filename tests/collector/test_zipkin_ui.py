@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from browser import chromium_path, rendered_dom, screenshot
 from collector_support import ROOT, Stack
 from e2e_pipeline import run_pipeline
 
@@ -45,13 +44,7 @@ def stack(stack_binaries: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    path = os.environ.get("VISIONTEL_CHROMIUM") or shutil.which("chromium") or ""
-    if not os.access(path, os.X_OK):
-        pytest.skip(
-            "needs chromium: set VISIONTEL_CHROMIUM (`python collector-config/toolchain.py "
-            "chromium` installs Debian's) or run `nox -s stack`"
-        )
-    return path
+    return chromium_path()
 
 
 @pytest.fixture(scope="module")
@@ -99,28 +92,6 @@ def test_zipkin_api_has_the_pipeline_traces_as_sent(stack: Stack) -> None:
         assert "Cam3raPa55" not in str(spans)
 
 
-def _run_chromium(chromium: str, *args: str, timeout: float = 120) -> str:
-    """Headless Chromium with a throw-away profile; its output (stdout)."""
-    profile = pathlib.Path(os.environ.get("TMPDIR", "/tmp"))
-    with_profile = ["--user-data-dir=" + str(profile / f"visiontel-chromium-{os.getpid()}")]
-    proc = subprocess.Popen(
-        [chromium, "--headless", "--disable-gpu", "--no-sandbox", "--disable-dev-shm-usage",
-         "--no-first-run", "--hide-scrollbars", "--window-size=1600,1000", *with_profile, *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,  # its renderer and GPU processes share our child's group
-    )  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise AssertionError(f"chromium {args} ran past {timeout} s") from None
-    finally:
-        shutil.rmtree(with_profile[0].split("=", 1)[1], ignore_errors=True)
-    assert proc.returncode == 0, (proc.returncode, err[-3000:])
-    return out
-
-
 def test_lens_renders_a_demo_frame_with_its_three_services(
     stack: Stack, demo_frame: str, chromium: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -128,11 +99,7 @@ def test_lens_renders_a_demo_frame_with_its_three_services(
     url = stack.lens_url(demo_frame)
     # Lens is a single-page app: the trace is in the DOM only once its scripts have fetched
     # /zipkin/api/v2/trace/<id> and rendered; the virtual-time budget lets them run.
-    dom = ""
-    for budget in (15000, 30000, 60000):
-        dom = _run_chromium(chromium, f"--virtual-time-budget={budget}", "--dump-dom", url)
-        if all(service in dom for service in SERVICES):
-            break
+    dom = rendered_dom(chromium, url, *SERVICES)
     missing = [service for service in SERVICES if service not in dom]
     assert not missing, f"{url}: services {missing} not in the rendered page:\n{dom[-3000:]}"
     # Every span of the trace is a row of the rendered waterfall, by its name.
@@ -140,13 +107,4 @@ def test_lens_renders_a_demo_frame_with_its_three_services(
     absent = sorted(name for name in names if name not in dom)
     assert not absent, f"{url}: span names {absent} not in the rendered page"
     assert demo_frame in dom
-
-    shot = tmp_path_factory.mktemp("lens") / "lens-demo-frame.png"
-    _run_chromium(chromium, "--virtual-time-budget=30000", f"--screenshot={shot}", url)
-    data = shot.read_bytes()
-    assert data.startswith(b"\x89PNG") and len(data) > 20_000, len(data)
-    print(f"\nLens screenshot of trace {demo_frame}: {shot}")
-    artifacts = os.environ.get("VISIONTEL_ARTIFACTS")
-    if artifacts:
-        pathlib.Path(artifacts).mkdir(parents=True, exist_ok=True)
-        shutil.copy2(shot, pathlib.Path(artifacts) / shot.name)
+    screenshot(chromium, url, tmp_path_factory.mktemp("lens") / "lens-demo-frame.png")

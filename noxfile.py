@@ -174,6 +174,22 @@ def alone(session: nox.Session) -> None:
     session.run("python", runner, *session.posargs, "--", *selection, env=env)
 
 
+# Distributions whose tests need no torch, each tested in a venv holding only itself (and
+# visiontel-support): a dependency it forgot to declare, hidden in the shared venv of
+# `tests` by a neighbour that declares it, fails here. visiontel-gpu has its own such session
+# (`gpu`), visiontel-ultralytics too (`ultralytics`: with torch and propagation, its deps).
+ISOLATED = ("visiontel-support", "visiontel-propagation", "visiontel-spool")
+
+
+@nox.session(python=PYTHON, tags=["ci"])
+@nox.parametrize("package", ISOLATED)
+def isolated(session: nox.Session, package: str) -> None:
+    """One distribution's tests in a venv of its own, with only what it declares."""
+    session.install(*_editable(package))
+    tests = str(ROOT / "packages" / package / "tests")
+    session.run("pytest", tests, "-p", "no:cacheprovider", *session.posargs, env=dict(STRICT_SKIPS))
+
+
 # The OpenTelemetry releases visiontel-torch and visiontel-propagation are tested on below
 # the newest (which the `tests` session installs): their declared floor and two between.
 # visiontel-torch's fast paths switch themselves off past the newest tested release

@@ -8,8 +8,15 @@ from collections.abc import Iterator
 import pytest
 from gpu_test_helpers import Metrics, two_gpus
 
+from visiontel._support import env
 from visiontel.gpu import GPUInstrumentor
 from visiontel.gpu.testing import NvmlSimulator
+
+
+@pytest.fixture(autouse=True)
+def _fresh_env_warnings() -> None:
+    """A malformed variable is logged once per process: each test may expect its warning."""
+    env.reset()
 
 
 @pytest.fixture(scope="session")

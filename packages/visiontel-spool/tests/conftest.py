@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from spool_support import Receiver, start_receiver, stop_receiver
 
+from visiontel._support import env
 from visiontel.spool import _diag, _otel_private
 
 
@@ -58,6 +59,8 @@ def grpc_env(monkeypatch: pytest.MonkeyPatch, otlp_env: Path, grpc_receiver: Any
 def _fresh_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No log-once or loss tally left by an earlier test; the gate decides afresh."""
     monkeypatch.setattr(_diag, "_last_log", {})
+    _diag.errors.reset()
+    env.reset()
     monkeypatch.setattr(_diag, "_since_log", _diag.Counter())
     monkeypatch.setattr(_diag, "_tally", _diag.Counter())
     _otel_private._force(None)

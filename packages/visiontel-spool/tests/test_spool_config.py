@@ -26,9 +26,17 @@ def test_malformed_environment_falls_back_and_says_so(otlp_env, monkeypatch, cap
     exporter.shutdown()
 
 
-@pytest.mark.parametrize("kwargs", [{"max_bytes": 10}, {"max_bytes": "1"}, {"max_backoff": 0}])
-def test_malformed_arguments_raise(otlp_env, kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"max_bytes": 10}, ValueError),
+        ({"max_bytes": "1"}, TypeError),  # a wrong type: TypeError, the workspace policy
+        ({"max_backoff": 0}, ValueError),
+        ({"max_backoff": 0.01}, ValueError),  # the variable's minimum holds for arguments too
+    ],
+)
+def test_malformed_arguments_raise(otlp_env, kwargs, error):
+    with pytest.raises(error, match="must be"):
         SpoolSpanExporter(**kwargs)
 
 

@@ -4,6 +4,7 @@ and the public fall-back sending the same request."""
 from __future__ import annotations
 
 import logging
+from importlib import metadata
 
 import pytest
 import requests
@@ -93,7 +94,7 @@ def test_the_installed_exporter_is_admitted():
 
 
 def test_gate_shuts_outside_the_tested_releases(monkeypatch, caplog):
-    monkeypatch.setattr(_otel_private.metadata, "version", lambda name: "1.46.0")
+    monkeypatch.setattr(metadata, "version", lambda name: "1.46.0")
     _otel_private._force(None)
     with caplog.at_level(logging.INFO, logger="visiontel.spool"):
         assert _otel_private.private_sender(Exporter145(200)) is None

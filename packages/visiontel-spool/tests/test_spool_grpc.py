@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from importlib import metadata
 from typing import Any
 
 import grpc
@@ -305,7 +306,7 @@ def test_the_gate_takes_the_channel_only_where_the_exporter_can_rebuild_it(monke
     assert _otel_private.private_grpc_sender(exporter130, "logs") is None
     exporter135 = type("Exporter135", (), {"_headers": (), "_channel": Channel()})()
     assert _otel_private.private_grpc_sender(exporter135, "logs") is None  # cannot rebuild
-    monkeypatch.setattr(_otel_private.metadata, "version", lambda name: "1.46.0")
+    monkeypatch.setattr(metadata, "version", lambda name: "1.46.0")
     _otel_private._force(None)
     assert _otel_private.private_grpc_sender(Exporter140(), "logs") is None
 

@@ -9,6 +9,7 @@ import torch
 from cuda_standin import RealCuda, StandInGpu
 
 import visiontel.torch as vt
+from visiontel._support import env as support_env
 from visiontel.torch import _model, _safety, _timing
 
 from torch_support import Telemetry, make_telemetry
@@ -22,13 +23,13 @@ def _fresh_log_limits() -> None:
 
     ``warn_once`` and ``report_internal_error`` say a thing once per process (then at most
     once a minute): without this, a test that expects a warning passes or fails depending
-    on whether an earlier test already triggered the same one. These two dictionaries are
-    the package's only log-once state; ``private_hooks_usable``'s cache is a decision about
-    the installed torch, not a rate limit, and stays.
+    on whether an earlier test already triggered the same one. The package's reporter and
+    the environment parser's said-once set are its only log-once state;
+    ``private_hooks_usable``'s cache is a decision about the installed torch, not a rate
+    limit, and stays.
     """
-    with _safety._lock:
-        _safety._last_logged.clear()
-        _safety._suppressed.clear()
+    _safety.errors.reset()
+    support_env.reset()
 
 
 @pytest.fixture(autouse=True)

@@ -78,3 +78,25 @@ def test_explicit_arguments_are_strict() -> None:
         base.with_overrides(include=[1, 2])
     assert base.with_overrides(include="neck").include == ("neck",)
     assert base.with_overrides(granularity=None) == base
+
+
+def test_arguments_of_the_wrong_type_raise_type_error() -> None:
+    base = TorchConfig()
+    with pytest.raises(TypeError, match="layer_depth must be an integer >= 1; got str '2'"):
+        base.with_overrides(layer_depth="2")
+    with pytest.raises(TypeError, match="max_layer_spans"):
+        base.with_overrides(max_layer_spans=True)
+    with pytest.raises(ValueError, match="granularity must be one of model, stage, layer"):
+        base.with_overrides(granularity="tile")
+    assert base.with_overrides(granularity=" LAYER ").granularity is Granularity.LAYER
+
+
+def test_the_warning_names_what_is_accepted_and_the_default(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        config = config_from_env({"VISIONTEL_TORCH_GPU_TIMEOUT": "0.0001"})
+    assert config.gpu_timeout_s == 10.0
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "VISIONTEL_TORCH_GPU_TIMEOUT='0.0001' is not a finite number >= 0.001" in message
+    assert "default 10.0" in message

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
+from importlib import metadata
 from typing import Any
 
 import pytest
@@ -176,9 +177,7 @@ def test_an_sdk_outside_the_tested_range_shuts_the_gate_logs_once_and_works(
 ) -> None:
     expected = _workload(SimpleSpanProcessor)
     newest = _otel_private.TESTED_SDK[1]
-    monkeypatch.setattr(
-        _otel_private.metadata, "version", lambda name: f"{newest[0]}.{newest[1] + 1}.0"
-    )
+    monkeypatch.setattr(metadata, "version", lambda name: f"{newest[0]}.{newest[1] + 1}.0")
     _otel_private._reset_version_check()
     with caplog.at_level(logging.INFO, logger="visiontel.torch"):
         assert _otel_private.fast_path_for(TracerProvider()) is None

@@ -18,6 +18,7 @@ if "YOLO_CONFIG_DIR" not in os.environ:
 os.environ.setdefault("YOLO_VERBOSE", "False")
 
 import visiontel.torch as vt
+from visiontel._support import env as support_env
 from visiontel.torch import _model, _runtime, _safety
 from visiontel.ultralytics import UltralyticsInstrumentor, _callbacks
 
@@ -29,9 +30,8 @@ def _fresh_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
     """Every test in its own directory (Ultralytics writes runs/, exports, settings), with
     the log-once state forgotten, and nothing of ours left switched on afterwards."""
     monkeypatch.chdir(tmp_path)
-    with _safety._lock:
-        _safety._last_logged.clear()
-        _safety._suppressed.clear()
+    _safety.errors.reset()
+    support_env.reset()
     yield
     instrumentor = UltralyticsInstrumentor()
     if instrumentor.is_instrumented_by_opentelemetry:

@@ -35,6 +35,7 @@ from ultralytics import YOLO
 from ultralytics.engine import predictor as predictor_module
 from ultralytics.utils import ops
 
+from visiontel._support import env as support_env
 from visiontel.torch import _safety
 from visiontel.ultralytics import UltralyticsInstrumentor, instrument_yolo, uninstrument_yolo
 
@@ -97,9 +98,8 @@ def timers(monkeypatch: pytest.MonkeyPatch) -> Timers:
 def _offline_and_fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("YOLO_OFFLINE", "1")
     monkeypatch.delenv(ENV, raising=False)
-    with _safety._lock:  # warn_once is per process: forget what earlier tests said
-        _safety._last_logged.clear()
-        _safety._suppressed.clear()
+    _safety.errors.reset()  # warn_once is per process: forget what earlier tests said
+    support_env.reset()
 
 
 @pytest.fixture

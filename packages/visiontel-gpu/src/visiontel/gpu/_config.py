@@ -5,46 +5,20 @@ The README's table is the one list of these; keep the two in step.
 
 from __future__ import annotations
 
-import logging
-import math
-import os
 from dataclasses import dataclass
 
-_log = logging.getLogger("visiontel.gpu")
+from visiontel._support.env import (
+    check_choice,
+    check_float,
+    env_bool,
+    env_choice,
+    env_float,
+    env_str,
+)
 
 DEFAULT_LIBRARY = "libnvidia-ml.so.1"
 BACKENDS = ("auto", "nvml", "dcgm", "jetson")
-
-
-def _env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    _log.warning("%s=%r is not a boolean (use true or false); using %s", name, raw, default)
-    return default
-
-
-def _env_float(name: str, default: float, minimum: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        _log.warning("%s=%r is not a number of seconds; using %s", name, raw, default)
-        return default
-    if not math.isfinite(value):  # nan passes every comparison below; inf never sweeps again
-        _log.warning("%s=%r is not a finite number of seconds; using %s", name, raw, default)
-        return default
-    if value < minimum:
-        _log.warning("%s=%s is below the minimum %s; using %s", name, raw, minimum, minimum)
-        return minimum
-    return value
+MIN_INTERVAL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -73,23 +47,22 @@ class GPUConfig:
         dcgm_address: str | None = None,
         sysfs_root: str | None = None,
     ) -> GPUConfig:
-        """Arguments win; unset ones come from the environment, then the defaults."""
-        env = os.environ
-        chosen = (backend or env.get("VISIONTEL_GPU_BACKEND") or "auto").strip().lower()
-        if chosen not in BACKENDS:
-            _log.warning("GPU backend %r is not one of %s; using auto", chosen, ", ".join(BACKENDS))
-            chosen = "auto"
+        """Arguments win (a malformed one raises ValueError); unset ones come from the
+        environment (a malformed variable is logged once and its default used), then the
+        defaults."""
         return cls(
-            backend=chosen,
-            nvml_library=nvml_library or env.get("VISIONTEL_GPU_NVML_LIBRARY") or DEFAULT_LIBRARY,
-            interval=interval
+            backend=check_choice("backend", backend, BACKENDS)
+            if backend is not None
+            else env_choice("VISIONTEL_GPU_BACKEND", "auto", BACKENDS),
+            nvml_library=nvml_library or env_str("VISIONTEL_GPU_NVML_LIBRARY", DEFAULT_LIBRARY),
+            interval=check_float("interval", interval, minimum=MIN_INTERVAL_S)
             if interval is not None
-            else _env_float("VISIONTEL_GPU_INTERVAL", 1.0, 0.05),
+            else env_float("VISIONTEL_GPU_INTERVAL", 1.0, minimum=MIN_INTERVAL_S),
             processes=processes
             if processes is not None
-            else _env_bool("VISIONTEL_GPU_PROCESSES", True),
-            events=events if events is not None else _env_bool("VISIONTEL_GPU_EVENTS", True),
-            proc_root=proc_root or env.get("VISIONTEL_GPU_PROC_ROOT") or "/proc",
-            dcgm_address=dcgm_address or env.get("VISIONTEL_GPU_DCGM_ADDRESS") or "127.0.0.1",
-            sysfs_root=sysfs_root or env.get("VISIONTEL_GPU_SYSFS_ROOT") or "/",
+            else env_bool("VISIONTEL_GPU_PROCESSES", True),
+            events=events if events is not None else env_bool("VISIONTEL_GPU_EVENTS", True),
+            proc_root=proc_root or env_str("VISIONTEL_GPU_PROC_ROOT", "/proc"),
+            dcgm_address=dcgm_address or env_str("VISIONTEL_GPU_DCGM_ADDRESS", "127.0.0.1"),
+            sysfs_root=sysfs_root or env_str("VISIONTEL_GPU_SYSFS_ROOT", "/"),
         )

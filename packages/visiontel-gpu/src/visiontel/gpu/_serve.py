@@ -1,8 +1,9 @@
 """`visiontel-gpu serve`: a standalone GPU exporter for nodes and sidecars.
 
-OTLP settings are the standard ones, read by the exporters themselves
-(OTEL_EXPORTER_OTLP_[METRICS_|LOGS_]ENDPOINT, _HEADERS, _CERTIFICATE, _PROTOCOL,
-OTEL_METRIC_EXPORT_INTERVAL, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES);
+OTLP settings are the standard ones (visiontel._support.otlp: the per-signal protocol wins
+over the general one; the exporters read OTEL_EXPORTER_OTLP_[METRICS_|LOGS_]ENDPOINT,
+_HEADERS, _CERTIFICATE... themselves; OTEL_METRIC_EXPORT_INTERVAL, OTEL_SERVICE_NAME,
+OTEL_RESOURCE_ATTRIBUTES);
 OTEL_METRICS_EXPORTER / OTEL_LOGS_EXPORTER = otlp (default) or none choose whether to push.
 A Prometheus scrape endpoint is opened when a port is given (0: any free port); the startup
 line on stderr names the address it bound. SIGTERM or SIGINT flushes and exits 0.
@@ -19,8 +20,10 @@ import threading
 from types import FrameType
 from typing import Any
 
+from visiontel._support.env import check_float, env_choice, env_list, env_str
+from visiontel._support.otlp import otlp_log_exporter, otlp_metric_exporter
 from visiontel.gpu._backend import BackendUnavailable, open_backend, resource_attributes
-from visiontel.gpu._config import BACKENDS, GPUConfig
+from visiontel.gpu._config import BACKENDS, MIN_INTERVAL_S, GPUConfig
 from visiontel.gpu._events import EventWatcher
 from visiontel.gpu._instruments import register
 from visiontel.gpu._sampler import Sampler
@@ -29,6 +32,7 @@ from visiontel.gpu.version import __version__
 _log = logging.getLogger("visiontel.gpu")
 
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _PORTS = "a port number (0-65535; 0 picks a free one) or off"
 
 
@@ -52,11 +56,23 @@ def _env_port(name: str) -> int | None:
         return None
 
 
+def _interval(raw: str) -> float:
+    """--interval: seconds, at least MIN_INTERVAL_S (the rule GPUConfig applies)."""
+    try:
+        return check_float("--interval", float(raw), minimum=MIN_INTERVAL_S)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"{raw!r} is not a number of seconds >= {MIN_INTERVAL_S}"
+        ) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visiontel-gpu", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="export GPU metrics and events until SIGTERM")
-    serve.add_argument("--interval", type=float, help="seconds between sweeps")
+    serve.add_argument(
+        "--interval", type=_interval, help=f"seconds between sweeps (>= {MIN_INTERVAL_S})"
+    )
     serve.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -72,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--prometheus-host",
-        default=os.environ.get("VISIONTEL_GPU_PROMETHEUS_HOST", "127.0.0.1"),
+        default=env_str("VISIONTEL_GPU_PROMETHEUS_HOST", "127.0.0.1"),
         help="address the Prometheus endpoint binds (0.0.0.0 to be scraped from outside)",
     )
     serve.add_argument("--no-processes", action="store_true", help="no per-process series")
@@ -81,37 +97,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _wants_otlp(variable: str) -> bool:
-    return "otlp" in os.environ.get(variable, "otlp").lower().split(",")
-
-
-def _otlp_protocol(signal_name: str) -> str:
-    specific = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal_name}_PROTOCOL")
-    return (specific or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf").strip()
-
-
-def _metric_exporter() -> Any:
-    if _otlp_protocol("METRICS") == "grpc":
-        try:
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-        except ImportError as exc:
-            raise SystemExit(
-                "OTLP/gRPC needs opentelemetry-exporter-otlp-proto-grpc; install it or set "
-                "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
-            ) from exc
-        return OTLPMetricExporter()
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as Http
-
-    return Http()
-
-
-def _log_exporter() -> Any:
-    if _otlp_protocol("LOGS") == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-
-        return OTLPLogExporter()
-    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as Http
-
-    return Http()
+    return "otlp" in [name.lower() for name in env_list(variable, ["otlp"])]
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -140,7 +126,7 @@ def serve(args: argparse.Namespace) -> int:
 
     readers: list[MetricReader] = []
     if _wants_otlp("OTEL_METRICS_EXPORTER"):
-        readers.append(PeriodicExportingMetricReader(_metric_exporter()))
+        readers.append(PeriodicExportingMetricReader(otlp_metric_exporter()))
     server = None
     scrape_url = ""
     if args.prometheus_port is not None:
@@ -166,7 +152,7 @@ def serve(args: argparse.Namespace) -> int:
     events = None
     if config.events and _wants_otlp("OTEL_LOGS_EXPORTER") and hasattr(backend, "nvml"):
         logger_provider = LoggerProvider(resource=resource)
-        logger_provider.add_log_record_processor(BatchLogRecordProcessor(_log_exporter()))
+        logger_provider.add_log_record_processor(BatchLogRecordProcessor(otlp_log_exporter()))
         events = EventWatcher(backend, logger_provider.get_logger("visiontel.gpu", __version__))  # type: ignore[arg-type]
         if not events.start():
             events = None
@@ -201,7 +187,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("VISIONTEL_GPU_LOG_LEVEL", "INFO").upper())
+    logging.basicConfig(level=env_choice("VISIONTEL_GPU_LOG_LEVEL", "INFO", _LOG_LEVELS))
     args = _parser().parse_args(argv)
     if args.command == "serve":
         try:
@@ -212,5 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                 "pip install 'visiontel-gpu[serve]'",
                 file=sys.stderr,
             )
+            return 2
+        except RuntimeError as exc:  # the OTLP set-up: an exporter package is missing
+            print(f"visiontel-gpu serve: {exc}", file=sys.stderr)
             return 2
     return 2  # pragma: no cover - argparse rejects unknown commands

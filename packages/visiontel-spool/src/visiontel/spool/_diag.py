@@ -18,11 +18,16 @@ from pathlib import Path
 
 from opentelemetry import metrics
 
-logger = logging.getLogger("visiontel.spool")
+from visiontel._support.env import check_float, check_int, env_float, env_int, env_str
+from visiontel._support.errors import reporter
+
+errors = reporter("spool")
+logger = errors.logger
 
 DEFAULT_MAX_BYTES = 256 * 2**20
 MIN_MAX_BYTES = 64 * 2**10
 DEFAULT_MAX_BACKOFF_S = 5.0
+MIN_MAX_BACKOFF_S = 0.05
 LOG_EVERY_S = 60.0
 REASONS = ("full", "corrupt", "rejected")
 
@@ -37,56 +42,35 @@ def default_directory() -> Path:
     """``$XDG_STATE_HOME/visiontel/spool/<service>`` (``~/.local/state`` without it): one
     directory per application, since one process at a time may own a spool."""
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    service = os.environ.get("OTEL_SERVICE_NAME", "").strip() or "default"
+    service = env_str("OTEL_SERVICE_NAME", "default")
     return Path(state) / "visiontel" / "spool" / re.sub(r"[^A-Za-z0-9._-]", "_", service)[:64]
 
 
 def directory_setting(value: str | os.PathLike[str] | None) -> Path:
     if value is not None:
         return Path(value)
-    raw = os.environ.get("VISIONTEL_SPOOL_DIR", "").strip()
+    raw = env_str("VISIONTEL_SPOOL_DIR", "")
     return Path(raw) if raw else default_directory()
 
 
 def max_bytes_setting(value: int | None) -> int:
     if value is not None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < MIN_MAX_BYTES:
-            raise ValueError(f"max_bytes must be an int >= {MIN_MAX_BYTES}, got {value!r}")
-        return value
-    return int(_env_number("VISIONTEL_SPOOL_MAX_BYTES", DEFAULT_MAX_BYTES, MIN_MAX_BYTES, int))
+        return check_int("max_bytes", value, minimum=MIN_MAX_BYTES)
+    return env_int("VISIONTEL_SPOOL_MAX_BYTES", DEFAULT_MAX_BYTES, minimum=MIN_MAX_BYTES)
 
 
 def max_backoff_setting(value: float | None) -> float:
     if value is not None:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ValueError(f"max_backoff must be a number > 0, got {value!r}")
-        return float(value)
-    return _env_number("VISIONTEL_SPOOL_MAX_BACKOFF", DEFAULT_MAX_BACKOFF_S, 0.05, float)
-
-
-def _env_number(name: str, default: float, minimum: float, kind: type[float] | type[int]) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        log_once(name, "%s=%r is not a number; using %s", name, raw, default)
-        return default
-    if not minimum <= value < float("inf"):
-        log_once(name, "%s=%r is below %s; using %s", name, raw, minimum, default)
-        return default
-    return value
+        return check_float("max_backoff", value, minimum=MIN_MAX_BACKOFF_S)
+    return env_float(
+        "VISIONTEL_SPOOL_MAX_BACKOFF", DEFAULT_MAX_BACKOFF_S, minimum=MIN_MAX_BACKOFF_S
+    )
 
 
 # --- logging -------------------------------------------------------------------------------
 def log_once(key: str, message: str, *args: object, level: int = logging.WARNING) -> None:
     """Log ``message`` the first time ``key`` is seen in this process."""
-    with _lock:
-        if key in _last_log:
-            return
-        _last_log[key] = time.monotonic()
-    logger.log(level, message, *args)
+    errors.warn_once(key, message, *args, level=level)
 
 
 # --- losses --------------------------------------------------------------------------------

@@ -22,9 +22,10 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult,
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from visiontel._support.otlp import otlp_protocol
 from visiontel.spool import _diag, _otel_private
 from visiontel.spool._core import SpoolCore
-from visiontel.spool._http import PublicSender, Sender, protocol, timeout_s
+from visiontel.spool._http import PublicSender, Sender, timeout_s
 
 
 class _Spooled:
@@ -47,7 +48,7 @@ class _Spooled:
         backoff = _diag.max_backoff_setting(max_backoff)
         self._core: SpoolCore | None = None
         self._inner: Any = None
-        wanted = protocol(self.signal)
+        wanted = otlp_protocol(self.signal)  # type: ignore[arg-type]
         if wanted == "grpc":
             try:
                 self._inner = make_grpc(**otlp)
@@ -93,7 +94,9 @@ class _Spooled:
         try:
             body = encode(batch)
         except Exception as error:  # a batch the encoder cannot take: the SDK's own case
-            _diag.logger.error("visiontel.spool: cannot encode %s batch: %s", self.signal, error)
+            _diag.errors.report(
+                f"encoding a {self.signal} batch", error, message="the batch is lost"
+            )
             return False
         return core.export(body, items)
 

@@ -18,6 +18,7 @@ from typing import Any
 import requests
 from opentelemetry.util.re import parse_env_headers
 
+from visiontel._support.env import env_float
 from visiontel.spool.version import __version__
 
 
@@ -46,7 +47,10 @@ def outcome_of(status: int | None) -> Outcome:
 
 
 def _env(signal: str, name: str) -> str | None:
-    """OTEL_EXPORTER_OTLP_<SIGNAL>_<NAME>, else OTEL_EXPORTER_OTLP_<NAME> (empty = unset)."""
+    """OTEL_EXPORTER_OTLP_<SIGNAL>_<NAME>, else OTEL_EXPORTER_OTLP_<NAME> (empty = unset).
+
+    Only strings the exporter also uses verbatim (endpoint, headers, compression, files,
+    insecure) are read here: numbers go through visiontel._support.env."""
     for key in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_{name}", f"OTEL_EXPORTER_OTLP_{name}"):
         value = os.environ.get(key, "").strip()
         if value:
@@ -54,19 +58,13 @@ def _env(signal: str, name: str) -> str | None:
     return None
 
 
-def protocol(signal: str) -> str:
-    """The OTLP protocol the environment asks for (default http/protobuf)."""
-    return (_env(signal, "PROTOCOL") or "http/protobuf").lower()
-
-
 def timeout_s(signal: str, value: float | None = None) -> float:
+    """The per-signal timeout variable, else the general one, else 10 s (seconds, as the
+    Python exporters read them); a malformed one is logged once and the next in line used."""
     if value is not None:
         return float(value)
-    raw = _env(signal, "TIMEOUT")
-    try:
-        return float(raw) if raw else DEFAULT_TIMEOUT_S
-    except ValueError:
-        return DEFAULT_TIMEOUT_S
+    general = env_float("OTEL_EXPORTER_OTLP_TIMEOUT", DEFAULT_TIMEOUT_S, minimum=0.0)
+    return env_float(f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT", general, minimum=0.0)
 
 
 class PublicSender:

@@ -37,9 +37,9 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Sequence
-from importlib import metadata
 from typing import Any
 
+from visiontel._support.gate import VersionGate
 from visiontel.spool._http import Outcome, Sender, outcome_of
 
 TESTED = ((1, 30), (1, 45))
@@ -47,45 +47,30 @@ TESTED = ((1, 30), (1, 45))
 
 _logger = logging.getLogger("visiontel.spool")
 _forced: bool | None = None  # tests: None = decide, False = gate shut
-_version_ok: dict[str, bool] = {}  # distribution -> inside TESTED
 HTTP_DIST = "opentelemetry-exporter-otlp-proto-http"
 GRPC_DIST = "opentelemetry-exporter-otlp-proto-grpc"
+_INSTEAD = (
+    "spooled batches are sent by visiontel-spool's own client, configured from the "
+    "OTEL_EXPORTER_OTLP_* variables (a credential provider is not used)"
+)
+_gates = {
+    dist: VersionGate(dist, TESTED, logger=_logger, instead=_INSTEAD)
+    for dist in (HTTP_DIST, GRPC_DIST)
+}
 
 
 def _force(value: bool | None) -> None:
     """Tests only: shut the gate (False) or let it decide again (None)."""
     global _forced
     _forced = value
-    _version_ok.clear()
+    for gate in _gates.values():
+        gate.reset()
 
 
 def gate_open(dist: str = HTTP_DIST) -> bool:
     if _forced is False:
         return False
-    if dist not in _version_ok:
-        _version_ok[dist] = _check_version(dist)
-    return _version_ok[dist]
-
-
-def _check_version(dist: str) -> bool:
-    try:
-        installed = metadata.version(dist)
-        major, minor = (int(part) for part in installed.split(".")[:2])
-    except (metadata.PackageNotFoundError, ValueError):
-        return False
-    low, high = TESTED
-    if low <= (major, minor) <= high:
-        return True
-    _logger.info(
-        "visiontel.spool: %s %s is outside the releases it was checked against (%d.%d to "
-        "%d.%d); spooled batches are sent by visiontel-spool's own client, configured from "
-        "the OTEL_EXPORTER_OTLP_* variables (a credential provider is not used)",
-        dist,
-        installed,
-        *low,
-        *high,
-    )
-    return False
+    return _gates[dist].is_open()
 
 
 def private_sender(exporter: Any) -> Sender | None:

@@ -1,8 +1,10 @@
 """Configuration of visiontel-torch: arguments win, ``VISIONTEL_TORCH_*`` variables are defaults.
 
-Environment variables are read when the instrumentor starts. A malformed value never stops
-the application: it is reported once (naming the variable, the value and what is accepted)
-and the built-in default is used. Explicit arguments are validated strictly (``ValueError``).
+Environment variables are read when the instrumentor starts, through the workspace's one
+parser (``visiontel._support.env``): a malformed value (out of range included) never stops
+the application; it is logged once (naming the variable, the value, what is accepted and
+the default) and the default is used. Explicit arguments are validated strictly
+(``ValueError``; ``TypeError`` for a wrong type).
 """
 
 from __future__ import annotations
@@ -12,6 +14,16 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from visiontel._support.env import (
+    check_choice,
+    check_int,
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+)
 from visiontel.torch._safety import warn_once
 
 ENV_GRANULARITY = "VISIONTEL_TORCH_GRANULARITY"
@@ -26,8 +38,9 @@ ENV_AUTO_DISCOVER = "VISIONTEL_TORCH_AUTO_DISCOVER"
 ENV_GPU_TIMEOUT = "VISIONTEL_TORCH_GPU_TIMEOUT"
 
 _MAX_PATTERN_COUNT = 64
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+_MAX_TEXT = 128
+# A GPU timeout must be positive; a millisecond is the shortest that means anything.
+_MIN_GPU_TIMEOUT_S = 0.001
 
 
 class Granularity(str, enum.Enum):
@@ -44,11 +57,7 @@ class Granularity(str, enum.Enum):
     def parse(cls, value: str | Granularity) -> Granularity:
         if isinstance(value, Granularity):
             return value
-        try:
-            return cls(value.strip().lower())
-        except ValueError:
-            choices = ", ".join(g.value for g in cls)
-            raise ValueError(f"granularity must be one of {choices}; got {value!r}") from None
+        return cls(check_choice("granularity", value, [g.value for g in cls]))
 
 
 @dataclass(frozen=True)
@@ -74,12 +83,11 @@ class TorchConfig:
         for name in ("include", "exclude"):
             if name in clean:
                 clean[name] = _patterns(clean[name], name)
-        depth = clean.get("layer_depth")
-        if depth is not None and (not isinstance(depth, int) or depth < 1):
-            raise ValueError(f"layer_depth must be a positive integer or None; got {depth!r}")
-        budget = clean.get("max_layer_spans")
-        if budget is not None and (not isinstance(budget, int) or budget < 0):
-            raise ValueError(f"max_layer_spans must be an integer >= 0; got {budget!r}")
+        if "layer_depth" in clean:
+            clean["layer_depth"] = check_int("layer_depth", clean["layer_depth"], minimum=1)
+        if "max_layer_spans" in clean:
+            budget = clean["max_layer_spans"]
+            clean["max_layer_spans"] = check_int("max_layer_spans", budget, minimum=0)
         return replace(self, **clean)  # type: ignore[arg-type]
 
 
@@ -93,49 +101,8 @@ def _patterns(value: object, name: str) -> tuple[str, ...]:
     return tuple(v for v in value if v)
 
 
-def _env_int(env: Mapping[str, str], name: str, default: int | None, minimum: int) -> int | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        warn_once(name, "%s=%r is not an integer >= %d; using %r", name, raw[:64], minimum, default)
-        return default
-    return value
-
-
-def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0 or value == float("inf"):
-        warn_once(name, "%s=%r is not a positive number; using %r", name, raw[:64], default)
-        return default
-    return value
-
-
-def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    warn_once(name, "%s=%r is not true/false; using %r", name, raw[:64], default)
-    return default
-
-
 def _env_patterns(env: Mapping[str, str], name: str) -> tuple[str, ...]:
-    raw = env.get(name, "")
-    items = tuple(p.strip() for p in raw.split(",") if p.strip())
+    items = tuple(env_list(name, environ=env))
     if len(items) > _MAX_PATTERN_COUNT:
         warn_once(
             name, "%s has more than %d patterns; extra ones ignored", name, _MAX_PATTERN_COUNT
@@ -145,30 +112,31 @@ def _env_patterns(env: Mapping[str, str], name: str) -> tuple[str, ...]:
 
 
 def _env_text(env: Mapping[str, str], name: str) -> str | None:
-    raw = env.get(name, "").strip()
-    return raw[:128] or None
+    return env_str(name, "", environ=env)[:_MAX_TEXT] or None
 
 
 def config_from_env(env: Mapping[str, str] | None = None) -> TorchConfig:
     """Defaults from ``VISIONTEL_TORCH_*`` variables; never raises."""
     env = os.environ if env is None else env
     defaults = TorchConfig()
-    raw_granularity = env.get(ENV_GRANULARITY, "").strip()
-    granularity = defaults.granularity
-    if raw_granularity:
-        try:
-            granularity = Granularity.parse(raw_granularity)
-        except ValueError as exc:
-            warn_once(ENV_GRANULARITY, "%s: %s; using %r", ENV_GRANULARITY, exc, granularity.value)
+    granularity = env_choice(
+        ENV_GRANULARITY, defaults.granularity.value, [g.value for g in Granularity], environ=env
+    )
+    # No depth limit is the default; 0 stands for it here (a value given must be >= 1).
+    depth = env_int(ENV_LAYER_DEPTH, 0, minimum=1, environ=env)
     return TorchConfig(
-        granularity=granularity,
-        layer_depth=_env_int(env, ENV_LAYER_DEPTH, None, 1),
+        granularity=Granularity(granularity),
+        layer_depth=depth or None,
         include=_env_patterns(env, ENV_INCLUDE),
         exclude=_env_patterns(env, ENV_EXCLUDE),
-        max_layer_spans=_env_int(env, ENV_MAX_LAYER_SPANS, defaults.max_layer_spans, 0) or 0,
-        capture_shapes=_env_bool(env, ENV_CAPTURE_SHAPES, defaults.capture_shapes),
+        max_layer_spans=env_int(
+            ENV_MAX_LAYER_SPANS, defaults.max_layer_spans, minimum=0, environ=env
+        ),
+        capture_shapes=env_bool(ENV_CAPTURE_SHAPES, defaults.capture_shapes, environ=env),
         model_name=_env_text(env, ENV_MODEL_NAME),
         model_version=_env_text(env, ENV_MODEL_VERSION),
-        auto_discover=_env_bool(env, ENV_AUTO_DISCOVER, defaults.auto_discover),
-        gpu_timeout_s=_env_float(env, ENV_GPU_TIMEOUT, defaults.gpu_timeout_s),
+        auto_discover=env_bool(ENV_AUTO_DISCOVER, defaults.auto_discover, environ=env),
+        gpu_timeout_s=env_float(
+            ENV_GPU_TIMEOUT, defaults.gpu_timeout_s, minimum=_MIN_GPU_TIMEOUT_S, environ=env
+        ),
     )

@@ -27,12 +27,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
-from importlib import metadata
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext, TraceFlags, TraceState
 
+from visiontel._support.gate import VersionGate
 from visiontel.torch.version import SCHEMA_URL, __version__
 
 TESTED_SDK = ((1, 30), (1, 45))
@@ -42,9 +42,14 @@ SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 """The first and last opentelemetry-sdk (major, minor) the test matrix covers."""
 
 _logger = logging.getLogger("visiontel.torch")
-_lock = threading.Lock()
-_version_ok: bool | None = None
 _forced_public = False  # tests: every gate shut, the public API everywhere
+_sdk_gate = VersionGate(
+    "opentelemetry-sdk",
+    TESTED_SDK,
+    logger=_logger,
+    instead="its spans go through the public OpenTelemetry API, which is correct but slower. "
+    "A visiontel-torch release that covers it restores the fast path.",
+)
 
 
 def _use_public_api(force: bool) -> None:
@@ -55,38 +60,12 @@ def _use_public_api(force: bool) -> None:
 
 def sdk_version_supported() -> bool:
     """Whether the installed SDK is one the fast paths were tested on (logged once if not)."""
-    global _version_ok
-    if _version_ok is None:
-        with _lock:
-            if _version_ok is None:
-                _version_ok = _check_version()
-    return _version_ok
+    return _sdk_gate.is_open()
 
 
 def _reset_version_check() -> None:
     """Tests only: check the installed version again."""
-    global _version_ok
-    _version_ok = None
-
-
-def _check_version() -> bool:
-    try:
-        installed = metadata.version("opentelemetry-sdk")
-        major, minor = (int(part) for part in installed.split(".")[:2])
-    except (metadata.PackageNotFoundError, ValueError):
-        return False
-    low, high = TESTED_SDK
-    if low <= (major, minor) <= high:
-        return True
-    _logger.info(
-        "visiontel.torch: opentelemetry-sdk %s is outside the releases it was tested with "
-        "(%d.%d to %d.%d); its spans go through the public OpenTelemetry API, which is "
-        "correct but slower. A visiontel-torch release that covers it restores the fast path.",
-        installed,
-        *low,
-        *high,
-    )
-    return False
+    _sdk_gate.reset()
 
 
 def fast_path_for(provider: Any, scope: tuple[str, str, str] = TORCH_SCOPE) -> FastPath | None:

@@ -8,11 +8,11 @@ spans will be lost, we log one warning naming the settings that fit.
 
 from __future__ import annotations
 
-import os
 import time
 
 from opentelemetry import trace
 
+from visiontel._support.env import env_int
 from visiontel.torch._otel_private import batch_queue_fill
 from visiontel.torch._safety import warn_once
 
@@ -44,7 +44,8 @@ class VolumeWatch:
             return
         provider = self._tracer_provider or trace.get_tracer_provider()
         queue_size, queue_capacity = batch_queue_fill(provider)
-        capacity = queue_capacity or _env_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
+        # The SDK's own default when the processor does not tell (not a BatchSpanProcessor).
+        capacity = queue_capacity or env_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048, minimum=1)
         filling = queue_capacity and queue_size >= _QUEUE_FILL_WARNING * queue_capacity
         outrunning = self.last_rate * _EXPORT_STALL_S > capacity
         if filling or outrunning:
@@ -59,10 +60,3 @@ class VolumeWatch:
                 capacity,
                 suggested,
             )
-
-
-def _env_int(name: str, default: int) -> int:
-    try:
-        return max(1, int(os.environ.get(name, default)))
-    except ValueError:
-        return default

@@ -1,8 +1,9 @@
 """Configuration: explicit arguments win, ``VISIONTEL_ULTRALYTICS_*`` variables are defaults.
 
-The variables are parsed by visiontel-torch's parser, so a malformed value behaves the same
-in every visiontel package: it is reported once (variable, value, what is accepted) and the
-default is used; the application is never stopped by a typo.
+The variables are parsed by the workspace's one parser (``visiontel._support.env``), so a
+malformed value behaves the same in every visiontel package: it is logged once (variable,
+value, what is accepted, the default) and the default is used, out of range included; the
+application is never stopped by a typo. A malformed argument raises.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from visiontel.torch._config import _env_bool, _env_int, _env_patterns, _env_text
+from visiontel._support.env import check_int, env_bool, env_int
+from visiontel.torch._config import _env_patterns, _env_text
 
 ENV_MODEL_NAME = "VISIONTEL_ULTRALYTICS_MODEL_NAME"
 ENV_MODEL_VERSION = "VISIONTEL_ULTRALYTICS_MODEL_VERSION"
@@ -24,6 +26,7 @@ ENV_SYNC_FREE_PROFILE = "VISIONTEL_ULTRALYTICS_SYNC_FREE_PROFILE"
 ENV_TRITON_HEADERS = "VISIONTEL_ULTRALYTICS_TRITON_HEADERS"
 
 _MAX_TOP_CLASSES = 256
+_MAX_CONFIDENCES = 100_000
 
 
 @dataclass(frozen=True)
@@ -45,15 +48,12 @@ class UltralyticsConfig:
     def with_overrides(self, **overrides: object) -> UltralyticsConfig:
         """A copy with explicit arguments applied; ``None`` keeps the default."""
         clean = {k: v for k, v in overrides.items() if v is not None}
-        for name, low, high in (
-            ("top_classes", 0, _MAX_TOP_CLASSES),
-            ("max_confidences", 0, 100_000),
+        for name, high in (
+            ("top_classes", _MAX_TOP_CLASSES),
+            ("max_confidences", _MAX_CONFIDENCES),
         ):
-            value = clean.get(name)
-            if value is not None and (
-                not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high
-            ):
-                raise ValueError(f"{name} must be an integer from {low} to {high}; got {value!r}")
+            if name in clean:
+                clean[name] = check_int(name, clean[name], minimum=0, maximum=high)
         if "classes" in clean:
             clean["classes"] = _class_names(clean["classes"])
         for name in ("model_name", "model_version"):
@@ -77,15 +77,22 @@ def config_from_env(env: Mapping[str, str] | None = None) -> UltralyticsConfig:
     """Defaults from ``VISIONTEL_ULTRALYTICS_*`` variables; never raises."""
     env = os.environ if env is None else env
     defaults = UltralyticsConfig()
-    top = _env_int(env, ENV_TOP_CLASSES, defaults.top_classes, 0)
     return UltralyticsConfig(
         model_name=_env_text(env, ENV_MODEL_NAME),
         model_version=_env_text(env, ENV_MODEL_VERSION),
-        top_classes=min(top if top is not None else defaults.top_classes, _MAX_TOP_CLASSES),
+        top_classes=env_int(
+            ENV_TOP_CLASSES, defaults.top_classes, minimum=0, maximum=_MAX_TOP_CLASSES, environ=env
+        ),
         classes=_env_patterns(env, ENV_CLASSES)[:_MAX_TOP_CLASSES],
-        class_metrics=_env_bool(env, ENV_CLASS_METRICS, defaults.class_metrics),
-        max_confidences=_env_int(env, ENV_MAX_CONFIDENCES, defaults.max_confidences, 0) or 0,
-        torch_spans=_env_bool(env, ENV_TORCH_SPANS, defaults.torch_spans),
-        sync_free_profile=_env_bool(env, ENV_SYNC_FREE_PROFILE, defaults.sync_free_profile),
-        triton_headers=_env_bool(env, ENV_TRITON_HEADERS, defaults.triton_headers),
+        class_metrics=env_bool(ENV_CLASS_METRICS, defaults.class_metrics, environ=env),
+        max_confidences=env_int(
+            ENV_MAX_CONFIDENCES,
+            defaults.max_confidences,
+            minimum=0,
+            maximum=_MAX_CONFIDENCES,
+            environ=env,
+        ),
+        torch_spans=env_bool(ENV_TORCH_SPANS, defaults.torch_spans, environ=env),
+        sync_free_profile=env_bool(ENV_SYNC_FREE_PROFILE, defaults.sync_free_profile, environ=env),
+        triton_headers=env_bool(ENV_TRITON_HEADERS, defaults.triton_headers, environ=env),
     )

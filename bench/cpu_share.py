@@ -39,9 +39,6 @@ _TELEMETRY = (
     "/visiontel/torch/",
     "/visiontel/propagation/",
     "/visiontel/gpu/",
-    "/visiontel/demo/_otlpjson",
-    "/visiontel/demo/_spanjson",
-    "/visiontel/demo/_logjson",
     "/google/protobuf/",
 )
 _MODEL = ("/torch/", "/torchvision/")

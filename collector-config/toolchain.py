@@ -344,10 +344,17 @@ TOOLS = {
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] not in TOOLS:
-        print(f"usage: toolchain.py {{{','.join(TOOLS)}}}", file=sys.stderr)
-        return 2
-    print(TOOLS[argv[0]]())
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="toolchain.py",
+        description="Build or fetch one binary the collector recipes are tested with, cache it "
+        "under ~/.cache/visiontel/ (or $VISIONTEL_CACHE_DIR) and print its path on stdout "
+        "(progress goes to stderr). A second call finds the cache and returns at once.",
+    )
+    parser.add_argument("tool", choices=list(TOOLS), help="what to obtain")
+    args = parser.parse_args(argv)  # a bad or missing tool: usage and exit code 2
+    print(TOOLS[args.tool]())
     return 0
 
 

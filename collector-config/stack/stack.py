@@ -526,9 +526,18 @@ class Stack:
 
 
 def main(argv: list[str]) -> int:
-    if argv != ["up"]:
-        print(__doc__, file=sys.stderr)
-        return 2
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="stack.py",
+        description="A local observability stack on loopback: otelcol-visiontel (local.yaml), "
+        "Jaeger, Prometheus, Zipkin and VictoriaLogs. The binaries come from VISIONTEL_OTELCOL, "
+        "VISIONTEL_JAEGER, VISIONTEL_PROMETHEUS, VISIONTEL_ZIPKIN and VISIONTEL_VICTORIALOGS "
+        "(`nox -s stack -- up` sets them from collector-config/toolchain.py).",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands.add_parser("up", help="start the stack, print its endpoints, stop on Ctrl-C")
+    parser.parse_args(argv)  # a bad or missing command: usage and exit code 2
     with tempfile.TemporaryDirectory(prefix="visiontel-stack-") as work:
         stack = Stack(pathlib.Path(work)).start()
         print(

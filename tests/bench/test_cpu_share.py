@@ -37,7 +37,14 @@ ENCODE = f"_Printer._FieldToJsonObject ({SITE}/google/protobuf/json_format.py:31
         ),
         ([RUN, "Queue.get (/usr/lib/python3.11/queue.py:180)"], "other"),  # running, not blocked
         ([RUN, "Queue.get (/usr/lib/python3.11/queue.py:171)", WAIT], "waiting"),
-        (["FileSpanExporter.export (/src/visiontel/demo/_otlpjson.py:98)", ENCODE], "telemetry"),
+        (
+            [
+                "FileSpanExporter.export "
+                "(x/opentelemetry/exporter/otlp/json/file/trace_exporter.py:60)",
+                ENCODE,
+            ],
+            "telemetry",
+        ),
     ],
 )
 def test_classify(stack: list[str], kind: str) -> None:

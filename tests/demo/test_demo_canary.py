@@ -137,8 +137,6 @@ def test_canary_report_catches_an_overdetecting_canary(tmp_path: pathlib.Path) -
     [
         (("--canary-version", "2", "--canary-fault", "bogus"), {},
          ("'bogus'", "overdetect", "slow")),
-        (("--canary-version", "2"), {"VISIONTEL_DEMO_CANARY_FAULT": "fast"},
-         ("VISIONTEL_DEMO_CANARY_FAULT", "'fast'")),
         (("--canary-fault", "slow"), {}, ("--canary-version",)),
         (("--canary-version", "2", "--canary-fault", "slow", "--model", "yolov8n"), {},
          ("tinydet", "yolov8n")),

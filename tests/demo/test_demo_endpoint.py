@@ -39,14 +39,24 @@ class _Receiver(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def collector() -> Iterator[ThreadingHTTPServer]:
+def _receiver() -> Iterator[ThreadingHTTPServer]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     server.received = []  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
     server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def collector() -> Iterator[ThreadingHTTPServer]:
+    yield from _receiver()
+
+
+@pytest.fixture
+def traces_collector() -> Iterator[ThreadingHTTPServer]:
+    yield from _receiver()
 
 
 def test_ships_otlp_to_the_endpoint(collector: ThreadingHTTPServer, tmp_path: pathlib.Path) -> None:
@@ -97,3 +107,29 @@ def test_ships_otlp_to_the_endpoint(collector: ThreadingHTTPServer, tmp_path: pa
         for record in scope.log_records
     ]
     assert sum(r.body.string_value.startswith("frame ") for r in logs) == FRAMES
+
+
+def test_a_per_signal_endpoint_takes_that_signal_elsewhere(
+    collector: ThreadingHTTPServer, traces_collector: ThreadingHTTPServer, tmp_path: pathlib.Path
+) -> None:
+    # The services' exporters (visiontel._support.otlp) leave OTEL_EXPORTER_OTLP_* to the
+    # upstream exporters: a per-signal endpoint wins over the general one for its signal.
+    env = clean_env()
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{collector.server_address[1]}"
+    env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = (
+        f"http://127.0.0.1:{traces_collector.server_address[1]}/custom/traces"
+    )
+    result = run_visiontel("demo", "--frames", "5", "--fps", "0", cwd=tmp_path, env=env)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    general = {path for path, _ in collector.received}  # type: ignore[attr-defined]
+    assert general == {"/v1/metrics", "/v1/logs"}
+    traced = [body for path, body in traces_collector.received]  # type: ignore[attr-defined]
+    assert {path for path, _ in traces_collector.received} == {"/custom/traces"}  # type: ignore[attr-defined]
+    names = {
+        span.name
+        for body in traced
+        for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+        for scope in rs.scope_spans
+        for span in scope.spans
+    }
+    assert "capture" in names and "track" in names

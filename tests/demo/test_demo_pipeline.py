@@ -168,3 +168,27 @@ def test_logs_join_their_frame_traces(run_dir: pathlib.Path) -> None:
     assert {r["traceId"] for r in per_frame} == traces
     detector_logs = (run_dir / "detector" / "logs.jsonl").read_text()
     assert "serving tinydet" in detector_logs
+
+
+def test_files_are_what_the_upstream_otlp_json_file_exporter_writes(run_dir: pathlib.Path) -> None:
+    # Decoded and re-encoded by the upstream OTLP/JSON codec (what
+    # opentelemetry-exporter-otlp-json-file writes with), every line comes back key for key.
+    from opentelemetry.proto_json.collector.logs.v1.logs_service import ExportLogsServiceRequest
+    from opentelemetry.proto_json.collector.metrics.v1.metrics_service import (
+        ExportMetricsServiceRequest,
+    )
+    from opentelemetry.proto_json.collector.trace.v1.trace_service import (
+        ExportTraceServiceRequest,
+    )
+
+    decoders = {
+        "traces": ExportTraceServiceRequest,
+        "metrics": ExportMetricsServiceRequest,
+        "logs": ExportLogsServiceRequest,
+    }
+    for service in SERVICES:
+        for signal, decoder in decoders.items():
+            lines = _lines(run_dir / service / f"{signal}.jsonl")
+            assert lines, (service, signal)
+            for line in lines:
+                assert decoder.from_dict(line).to_dict() == line, (service, signal)

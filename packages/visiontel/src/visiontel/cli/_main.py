@@ -14,7 +14,15 @@ from collections.abc import Sequence
 from visiontel.cli.version import __version__
 
 _DISTRIBUTIONS = ("visiontel", "visiontel-torch", "visiontel-gpu", "visiontel-propagation")
-_DEMO_MODULES = ("grpc", "numpy", "torch", "opentelemetry.sdk", "opentelemetry.exporter.otlp")
+_DEMO_MODULES = (
+    "grpc",
+    "numpy",
+    "torch",
+    "opentelemetry.sdk",
+    "opentelemetry.exporter.otlp",
+    "opentelemetry.exporter.otlp.json.file",
+    "opentelemetry.instrumentation.logging",
+)
 
 
 def _versions() -> str:
@@ -64,13 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from visiontel.demo._errors import DemoError
 
     try:
-        args = _parser().parse_args(argv)
+        parser = _parser()
+        args = parser.parse_args(argv)
         if args.command == "versions":
             print(_versions())
             return 0
         if args.command != "demo":
-            _parser().print_help()
-            return 2
+            parser.error("give a command: demo (the instrumented pipeline) or versions")
         missing = _missing_demo_modules()
         if missing:
             print(

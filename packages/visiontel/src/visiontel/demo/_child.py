@@ -20,7 +20,7 @@ from types import FrameType
 
 from visiontel.demo._config import DemoConfig
 from visiontel.demo._errors import DemoError, port_in_use
-from visiontel.demo._telemetry import setup
+from visiontel.demo._telemetry import Telemetry, setup
 
 _print_lock = threading.Lock()
 _first_frame_cpu: float | None = None
@@ -75,8 +75,10 @@ def main(argv: list[str]) -> int:
     # Ctrl-C reaches every process of the terminal's group: only the source acts on it
     # (it ends the stream); the others finish the frames already sent, then exit.
     signal.signal(signal.SIGINT, _on_signal if role == "source" else signal.SIG_IGN)
-    telemetry = setup(role, config.run_id, config.run_path, enabled=config.telemetry)
+    telemetry = Telemetry()
     try:
+        # Inside the try: a set-up problem (an exporter package missing) is an ERROR line.
+        telemetry = setup(role, config.run_id, config.run_path, enabled=config.telemetry)
         if role == "source":
             from visiontel.demo._source import run
         elif role == "detector":

@@ -1,20 +1,24 @@
-"""Settings of one demo run: flags, with ``VISIONTEL_DEMO_*`` variables as their defaults."""
+"""Settings of one demo run: flags, with ``VISIONTEL_DEMO_*`` variables as their defaults.
+
+The two follow visiontel's one policy (``visiontel._support.env``): a malformed flag stops
+the run with a line saying what to pass; a malformed variable (not a number, out of range,
+not one of the choices) is logged once and its default used. A well-formed value that names
+something that is not there (a model, a file, a camera) fails the same way from either.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import os
+import logging
 import pathlib
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
+from visiontel._support.env import env_bool, env_choice, env_float, env_int, env_str
 from visiontel.demo._errors import UsageError
 
-T = TypeVar("T")
 MODELS = ("tinydet", "ssdlite")
 """The demo's own detectors (built in ``visiontel.demo._zoo``); any other ``--model`` is an
 Ultralytics one (``visiontel.demo._yolo``)."""
@@ -22,6 +26,7 @@ Ultralytics one (``visiontel.demo._yolo``)."""
 # check looks the yaml itself up. A model loaded with --weights may be named anything.
 _YOLO_NAME = re.compile(r"yolo[a-z0-9-]*")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_DEVICES = ("auto", "cpu", "cuda")
 FAULTS = {
     "overdetect": "the canary keeps low-score boxes: several times the detections per image",
     "slow": "the canary's forward takes 40 ms longer",
@@ -50,6 +55,7 @@ class DemoConfig:
     telemetry: bool = True
     device: str = "auto"
     threads: int = 1
+    drop_every: int = 0
     # Filled in by the launcher, not flags.
     run_id: str = ""
     run_dir: str = ""
@@ -77,30 +83,6 @@ class DemoConfig:
         return pathlib.Path(self.run_dir)
 
 
-def _env(name: str, cast: Callable[[str], T], default: T) -> T:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return cast(raw)
-    except ValueError:
-        raise UsageError(
-            f"{name}={raw!r} is not valid: unset it or give a {cast.__name__}"
-        ) from None
-
-
-def _bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(raw)
-
-
-_bool.__name__ = "boolean (true/false)"
-
-
 def _size(raw: str) -> tuple[int, int]:
     width, _, height = raw.lower().partition("x")
     size = int(width), int(height)
@@ -112,6 +94,31 @@ def _size(raw: str) -> tuple[int, int]:
 _size.__name__ = "size WIDTHxHEIGHT (16..7680 x 16..4320)"
 
 
+def _env_size(name: str, default: tuple[int, int]) -> tuple[int, int]:
+    """``WxH`` from ``name``: malformed, it is logged and ``default`` used (the env policy)."""
+    raw = env_str(name, "")
+    if not raw:
+        return default
+    try:
+        return _size(raw)
+    except ValueError:
+        # env_choice/env_int cannot read a size; say it the way visiontel._support.env does.
+        logging.getLogger("visiontel").warning(
+            "%s=%r is not a %s; using the default %dx%d", name, raw[:64], _size.__name__, *default
+        )
+        return default
+
+
+def _env_optional(name: str) -> str | None:
+    return env_str(name, "") or None
+
+
+def _env_fault() -> str | None:
+    # "none" is listed so that the warning for a bad value names every accepted one.
+    fault = env_choice("VISIONTEL_DEMO_CANARY_FAULT", "none", ("none", *FAULTS))
+    return None if fault == "none" else fault
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``visiontel demo`` flags; each default comes from its variable."""
     d = DemoConfig()
@@ -119,33 +126,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--frames",
         type=int,
-        default=_env("VISIONTEL_DEMO_FRAMES", int, d.frames),
+        default=env_int("VISIONTEL_DEMO_FRAMES", d.frames, minimum=0),
         help="frames to process; 0 = until the source ends or Ctrl-C (default %(default)s)",
     )
     add(
         "--source",
-        default=_env("VISIONTEL_DEMO_SOURCE", str, d.source),
+        default=env_str("VISIONTEL_DEMO_SOURCE", d.source),
         help="'synthetic', a video file, a folder of images, or an rtsp:// URL "
         "(default %(default)s)",
     )
+    size = _env_size("VISIONTEL_DEMO_SIZE", (d.width, d.height))
     add(
         "--size",
         type=_size,
-        default=_env("VISIONTEL_DEMO_SIZE", _size, (d.width, d.height)),
+        default=size,
         metavar="WxH",
-        help="size of synthetic frames (default 320x240)",
+        help=f"size of synthetic frames (default {size[0]}x{size[1]})",
     )
     add(
         "--fps",
         type=float,
-        default=_env("VISIONTEL_DEMO_FPS", float, d.fps),
+        default=env_float("VISIONTEL_DEMO_FPS", d.fps, minimum=0.0),
         help="frames per second the source sends; 0 = as fast as the pipeline takes them "
         "(default %(default)s)",
     )
     add(
         "--model",
         # None: tinydet, or with --weights the checkpoint's name (from_arguments decides).
-        default=_env("VISIONTEL_DEMO_MODEL", str, None),
+        default=_env_optional("VISIONTEL_DEMO_MODEL"),
         help="detector: the demo's own 'tinydet', torchvision's 'ssdlite' (SSDlite320 "
         "MobileNetV3, needs visiontel[torchvision]), or an Ultralytics YOLO model built from "
         "the yaml Ultralytics ships, e.g. 'yolov8n', 'yolov8s', 'yolo11n' (random weights, "
@@ -154,30 +162,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--weights",
-        default=_env("VISIONTEL_DEMO_WEIGHTS", str, None),
+        default=_env_optional("VISIONTEL_DEMO_WEIGHTS"),
         metavar="PATH",
         help="an Ultralytics checkpoint (e.g. yolov8n.pt) for the detector instead of "
         "random weights; --model then names it (default: none)",
     )
     add(
         "--model-version",
-        default=_env("VISIONTEL_DEMO_MODEL_VERSION", str, d.model_version),
+        default=env_str("VISIONTEL_DEMO_MODEL_VERSION", d.model_version),
         help="version of the stable model (default %(default)s)",
     )
     add(
         "--canary-version",
-        default=_env("VISIONTEL_DEMO_CANARY_VERSION", str, None),
+        default=_env_optional("VISIONTEL_DEMO_CANARY_VERSION"),
         help="run a second model version side by side (off by default)",
     )
     add(
         "--canary-fraction",
         type=float,
-        default=_env("VISIONTEL_DEMO_CANARY_FRACTION", float, d.canary_fraction),
+        default=env_float(
+            "VISIONTEL_DEMO_CANARY_FRACTION", d.canary_fraction, minimum=0.0, maximum=1.0
+        ),
         help="share of frames the canary model gets (default %(default)s)",
     )
     add(
         "--canary-fault",
-        default=_env("VISIONTEL_DEMO_CANARY_FAULT", str, None),
+        default=_env_fault(),
         metavar="FAULT",
         help="break the canary model on purpose, to see the canary gates catch it: "
         "'overdetect' (many more detections per image) or 'slow' (40 ms more per forward) "
@@ -185,50 +195,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--output",
-        default=_env("VISIONTEL_DEMO_OUTPUT", str, d.output),
+        default=env_str("VISIONTEL_DEMO_OUTPUT", d.output),
         help="folder for the OTLP JSON files when no endpoint is set (default %(default)s)",
     )
     add(
         "--otlp-endpoint",
-        default=_env("OTEL_EXPORTER_OTLP_ENDPOINT", str, None),
+        default=_env_optional("OTEL_EXPORTER_OTLP_ENDPOINT"),
         help="send OTLP here instead of writing files (default $OTEL_EXPORTER_OTLP_ENDPOINT)",
     )
     add(
         "--stack",
         action="store_true",
-        default=_env("VISIONTEL_DEMO_STACK", _bool, False),
+        default=env_bool("VISIONTEL_DEMO_STACK", False),
         help="send to the local collector stack of collector-config/",
     )
     add(
         "--detector-port",
         type=int,
-        default=_env("VISIONTEL_DEMO_DETECTOR_PORT", int, 0),
+        default=env_int("VISIONTEL_DEMO_DETECTOR_PORT", 0, minimum=0, maximum=65535),
         help="gRPC port of the detector on 127.0.0.1; 0 = a free one (default)",
     )
     add(
         "--sink-port",
         type=int,
-        default=_env("VISIONTEL_DEMO_SINK_PORT", int, 0),
+        default=env_int("VISIONTEL_DEMO_SINK_PORT", 0, minimum=0, maximum=65535),
         help="gRPC port of the tracker on 127.0.0.1; 0 = a free one (default)",
     )
     add(
         "--no-telemetry",
         dest="telemetry",
         action="store_false",
-        default=_env("VISIONTEL_DEMO_TELEMETRY", _bool, True),
+        default=env_bool("VISIONTEL_DEMO_TELEMETRY", True),
         help="run the same pipeline with every instrumentation off (the benchmark baseline)",
     )
     add(
         "--device",
-        default=_env("VISIONTEL_DEMO_DEVICE", str, d.device),
-        choices=("auto", "cpu", "cuda"),
+        default=env_choice("VISIONTEL_DEMO_DEVICE", d.device, _DEVICES),
+        choices=_DEVICES,
         help="where the detector runs (default %(default)s)",
     )
     add(
         "--threads",
         type=int,
-        default=_env("VISIONTEL_DEMO_THREADS", int, d.threads),
+        default=env_int("VISIONTEL_DEMO_THREADS", d.threads, minimum=0),
         help="torch CPU threads in the detector; 0 = torch's choice (default %(default)s)",
+    )
+    add(
+        "--drop-every",
+        type=int,
+        default=env_int("VISIONTEL_DEMO_DROP_EVERY", d.drop_every, minimum=0),
+        metavar="N",
+        help="the source skips every N-th sequence number, as a camera that loses frames "
+        "would; the closing report shows them lost at the detector and the tracker "
+        "(default %(default)s: none)",
     )
 
 
@@ -241,7 +260,7 @@ def from_arguments(args: argparse.Namespace) -> DemoConfig:
         canary_fault=args.canary_fault or None, output=args.output,
         otlp_endpoint=args.otlp_endpoint or None, stack=args.stack,
         detector_port=args.detector_port, sink_port=args.sink_port, telemetry=args.telemetry,
-        device=args.device, threads=args.threads,
+        device=args.device, threads=args.threads, drop_every=args.drop_every,
     )  # fmt: skip
     _validate(config)
     return config
@@ -274,6 +293,11 @@ def _validate(config: DemoConfig) -> None:
     _validate_model(config)
     if config.threads < 0:
         raise UsageError("--threads must be 0 (torch's choice) or more")
+    if config.drop_every < 0 or config.drop_every == 1:
+        raise UsageError(
+            "--drop-every must be 0 (drop nothing) or 2 or more (1 would drop every frame), "
+            "e.g. --drop-every 10"
+        )
 
 
 def _validate_fault(config: DemoConfig) -> None:
@@ -283,8 +307,7 @@ def _validate_fault(config: DemoConfig) -> None:
     if fault not in FAULTS:
         choices = "; ".join(f"{name} ({effect})" for name, effect in FAULTS.items())
         raise UsageError(
-            f"--canary-fault / VISIONTEL_DEMO_CANARY_FAULT {fault!r} is not a fault: pick one of "
-            f"{choices}, or leave it out"
+            f"--canary-fault {fault!r} is not a fault: pick one of {choices}, or leave it out"
         )
     if config.canary_version is None:
         raise UsageError(

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from visiontel.demo._net import probe, redact_url
+from visiontel._support.redact import redact_url
+from visiontel.demo._net import probe
 
 Image = npt.NDArray[np.uint8]
 SYNTHETIC = "synthetic"

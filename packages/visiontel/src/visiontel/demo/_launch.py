@@ -14,10 +14,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import IO, TextIO
 
+from visiontel._support.redact import redact_url
 from visiontel.demo import _canary, _preflight, _report, _stack, _zoo
 from visiontel.demo._config import DemoConfig
 from visiontel.demo._errors import DemoError, UsageError
-from visiontel.demo._frames import describe, redact_url
+from visiontel.demo._frames import describe
 from visiontel.demo._telemetry import SERVICE_NAMES
 
 ROLES = ("sink", "detector", "source")
@@ -96,9 +97,21 @@ class Pipeline:
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         if self.config.otlp_endpoint:
+            # The services' exporters (visiontel._support.otlp) read it, and every other
+            # OTEL_EXPORTER_OTLP_* variable, themselves.
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.config.otlp_endpoint
         else:
             env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        if self.config.stack:
+            # The local stack's collector takes OTLP/HTTP on the port it picked: no
+            # per-signal endpoint or protocol of the user's may send a signal elsewhere.
+            for name in list(env):
+                if name.startswith("OTEL_EXPORTER_OTLP_") and name.endswith(
+                    ("_ENDPOINT", "_PROTOCOL")
+                ):
+                    env.pop(name)
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.config.otlp_endpoint or ""  # popped above
+            env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf"
         if self.config.ultralytics:
             # The demo downloads nothing: no weights, fonts or update checks from Ultralytics.
             env["YOLO_OFFLINE"] = "1"
@@ -265,6 +278,8 @@ def run(config: DemoConfig, out: TextIO = sys.stdout) -> int:
     script = _stack.check() if config.stack else None
     if config.otlp_endpoint and not script:
         _preflight.endpoint(config.otlp_endpoint)
+        if config.telemetry:
+            _preflight.exporters()  # the stack's (OTLP/HTTP) come with visiontel[demo]
     _preflight.source(config)
     described = _zoo.check(config.model, config.weights)
     _preflight.ports(config)

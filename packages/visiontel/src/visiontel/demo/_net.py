@@ -1,35 +1,13 @@
-"""URLs a user gives (cameras, collectors): credentials removed, reachability probed."""
+"""URLs a user gives (cameras, collectors): reachability probed.
+
+Credentials are removed by ``visiontel._support.redact.redact_url``, shared by every package.
+"""
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Mapping
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-_SECRET_KEYS = ("pass", "pwd", "secret", "token", "key", "auth", "user", "sig")
-
-
-def redact_url(url: str) -> str:
-    """``url`` without credentials: no user:password, secret-looking query values hidden."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = f"{host}:{port}" if port else host
-    query = urlencode(
-        [
-            (k, "REDACTED" if any(s in k.lower() for s in _SECRET_KEYS) else v)
-            for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        ]
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+from urllib.parse import urlsplit
 
 
 def probe(url: str, default_ports: Mapping[str, int], timeout: float) -> str | None:

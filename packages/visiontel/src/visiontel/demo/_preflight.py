@@ -6,10 +6,17 @@ import errno
 import pathlib
 import socket
 
+from visiontel._support.otlp import (
+    otlp_log_exporter,
+    otlp_metric_exporter,
+    otlp_protocol,
+    otlp_span_exporter,
+)
+from visiontel._support.redact import redact_url
 from visiontel.demo._config import DemoConfig
 from visiontel.demo._errors import UsageError, port_in_use
 from visiontel.demo._frames import SourceError, check
-from visiontel.demo._net import probe, redact_url
+from visiontel.demo._net import probe
 
 _TIMEOUT = 3.0
 
@@ -44,11 +51,23 @@ def source(config: DemoConfig) -> None:
         raise UsageError(str(exc)) from None
 
 
+def exporters() -> None:
+    """The OTLP exporters the environment asks for (protocol per signal) are installed."""
+    for build in (otlp_span_exporter, otlp_metric_exporter, otlp_log_exporter):
+        try:
+            exporter = build()
+        except RuntimeError as exc:  # the message names the package to install
+            raise UsageError(str(exc)) from None
+        exporter.shutdown()
+
+
 def endpoint(url: str) -> None:
     """The OTLP endpoint must at least accept a TCP connection."""
     safe = redact_url(url)
+    # Without a port: OTLP's own for the protocol the traces go by.
+    http_port = 4317 if otlp_protocol("traces") == "grpc" else 4318
     try:
-        reason = probe(url, {"http": 4318, "https": 443}, _TIMEOUT)
+        reason = probe(url, {"http": http_port, "https": 443}, _TIMEOUT)
     except ValueError as exc:
         raise UsageError(f"OTLP endpoint {safe} {exc}: e.g. http://localhost:4318") from None
     if reason is not None:

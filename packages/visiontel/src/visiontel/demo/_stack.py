@@ -14,8 +14,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
+import urllib.parse
 from typing import Any
 
+from visiontel._support.env import env_str
 from visiontel.demo._errors import DemoError, UsageError
 from visiontel.demo._telemetry import SERVICE_NAMES
 
@@ -32,7 +34,7 @@ _HOW = "run `nox -s demo -- --stack` from a visiontel checkout, which builds the
 
 def find_script(start: pathlib.Path | None = None) -> pathlib.Path | None:
     """collector-config/stack/stack.py in the current directory or one above it."""
-    explicit = os.environ.get("VISIONTEL_STACK_SCRIPT")
+    explicit = env_str("VISIONTEL_STACK_SCRIPT", "")
     if explicit:
         return pathlib.Path(explicit) if pathlib.Path(explicit).is_file() else None
     here = (start or pathlib.Path.cwd()).resolve()
@@ -50,8 +52,8 @@ def check() -> pathlib.Path:
             f"--stack needs {_SCRIPT} from a visiontel checkout: run from the checkout "
             "(`nox -s demo -- --stack`), or set OTEL_EXPORTER_OTLP_ENDPOINT to your collector"
         )
-    missing = [v for v in BINARIES if not os.access(os.environ.get(v, ""), os.X_OK)]
-    missing += [v for v in JARS if not os.path.isfile(os.environ.get(v, ""))]
+    missing = [v for v in BINARIES if not os.access(env_str(v, ""), os.X_OK)]
+    missing += [v for v in JARS if not os.path.isfile(env_str(v, ""))]
     if missing:
         raise UsageError(f"--stack needs {', '.join(missing)} (the stack's binaries): {_HOW}")
     return script
@@ -76,22 +78,30 @@ class LocalStack:
         self.endpoint = f"http://{self._stack.otlp_http}"
 
     def describe(self) -> list[str]:
-        stack = self._stack
-        services = tuple(SERVICE_NAMES.values())
-        lines = [f"  Zipkin UI   {stack.lens_url()}  ({', '.join(services)})"]
-        try:
-            # The run's last spans may still sit in the collector's batch: wait a little.
-            frame = stack.frame_trace(services, timeout=10)
-        except OSError:
-            frame = None
-        if frame:
-            lines.append(f"  a frame     {stack.lens_url(frame)}")
-        return [
-            *lines,
-            f"  Prometheus  http://{stack.prometheus}  (metrics visiontel_*)",
-            # VictoriaLogs' web UI: LogsQL such as `trace_id:=<id>` finds a frame's records.
-            f"  Logs UI     {stack.victorialogs.ui_url}  (VictoriaLogs, LogsQL)",
-        ]
+        return describe(self._stack)
 
     def stop(self) -> None:
         self._stack.stop()
+
+
+def describe(stack: Any) -> list[str]:
+    """The lines ``--stack`` prints after a run: the address of each UI a person opens
+    (stack.py's ``Stack``, started)."""
+    services = tuple(SERVICE_NAMES.values())
+    lines = [f"  Zipkin UI   {stack.lens_url()}  ({', '.join(services)})"]
+    try:
+        # The run's last spans may still sit in the collector's batch: wait a little.
+        frame = stack.frame_trace(services, timeout=10)
+    except OSError:
+        frame = None
+    if frame:
+        lines.append(f"  a frame     {stack.lens_url(frame)}")
+    lines += [
+        f"  Prometheus  http://{stack.prometheus}  (metrics visiontel_*)",
+        f"  Logs UI     {stack.victorialogs.ui_url}  (VictoriaLogs, LogsQL)",
+    ]
+    if frame:
+        # vmui reads its query from the address: the same frame's log records.
+        query = urllib.parse.quote(f'trace_id:="{frame}"', safe="")
+        lines.append(f"  its logs    {stack.victorialogs.ui_url}#/?query={query}")
+    return lines

@@ -1,22 +1,21 @@
 """OpenTelemetry SDK set-up for one demo process: traces, metrics and logs.
 
-With no OTLP endpoint every signal goes to ``<run dir>/<service>/<signal>.jsonl`` as OTLP
-JSON; with one, the standard OTLP exporters read their settings (endpoint, protocol,
-headers, TLS certificates) from the usual ``OTEL_EXPORTER_OTLP_*`` variables. With
-telemetry off nothing is installed and every visiontel call runs against the no-op API.
+With no OTLP endpoint every signal goes to ``<run dir>/<service>/<signal>.jsonl``, written by
+the upstream OTLP JSON file exporters (``opentelemetry-exporter-otlp-json-file``); with one,
+the exporters of ``visiontel._support.otlp`` (the set-up every visiontel package shares) read
+their settings (protocol per signal, endpoint, headers, TLS certificates) from the usual
+``OTEL_EXPORTER_OTLP_*`` variables. With telemetry off nothing is installed and every
+visiontel call runs against the no-op API.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import pathlib
-import time
 from dataclasses import dataclass
 
 from opentelemetry import _logs, metrics, trace
-from opentelemetry import context as otel_context
-from opentelemetry._logs import LogRecord, SeverityNumber
+from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
 from opentelemetry.sdk.metrics import MeterProvider
@@ -25,7 +24,10 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
+from visiontel._support.env import env_float, env_str
+from visiontel._support.otlp import otlp_log_exporter, otlp_metric_exporter, otlp_span_exporter
 from visiontel.cli.version import __version__
+from visiontel.demo._errors import DemoError
 
 SERVICE_NAMES = {"source": "frame-source", "detector": "detector", "sink": "tracker"}
 SIGNALS = ("traces", "metrics", "logs")
@@ -33,48 +35,24 @@ SIGNALS = ("traces", "metrics", "logs")
 # gives the live collector view a few points per run.
 _DEFAULT_METRIC_INTERVAL_MS = 2000
 
-_SEVERITY = {
-    logging.DEBUG: SeverityNumber.DEBUG,
-    logging.INFO: SeverityNumber.INFO,
-    logging.WARNING: SeverityNumber.WARN,
-    logging.ERROR: SeverityNumber.ERROR,
-    logging.CRITICAL: SeverityNumber.FATAL,
-}
 
+class LogBridge(LoggingHandler):
+    """Python logging records as OpenTelemetry log records, in the current trace context.
 
-class LogBridge(logging.Handler):
-    """Python logging records as OpenTelemetry log records, in the current trace context."""
+    The logging instrumentation's handler (the SDK's own ``LoggingHandler`` is deprecated in
+    its favour), set for the demo: INFO and up, with the ``code.*`` attributes (the stack's
+    log views show ``code.function.name``), and without the SDK's own loggers, whose
+    complaints about a failed export would be fed back into that export.
+    """
 
     def __init__(self, provider: LoggerProvider) -> None:
-        super().__init__(logging.INFO)
-        self._provider = provider
-        # One OpenTelemetry logger per logging name, looked up without the provider's lock.
-        self._loggers: dict[str, _logs.Logger] = {}
+        super().__init__(logging.INFO, provider, log_code_attributes=True)
+        self.addFilter(lambda record: not record.name.startswith("opentelemetry"))
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith("opentelemetry"):
-            return  # the SDK's own complaints would loop back into the exporter
-        try:
-            logger = self._loggers.get(record.name)
-            if logger is None:
-                logger = self._provider.get_logger(record.name)
-                self._loggers[record.name] = logger
-            logger.emit(
-                LogRecord(
-                    timestamp=int(record.created * 1e9),
-                    observed_timestamp=time.time_ns(),
-                    context=otel_context.get_current(),
-                    severity_text=record.levelname,
-                    severity_number=_SEVERITY.get(record.levelno, SeverityNumber.INFO),
-                    body=record.getMessage(),
-                    attributes={
-                        "code.function.name": record.funcName,
-                        "code.line.number": record.lineno,
-                    },
-                )
-            )
-        except Exception:
-            self.handleError(record)
+    def flush(self) -> None:
+        # Telemetry.shutdown flushes the provider; logging's own flush at exit would start
+        # a thread to flush it again after it was shut down.
+        return None
 
 
 @dataclass
@@ -84,6 +62,8 @@ class Telemetry:
     tracer_provider: TracerProvider | None = None
     meter_provider: MeterProvider | None = None
     logger_provider: LoggerProvider | None = None
+    log_handler: LogBridge | None = None
+    """Bridges Python logging into ``logger_provider``; ``setup`` puts it on the root logger."""
 
     @property
     def enabled(self) -> bool:
@@ -91,6 +71,8 @@ class Telemetry:
 
     def shutdown(self) -> None:
         """Flush and stop every provider (the files are complete afterwards)."""
+        if self.log_handler is not None:
+            logging.getLogger().removeHandler(self.log_handler)
         for provider in (self.tracer_provider, self.meter_provider, self.logger_provider):
             if provider is not None:
                 provider.shutdown()
@@ -100,7 +82,10 @@ def _exporters(
     run_dir: pathlib.Path, service: str, endpoint: str | None
 ) -> tuple[SpanExporter, MetricExporter, LogRecordExporter]:
     if not endpoint:
-        from visiontel.demo._otlpjson import FileLogExporter, FileMetricExporter, FileSpanExporter
+        # The upstream OTLP JSON file exporters: one export request per line, which is
+        # what the collector's otlpjsonfile receiver reads back.
+        from opentelemetry.exporter.otlp.json.file import FileMetricExporter, FileSpanExporter
+        from opentelemetry.exporter.otlp.json.file._log_exporter import FileLogExporter
 
         folder = run_dir / service
         folder.mkdir(parents=True, exist_ok=True)
@@ -109,49 +94,26 @@ def _exporters(
             FileMetricExporter(folder / "metrics.jsonl"),
             FileLogExporter(folder / "logs.jsonl"),
         )
-    protocol = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        return OTLPSpanExporter(), OTLPMetricExporter(), OTLPLogExporter()
-    from opentelemetry.exporter.otlp.proto.http._log_exporter import (
-        OTLPLogExporter as HTTPLogExporter,
-    )
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-        OTLPMetricExporter as HTTPMetricExporter,
-    )
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-        OTLPSpanExporter as HTTPSpanExporter,
-    )
-
-    return HTTPSpanExporter(), HTTPMetricExporter(), HTTPLogExporter()
+    # The shared OTLP set-up: protocol per signal, and every other OTEL_EXPORTER_OTLP_*
+    # variable (endpoint with per-signal overrides, headers, TLS...) read by the upstream
+    # exporters themselves. The launcher put the endpoint into OTEL_EXPORTER_OTLP_ENDPOINT.
+    try:
+        return otlp_span_exporter(), otlp_metric_exporter(), otlp_log_exporter()
+    except RuntimeError as exc:  # an exporter package is missing: the message says which
+        raise DemoError(str(exc)) from None
 
 
 def _metric_interval_ms() -> float:
-    """``OTEL_METRIC_EXPORT_INTERVAL``; a malformed value is logged and the default used."""
-    raw = os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", "").strip()
-    if not raw:
-        return float(_DEFAULT_METRIC_INTERVAL_MS)
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        logging.getLogger("visiontel.demo").warning(
-            "OTEL_METRIC_EXPORT_INTERVAL=%r is not a positive number of milliseconds; using %s",
-            raw[:64],
-            _DEFAULT_METRIC_INTERVAL_MS,
-        )
-        return float(_DEFAULT_METRIC_INTERVAL_MS)
-    return value
+    """``OTEL_METRIC_EXPORT_INTERVAL`` (ms); a malformed value is logged and the default used."""
+    return env_float("OTEL_METRIC_EXPORT_INTERVAL", float(_DEFAULT_METRIC_INTERVAL_MS), minimum=1.0)
 
 
-def setup(role: str, run_id: str, run_dir: pathlib.Path, *, enabled: bool) -> Telemetry:
-    """Install global providers for ``role`` (source, detector or sink)."""
-    if not enabled:
-        return Telemetry()
+def build(role: str, run_id: str, run_dir: pathlib.Path) -> Telemetry:
+    """The providers and log handler of ``role`` (source, detector or sink), not installed.
+
+    With ``OTEL_EXPORTER_OTLP_ENDPOINT`` set they export OTLP to it, else they write
+    ``<run_dir>/<service>/{traces,metrics,logs}.jsonl``.
+    """
     service = SERVICE_NAMES[role]
     resource = Resource.create(
         {
@@ -163,7 +125,7 @@ def setup(role: str, run_id: str, run_dir: pathlib.Path, *, enabled: bool) -> Te
         }
     )
     span_exporter, metric_exporter, log_exporter = _exporters(
-        run_dir, service, os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        run_dir, service, env_str("OTEL_EXPORTER_OTLP_ENDPOINT", "")
     )
     tracer_provider = TracerProvider(resource=resource)
     tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
@@ -172,8 +134,18 @@ def setup(role: str, run_id: str, run_dir: pathlib.Path, *, enabled: bool) -> Te
     meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
     logger_provider = LoggerProvider(resource=resource)
     logger_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter))
-    trace.set_tracer_provider(tracer_provider)
-    metrics.set_meter_provider(meter_provider)
-    _logs.set_logger_provider(logger_provider)
-    logging.getLogger().addHandler(LogBridge(logger_provider))
-    return Telemetry(tracer_provider, meter_provider, logger_provider)
+    return Telemetry(tracer_provider, meter_provider, logger_provider, LogBridge(logger_provider))
+
+
+def setup(role: str, run_id: str, run_dir: pathlib.Path, *, enabled: bool) -> Telemetry:
+    """Install global providers for ``role`` (source, detector or sink), and the log bridge."""
+    if not enabled:
+        return Telemetry()
+    telemetry = build(role, run_id, run_dir)
+    assert telemetry.tracer_provider and telemetry.meter_provider and telemetry.logger_provider
+    trace.set_tracer_provider(telemetry.tracer_provider)
+    metrics.set_meter_provider(telemetry.meter_provider)
+    _logs.set_logger_provider(telemetry.logger_provider)
+    if telemetry.log_handler is not None:
+        logging.getLogger().addHandler(telemetry.log_handler)
+    return telemetry

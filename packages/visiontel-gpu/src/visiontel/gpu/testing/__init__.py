@@ -43,6 +43,7 @@ lock, so release() before write() while one is in progress: reload() waits for t
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import hashlib
 import os
@@ -194,11 +195,68 @@ def _compile(directory: Path, library: Path, hidden: list[str], compiler: str | 
     out.replace(library)
 
 
+def _hidden_names(value: str) -> list[str]:
+    """``--hide`` NAME[,NAME...]: entry points the simulator implements, else a clear error."""
+    import difflib
+
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give one or more NVML entry point names, e.g. "
+                                         "--hide nvmlDeviceGetProcessUtilization")  # fmt: skip
+    known = exported_functions()
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise argparse.ArgumentTypeError(
+                f"the simulator does not implement {name}{hint}; it implements: "
+                + ", ".join(sorted(known))
+            )
+    return names
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m visiontel.gpu.testing",
+        description="Build the NVML simulator (a stand-in libnvidia-ml.so.1) into OUTPUT_DIR "
+        "and print the library's path. Point VISIONTEL_GPU_NVML_LIBRARY at it, and "
+        "NVML_SIM_SCRIPT at the script file next to it (nvml_sim_script.txt).",
+    )
+    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder to build into")
+    parser.add_argument(
+        "--hide",
+        metavar="NAME[,NAME...]",
+        type=_hidden_names,
+        action="extend",
+        default=[],
+        help="NVML entry points the library must not export, as on an older driver "
+        "(repeatable; the library goes into a subfolder of its own per set of names)",
+    )
+    parser.add_argument(
+        "--compiler",
+        metavar="CC",
+        default=None,
+        help="the C compiler to build with (default: $CC, else cc or gcc on PATH)",
+    )
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    """python -m visiontel.gpu.testing DIR: build the simulator, print its path."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m visiontel.gpu.testing OUTPUT_DIR", file=sys.stderr)
-        return 2
-    print(NvmlSimulator.build(args[0]).library)
+    """``python -m visiontel.gpu.testing OUTPUT_DIR [--hide NAME,...]``: build, print the path.
+
+    Returns the exit code (2 for bad arguments, after argparse's message on stderr).
+    """
+    parser = _parser()
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2): already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        sim = NvmlSimulator.build(args.output_dir, args.compiler, hide=args.hide)
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+        print(f"{parser.prog}: cannot build the simulator in {args.output_dir} ({exc}): "
+              "install gcc or pass --compiler, and check that OUTPUT_DIR is writable",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    print(sim.library.resolve())
     return 0

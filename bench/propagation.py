@@ -7,11 +7,17 @@ Targets (issue 4): inject+extract under 10 us per frame on every carrier, a batc
 trace and span ids, sequence number, capture time), baseline included, so nothing
 per frame can be served from a cache.
 
+The carriers follow the global propagator (issue 19): the default tracecontext+baggage
+one takes the hand-written W3C path, any other goes through the propagator API. Each
+row installs its global propagator (``propagate.set_global_textmap``) before it is
+timed, outside the timing, as OTEL_PROPAGATORS would at start-up.
+
     python bench/propagation.py            # or: python3 -m nox -s bench -- propagation
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import os
 import platform
@@ -20,16 +26,19 @@ import time
 import timeit
 from collections.abc import Callable
 
-from opentelemetry import baggage, trace
+from opentelemetry import baggage, propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
+from opentelemetry.propagators.b3 import B3MultiFormat
 from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 import visiontel.propagation as vp
+from visiontel.propagation import _otel_private
 
 FRAME = vp.FrameIdentity("cam-1", 1234, 1_732_540_000_000_000_000)
 
@@ -39,20 +48,36 @@ class _Discard(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def measure(
-    fns: dict[str, Callable[[], object]], number: int, rounds: int = 15
-) -> dict[str, float]:
+DEFAULT_GLOBAL = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+"""What OpenTelemetry installs without OTEL_PROPAGATORS (tracecontext,baggage)."""
+
+
+class _TraceContext(TraceContextTextMapPropagator):
+    """OpenTelemetry's tracecontext under another class: the carriers then go through
+    the propagator API even with the default fields (what the W3C fast path saves)."""
+
+
+ROUNDS = 15
+Row = Callable[[], object] | tuple[Callable[[], object], TextMapPropagator]
+"""A function to time, or (function, the global propagator it runs under)."""
+
+
+def measure(fns: dict[str, Row], number: int, rounds: int | None = None) -> dict[str, float]:
     """CPU microseconds per call of each function: best of ``rounds`` runs of ``number`` calls.
 
     The reference machine is shared, so time is the calling thread's CPU time (time
     spent preempted by other work does not count) and rounds interleave the functions
-    so that a baseline and its candidates see the same conditions.
+    so that a baseline and its candidates see the same conditions. A row's global
+    propagator is installed before each of its runs, untimed.
     """
     best = dict.fromkeys(fns, float("inf"))
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    for _ in range(ROUNDS if rounds is None else rounds):
+        for name, row in fns.items():
+            fn, glob = row if isinstance(row, tuple) else (row, DEFAULT_GLOBAL)
+            propagate.set_global_textmap(glob)
             elapsed = timeit.Timer(fn, timer=time.thread_time_ns).timeit(number=number)
             best[name] = min(best[name], elapsed / number / 1e3)
+    propagate.set_global_textmap(DEFAULT_GLOBAL)
     return best
 
 
@@ -126,10 +151,44 @@ def load() -> str:
     return ", ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
-def main() -> int:
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Per-frame propagation cost of visiontel.propagation on every carrier "
+        "(inject + extract, W3C and b3multi) and batch linking of 64 frames, against "
+        "OpenTelemetry's own propagators and SDK in the same process.",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="exit with status 1 when a target is missed"
+    )
+    parser.add_argument(
+        "--public-api",
+        action="store_true",
+        help="turn the OpenTelemetry-internal fast paths (_otel_private's gate) off, to "
+        "measure what the public API costs instead",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=ROUNDS,
+        help=f"interleaved rounds per table; each cell is the best round (default {ROUNDS})",
+    )
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    global ROUNDS
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    ROUNDS = args.rounds
+    if args.public_api:
+        _otel_private._force(False)
     python = f"{platform.python_implementation()} {platform.python_version()}"
     print(f"# visiontel.propagation benchmark ({python}, {platform.machine()}, "
           f"{os.cpu_count()} CPUs)\n")  # fmt: skip
+    gate = "on" if _otel_private.fast_paths_enabled() else "off (--public-api)"
+    print(f"OpenTelemetry-internal fast paths: {gate}\n")
     print(f"Load average at start: {load()}\n")
     print("## inject + extract per frame (trace context + frame identity unless noted)\n")
     print("| carrier | µs / frame | × baseline |")
@@ -154,12 +213,50 @@ def main() -> int:
     rows["dict, trace context only (no frame identity)"] = carriers(plain)["dict"]
     rows["dict, with one baggage entry"] = carriers(frame_contexts(with_baggage=True))["dict"]
     rows["dict, unsampled frame"] = carriers(frame_contexts(sampled=False))["dict"]
-    timings = measure(rows, 3000)
-    baseline = next(iter(timings.values()))
-    for name, us in timings.items():
+    # Through the global propagator: what OTEL_PROPAGATORS other than the default costs.
+    others: dict[str, Row] = {}
+    b3_frame = CompositePropagator([B3MultiFormat(), vp.FramePropagator()])
+    b3_frame_cycle = itertools.cycle(frame_contexts())
+
+    def otel_b3multi_frame() -> object:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, next(b3_frame_cycle))
+        return propagate.extract(carrier)
+
+    reference = "`propagate.inject`/`extract`, b3multi,visiontel_frame, dict (reference)"
+    others[reference] = (otel_b3multi_frame, b3_frame)
+    b3multi = B3MultiFormat()
+    b3_cycle = itertools.cycle(plain)
+
+    def otel_b3multi() -> object:
+        carrier: dict[str, str] = {}
+        b3multi.inject(carrier, next(b3_cycle))
+        return b3multi.extract(carrier)
+
+    others["OpenTelemetry B3MultiFormat alone, dict (no frame identity)"] = (otel_b3multi, b3multi)
+    for name, fn in carriers(frame_contexts()).items():
+        if not name.startswith("OpenTelemetry") and name != "shared-memory slot":
+            others[f"b3multi: {name}"] = (fn, b3multi)
+    api_default = CompositePropagator([_TraceContext(), W3CBaggagePropagator()])
+    others["tracecontext,baggage through the propagator API (no W3C fast path): dict"] = (
+        carriers(frame_contexts())["dict"],
+        api_default,
+    )
+    timings = measure({**rows, **others}, 3000)  # interleaved: the same conditions for all
+    baseline = timings[next(iter(rows))]
+    for name in rows:
+        us = timings[name]
         print(f"| {name} | {us:.2f} | {us / baseline:.2f} |")
         if us >= 10 and not name.startswith("OpenTelemetry"):
             failures.append(f"{name}: {us:.2f} µs >= 10 µs")
+    print("\n## through the global propagator: OTEL_PROPAGATORS=b3multi (no target)\n")
+    print("Carriers go through OpenTelemetry's propagator API, plus the frame identity; the")
+    print("reference is what OpenTelemetry's own `propagate` calls cost for the same fields.\n")
+    print("| carrier | µs / frame | × reference |")
+    print("|---|---:|---:|")
+    for name in others:
+        us = timings[name]
+        print(f"| {name} | {us:.2f} | {us / timings[reference]:.2f} |")
 
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(_Discard(), max_queue_size=1 << 16))
@@ -226,7 +323,7 @@ def main() -> int:
         print("\nAll targets met.")
     # --check turns a miss into a failing exit status; by default the nox bench session
     # goes on to the other benchmarks.
-    return 1 if failures and "--check" in sys.argv else 0
+    return 1 if failures and args.check else 0
 
 
 if __name__ == "__main__":

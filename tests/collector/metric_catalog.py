@@ -42,6 +42,21 @@ CATALOG: dict[Metric, dict[str, str]] = {
     Metric("visiontel.layer.duration", "histogram", "s", "visiontel_layer_duration_seconds"): MODEL,
     # visiontel-propagation
     Metric("visiontel.frame.latency", "histogram", "s", "visiontel_frame_latency_seconds"): {},
+    Metric("visiontel.frames.received", "counter", "{frame}", "visiontel_frames_received_total"): {
+        "visiontel.stream.id": "camera-0"
+    },
+    Metric("visiontel.frames.lost", "counter", "{frame}", "visiontel_frames_lost_total"): {
+        "visiontel.stream.id": "camera-0"
+    },
+    Metric("visiontel.batcher.queue.depth", "updown", "{frame}", "visiontel_batcher_queue_depth"): {
+        "visiontel.batcher.name": "detector"
+    },
+    Metric(
+        "visiontel.batcher.wait.duration",
+        "histogram",
+        "s",
+        "visiontel_batcher_wait_duration_seconds",
+    ): {"visiontel.batcher.name": "detector"},
     Metric(
         "visiontel.propagation.rejected",
         "counter",

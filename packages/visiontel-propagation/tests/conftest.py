@@ -23,7 +23,7 @@ def _fresh_log_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts with no rate-limited or log-once state left by an earlier test, so a
     test that counts log lines passes alone and in any order."""
     monkeypatch.setattr(_diag, "_last_log", {})
-    monkeypatch.setattr(_diag, "_errors_logged", set())
+    _diag._errors.reset()
 
 
 @pytest.fixture

@@ -73,7 +73,7 @@ def test_the_shortcuts_are_in_use_with_this_api_version():
     # release that is by design: test it, then widen _otel_private.TESTED_API.
     assert _otel_private.fast_paths_enabled()
     assert _otel_private.context_with is _otel_private._fast_context_with
-    assert _otel_private.new_link is _otel_private._FrameLink
+    assert _otel_private.span_context_and_baggage is _otel_private._fast_span_context_and_baggage
 
 
 @FUZZ
@@ -96,10 +96,11 @@ def test_fast_span_context_is_the_apis_own(trace_id, span_id, flags, state):
     )
 
 
-def test_fast_link_is_a_link():
+def test_links_are_the_apis_own():
+    # A hand-built Link saved 0.12 µs per frame (issue 19): dropped, not worth an internal.
     span_context = SpanContext(1, 2, True, TraceFlags(1))
     link = _otel_private.new_link(span_context)
-    assert isinstance(link, Link)
+    assert type(link) is Link
     assert (link.context, link.attributes, link.dropped_attributes) == (span_context, None, 0)
 
 

@@ -44,9 +44,9 @@ FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCh
 @pytest.fixture(autouse=True)
 def no_internal_errors():
     """An extract path that only survived by swallowing its own exception is a bug."""
-    _diag._errors_logged.clear()
+    _diag._errors.reset()
     yield
-    assert not _diag._errors_logged, f"internal errors in {_diag._errors_logged}"
+    assert not _diag.internal_errors(), f"internal errors in {_diag.internal_errors()}"
 
 
 def check(ctx: object) -> None:

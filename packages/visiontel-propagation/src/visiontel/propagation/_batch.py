@@ -22,7 +22,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanContext, SpanKind, Tracer
 from opentelemetry.util.types import AttributeValue
 
-from visiontel.propagation import _otel_private
+from visiontel.propagation import _otel_private, _streams
 from visiontel.propagation._diag import internal_error, limits
 from visiontel.propagation._frame import get_frame
 from visiontel.propagation._stage import _tracer, frame_attributes
@@ -76,9 +76,15 @@ def batch_span(
     long as it; frames past ``max_links`` get one whatever ``member_spans`` says.
     ``max_links`` defaults to ``OTEL_SPAN_LINK_COUNT_LIMIT`` (128), or the SDK
     tracer's own link limit where that is lower.
+
+    Every frame, sampled or not, counts in this hop's stream health
+    (``visiontel.frames.received`` / ``visiontel.frames.lost``, see ``observe_frame``).
     """
     tracer = _tracer(tracer)
     contexts = list(frames)
+    observe = _streams._default.observe  # never raises
+    for context in contexts:
+        observe(context)
     per_span = max_links if max_links is not None else _link_limit(tracer)
     if per_span < 1:
         raise ValueError(f"max_links must be at least 1, got {per_span}")

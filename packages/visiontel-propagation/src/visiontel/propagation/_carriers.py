@@ -1,7 +1,10 @@
 """Carriers: frame metadata dicts, HTTP headers, gRPC metadata, message-queue headers.
 
-Every ``extract_*`` returns a :class:`~opentelemetry.context.Context` and never
-raises: values it cannot use are dropped, logged at debug level and counted.
+Every carrier follows ``OTEL_PROPAGATORS`` (see :mod:`._textmap`): with OpenTelemetry's
+default tracecontext+baggage propagator the hand-written W3C codec below is used, with
+any other the carrier is a getter/setter adapter for the global propagator, the frame
+identity added. Every ``extract_*`` returns a :class:`~opentelemetry.context.Context`
+and never raises: values it cannot use are dropped, logged at debug level and counted.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any, TypeGuard, cast
 
 from opentelemetry.context import Context
 
-from visiontel.propagation import _diag, _w3c
+from visiontel.propagation import _diag, _otel_private, _textmap, _w3c
 from visiontel.propagation._diag import internal_error, limits, reject
 
 _FIELDS = frozenset(_w3c.FIELDS)
@@ -23,12 +26,31 @@ _JOINABLE = frozenset((_w3c.TRACESTATE, _w3c.BAGGAGE))  # list-valued: several f
 # --- dicts and HTTP headers ---------------------------------------------------------
 
 
+_DICT_GETTER = _textmap.MappingGetter("dict")
+_HTTP_GETTER = _textmap.IndexGetter("http")
+_GRPC_GETTER = _textmap.IndexGetter("grpc")
+_MQ_GETTER = _textmap.IndexGetter("mq")
+
+
 def inject_dict(carrier: MutableMapping[str, Any], context: Context | None = None) -> None:
     """Write trace context, baggage and frame identity into a metadata dict.
 
-    Keys this package owns but has nothing for are removed, so a reused dict never
-    carries a previous frame's values.
+    The fields are those of the global propagator (``OTEL_PROPAGATORS``), plus
+    ``visiontel-frame``. Keys it writes but has nothing for are removed, so a reused
+    dict never carries a previous frame's values.
     """
+    try:
+        choice = _textmap.current()
+        if choice.propagator is None:
+            inject_w3c_dict(carrier, context)
+        else:
+            _textmap.inject_mapping(choice, carrier, context)
+    except Exception:  # e.g. a read-only mapping: the frame goes on without context
+        internal_error("inject_dict")
+
+
+def inject_w3c_dict(carrier: MutableMapping[str, Any], context: Context | None = None) -> None:
+    """:func:`inject_dict` in W3C whatever ``OTEL_PROPAGATORS`` says (hand-off envelopes)."""
     try:
         reused = bool(carrier)
         written = _w3c.encode(context)
@@ -45,6 +67,18 @@ def inject_dict(carrier: MutableMapping[str, Any], context: Context | None = Non
 
 def extract_dict(carrier: Mapping[str, Any] | None, context: Context | None = None) -> Context:
     """Context from a metadata dict written by :func:`inject_dict` (exact, lowercase keys)."""
+    choice = _textmap.current()
+    if choice.propagator is None:
+        return extract_w3c_dict(carrier, context)
+    if carrier is not None:
+        if type(carrier) is dict or isinstance(carrier, Mapping):
+            return _textmap.extract(choice, carrier, _DICT_GETTER, context)
+        reject("dict", "not_a_mapping", type(carrier))
+    return Context() if context is None else context
+
+
+def extract_w3c_dict(carrier: Mapping[str, Any] | None, context: Context | None = None) -> Context:
+    """:func:`extract_dict` in W3C whatever ``OTEL_PROPAGATORS`` says (hand-off envelopes)."""
     if carrier is not None:
         try:
             if type(carrier) is dict or isinstance(carrier, Mapping):
@@ -59,7 +93,7 @@ def extract_dict(carrier: Mapping[str, Any] | None, context: Context | None = No
 
 
 inject_http = inject_dict
-"""Write W3C headers into an HTTP header mapping (same as :func:`inject_dict`)."""
+"""Write trace headers into an HTTP header mapping (same as :func:`inject_dict`)."""
 
 
 def extract_http(headers: object, context: Context | None = None) -> Context:
@@ -73,6 +107,18 @@ def extract_http(headers: object, context: Context | None = None) -> Context:
     base = Context() if context is None else context
     if headers is None:
         return base
+    choice = _textmap.current()
+    if choice.propagator is not None:
+        pairs = _textmap.header_pairs(headers)
+        if pairs is None:
+            reject("http", "not_headers", type(headers))
+            return base
+        try:
+            found_all = _textmap.index(pairs, "http")
+        except Exception:
+            internal_error("extract_http")
+            return base
+        return _textmap.extract(choice, found_all, _HTTP_GETTER, base)
     try:
         get_all = None if type(headers) is dict else _multi_getter(headers)
         if get_all is not None:
@@ -230,12 +276,18 @@ def _convert(
 
 
 def inject_grpc(metadata: list[tuple[str, str | bytes]], context: Context | None = None) -> None:
-    """Append W3C entries to outgoing gRPC metadata, replacing any already there.
+    """Append trace entries to outgoing gRPC metadata, replacing any already there.
 
-    Keys are lowercase and values printable ASCII strings, as gRPC requires for keys
-    that do not end in ``-bin``. Pass the list as ``metadata=`` of a stub call.
+    The entries are those of the global propagator (``OTEL_PROPAGATORS``), plus
+    ``visiontel-frame``. Keys are lowercase and values printable ASCII strings, as gRPC
+    requires for keys that do not end in ``-bin``. Pass the list as ``metadata=`` of a
+    stub call.
     """
     try:
+        choice = _textmap.current()
+        if choice.propagator is not None:
+            _textmap.inject_entries(choice, metadata, context, _textmap.METADATA_SETTER)
+            return
         if metadata and _has_ours(metadata):
             metadata[:] = [entry for entry in metadata if not _ours(entry)]
         metadata.extend(_w3c.encode(context))
@@ -248,8 +300,9 @@ def extract_grpc(
 ) -> Context:
     """Context from gRPC metadata (``ServicerContext.invocation_metadata()``).
 
-    Without ``traceparent``, a ``grpc-trace-bin`` value (the binary format of
-    OpenCensus-era gRPC peers, a ``-bin`` key whose value is bytes) is used instead.
+    When the propagator finds no trace context (no ``traceparent``, no ``x-b3-traceid``
+    ...), a ``grpc-trace-bin`` value (the binary format of OpenCensus-era gRPC peers, a
+    ``-bin`` key whose value is bytes) is used instead.
     """
     base = Context() if context is None else context
     if metadata is None:
@@ -258,13 +311,16 @@ def extract_grpc(
         if not _is_pair_list(metadata):
             reject("grpc", "not_a_metadata_list", type(metadata))
             return base
+        choice = _textmap.current()
+        if choice.propagator is not None:
+            return _extract_grpc_with(choice, metadata, base)
         found = _scan(metadata, "grpc", extra=_GRPC_TRACE_BIN)
         binary = found.pop(_GRPC_TRACE_BIN, None)
         if not found and binary is None:
             return base
         ctx = _w3c.decode(found, "grpc", base)
         if _w3c.TRACEPARENT not in found and binary is not None:
-            span = _parse_grpc_trace_bin(binary)
+            span = _w3c.parse_grpc_trace_bin(binary)
             if span is not None:
                 ctx = _w3c.build(ctx, span)
         return ctx
@@ -273,20 +329,16 @@ def extract_grpc(
         return base
 
 
-def _parse_grpc_trace_bin(value: object) -> tuple[int, int, int] | None:
-    # version 0, then field 0: trace id (16 bytes), field 1: span id (8), field 2: options (1)
-    if not isinstance(value, bytes) or len(value) != 29:
-        reject("grpc", "grpc_trace_bin_malformed", value)
-        return None
-    if value[0] != 0 or value[1] != 0 or value[18] != 1 or value[27] != 2:
-        reject("grpc", "grpc_trace_bin_malformed", value)
-        return None
-    trace_id = int.from_bytes(value[2:18], "big")
-    span_id = int.from_bytes(value[19:27], "big")
-    if not trace_id or not span_id:
-        reject("grpc", "grpc_trace_bin_zero_id", value)
-        return None
-    return trace_id, span_id, value[28] & 1
+def _extract_grpc_with(choice: _textmap.Choice, metadata: Iterable[Any], base: Context) -> Context:
+    found = _textmap.index(metadata, "grpc")
+    ctx = _textmap.extract(choice, found, _GRPC_GETTER, base)
+    binary = found.get(_GRPC_TRACE_BIN)
+    if binary and not _otel_private.span_context_of(ctx).is_valid:
+        if len(binary) > 1 and len(set(binary)) > 1:
+            reject("grpc", f"{_GRPC_TRACE_BIN}_duplicate", binary)
+        elif span := _w3c.parse_grpc_trace_bin(binary[0]):
+            ctx = _w3c.build(ctx, span)
+    return ctx
 
 
 # --- message-queue header lists -----------------------------------------------------
@@ -298,6 +350,10 @@ def inject_mq(headers: list[tuple[str, bytes]], context: Context | None = None) 
     Entries with our keys already in the list are replaced, never duplicated.
     """
     try:
+        choice = _textmap.current()
+        if choice.propagator is not None:
+            _textmap.inject_entries(choice, headers, context, _textmap.HEADER_LIST_SETTER)
+            return
         if headers and _has_ours(headers):
             headers[:] = [entry for entry in headers if not _ours(entry)]
         # Every value encode() writes is ASCII (hex, percent-encoded text, W3C-checked
@@ -338,6 +394,9 @@ def extract_mq(
     try:
         if type(headers) is not list and not _is_pair_list(headers):
             reject("mq", "not_a_header_list", type(headers))
+        elif (choice := _textmap.current()).propagator is not None:
+            found_all = _textmap.index(headers, "mq")
+            return _textmap.extract(choice, found_all, _MQ_GETTER, context)
         elif found := _scan(headers, "mq"):
             # None: the usual context is built in one go, without an empty one to copy
             return _w3c.decode(found, "mq", context)

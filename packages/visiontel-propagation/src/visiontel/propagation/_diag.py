@@ -3,13 +3,15 @@
 Bad input from the wire must never raise into the pipeline: every extract path
 reports what it refused through :func:`reject` (a debug log line, a process-local
 tally and the ``visiontel.propagation.rejected`` counter) and carries on with
-whatever was valid.
+whatever was valid. Bugs of ours go to :func:`internal_error`, the package's one
+reporter of the shared support layer (``visiontel._support.errors``); the limits are
+read with its environment parser (``visiontel._support.env``): a malformed or
+out-of-range variable is logged once and its default used.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import Counter
@@ -17,22 +19,12 @@ from dataclasses import dataclass, replace
 
 from opentelemetry import metrics
 
+from visiontel._support.env import check_int, env_int
+from visiontel._support.errors import reporter
+
 _logger = logging.getLogger("visiontel.propagation")
-
-
-def _env_int(name: str, default: int, minimum: int = 1) -> int:
-    raw = os.environ.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        _logger.warning("%s=%r is not an integer; using %d", name, raw, default)
-        return default
-    if value < minimum:
-        _logger.warning("%s=%d is below %d; using %d", name, value, minimum, default)
-        return default
-    return value
+_errors = reporter("propagation")
+_MINIMUM = {"max_value_bytes": 64, "max_entries": 1, "max_stream_id": 1, "max_links": 1}
 
 
 @dataclass(frozen=True)
@@ -51,10 +43,10 @@ class Limits:
     @classmethod
     def from_env(cls) -> Limits:
         return cls(
-            max_value_bytes=_env_int("VISIONTEL_PROPAGATION_MAX_VALUE_BYTES", 8192, 64),
-            max_entries=_env_int("VISIONTEL_PROPAGATION_MAX_ENTRIES", 256),
-            max_stream_id=_env_int("VISIONTEL_PROPAGATION_MAX_STREAM_ID", 128),
-            max_links=_env_int("OTEL_SPAN_LINK_COUNT_LIMIT", 128),
+            max_value_bytes=env_int("VISIONTEL_PROPAGATION_MAX_VALUE_BYTES", 8192, minimum=64),
+            max_entries=env_int("VISIONTEL_PROPAGATION_MAX_ENTRIES", 256, minimum=1),
+            max_stream_id=env_int("VISIONTEL_PROPAGATION_MAX_STREAM_ID", 128, minimum=1),
+            max_links=env_int("OTEL_SPAN_LINK_COUNT_LIMIT", 128, minimum=1),
         )
 
 
@@ -73,10 +65,14 @@ def configure(
     max_stream_id: int | None = None,
     max_links: int | None = None,
 ) -> Limits:
-    """Override limits for this process; arguments left out keep their current value."""
+    """Override limits for this process; arguments left out keep their current value.
+
+    Raises ``TypeError`` / ``ValueError`` for a value that is not an integer or is below
+    its minimum (64 for ``max_value_bytes``, 1 for the others).
+    """
     global _limits
     changes = {
-        key: value
+        key: check_int(key, value, minimum=_MINIMUM[key])
         for key, value in {
             "max_value_bytes": max_value_bytes,
             "max_entries": max_entries,
@@ -85,9 +81,6 @@ def configure(
         }.items()
         if value is not None
     }
-    for key, value in changes.items():
-        if value < 1:
-            raise ValueError(f"{key} must be at least 1, got {value}")
     _limits = replace(_limits, **changes)
     return _limits
 
@@ -147,12 +140,13 @@ def rejected_counts() -> dict[tuple[str, str], int]:
         return dict(_tally)
 
 
-_errors_logged: set[str] = set()
-
-
 def internal_error(where: str) -> None:
-    """Log a bug of ours once per call site, with its traceback, and carry on."""
-    if where in _errors_logged:
-        return
-    _errors_logged.add(where)
-    _logger.exception("visiontel.propagation internal error in %s (ignored)", where)
+    """Report a bug of ours (the exception being handled) and carry on: logged with its
+    traceback the first time per call site and exception type, then counted, with at most
+    one summary line a minute (``visiontel._support.errors``)."""
+    _errors.report(where)
+
+
+def internal_errors() -> dict[str, int]:
+    """Internal errors reported so far in this process, by call site (tests, diagnostics)."""
+    return _errors.counts()

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import re
 import time
 from typing import Any, NamedTuple
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote
 
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.propagators import textmap
 
+from visiontel._support.redact import redact_url
 from visiontel.propagation import _diag
 from visiontel.propagation._diag import internal_error, limits, reject
 
@@ -152,36 +152,15 @@ def set_frame(frame: FrameIdentity, context: Context | None = None) -> Context:
     return otel_context.set_value(_FRAME_KEY, frame, context)
 
 
-# Query parameters whose value is treated as a secret (``?token=...``, ``&password=...``).
-_SECRET_QUERY_KEYS = ("pass", "pwd", "secret", "token", "key", "auth", "user", "sig")
-
-
-@functools.lru_cache(maxsize=1024)
 def strip_credentials(stream_id: str) -> str:
-    """``stream_id`` without credentials if it is a URL carrying some.
+    """``stream_id`` without secrets if it is a URL (``scheme://...``); other ids unchanged.
 
-    The user-info part goes (``rtsp://user:pass@cam/1`` -> ``rtsp://cam/1``) and the value
-    of every secret-looking query parameter becomes ``REDACTED`` (``?token=abc``).
+    The user info goes (``rtsp://user:pass@cam/1`` -> ``rtsp://cam/1``), the value of
+    every secret-looking query parameter becomes ``REDACTED`` (``?token=abc``,
+    ``&X-Amz-Signature=...``, ``?user=...``) and the fragment is dropped: the one URL
+    redactor every visiontel package uses (``visiontel._support.redact.redact_url``).
     """
-    if "://" not in stream_id or ("@" not in stream_id and "?" not in stream_id):
-        return stream_id
-    try:
-        parts = urlsplit(stream_id)
-    except ValueError:
-        return stream_id
-    if "@" in parts.netloc:
-        parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
-    if parts.query:
-        pairs = [pair.partition("=") for pair in parts.query.split("&")]
-        parts = parts._replace(
-            query="&".join(
-                f"{key}{eq}REDACTED"
-                if eq and any(word in key.lower() for word in _SECRET_QUERY_KEYS)
-                else f"{key}{eq}{value}"
-                for key, eq, value in pairs
-            )
-        )
-    return urlunsplit(parts)
+    return redact_url(stream_id) if "://" in stream_id else stream_id
 
 
 def get_frame(context: Context | None = None) -> FrameIdentity | None:
@@ -210,10 +189,12 @@ class FramePropagator(textmap.TextMapPropagator):
             values = getter.get(carrier, FRAME_HEADER)
             if not values:
                 return context
+            # this package's carriers name themselves in what they refuse
+            name = getattr(getter, "carrier_name", "text")
             if len(values) > 1 and len(set(values)) > 1:
-                reject("text", "frame_duplicate", values)
+                reject(name, "frame_duplicate", values)
                 return context
-            frame = FrameIdentity.from_header(values[0])
+            frame = FrameIdentity.from_header(values[0], name)
             if frame is None:
                 return context
             return otel_context.set_value(_FRAME_KEY, frame, context)

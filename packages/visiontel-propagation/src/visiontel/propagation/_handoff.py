@@ -4,6 +4,11 @@ Threads and executors run code without the submitter's OpenTelemetry context
 (``loop.run_in_executor`` and ``Executor.submit`` do not copy it); processes need it
 serialised. These helpers capture the context where work is handed over and
 restore it where the work runs, so users never pass contexts by hand.
+
+Between processes the context travels in an envelope of this package, both of whose
+ends are visiontel: it is always W3C-encoded (like the shared-memory slot), whatever
+``OTEL_PROPAGATORS`` says, so a hand-off never depends on the propagators configured
+(``OTEL_PROPAGATORS=none`` or ``b3`` included) and loses no baggage.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
-from visiontel.propagation._carriers import extract_dict, inject_dict
+from visiontel.propagation._carriers import extract_w3c_dict, inject_w3c_dict
 from visiontel.propagation._diag import reject
 
 P = ParamSpec("P")
@@ -61,7 +66,7 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
 def _run_with_carrier(
     carrier: dict[str, str], fn: Callable[..., R], *args: Any, **kwargs: Any
 ) -> R:
-    token = otel_context.attach(extract_dict(carrier))
+    token = otel_context.attach(extract_w3c_dict(carrier))
     try:
         return fn(*args, **kwargs)
     finally:
@@ -71,12 +76,13 @@ def _run_with_carrier(
 class ContextProcessPoolExecutor(ProcessPoolExecutor):
     """A ``ProcessPoolExecutor`` whose tasks run under their submitter's context.
 
-    The context travels as a small dict of W3C fields next to the pickled call.
+    The context travels as a small dict of W3C fields next to the pickled call (W3C
+    whatever ``OTEL_PROPAGATORS`` says: both ends are this package).
     """
 
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
         carrier: dict[str, str] = {}
-        inject_dict(carrier)
+        inject_w3c_dict(carrier)
         return super().submit(_run_with_carrier, carrier, fn, *args, **kwargs)
 
 
@@ -110,14 +116,14 @@ class ContextQueue(Generic[T]):
         context: Context | None = None,
     ) -> None:
         carrier: dict[str, str] = {}
-        inject_dict(carrier, context)
+        inject_w3c_dict(carrier, context)
         self.inner.put((_TAG, carrier, item), block, timeout)
 
     def get(self, block: bool = True, timeout: float | None = None) -> tuple[T, Context]:
         """``(item, context)``: the next item and the context it was put under."""
         raw = self.inner.get(block, timeout)
         if isinstance(raw, tuple) and len(raw) == 3 and raw[0] == _TAG:
-            return raw[2], extract_dict(raw[1])
+            return raw[2], extract_w3c_dict(raw[1])
         reject("queue", "not_enveloped", type(raw))
         return raw, Context()
 

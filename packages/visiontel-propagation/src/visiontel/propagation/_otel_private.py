@@ -7,10 +7,21 @@ general-purpose code where the outcome is known to be the same:
   by asking the API, never imported): an extracted context is built in one dict copy
   instead of one per value, and read without the API's checks and read-only copies;
 * ``SpanContext`` built as the tuple it is, without ``__new__`` re-checking just-parsed ids;
-* ``Link`` filled in without its ``__init__`` chain (a batch makes one per frame);
 * the SDK tracer's span limits (``Tracer._span_limits``), so that a link limit set in
   code, not only through ``OTEL_SPAN_LINK_COUNT_LIMIT``, sends a batch's surplus links
   to chunk spans instead of letting the SDK drop them.
+
+What the public API would cost instead was measured for issue 19 (``python
+bench/propagation.py --public-api``, docs/benchmarks.md): the context keys and the
+``SpanContext`` shortcut save 1.2 µs per frame and hop (1.6 µs with baggage), so they
+stay; a ``Link`` built without its constructor saved 0.12 µs per frame of a batch, and
+was dropped.
+
+One read is not behind the gate: :func:`composite_members`, the propagators inside a
+``CompositePropagator`` (the API has no accessor for them), which tells whether the
+global propagator is the default tracecontext+baggage one. It only ever chooses between
+two correct paths: where the attribute is missing or not what it was, the answer is
+"not the default" and the carriers go through the propagator API (slower, same fields).
 
 :func:`fast_paths_enabled` is the one gate, decided on first use, once per process. It
 is True only when the installed opentelemetry-api is inside :data:`TESTED_API`, the
@@ -35,6 +46,8 @@ from typing import Any
 from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import (
     INVALID_SPAN_CONTEXT,
     Link,
@@ -172,20 +185,6 @@ def _public_context_with(
     return ctx
 
 
-class _FrameLink(Link):
-    """A :class:`Link` without attributes, made in one call instead of two.
-
-    Only used where it ends up exactly like ``Link(context)`` (probed): a batch creates
-    one per frame, and the SDK replaces the attributes anyway.
-    """
-
-    __slots__ = ()
-
-    def __init__(self, context: SpanContext) -> None:  # no super().__init__: see above
-        self._context = context
-        self._attributes = None
-
-
 def _fast_sdk_link_limit(tracer: object) -> int | None:
     limit = getattr(getattr(tracer, "_span_limits", None), "max_links", None)
     return limit if isinstance(limit, int) and limit > 0 else None
@@ -211,10 +210,23 @@ context_with: Callable[
 """``context_with(base, span, trace_state, entries, frame)``: ``base`` (None: empty) plus a
 remote span from the ``span`` ids and ``trace_state``, the baggage ``entries`` merged over
 base's, and the frame identity unless None. Nothing is added for None / empty arguments."""
-new_link: Callable[[SpanContext], Link]
-"""``Link(span_context)``."""
+new_link: Callable[[SpanContext], Link] = Link
+"""``Link(span_context)``: always the API's own (issue 19: a hand-built one saved 0.12 µs
+per frame of a batch, too little to keep an internal for; see docs/benchmarks.md)."""
 sdk_link_limit: Callable[[object], int | None]
 """The link limit of an SDK tracer (also one set in code), or None where not known."""
+
+
+def composite_members(propagator: object) -> tuple[TextMapPropagator, ...] | None:
+    """The propagators of a ``CompositePropagator`` (exactly that class), else None."""
+    if type(propagator) is not CompositePropagator:
+        return None
+    members = getattr(propagator, "_propagators", None)
+    if not isinstance(members, list | tuple):
+        return None
+    if not all(isinstance(member, TextMapPropagator) for member in members):
+        return None
+    return tuple(members)
 
 
 # --- the gate -----------------------------------------------------------------------
@@ -326,42 +338,32 @@ def _comparable(context: Context) -> dict[str, object]:
     return comparable
 
 
-def _links_agree() -> bool:
-    sample = SpanContext(1, 2, True)
-    fast, public = _FrameLink(sample), Link(sample)
-    return vars(fast) == vars(public) and fast.context is sample and fast.attributes is None
-
-
 _PROBES: tuple[tuple[str, Callable[[], bool]], ...] = (
     ("SpanContext and context", _contexts_agree),
-    ("Link", _links_agree),
 )
 
 
 def _install(fast: bool | None) -> None:
     """Bind the entry points: fast, public, or (None) stand-ins that decide on first call."""
     global span_context_of, span_contexts_of, span_context_and_baggage
-    global context_with, new_link, sdk_link_limit
+    global context_with, sdk_link_limit
     if fast is None:
         span_context_of = _deciding("span_context_of")
         span_contexts_of = _deciding("span_contexts_of")
         span_context_and_baggage = _deciding("span_context_and_baggage")
         context_with = _deciding("context_with")
-        new_link = _deciding("new_link")
         sdk_link_limit = _deciding("sdk_link_limit")
     elif fast:
         span_context_of = _fast_span_context_of
         span_contexts_of = _fast_span_contexts_of
         span_context_and_baggage = _fast_span_context_and_baggage
         context_with = _fast_context_with
-        new_link = _FrameLink
         sdk_link_limit = _fast_sdk_link_limit
     else:
         span_context_of = _public_span_context_of
         span_contexts_of = _public_span_contexts_of
         span_context_and_baggage = _public_span_context_and_baggage
         context_with = _public_context_with
-        new_link = Link
         sdk_link_limit = _public_sdk_link_limit
 
 

@@ -25,6 +25,12 @@ offset  size  field
 A slot whose magic, version, lengths or checksum do not match (a torn write, a
 stale or foreign buffer) yields no context. tracestate is not carried. Baggage
 that does not fit is dropped whole-entry from the end and counted.
+
+The slot is this package's own format, not a header, so it does not follow
+``OTEL_PROPAGATORS``: it is always this W3C layout, read and written from the context
+itself (never through a propagator), and gives a valid context whatever propagator is
+configured (``b3``, ``jaeger``, ``none``...). The next text carrier writes that context
+in the configured format.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -9,9 +10,19 @@ from contextlib import contextmanager
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Tracer
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    Tracer,
+)
 from opentelemetry.util.types import AttributeValue
 
+from visiontel._support.env import env_int
+from visiontel.propagation import _streams
 from visiontel.propagation._diag import internal_error
 from visiontel.propagation._frame import FrameIdentity, get_frame, set_frame
 from visiontel.propagation.version import __version__
@@ -22,10 +33,47 @@ ATTR_SEQUENCE = "visiontel.frame.sequence"
 ATTR_AGE = "visiontel.frame.age"
 """Seconds between capture and the start of the span carrying it."""
 LATENCY_METRIC = "visiontel.frame.latency"
+SAMPLE_EVERY_ENV = "VISIONTEL_FRAME_SAMPLE_EVERY"
 # Vision pipelines care from a few milliseconds (one stage) to seconds (backlog).
 _LATENCY_BUCKETS = (
     0.005, 0.01, 0.02, 0.033, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0,
 )  # fmt: skip
+
+
+_sample_every: int | None = None  # read from the environment on first use
+
+
+def frame_sample_every() -> int:
+    """N of the 1-in-N frame sampling (``VISIONTEL_FRAME_SAMPLE_EVERY``, default 1: all)."""
+    global _sample_every
+    if _sample_every is None:
+        _sample_every = env_int(SAMPLE_EVERY_ENV, 1, minimum=1)
+    return _sample_every
+
+
+def _reset_sampling() -> None:
+    """Read ``VISIONTEL_FRAME_SAMPLE_EVERY`` afresh on the next frame (tests)."""
+    global _sample_every
+    _sample_every = None
+
+
+def _sampled_out(parent: Context) -> Span:
+    """The span of a frame the 1-in-N rule leaves out: valid ids, sampled flag off.
+
+    Not recorded, and every ``inject_*`` sends it with the sampled flag off, so
+    ``ParentBased`` samplers downstream leave the frame out too. It keeps a parent's
+    trace id, so the frame stays in that trace (unrecorded) as its child would.
+    """
+    parent_context = trace.get_current_span(parent).get_span_context()
+    trace_id = parent_context.trace_id if parent_context.is_valid else 0
+    while not trace_id:
+        trace_id = random.getrandbits(128)
+    span_id = 0
+    while not span_id:
+        span_id = random.getrandbits(64)
+    return NonRecordingSpan(
+        SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.DEFAULT))
+    )
 
 
 def _tracer(tracer: Tracer | None) -> Tracer:
@@ -56,6 +104,11 @@ def start_frame(
     Each frame gets a trace of its own (the current span, e.g. a long-running
     "decode stream" span, is not its parent) unless ``parent`` is given. Inside the
     block the current context carries ``frame``, so every ``inject_*`` call sends it.
+
+    With ``VISIONTEL_FRAME_SAMPLE_EVERY=N`` only frames whose sequence is a multiple of
+    N go to the tracer (whose sampler still decides); the others get a non-recording
+    span with the sampled flag off, which downstream ``ParentBased`` samplers follow.
+    Metrics downstream count every frame either way.
     """
     base = trace.set_span_in_context(INVALID_SPAN) if parent is None else parent
     ctx = set_frame(frame, base)
@@ -63,9 +116,13 @@ def start_frame(
     token = otel_context.attach(ctx)
     try:
         try:
-            span = _tracer(tracer).start_span(
-                name, kind=kind, start_time=frame.capture_ns, attributes=attributes
-            )
+            every = _sample_every if _sample_every is not None else frame_sample_every()
+            if every > 1 and frame.sequence % every:
+                span = _sampled_out(base)
+            else:
+                span = _tracer(tracer).start_span(
+                    name, kind=kind, start_time=frame.capture_ns, attributes=attributes
+                )
             if span.is_recording():
                 span.set_attributes({ATTR_STREAM: frame.stream_id, ATTR_SEQUENCE: frame.sequence})
         except Exception:  # never let tracing stop the frame
@@ -91,10 +148,12 @@ def continue_frame(
     The span joins the frame's trace, carries the frame's age, and stays current in
     the block together with the frame identity, so a further ``inject_*`` passes both
     on. For an unsampled frame the SDK hands back a non-recording span and nothing
-    else is computed.
+    else is computed. Sampled or not, the frame counts in this hop's stream health
+    (``visiontel.frames.received`` / ``visiontel.frames.lost``, see :func:`observe_frame`).
     """
     token = otel_context.attach(context)
     try:
+        _streams._default.observe(context)  # never raises
         try:
             span = _tracer(tracer).start_span(name, kind=kind, attributes=attributes)
             if span.is_recording():
@@ -120,6 +179,9 @@ class FrameLatency:
     def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
         self._meter_provider = meter_provider
         self._histogram: metrics.Histogram | None = None
+        # The shared hop's stream health unless this instance has a provider of its own.
+        own = meter_provider is not None and meter_provider is not metrics.get_meter_provider()
+        self._health = _streams.StreamHealth(meter_provider) if own else None
 
     def _get(self) -> metrics.Histogram:
         # Created on first use so a provider installed after import is honoured.
@@ -146,11 +208,15 @@ class FrameLatency:
         context. Every frame is recorded, sampled or not (metrics are not sampled).
         Returns None, recording nothing, when there is no frame identity. A clock
         that puts capture in the future records 0 and returns the negative value.
+        The frame also counts in the hop's stream health (once, however many stages
+        of the hop see it): the shared one, or with ``meter_provider`` given, one of
+        this instance's own on that provider.
         """
         try:
             identity = frame if isinstance(frame, FrameIdentity) else get_frame(frame)
             if identity is None:
                 return None
+            (self._health or _streams._default).observe(identity)
             now = time.time_ns() if now_ns is None else now_ns
             latency = (now - identity.capture_ns) / 1e9
             attrs: dict[str, AttributeValue] = {ATTR_STREAM: identity.stream_id}

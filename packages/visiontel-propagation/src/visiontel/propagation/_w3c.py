@@ -279,3 +279,20 @@ def _checked(found: Mapping[str, object], carrier: str, max_len: int) -> dict[st
         else:
             text[key] = raw
     return text
+
+
+def parse_grpc_trace_bin(value: object) -> tuple[int, int, int] | None:
+    """Ids of a ``grpc-trace-bin`` value (OpenCensus binary format), else None (counted)."""
+    # version 0, then field 0: trace id (16 bytes), field 1: span id (8), field 2: options (1)
+    if not isinstance(value, bytes) or len(value) != 29:
+        reject("grpc", "grpc_trace_bin_malformed", value)
+        return None
+    if value[0] != 0 or value[1] != 0 or value[18] != 1 or value[27] != 2:
+        reject("grpc", "grpc_trace_bin_malformed", value)
+        return None
+    trace_id = int.from_bytes(value[2:18], "big")
+    span_id = int.from_bytes(value[19:27], "big")
+    if not trace_id or not span_id:
+        reject("grpc", "grpc_trace_bin_zero_id", value)
+        return None
+    return trace_id, span_id, value[28] & 1

@@ -6,6 +6,13 @@ model's ``inference`` span (one child per top-level module, e.g. ``backbone``, `
 client call. An Ultralytics model (``--model yolov8n``) brings its own stages: ``detect``
 holds visiontel-ultralytics' ``predict yolov8n`` span with ``preprocess``, ``inference`` and
 ``postprocess`` below it, then ``send result``.
+
+Frames wait in a :class:`visiontel.propagation.FrameBatcher` between the gRPC handler and
+the model loop. The model takes one frame at a time (batches of one, ``_BATCH``), so the
+batcher changes nothing in what runs; it reports the queue's depth
+(``visiontel.batcher.queue.depth``) and each frame's wait (``visiontel.batcher.wait.duration``).
+Every frame counts in the detector's stream health (``visiontel.frames.received`` and
+``visiontel.frames.lost`` by sequence gap, through ``continue_frame``).
 """
 
 from __future__ import annotations
@@ -13,7 +20,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import queue
 import random
 import sys
 from collections.abc import Callable
@@ -22,7 +28,6 @@ from contextlib import AbstractContextManager
 import grpc
 import torch
 from opentelemetry import trace
-from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
 import visiontel.propagation as vp
@@ -47,6 +52,7 @@ from visiontel.demo._zoo import Detector, build
 
 _log = logging.getLogger("visiontel.demo.detector")
 _QUEUE = 4  # frames waiting; a full queue holds the source's call: backpressure
+_BATCH = 1  # the model's batch size: one frame per forward
 _CONNECT_TIMEOUT = 60.0
 _IN_FLIGHT = 8  # results sent and not yet acknowledged by the tracker
 _STAGES = ("preprocess", "postprocess")
@@ -153,7 +159,7 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
         torch.set_num_threads(config.threads)
     device = _device(config)
     tracer = trace.get_tracer("visiontel.demo.detector")
-    inbox: queue.Queue[tuple[Frame, Context | None]] = queue.Queue(_QUEUE)
+    inbox: vp.FrameBatcher[Frame] = vp.FrameBatcher("detector", capacity=_QUEUE)
 
     def submit(request: bytes, context: grpc.ServicerContext) -> bytes:
         try:
@@ -161,7 +167,7 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
         except WireError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         carried = vp.extract_grpc(context.invocation_metadata()) if telemetry.enabled else None
-        inbox.put((frame, carried))
+        inbox.put(carried, frame)  # None without telemetry: the handler's (empty) context
         return b""
 
     # Bound before the models are built, so a port taken since the launcher's check fails
@@ -217,15 +223,17 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
     done = 0
     with torch.inference_mode():
         while True:
-            frame, carried = inbox.get()
+            ((carried, frame),) = inbox.next_batch(_BATCH, 0.0)
             _child.first_frame()
             if frame.kind == KIND_END:
+                if telemetry.enabled:
+                    vp.end_streams()  # the gaps of the stream's last frames count now
                 break
             if frame.kind != KIND_FRAME:
                 continue
             version = route(frame.sequence)
             span_cm: AbstractContextManager[object] = contextlib.nullcontext()
-            if carried is not None:
+            if telemetry.enabled:
                 span_cm = vp.continue_frame(
                     "detect", carried, tracer=tracer, attributes=model_attributes[version]
                 )
@@ -251,6 +259,10 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
                 sender.send(result.pack(), tracer if telemetry.enabled else None)
             done += 1
     sender.drain()
+    if telemetry.meter_provider is not None:
+        # While the batcher still exists: its queue depth is read at collection, and the
+        # batcher is gone by the time the process's final export runs.
+        telemetry.meter_provider.force_flush(5_000)
     send(Result(KIND_END, done, 0).pack(), timeout=30)
     channel.close()
     server.stop(0.2).wait()

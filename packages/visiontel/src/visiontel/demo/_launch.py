@@ -258,6 +258,7 @@ def _print_report(config: DemoConfig, stats: _Stats, out: TextIO) -> None:
                 write("\n".join(_canary.gate_table(run_dir, traces, *canary)) + "\n")
             else:
                 write("\n".join(_report.stage_table(traces)) + "\n")
+        write("\n" + "\n".join(_report.stream_health(run_dir)) + "\n")
         names, logs = _report.metric_summary(run_dir)
         write(f"\n{len(traces)} frame traces, {len(spans)} spans; metrics and log records:\n")
         for service in SERVICE_NAMES.values():

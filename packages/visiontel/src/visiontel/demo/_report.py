@@ -240,3 +240,56 @@ def files_summary(run_dir: pathlib.Path) -> list[str]:
         present = [s for s in SIGNALS if (run_dir / service / f"{s}.jsonl").exists()]
         lines.append(f"  {service:<13} " + "  ".join(f"{s}.jsonl" for s in present))
     return lines
+
+
+STREAM_ATTRIBUTE = "visiontel.stream.id"
+_SOURCE_COUNTERS = ("visiontel.demo.frames.sent", "visiontel.demo.frames.dropped")
+_HOP_COUNTERS = ("visiontel.frames.received", "visiontel.frames.lost")
+_HOPS = (("detector", "detector"), ("tracker", "sink"))  # (label, role)
+
+
+def _stream_counts(
+    run_dir: pathlib.Path, role: str, names: Sequence[str]
+) -> dict[tuple[str, str], int]:
+    """(counter, stream id) -> its total in the last export of one service's ``names``."""
+    last: dict[tuple[str, str], int] = {}
+    for request in requests(run_dir, SERVICE_NAMES[role], "metrics"):
+        for rm in request.get("resourceMetrics", []):
+            for scope in rm.get("scopeMetrics", []):
+                for metric in scope.get("metrics", []):
+                    if metric["name"] not in names:
+                        continue
+                    totals: dict[tuple[str, str], int] = defaultdict(int)
+                    for point in metric.get("sum", {}).get("dataPoints", []):
+                        stream = attributes(point.get("attributes", [])).get(STREAM_ATTRIBUTE)
+                        if stream is not None:
+                            totals[(metric["name"], str(stream))] += int(point.get("asInt", 0))
+                    last.update(totals)  # cumulative: a later export holds the totals
+    return last
+
+
+def stream_health(run_dir: pathlib.Path) -> list[str]:
+    """Per stream: frames sent and dropped by the source, received and lost at each hop.
+
+    Lost is ``visiontel.frames.lost`` (sequence gaps) as each hop exported it: with
+    ``--drop-every`` it equals the source's dropped count, without it 0.
+    """
+    source = _stream_counts(run_dir, "source", _SOURCE_COUNTERS)
+    hops = {label: _stream_counts(run_dir, role, _HOP_COUNTERS) for label, role in _HOPS}
+    streams = sorted({stream for counts in (source, *hops.values()) for _, stream in counts})
+    if not streams:
+        return ["Stream health: no per-stream counts were written"]
+    head = "".join(f" | {label + ' received':>17} {'lost':>5}" for label, _ in _HOPS)
+    lines = [
+        "Stream health (frames; lost = sequence gaps seen at each hop):",
+        f"  {'stream':<16} {'sent':>6} {'dropped':>7}{head}",
+    ]
+    for stream in streams:
+        sent, dropped = (source.get((name, stream), 0) for name in _SOURCE_COUNTERS)
+        cells = "".join(
+            f" | {hops[label].get((_HOP_COUNTERS[0], stream), 0):>17}"
+            f" {hops[label].get((_HOP_COUNTERS[1], stream), 0):>5}"
+            for label, _ in _HOPS
+        )
+        lines.append(f"  {stream[:16]:<16} {sent:>6} {dropped:>7}{cells}")
+    return lines

@@ -1,7 +1,8 @@
 """The tracker/sink: associates detections into tracks and records frame latency.
 
 It ends each frame's trace (``track``, with a ``associate`` child), records the
-capture-to-result latency histogram from visiontel.propagation, writes one log record per
+capture-to-result latency histogram from visiontel.propagation (and, through it and
+``continue_frame``, the tracker's stream health: each frame counted once), writes one log record per
 frame (in the frame's trace context, so logs and traces join up) and reports each frame
 to the launcher for the live progress line.
 
@@ -117,6 +118,8 @@ def run(config: DemoConfig, telemetry: Telemetry) -> None:
         except WireError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if message.kind == KIND_END:
+            if telemetry.enabled:
+                vp.end_streams()  # the gaps of the stream's last frames count now
             expected.append(message.sequence)
             ended.set()
             return b""

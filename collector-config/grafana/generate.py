@@ -242,6 +242,43 @@ def frame_latency() -> str:
                 "s",
                 exemplars=True,
             ),
+            timeseries(
+                "Frames per second by stream, at each hop",
+                [("visiontel:frames_received:rate5m", "{{job}} {{visiontel_stream_id}}")],
+                "short",
+                description="visiontel.frames.received: every frame a hop extracted, sampled "
+                "or not.",
+            ),
+            timeseries(
+                "Frames lost by stream, at each hop",
+                [("visiontel:frames_lost:ratio_5m", "{{job}} {{visiontel_stream_id}}")],
+                "percentunit",
+                description="Sequence gaps seen by a hop (reordering within its window is not "
+                "loss). Alert VisiontelFramesLost fires above 1 % (red line).",
+                threshold=0.01,
+            ),
+            timeseries(
+                "Batcher queue depth",
+                [
+                    (
+                        "max by (job, visiontel_batcher_name) (visiontel_batcher_queue_depth)",
+                        "{{job}} {{visiontel_batcher_name}}",
+                    )
+                ],
+                "short",
+            ),
+            timeseries(
+                "Batcher wait p99",
+                [
+                    (
+                        "histogram_quantile(0.99, sum by (le, job, visiontel_batcher_name) "
+                        f"(rate(visiontel_batcher_wait_duration_seconds_bucket[{RATE}])))",
+                        "{{job}} {{visiontel_batcher_name}}",
+                    )
+                ],
+                "s",
+                description="From a frame's arrival in the batcher to its batch being taken.",
+            ),
         ],
         [],
     )

@@ -21,8 +21,6 @@ import pytest
 from browser import chromium_path, rendered_dom, screenshot
 from collector_support import ROOT, Stack, eventually
 
-from visiontel.demo._stack import describe
-
 pytestmark = pytest.mark.e2e
 SERVICES = ("frame-source", "detector", "tracker")
 LINE = re.compile(r"\s*(\S.*?\S)\s{2,}(http://\S+)")
@@ -59,6 +57,10 @@ def printed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
         lambda: stack.victorialogs.query('"service.name":="tracker"') or None,
         "tracker log records in VictoriaLogs",
     )
+    # visiontel is installed by the stack session only (the collector session collects
+    # this module without it).
+    from visiontel.demo._stack import describe
+
     lines = describe(stack)
     found = {m.group(1): m.group(2) for m in map(LINE.match, lines) if m}
     assert {"Zipkin UI", "a frame", "Prometheus", "Logs UI", "its logs"} <= set(found), lines

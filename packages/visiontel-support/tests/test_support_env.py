@@ -145,6 +145,27 @@ def test_env_list_and_str(monkeypatch: pytest.MonkeyPatch) -> None:
     assert env.env_list(NAME) == []
 
 
+def _pair(raw: str) -> tuple[int, int]:
+    left, _, right = raw.partition(":")
+    return int(left), int(right)  # ValueError when malformed
+
+
+def test_env_parsed_reads_its_own_format_under_the_same_policy(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv(NAME, raising=False)
+    assert env.env_parsed(NAME, (1, 2), _pair, "a pair A:B") == (1, 2)
+    monkeypatch.setenv(NAME, " 3:4 ")
+    assert env.env_parsed(NAME, (1, 2), _pair, "a pair A:B") == (3, 4)
+    monkeypatch.setenv(NAME, "3x4")
+    with caplog.at_level(logging.WARNING):
+        assert env.env_parsed(NAME, (1, 2), _pair, "a pair A:B") == (1, 2)
+        assert env.env_parsed(NAME, (1, 2), _pair, "a pair A:B") == (1, 2)
+    (message,) = _warnings(caplog)  # said once
+    assert NAME in message and "'3x4'" in message and "a pair A:B" in message
+    assert "(1, 2)" in message
+
+
 def test_a_long_bad_value_is_cut_in_the_log(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -20,7 +20,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from visiontel._support.env import check_float, env_choice, env_list, env_str
+from visiontel._support.env import check_float, env_choice, env_list, env_parsed, env_str
 from visiontel._support.otlp import otlp_log_exporter, otlp_metric_exporter
 from visiontel.gpu._backend import BackendUnavailable, open_backend, resource_attributes
 from visiontel.gpu._config import BACKENDS, MIN_INTERVAL_S, GPUConfig
@@ -36,24 +36,22 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _PORTS = "a port number (0-65535; 0 picks a free one) or off"
 
 
-def _port(raw: str) -> int | None:
-    """--prometheus-port: None (off) for "off" or nothing; 0 lets the OS pick the port."""
+def _port_value(raw: str) -> int | None:
+    """A port, None (off) for "off" or nothing; 0 lets the OS pick the port."""
     value = raw.strip().lower()
     if value in ("", "off"):
         return None
     if value.isdigit() and int(value) <= 65535:
         return int(value)
-    raise argparse.ArgumentTypeError(f"{raw!r} is not {_PORTS}")
+    raise ValueError(raw)
 
 
-def _env_port(name: str) -> int | None:
-    """A port from the environment; a malformed one is logged and means off (None)."""
-    raw = os.environ.get(name, "")
+def _port(raw: str) -> int | None:
+    """--prometheus-port (see _port_value)."""
     try:
-        return _port(raw)
-    except argparse.ArgumentTypeError:
-        _log.warning("%s=%r is not %s; the Prometheus endpoint stays off", name, raw, _PORTS)
-        return None
+        return _port_value(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not {_PORTS}") from None
 
 
 def _interval(raw: str) -> float:
@@ -82,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--prometheus-port",
         type=_port,
-        default=_env_port("VISIONTEL_GPU_PROMETHEUS_PORT"),
+        default=env_parsed("VISIONTEL_GPU_PROMETHEUS_PORT", None, _port_value, _PORTS),
         help="serve /metrics for Prometheus on this port (0: any free port, printed at "
         "startup; off: no endpoint, the default)",
     )

@@ -16,7 +16,8 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import TypeVar
 
 __all__ = [
     "check_choice",
@@ -27,10 +28,12 @@ __all__ = [
     "env_float",
     "env_int",
     "env_list",
+    "env_parsed",
     "env_str",
     "reset",
 ]
 
+T = TypeVar("T")
 _logger = logging.getLogger("visiontel")
 _TRUE = frozenset(("1", "true", "yes", "on"))
 _FALSE = frozenset(("0", "false", "no", "off"))
@@ -190,6 +193,27 @@ def _match(value: str, choices: Collection[str]) -> str | None:
         if choice.lower() == folded:
             return choice
     return None
+
+
+def env_parsed(
+    name: str,
+    default: T,
+    parse: Callable[[str], T],
+    accepted: str,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> T:
+    """``parse(value)`` for a format the readers above do not know (a size, a port or "off"),
+    under the same policy: ``parse`` raising ValueError makes the value malformed, logged
+    once (``accepted`` says what is expected) and replaced by ``default``."""
+    raw = _raw(name, environ)
+    if raw is None:
+        return default
+    try:
+        return parse(raw)
+    except ValueError:
+        _malformed(name, raw, accepted, default)
+        return default
 
 
 # --- arguments -----------------------------------------------------------------------------

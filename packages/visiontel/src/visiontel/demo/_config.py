@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import pathlib
 import re
 from dataclasses import dataclass
 
-from visiontel._support.env import env_bool, env_choice, env_float, env_int, env_str
+from visiontel._support.env import env_bool, env_choice, env_float, env_int, env_parsed, env_str
 from visiontel.demo._errors import UsageError
 
 MODELS = ("tinydet", "ssdlite")
@@ -94,21 +93,6 @@ def _size(raw: str) -> tuple[int, int]:
 _size.__name__ = "size WIDTHxHEIGHT (16..7680 x 16..4320)"
 
 
-def _env_size(name: str, default: tuple[int, int]) -> tuple[int, int]:
-    """``WxH`` from ``name``: malformed, it is logged and ``default`` used (the env policy)."""
-    raw = env_str(name, "")
-    if not raw:
-        return default
-    try:
-        return _size(raw)
-    except ValueError:
-        # env_choice/env_int cannot read a size; say it the way visiontel._support.env does.
-        logging.getLogger("visiontel").warning(
-            "%s=%r is not a %s; using the default %dx%d", name, raw[:64], _size.__name__, *default
-        )
-        return default
-
-
 def _env_optional(name: str) -> str | None:
     return env_str(name, "") or None
 
@@ -135,7 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="'synthetic', a video file, a folder of images, or an rtsp:// URL "
         "(default %(default)s)",
     )
-    size = _env_size("VISIONTEL_DEMO_SIZE", (d.width, d.height))
+    size = env_parsed("VISIONTEL_DEMO_SIZE", (d.width, d.height), _size, _size.__name__)
     add(
         "--size",
         type=_size,

@@ -43,6 +43,12 @@ PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 # may really lack. Only the GPU is: the CUDA tests skip on the CPU-only CI machine.
 STRICT_SKIPS = {"VISIONTEL_STRICT_SKIPS": "1", "VISIONTEL_MAY_LACK": "cuda"}
 
+# visiontel-torch's C extension (_speedups.c) is optional for users (no compiler: pure Python)
+# but built here: its tests fail rather than skip when it is missing. The floor's middle
+# releases run with the pure-Python loops instead, so both stay tested on several SDKs.
+COMPILED = {"VISIONTEL_REQUIRE_SPEEDUPS": "1"}
+PURE_PYTHON = {"VISIONTEL_TORCH_PURE_PYTHON": "true"}
+
 
 def _torch_pins(session: nox.Session, torch_version: str) -> list[str]:
     """``-c FILE`` arguments holding torch and its torchvision at the session's versions."""
@@ -107,7 +113,7 @@ def tests(session: nox.Session, torch: str) -> None:
     # tests/reliability has its own sessions (reliability, reliability_short). Tests marked
     # e2e need the local stack: the `stack` session runs them.
     ignore = [f"--ignore={ROOT / 'tests' / d}" for d in ("collector", "reliability")]
-    env = {"VISIONTEL_TEST_TORCH": torch, **STRICT_SKIPS}
+    env = {"VISIONTEL_TEST_TORCH": torch, **STRICT_SKIPS, **COMPILED}
     session.run("pytest", *targets, *ignore, "-m", "not e2e", *session.posargs, env=env)
 
 
@@ -220,16 +226,26 @@ def floor(session: nox.Session, otel: str) -> None:
         "python", "-c", "import opentelemetry.sdk.version as v; print('sdk', v.__version__)"
     )
     targets = [str(ROOT / "packages" / n / "tests") for n in names]
+    env = {"VISIONTEL_TEST_TORCH": TORCH_OLDEST, **STRICT_SKIPS, **COMPILED}
     if otel != min(OTEL_RELEASES):  # between floor and newest: what touches the SDK's pieces
         torch_tests = ROOT / "packages" / "visiontel-torch" / "tests"
         targets[0:1] = [str(torch_tests / f"test_{name}.py") for name in OTEL_SENSITIVE]
-    env = {"VISIONTEL_TEST_TORCH": TORCH_OLDEST, **STRICT_SKIPS}
+        env.update(PURE_PYTHON)
     session.run("pytest", *targets, *session.posargs, env=env)
 
 
 # visiontel-torch tests of the span and metric paths, run on the releases between floor and
 # newest (the floor and the newest run everything).
-OTEL_SENSITIVE = ("otel_gate", "livespan", "children", "spans", "metrics", "stage", "volume")
+OTEL_SENSITIVE = (
+    "otel_gate",
+    "livespan",
+    "children",
+    "spans",
+    "metrics",
+    "stage",
+    "volume",
+    "speedups",
+)
 
 
 @nox.session(python=PYTHON, tags=["ci"])

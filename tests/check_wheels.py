@@ -21,6 +21,14 @@ def main(wheels: list[str]) -> int:
         for init in top:
             module = ".".join(init.parent.parts)
             __import__(module)
+    if "visiontel-torch" in names:  # its wheel carries the compiled loops (_speedups.c)
+        from visiontel.torch import _compiled
+
+        files = [str(f) for f in md.distribution("visiontel-torch").files or []]
+        if _compiled.speedups is None or any(f.endswith(".c") for f in files):
+            print(f"visiontel-torch: compiled loops missing or C source shipped: {files}")
+            return 1
+        print(f"visiontel-torch: compiled loops from {_compiled.speedups.__file__}")
     print(f"{len(names)} distributions, {loaded} entry points loaded")
     return 0 if names else 1
 

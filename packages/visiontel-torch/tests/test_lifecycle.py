@@ -282,7 +282,10 @@ def test_checkpoint_loads_where_visiontel_is_not_installed(
         sys.meta_path.insert(0, NoVisiontel())
         for name in {FAMILY_NAMES!r}:
             model = torch.load({str(tmp_path)!r} + f"/{{name}}.pt", weights_only=False)
-            assert "visiontel" not in str(sys.modules.keys())
+            # (an editable install's import finder may be loaded under a name with
+            # "visiontel" in it: that is not the package)
+            loaded = [m for m in sys.modules if m.split(".")[0] == "visiontel"]
+            assert not loaded, loaded
             print(name, "loaded", type(model).__name__)
         """
     )

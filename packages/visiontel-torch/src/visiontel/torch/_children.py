@@ -96,6 +96,20 @@ class SdkChildren:
     def stale(self) -> bool:
         return self._path.stale()
 
+    def span_parts(self) -> tuple[Any, ...]:
+        """The compiled span builder's arguments (``FastPath.span_parts``)."""
+        return self._path.span_parts()
+
+    def end_all(self, spans: list[Any]) -> None:
+        """Hand finished spans to the processors: at once where each batch processor takes
+        them, else one ``on_end`` each, in order."""
+        on_end_many = self._path.on_end_many
+        if on_end_many is not None:
+            on_end_many(spans)
+            return
+        for span in spans:
+            self.on_end(span)
+
     def batch(self) -> Children:
         """Children whose finished spans are kept until ``emit`` hands them over at once."""
         on_end_many = self._path.on_end_many

@@ -24,7 +24,9 @@ again. Everything else in the package uses only the public API.
 
 from __future__ import annotations
 
+import functools
 import logging
+import random
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -139,6 +141,7 @@ class FastPath:
     ) -> None:
         from opentelemetry.sdk.trace import ReadableSpan, _Span
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
         self._provider = provider
@@ -154,6 +157,13 @@ class FastPath:
         self._readable_span = ReadableSpan
         self.on_end = self._processor.on_end
         self.new_span_id = provider.id_generator.generate_span_id
+        # The SDK's RandomIdGenerator draws span ids with random.getrandbits(64) (retrying 0):
+        # the compiled span builder calls that directly, and retries 0 itself.
+        self._span_id_bits = (
+            functools.partial(random.getrandbits, 64)
+            if type(provider.id_generator) is RandomIdGenerator
+            else self.new_span_id
+        )
         self.new_trace_id = provider.id_generator.generate_trace_id
         instrumentation_scope = InstrumentationScope(*scope)
         # Every field a ReadableSpan gets from its constructor, as that constructor sets
@@ -164,6 +174,7 @@ class FastPath:
         )
         self._template = dict(vars(template))
         self.new_context = _context_factory()
+        self._context_class = SpanContext if self.new_context.__name__ == "direct" else None
         # Every processor queues spans for a later export anyway: ending ours a little later,
         # in a batch, changes nothing a reader of the exported spans can see.
         self.batched = all(type(p) is BatchSpanProcessor for p in self._processors)
@@ -229,6 +240,22 @@ class FastPath:
         )
         span.__dict__ = fields
         return span
+
+    def span_parts(self) -> tuple[Any, ...]:
+        """What the compiled ``layer_spans`` (_speedups.c) builds finished spans from, in its
+        argument order: the same class, template, factories and limits as ``finished_span``
+        and ``limited`` use (the SpanContext class when a tuple may be built directly)."""
+        return (
+            self._readable_span,
+            self._template,
+            self._span_id_bits,
+            self.new_context,
+            self._context_class,
+            self.limited,
+            SAMPLED,
+            self.max_attributes,
+            self.max_attribute_length is not None,
+        )
 
     def limited(self, attributes: dict[str, Any]) -> Any:
         """``attributes`` as the SDK stores them under this provider's span limits."""

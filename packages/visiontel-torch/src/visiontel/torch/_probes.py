@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from visiontel.torch import _compiled
 from visiontel.torch._safety import report_internal_error
 from visiontel.torch._timing import EventSource, GpuEvent
 from visiontel.torch._torch_private import ParkedHook
@@ -99,7 +100,7 @@ class ChildProbes:
         self._use_hooks = use_hooks
         self._lock = threading.Lock()
         self._armed = 0
-        self._wrappers: list[_Wrapper] = []
+        self._wrappers: list[Any] = []  # _Wrapper, or its compiled ForwardSwap
         self._hooks: list[ParkedHook] = []
         self._by_index: dict[int, list[Any]] = {}
 
@@ -117,18 +118,18 @@ class ChildProbes:
             self._by_index[index] = added
             if self._armed:
                 for probe in added:
-                    probe.install() if isinstance(probe, _Wrapper) else probe.arm()
+                    probe.arm() if isinstance(probe, ParkedHook) else probe.install()
 
     def drop(self, index: int) -> None:
         """Take the probes of one module away for good."""
         with self._lock:
             for probe in self._by_index.pop(index, ()):
-                if isinstance(probe, _Wrapper):
-                    probe.uninstall()
-                    self._wrappers.remove(probe)
-                else:
+                if isinstance(probe, ParkedHook):
                     probe.forget()
                     self._hooks.remove(probe)
+                else:
+                    probe.uninstall()
+                    self._wrappers.remove(probe)
 
     # -- forward wrappers ------------------------------------------------------------------
     def _add_wrapper(self, index: int, module: Any, role: str) -> None:
@@ -138,6 +139,14 @@ class ChildProbes:
         inner: list[Callable[..., Any]] = [module.forward]
         state, clock, compiling = self._state, time.perf_counter_ns, self._is_compiling
         post = ~index
+        compiled = _compiled.speedups
+        if compiled is not None:  # the same wrapper, in C (_speedups.c)
+            # (copies as its inner forward itself; checks compiling at the root only)
+            stamped = compiled.StampedForward(inner, state, index, _acquire)
+            if role:
+                stamped = _CopiesAsInner(_on_trial(stamped, inner, state, role), inner)
+            self._wrappers.append(compiled.ForwardSwap(module, stamped, inner))
+            return
 
         def stamped_forward(*args: Any, **kwargs: Any) -> Any:
             forward = inner[0]
@@ -180,8 +189,12 @@ class ChildProbes:
             self._armed += 1
             if self._armed > 1:
                 return
-            for wrapper in self._wrappers:
-                wrapper.install()
+            compiled = _compiled.speedups
+            if compiled is not None:
+                compiled.install_all(self._wrappers)
+            else:
+                for wrapper in self._wrappers:
+                    wrapper.install()
             for hook in self._hooks:
                 hook.arm()
 
@@ -190,8 +203,12 @@ class ChildProbes:
             self._armed = 0 if force else max(0, self._armed - 1)
             if self._armed:
                 return
-            for wrapper in self._wrappers:
-                wrapper.uninstall()
+            compiled = _compiled.speedups
+            if compiled is not None:
+                compiled.uninstall_all(self._wrappers)
+            else:
+                for wrapper in self._wrappers:
+                    wrapper.uninstall()
             for hook in self._hooks:
                 hook.disarm()
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from opentelemetry import trace
 
+from visiontel.torch import _compiled
 from visiontel.torch._children import (
     BatchedChildren,
     Children,
@@ -206,11 +207,44 @@ class Resolver:
             self._in_flight.done()
         self._waiting = still_waiting
 
+    def _materialise_compiled(
+        self, compiled: Any, record: ForwardRecord, children: SdkChildren
+    ) -> None:
+        """``_materialise`` for a forward without GPU times, by ``_speedups.layer_spans``."""
+        table = record.table
+        to_wall = record.wall_start_ns - record.perf_start_ns
+        ended, aggregated = compiled.layer_spans(
+            record.stamps or [],
+            table.names,
+            table.classes,
+            table.budget,
+            record.span.get_span_context(),
+            to_wall,
+            record.wall_ns(record.perf_end_ns),
+            *children.span_parts(),
+        )
+        if ended:
+            children.end_all(ended)
+        for module_name, seconds in aggregated:
+            layer_attributes = {"visiontel.model.name": table.model_name}
+            layer_attributes["visiontel.module.name"] = module_name
+            self._metrics.layer_duration.record(seconds, layer_attributes)
+        if aggregated:
+            record.span.set_attribute("visiontel.layers.aggregated", len(aggregated))
+        record.span.end(end_time=record.wall_ns(record.perf_end_ns))
+        self.volume.observe(len(ended) + 1)
+
     def _materialise(self, record: ForwardRecord, with_gpu: bool) -> None:
         table = record.table
         names, classes, budget = table.names, table.classes, table.budget
         handing_over = threading.get_ident() == self._thread_ident  # on the resolver thread
         children = self._children_for(record)
+        compiled = _compiled.speedups
+        # the C loop holds the GIL throughout: not on the resolver thread, which hands it over
+        fast = compiled is not None and not with_gpu and not handing_over
+        if fast and isinstance(children, SdkChildren):
+            self._materialise_compiled(compiled, record, children)
+            return
         if isinstance(children, SdkChildren):
             children = children.batch()  # this forward's layer spans go out together
         start_child = children.start

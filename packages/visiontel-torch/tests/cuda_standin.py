@@ -86,9 +86,10 @@ class ReportsCuda(torch.Tensor):
     """A CPU tensor whose ``device`` says ``cuda:0``: what the event-source choice reads.
 
     ``_events_for`` picks CUDA timing from the device the inputs report
-    (``describe_inputs`` -> ``first.device``); without a GPU no tensor can really be on CUDA,
-    so this is the narrowest seam that lets the real choice run. ``__torch_function__`` is
-    disabled, so the first layer returns a plain CPU tensor and the forward runs as usual.
+    (``describe_inputs`` -> ``first.is_cuda``, then ``first.device``); without a GPU no
+    tensor can really be on CUDA, so this is the narrowest seam that lets the real choice
+    run. ``__torch_function__`` is disabled, so the first layer returns a plain CPU tensor
+    and the forward runs as usual.
     """
 
     __torch_function__ = torch._C._disabled_torch_function_impl
@@ -97,6 +98,10 @@ class ReportsCuda(torch.Tensor):
     @property
     def device(self) -> torch.device:  # type: ignore[override]
         return self.reported
+
+    @property
+    def is_cuda(self) -> bool:  # type: ignore[override]
+        return self.reported.type == "cuda"  # read first, as on a real CUDA tensor
 
 
 class ReportsDefaultCuda(ReportsCuda):

@@ -29,6 +29,19 @@ class InputDescription:
         return None if self.first is None else self.first.device
 
     @property
+    def on_cuda(self) -> bool:
+        """Whether the first input is on a CUDA device (``Tensor.is_cuda``: a flag read,
+        where ``.device`` builds a ``torch.device``); duck-typed tensors are asked their
+        device."""
+        first = self.first
+        if first is None:
+            return False
+        on_cuda = getattr(first, "is_cuda", None)
+        if isinstance(on_cuda, bool):
+            return on_cuda
+        return getattr(first.device, "type", None) == "cuda"
+
+    @property
     def batch_shape(self) -> str | None:
         return None if self.first is None else _shape(self.first)
 

@@ -96,6 +96,8 @@ class LiveSpans:
         """
         path = self.current_path()
         if path is not None:
+            if hidden and path.fixed_decision is False and path.enabled():
+                return trace.INVALID_SPAN  # dropped under any parent: no need to look it up
             parent = trace.get_current_span(context).get_span_context()
             if not parent.is_remote and path.enabled():
                 decision = path.decide(parent)

@@ -19,7 +19,7 @@ from opentelemetry import trace
 
 from visiontel.torch._config import TorchConfig
 from visiontel.torch._failures import record_failure
-from visiontel.torch._inputs import describe_inputs
+from visiontel.torch._inputs import InputDescription, describe_inputs
 from visiontel.torch._livespan import add_plain_attributes, all_plain
 from visiontel.torch._metrics import DetectionCounter, count_detections
 from visiontel.torch._record import ForwardRecord, ModuleTable
@@ -156,7 +156,7 @@ class ModelInstrumentation:
         if recording:
             if inputs.attributes:
                 add_plain_attributes(span, inputs.attributes)
-            record.events = self._events_for(inputs.device)
+            record.events = self._events_for(inputs)
             if record.events is not None:
                 record.start_event = record.events.acquire()
             record.context_token = otel_context.attach(trace.set_span_in_context(span))
@@ -236,10 +236,10 @@ class ModelInstrumentation:
             span.end(end_time=record.wall_ns(perf_end))
             record.events.release(record.gpu_events())
 
-    def _events_for(self, device: Any) -> EventSource | None:
+    def _events_for(self, inputs: InputDescription) -> EventSource | None:
         if self._event_source is not None:
             return self._event_source
-        return cuda_event_source(device)
+        return cuda_event_source(inputs.device) if inputs.on_cuda else None
 
     # -- removal -------------------------------------------------------------------------
     def remove(self) -> None:

@@ -151,6 +151,9 @@ class FastPath:
         self._tracer = tracer
         self._counters_waiting = counters_waiting
         self._decisions = _static_decisions(tracer.sampler)
+        # the decision for any parent, where the sampler's is the same for all (always_off,
+        # always_on, or a parent-based sampler with one delegate everywhere), else None
+        self.fixed_decision = self._decisions[0] if len(set(self._decisions)) == 1 else None
         self._limits = tracer._span_limits
         self._is_enabled = getattr(tracer, "_is_enabled", None)  # the SDK's tracer configurator
         self._sdk_span_class = _Span
@@ -188,7 +191,10 @@ class FastPath:
         return (
             self._processor._span_processors is not self._processors
             or self._provider.resource is not self._resource
-            or any(c._real_instrument is not None for c in self._counters_waiting)
+            or (  # (no generator made per call when nothing waits: this runs per span)
+                bool(self._counters_waiting)
+                and any(c._real_instrument is not None for c in self._counters_waiting)
+            )
         )
 
     def enabled(self) -> bool:

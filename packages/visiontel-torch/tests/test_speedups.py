@@ -327,3 +327,27 @@ def test_layer_spans_refuses_malformed_stamps(compiled: ModuleType) -> None:
         },
     ]
     assert ended[0].parent == ended[1].context and ended[2].parent == root
+
+
+def test_finished_spans_are_freed_without_the_cyclic_collector(compiled: ModuleType) -> None:
+    import gc
+    import weakref
+
+    from opentelemetry.trace import SpanContext
+
+    from visiontel.torch._otel_private import fast_path_for
+
+    path = fast_path_for(TracerProvider())
+    assert path is not None
+    root = SpanContext(1, 2, is_remote=False)
+    args = (("a",), ("Linear",), 10, root, 0, 100, *path.span_parts())
+    ended, _ = compiled.layer_spans([(0, 10, None), (~0, 20, None)], *args)
+    span = ended[0]
+    assert not gc.is_tracked(span) and not gc.is_tracked(vars(span))
+    gone = weakref.ref(span)
+    gc.disable()
+    try:
+        del span, ended
+        assert gone() is None  # reference counting alone freed it
+    finally:
+        gc.enable()

@@ -418,6 +418,17 @@ static int finish(Builder *b, PyObject *name, OpenCall *call, long long start_wa
         span = PyBaseObject_Type.tp_new((PyTypeObject *)b->span_class, b->empty, NULL);
         failed = span == NULL || PyObject_GenericSetDict(span, fields, NULL) < 0 ||
                  PyList_Append(b->ended, span) < 0;
+        /* Out of the cyclic GC's sight: at layer granularity a forward makes ~100 spans that
+         * wait in the batch processor's queue, and the collections their allocations set off
+         * cost ~4 % of a 2 ms forward (measured with gc.disable()). None of the three can be
+         * in a cycle: a finished span holds its name, ids, times, plain attributes and the
+         * template's immutable values (resource, scope, status, empty events and links),
+         * none of which refers back; reference counting frees them. */
+        if (!failed) {
+            PyObject_GC_UnTrack(span);
+            PyObject_GC_UnTrack(fields);
+            if (PyObject_GC_IsTracked(call->context)) PyObject_GC_UnTrack(call->context);
+        }
     }
     Py_XDECREF(span);
     Py_XDECREF(fields);

@@ -34,7 +34,13 @@ from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
 
 import visiontel.torch as vt
 
@@ -141,6 +147,8 @@ def variants(model: torch.nn.Module) -> dict[str, Variant]:
     """name -> (install, remove, context around one timed block)."""
     sampled = make_providers(ALWAYS_ON)
     unsampled = make_providers(ALWAYS_OFF)
+    # what production usually runs (OTEL_TRACES_SAMPLER=parentbased_traceidratio): 1 in 100
+    ratio = make_providers(ParentBased(TraceIdRatioBased(0.01)))
     naive_holder: list[NaiveTracer] = []
     instrumentor = vt.TorchInstrumentor()
 
@@ -192,6 +200,7 @@ def variants(model: torch.nn.Module) -> dict[str, Variant]:
         "baseline": (noop, noop, nullcontext),
         "unsampled (layer)": (instrument(unsampled, "layer"), remove, nullcontext),
         "auto-discovery, unsampled": (auto_install, auto_remove, nullcontext),
+        "parentbased_traceidratio 1 % (stage)": (instrument(ratio, "stage"), remove, nullcontext),
         "model": (instrument(sampled, "model"), remove, nullcontext),
         "stage": (instrument(sampled, "stage"), remove, nullcontext),
         "layer (all sampled)": (instrument(sampled, "layer"), remove, nullcontext),

@@ -30,6 +30,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 import visiontel.torch as vt
 from visiontel.torch import _otel_private, _runtime
@@ -318,3 +320,61 @@ def test_queued_work_keeps_no_input_or_output_tensor_alive() -> None:
         assert vt.flush(10)
     finally:
         vt.uninstrument_model(model)
+
+
+class _SequentialIds(IdGenerator):
+    """Trace ids whose low 64 bits walk through the ratio's range: the same ids, in the same
+    order, for the fast path and the public API, so both see the same sampling decisions."""
+
+    def __init__(self) -> None:
+        self._trace, self._span = 0, 0
+
+    def generate_trace_id(self) -> int:
+        self._trace += 1
+        return (0xFEED << 64) | ((self._trace * 0x2545F4914F6CDD1D) & ((1 << 64) - 1))
+
+    def generate_span_id(self) -> int:
+        self._span += 1
+        return self._span
+
+
+def _ratio_workload() -> tuple[list[Any], list[Any], int]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(
+        sampler=ParentBased(TraceIdRatioBased(0.5)),
+        id_generator=_SequentialIds(),
+        resource=Resource.create({"service.name": "ratio"}),
+    )
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    _runtime.set_default_runtime(_runtime.Runtime(provider, meters))
+    model = vt.instrument_model(
+        TinyDetector(), name="det", tracer_provider=provider, meter_provider=meters
+    )
+    roots: list[bool] = []
+    try:
+        with torch.inference_mode():
+            for _ in range(24):
+                model(torch.randn(1, 3, 16, 16))  # each a new trace: the ratio decides
+                with vt.stage("nms"):
+                    roots.append(trace.get_current_span().is_recording())
+        assert vt.flush(10)
+        points = _points(reader)
+    finally:
+        vt.uninstrument_model(model)
+        _runtime.set_default_runtime(None)
+    spans = list(exporter.get_finished_spans())
+    for span in spans:  # a kept trace's id is one the sampler keeps
+        assert (span.context.trace_id & ((1 << 64) - 1)) < TraceIdRatioBased(0.5).bound
+    return _tree(spans), points, sum(roots)
+
+
+def test_a_trace_id_ratio_decides_new_traces_as_the_sdk_does() -> None:
+    fast = _ratio_workload()
+    _otel_private._use_public_api(True)
+    public = _ratio_workload()
+    assert fast == public
+    assert 4 <= fast[2] <= 20  # some stages kept, some dropped
+    kept = {json.loads(row)["name"] for row in fast[0]}
+    assert {"inference det", "nms"} <= kept

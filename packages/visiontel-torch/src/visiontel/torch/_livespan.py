@@ -42,6 +42,7 @@ _PLAIN = (str, bool, int, float)
 _NOT_PLAIN = object()
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _NO_STATE = TraceState()
+_TRACE_ID_LIMIT = (1 << 64) - 1  # TraceIdRatioBased compares the low 64 bits of a trace id
 
 
 def _plain(value: Any) -> Any:
@@ -100,16 +101,26 @@ class LiveSpans:
                 return trace.INVALID_SPAN  # dropped under any parent: no need to look it up
             parent = trace.get_current_span(context).get_span_context()
             if not parent.is_remote and path.enabled():
-                decision = path.decide(parent)
+                decision, trace_id = path.decide(parent), None
+                if decision is None and path.root_ratio_bound is not None and not parent.is_valid:
+                    # a new trace under a trace-id ratio: its id decides, drawn as the SDK would
+                    trace_id = path.new_trace_id()
+                    decision = trace_id & _TRACE_ID_LIMIT < path.root_ratio_bound
                 if decision:
                     span = _start_live(
-                        path, name, parent, attributes, start_time, plain_values=plain
+                        path,
+                        name,
+                        parent,
+                        attributes,
+                        start_time,
+                        plain_values=plain,
+                        trace_id=trace_id,
                     )
                     if self.batched:
                         span._later = self.later
                     return span
                 if decision is False:
-                    return trace.INVALID_SPAN if hidden else _dropped(path, parent)
+                    return trace.INVALID_SPAN if hidden else _dropped(path, parent, trace_id)
         return self._tracer.start_span(
             name, context=context, attributes=attributes, start_time=start_time
         )
@@ -133,12 +144,14 @@ def _start_live(
     start_time: int | None,
     *,
     plain_values: bool,
+    trace_id: int | None = None,
 ) -> _LiveSpan:
     if parent.is_valid:
         context = path.new_context(parent.trace_id, path.new_span_id(), SAMPLED, parent.trace_state)
         parent_context: SpanContext | None = parent
-    else:  # a new trace
-        context = path.new_context(path.new_trace_id(), path.new_span_id(), SAMPLED, _NO_STATE)
+    else:  # a new trace (its id already drawn where the sampler needed it)
+        new_trace = path.new_trace_id() if trace_id is None else trace_id
+        context = path.new_context(new_trace, path.new_span_id(), SAMPLED, _NO_STATE)
         parent_context = None
     plain: dict[str, Any] = {}
     needs_sdk = False
@@ -157,12 +170,12 @@ def _start_live(
     return span
 
 
-def _dropped(path: FastPath, parent: SpanContext) -> trace.Span:
+def _dropped(path: FastPath, parent: SpanContext, new_trace: int | None = None) -> trace.Span:
     """The non-recording span the SDK returns when its sampler drops a new span."""
     if parent.is_valid:
         trace_id, state = parent.trace_id, parent.trace_state
     else:
-        trace_id, state = path.new_trace_id(), _NO_STATE
+        trace_id, state = path.new_trace_id() if new_trace is None else new_trace, _NO_STATE
     return NonRecordingSpan(path.new_context(trace_id, path.new_span_id(), _NOT_SAMPLED, state))
 
 

@@ -154,6 +154,7 @@ class FastPath:
         # the decision for any parent, where the sampler's is the same for all (always_off,
         # always_on, or a parent-based sampler with one delegate everywhere), else None
         self.fixed_decision = self._decisions[0] if len(set(self._decisions)) == 1 else None
+        self.root_ratio_bound = _root_ratio_bound(tracer.sampler)
         self._limits = tracer._span_limits
         self._is_enabled = getattr(tracer, "_is_enabled", None)  # the SDK's tracer configurator
         self._sdk_span_class = _Span
@@ -318,6 +319,23 @@ def _static_decisions(sampler: Any) -> tuple[bool | None, ...]:
         fixed(sampler._remote_parent_sampled),
         fixed(sampler._remote_parent_not_sampled),
     )
+
+
+def _root_ratio_bound(sampler: Any) -> int | None:
+    """The bound a new trace's id is compared with where the sampler decides new traces by
+    the SDK's ``TraceIdRatioBased`` (alone, or as a ``ParentBased`` root: the usual
+    ``parentbased_traceidratio``), else None.
+
+    ``TraceIdRatioBased`` keeps a trace when ``trace_id & TRACE_ID_LIMIT < bound``, adds no
+    attribute and passes no trace state to a root: deciding here, with the trace id the SDK
+    would have drawn first, gives the span (or the dropped span) the tracer would.
+    """
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    root = sampler._root if type(sampler) is ParentBased else sampler
+    if type(root) is not TraceIdRatioBased or root.TRACE_ID_LIMIT != (1 << 64) - 1:
+        return None
+    return int(root.bound)
 
 
 def _context_factory() -> Any:

@@ -351,3 +351,35 @@ def test_finished_spans_are_freed_without_the_cyclic_collector(compiled: ModuleT
         assert gone() is None  # reference counting alone freed it
     finally:
         gc.enable()
+
+
+def test_thread_record_is_per_thread_and_keeps_nothing_after_a_forward(
+    compiled: ModuleType,
+) -> None:
+    import threading
+
+    state = compiled.ThreadRecord()
+    assert state.record is None
+    mine, theirs = object(), object()
+    state.record = mine
+    seen: list[Any] = []
+
+    def other() -> None:
+        seen.append(state.record)  # another thread's record is not this one's
+        state.record = theirs
+        seen.append(state.record)
+        stamped = compiled.StampedForward([lambda: "out"], state, 0, lambda *_: None)
+        state.record = _Record(stamps := [])
+        seen.append((stamped(), len(stamps)))  # the wrapper reads this thread's record
+        state.record = None
+
+    worker = threading.Thread(target=other)
+    worker.start()
+    worker.join()
+    assert seen == [None, theirs, ("out", 2)]
+    assert state.record is mine
+    state.record = None
+    assert state.record is None
+    del state.record  # deleting twice is fine too
+    with pytest.raises(TypeError):
+        compiled.ThreadRecord(1)

@@ -1,8 +1,9 @@
 """The compiled per-layer loops (``_speedups.c``) where they were built, else pure Python.
 
-visiontel-torch's wheel carries a small C extension for the two loops that run once per
-layer at layer granularity: the armed forward wrapper that stamps a child module's call,
-and the builder of a forward's finished layer spans. Where it was not built (no compiler
+visiontel-torch's wheel carries a small C extension for what runs once per layer at layer
+granularity: the armed forward wrapper that stamps a child module's call (and the
+per-thread record it reads), arming and disarming a model's wrappers, and the builder of a
+forward's finished layer spans. Where it was not built (no compiler
 when installing from source, another interpreter) or ``VISIONTEL_TORCH_PURE_PYTHON=true``
 is set, the pure-Python versions in ``_probes.py`` and ``_resolver.py`` run: same stamps,
 same spans (``tests/test_speedups.py`` compares them), about twice the per-layer cost.

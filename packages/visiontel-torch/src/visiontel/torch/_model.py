@@ -17,6 +17,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from visiontel.torch import _compiled
 from visiontel.torch._config import TorchConfig
 from visiontel.torch._failures import record_failure
 from visiontel.torch._inputs import InputDescription, describe_inputs
@@ -49,6 +50,13 @@ class _ThreadState(threading.local):
     record: ForwardRecord | None = None
 
 
+def _thread_state() -> Any:
+    """Each thread's in-flight record of one model: ``_speedups.ThreadRecord`` where the
+    compiled loops run (its layer wrappers read it without a threading.local lookup)."""
+    compiled = _compiled.speedups
+    return _ThreadState() if compiled is None else compiled.ThreadRecord()
+
+
 class _Depth(threading.local):
     value = 0
 
@@ -74,7 +82,7 @@ class ModelInstrumentation:
     ) -> None:
         self.config = config
         self._runtime = runtime
-        self._tls = _ThreadState()
+        self._tls: _ThreadState = _thread_state()  # or its compiled twin, same attribute
         self._detections = detections or count_detections
         self._event_source = event_source
         self._is_compiling = is_compiling_fn()

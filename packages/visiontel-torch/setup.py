@@ -6,11 +6,14 @@ pure-Python loops run.
 
 from setuptools import Extension, setup
 
+_SOURCES = ["module.c", "thread_record.c", "stamped.c", "swap.c", "spans.c"]
+
 setup(
     ext_modules=[
         Extension(
             "visiontel.torch._speedups",
-            ["src/visiontel/torch/_speedups.c"],
+            [f"csrc/{name}" for name in _SOURCES],
+            depends=["csrc/speedups.h"],
             optional=True,
         )
     ]

@@ -1,4 +1,4 @@
-"""The compiled per-layer loops (_speedups.c) against their pure-Python versions.
+"""The compiled per-layer loops (csrc/) against their pure-Python versions.
 
 Every workload runs twice, compiled and with ``_compiled.speedups`` set to None (what
 ``VISIONTEL_TORCH_PURE_PYTHON=true`` or a missing build gives), and must give the same span

@@ -1,4 +1,4 @@
-"""The compiled per-layer loops (``_speedups.c``) where they were built, else pure Python.
+"""The compiled per-layer loops (``csrc/``) where they were built, else pure Python.
 
 visiontel-torch's wheel carries a small C extension for what runs once per layer at layer
 granularity: the armed forward wrapper that stamps a child module's call (and the

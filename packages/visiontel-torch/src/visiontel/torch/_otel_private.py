@@ -249,7 +249,7 @@ class FastPath:
         return span
 
     def span_parts(self) -> tuple[Any, ...]:
-        """What the compiled ``layer_spans`` (_speedups.c) builds finished spans from, in its
+        """What the compiled ``layer_spans`` (csrc/) builds finished spans from, in its
         argument order: the same class, template, factories and limits as ``finished_span``
         and ``limited`` use (the SpanContext class when a tuple may be built directly)."""
         return (

@@ -140,7 +140,7 @@ class ChildProbes:
         state, clock, compiling = self._state, time.perf_counter_ns, self._is_compiling
         post = ~index
         compiled = _compiled.speedups
-        if compiled is not None:  # the same wrapper, in C (_speedups.c)
+        if compiled is not None:  # the same wrapper, in C (csrc/)
             # (copies as its inner forward itself; checks compiling at the root only)
             stamped = compiled.StampedForward(inner, state, index, _acquire)
             if role:

@@ -1,0 +1,30 @@
+/* Declarations shared by the files of visiontel.torch._speedups (see module.c). */
+#ifndef VISIONTEL_SPEEDUPS_H
+#define VISIONTEL_SPEEDUPS_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+
+/* Interned names and attribute keys, made once by PyInit__speedups. */
+extern PyObject *str_record, *str_stamps, *str_events, *str_layer_start, *str_layer_end;
+extern PyObject *str_class, *str_call, *str_incomplete, *str_forward, *str_install,
+    *str_uninstall;
+extern PyObject *str_f_name, *str_f_context, *str_f_parent, *str_f_attributes, *str_f_start,
+    *str_f_end;
+extern PyObject *deepcopy_function; /* copy.deepcopy */
+
+/* perf_counter_ns() now, into *out; -1 with an exception set on failure. */
+int clock_ns(long long *out);
+
+extern PyTypeObject ThreadRecordType, StampedForwardType, ForwardSwapType;
+
+/* thread_record.c: this thread's record (borrowed), NULL without an exception for None. */
+PyObject *thread_record_get(PyObject *state);
+
+/* swap.c and spans.c: module-level functions. */
+PyObject *install_all(PyObject *module, PyObject *swaps);
+PyObject *uninstall_all(PyObject *module, PyObject *swaps);
+PyObject *layer_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
+#endif

@@ -1,0 +1,103 @@
+#include "speedups.h"
+
+/* _model._ThreadState, compiled: each thread's in-flight ForwardRecord of one model, as the
+ * attribute ``record`` (None when the thread runs no forward of it). A threading.local
+ * costs a per-thread dictionary lookup and a generic attribute lookup on every layer call;
+ * this keeps the last thread's record at hand. Only threads with a forward in flight have
+ * an entry (setting None removes it), so a thread that ends leaves nothing behind. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *records;      /* {thread ident: record} */
+    unsigned long last_ident;
+    PyObject *last_record;  /* borrowed from records; NULL: not known */
+} ThreadRecord;
+
+
+PyObject *thread_record_get(PyObject *state) { /* borrowed; NULL: None */
+    ThreadRecord *self = (ThreadRecord *)state;
+    unsigned long ident = PyThread_get_thread_ident();
+    if (self->last_record != NULL && ident == self->last_ident) return self->last_record;
+    PyObject *key = PyLong_FromUnsignedLong(ident);
+    if (key == NULL) return NULL;
+    PyObject *record = PyDict_GetItemWithError(self->records, key);
+    Py_DECREF(key);
+    if (record != NULL) {
+        self->last_ident = ident;
+        self->last_record = record;
+    }
+    return record;
+}
+
+static PyObject *record_getter(ThreadRecord *self, void *closure) {
+    PyObject *record = thread_record_get((PyObject *)self);
+    if (record == NULL && PyErr_Occurred()) return NULL;
+    return Py_NewRef(record == NULL ? Py_None : record);
+}
+
+static int record_setter(ThreadRecord *self, PyObject *value, void *closure) {
+    PyObject *key = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+    if (key == NULL) return -1;
+    self->last_record = NULL; /* the entry it borrowed from may go */
+    int failed;
+    if (value == NULL || value == Py_None) {
+        failed = PyDict_DelItem(self->records, key);
+        if (failed < 0 && PyErr_ExceptionMatches(PyExc_KeyError)) {
+            PyErr_Clear();
+            failed = 0;
+        }
+    } else {
+        failed = PyDict_SetItem(self->records, key, value);
+    }
+    Py_DECREF(key);
+    return failed;
+}
+
+static PyGetSetDef thread_record_getset[] = {
+    {"record", (getter)record_getter, (setter)record_setter,
+     "This thread's in-flight forward record, or None.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyObject *thread_record_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    if (PyTuple_GET_SIZE(args) || (kwargs != NULL && PyDict_GET_SIZE(kwargs))) {
+        PyErr_SetString(PyExc_TypeError, "ThreadRecord() takes no arguments");
+        return NULL;
+    }
+    ThreadRecord *self = (ThreadRecord *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    self->records = PyDict_New();
+    if (self->records == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int thread_record_traverse(ThreadRecord *self, visitproc visit, void *arg) {
+    Py_VISIT(self->records);
+    return 0;
+}
+
+static int thread_record_clear(ThreadRecord *self) {
+    self->last_record = NULL;
+    Py_CLEAR(self->records);
+    return 0;
+}
+
+static void thread_record_dealloc(ThreadRecord *self) {
+    PyObject_GC_UnTrack(self);
+    thread_record_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+PyTypeObject ThreadRecordType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "visiontel.torch._speedups.ThreadRecord",
+    .tp_basicsize = sizeof(ThreadRecord),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = thread_record_new,
+    .tp_traverse = (traverseproc)thread_record_traverse,
+    .tp_clear = (inquiry)thread_record_clear,
+    .tp_dealloc = (destructor)thread_record_dealloc,
+    .tp_getset = thread_record_getset,
+    .tp_doc = "ThreadRecord(): each thread's in-flight forward record, as .record.",
+};

@@ -10,6 +10,7 @@ typedef struct {
     PyObject *records;      /* {thread ident: record} */
     unsigned long last_ident;
     PyObject *last_record;  /* borrowed from records; NULL: not known */
+    PyObject *weakrefs;     /* _model keeps a WeakSet of them, for fork */
 } ThreadRecord;
 
 
@@ -52,6 +53,33 @@ static int record_setter(ThreadRecord *self, PyObject *value, void *closure) {
     return failed;
 }
 
+/* After fork only the forking thread exists: the records of forwards other threads had in
+ * flight would otherwise stay referenced (and their inputs alive) in the child. */
+static PyObject *keep_this_thread(ThreadRecord *self, PyObject *unused) {
+    PyObject *key = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+    if (key == NULL) return NULL;
+    PyObject *mine = PyDict_GetItemWithError(self->records, key);
+    Py_XINCREF(mine);
+    self->last_record = NULL;
+    PyDict_Clear(self->records);
+    int failed = mine != NULL && PyDict_SetItem(self->records, key, mine) < 0;
+    Py_XDECREF(mine);
+    Py_DECREF(key);
+    if (failed || PyErr_Occurred()) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *threads(ThreadRecord *self, PyObject *unused) {
+    return PyLong_FromSsize_t(PyDict_GET_SIZE(self->records));
+}
+
+static PyMethodDef thread_record_methods[] = {
+    {"keep_this_thread", (PyCFunction)keep_this_thread, METH_NOARGS,
+     "Forget every other thread's record (after fork)."},
+    {"threads", (PyCFunction)threads, METH_NOARGS, "How many threads have a record now."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyGetSetDef thread_record_getset[] = {
     {"record", (getter)record_getter, (setter)record_setter,
      "This thread's in-flight forward record, or None.", NULL},
@@ -86,6 +114,7 @@ static int thread_record_clear(ThreadRecord *self) {
 
 static void thread_record_dealloc(ThreadRecord *self) {
     PyObject_GC_UnTrack(self);
+    if (self->weakrefs != NULL) PyObject_ClearWeakRefs((PyObject *)self);
     thread_record_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -99,5 +128,7 @@ PyTypeObject ThreadRecordType = {
     .tp_clear = (inquiry)thread_record_clear,
     .tp_dealloc = (destructor)thread_record_dealloc,
     .tp_getset = thread_record_getset,
+    .tp_methods = thread_record_methods,
+    .tp_weaklistoffset = offsetof(ThreadRecord, weakrefs),
     .tp_doc = "ThreadRecord(): each thread's in-flight forward record, as .record.",
 };

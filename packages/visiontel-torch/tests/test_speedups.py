@@ -383,3 +383,41 @@ def test_thread_record_is_per_thread_and_keeps_nothing_after_a_forward(
     del state.record  # deleting twice is fine too
     with pytest.raises(TypeError):
         compiled.ThreadRecord(1)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+def test_a_forked_child_keeps_no_other_threads_records(compiled: ModuleType) -> None:
+    import threading
+
+    from visiontel.torch import _model
+
+    saved, _compiled.speedups = _compiled.speedups, compiled
+    try:
+        state = _model._thread_state()
+    finally:
+        _compiled.speedups = saved
+    entered, release = threading.Event(), threading.Event()
+
+    def mid_forward() -> None:
+        state.record = object()  # a forward in flight on another thread
+        entered.set()
+        release.wait(10)
+        state.record = None
+
+    worker = threading.Thread(target=mid_forward)
+    worker.start()
+    entered.wait(10)
+    state.record = mine = object()
+    try:
+        assert state.threads() == 2
+        pid = os.fork()
+        if pid == 0:  # the child: only this thread's record is left
+            os._exit(0 if state.threads() == 1 and state.record is mine else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert state.threads() == 2  # the parent keeps both
+    finally:
+        release.set()
+        worker.join()
+        state.record = None
+    assert state.threads() == 0

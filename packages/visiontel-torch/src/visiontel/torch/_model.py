@@ -7,6 +7,7 @@ unsampled forward never pays for them.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -50,11 +51,28 @@ class _ThreadState(threading.local):
     record: ForwardRecord | None = None
 
 
+_compiled_states: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
 def _thread_state() -> Any:
     """Each thread's in-flight record of one model: ``_speedups.ThreadRecord`` where the
     compiled loops run (its layer wrappers read it without a threading.local lookup)."""
     compiled = _compiled.speedups
-    return _ThreadState() if compiled is None else compiled.ThreadRecord()
+    if compiled is None:
+        return _ThreadState()
+    state = compiled.ThreadRecord()
+    _compiled_states.add(state)
+    return state
+
+
+def _after_fork_in_child() -> None:
+    # A threading.local forgets the threads that do not exist in the child; do the same.
+    for state in list(_compiled_states):
+        state.keep_this_thread()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Depth(threading.local):

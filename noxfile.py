@@ -43,7 +43,7 @@ PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 # may really lack. Only the GPU is: the CUDA tests skip on the CPU-only CI machine.
 STRICT_SKIPS = {"VISIONTEL_STRICT_SKIPS": "1", "VISIONTEL_MAY_LACK": "cuda"}
 
-# visiontel-torch's C extension (_speedups.c) is optional for users (no compiler: pure Python)
+# visiontel-torch's C extension (csrc/) is optional for users (no compiler: pure Python)
 # but built here: its tests fail rather than skip when it is missing. The floor's middle
 # releases run with the pure-Python loops instead, so both stay tested on several SDKs.
 COMPILED = {"VISIONTEL_REQUIRE_SPEEDUPS": "1"}

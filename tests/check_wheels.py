@@ -21,7 +21,7 @@ def main(wheels: list[str]) -> int:
         for init in top:
             module = ".".join(init.parent.parts)
             __import__(module)
-    if "visiontel-torch" in names:  # its wheel carries the compiled loops (_speedups.c)
+    if "visiontel-torch" in names:  # its wheel carries the compiled loops (csrc/)
         from visiontel.torch import _compiled
 
         files = [str(f) for f in md.distribution("visiontel-torch").files or []]

@@ -8,6 +8,7 @@ trees, attributes and layer metrics. nox builds the extension and sets
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import pickle
@@ -24,6 +25,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 import visiontel.torch as vt
+from visiontel._support.env import env_bool
 from visiontel.torch import _compiled
 
 from torch_support import Failing, Reused, Telemetry, TinyDetector, make_telemetry
@@ -42,16 +44,22 @@ def compiled() -> ModuleType:
     return _speedups  # type: ignore[no-any-return]
 
 
-def test_the_environment_chooses_the_loops(compiled: ModuleType) -> None:
-    if os.environ.get("VISIONTEL_TORCH_PURE_PYTHON", "").lower() in {"1", "true", "yes", "on"}:
-        assert _compiled.speedups is None
-    else:
-        assert _compiled.speedups is compiled
-    os.environ[_compiled.ENV_PURE_PYTHON] = "true"
+@contextlib.contextmanager
+def _loops(chosen: ModuleType | None) -> Iterator[None]:
+    """Run with the compiled loops (the module) or the pure-Python ones (None)."""
+    saved, _compiled.speedups = _compiled.speedups, chosen
     try:
-        assert _compiled._load() is None
+        yield
     finally:
-        del os.environ[_compiled.ENV_PURE_PYTHON]
+        _compiled.speedups = saved
+
+
+def test_the_environment_chooses_the_loops(compiled: ModuleType, monkeypatch: Any) -> None:
+    pure = env_bool(_compiled.ENV_PURE_PYTHON, False)  # as nox's session set it
+    assert _compiled.speedups is (None if pure else compiled)
+    monkeypatch.setenv(_compiled.ENV_PURE_PYTHON, "true")
+    assert _compiled._load() is None
+    monkeypatch.delenv(_compiled.ENV_PURE_PYTHON)
     assert _compiled._load() is compiled
 
 
@@ -97,23 +105,16 @@ def _run(model: torch.nn.Module, run: Callable[[torch.nn.Module], Any], **kwargs
 def _both(model_factory: Callable[[], torch.nn.Module], run: Any, **kwargs: Any) -> Any:
     results = {}
     for chosen in ("compiled", "pure"):
-        saved = _compiled.speedups
-        if chosen == "pure":
-            _compiled.speedups = None
-        try:
+        with _loops(_compiled.speedups if chosen == "compiled" else None):
             results[chosen] = _run(model_factory(), run, **kwargs)
-        finally:
-            _compiled.speedups = saved
     assert results["compiled"] == results["pure"]
     return results["compiled"]
 
 
 @pytest.fixture
 def with_compiled(compiled: ModuleType) -> Iterator[None]:
-    saved = _compiled.speedups
-    _compiled.speedups = compiled
-    yield
-    _compiled.speedups = saved
+    with _loops(compiled):
+        yield
 
 
 @pytest.mark.usefixtures("with_compiled")
@@ -176,18 +177,17 @@ def test_same_spans_under_span_limits_and_a_custom_id_generator(compiled: Module
 
     trees = {}
     for chosen in (compiled, None):
-        saved, _compiled.speedups = _compiled.speedups, chosen
         exporter, ids = InMemorySpanExporter(), Counting()
         provider = TracerProvider(id_generator=ids, span_limits=SpanLimits(max_span_attributes=1))
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         model = Reused()
-        try:
+        with _loops(chosen):
             vt.instrument_model(model, granularity="layer", tracer_provider=provider)
-            model(torch.randn(2, 4))
-            assert vt.flush()
-        finally:
-            vt.uninstrument_model(model)
-            _compiled.speedups = saved
+            try:
+                model(torch.randn(2, 4))
+                assert vt.flush()
+            finally:
+                vt.uninstrument_model(model)
         spans = exporter.get_finished_spans()
         assert ids.span_ids == len(spans)  # every span id came from the provider's generator
         trees[chosen is None] = sorted(
@@ -203,16 +203,15 @@ def test_batched_spans_reach_the_exporter(compiled: ModuleType) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=10))
-    saved, _compiled.speedups = _compiled.speedups, compiled
     model = TinyDetector()
-    try:
+    with _loops(compiled):
         vt.instrument_model(model, granularity="layer", tracer_provider=provider)
-        model(torch.randn(1, 3, 8, 8))
-        assert vt.flush()
-        provider.force_flush()
-    finally:
-        vt.uninstrument_model(model)
-        _compiled.speedups = saved
+        try:
+            model(torch.randn(1, 3, 8, 8))
+            assert vt.flush()
+            provider.force_flush()
+        finally:
+            vt.uninstrument_model(model)
     spans = exporter.get_finished_spans()
     layers = [s for s in spans if s.parent is not None]
     assert layers and len({s.context.trace_id for s in spans}) == 1
@@ -300,7 +299,7 @@ def test_layer_spans_refuses_malformed_stamps(compiled: ModuleType) -> None:
     path = fast_path_for(provider)
     assert path is not None
     root = SpanContext(1, 2, is_remote=False)
-    args = (("a", "b"), ("Linear", "ReLU"), 10, root, 0, 100, *path.span_parts())
+    args = (("a", "b"), ("Linear", "ReLU"), 10, root, 0, 100, *path.span_parts)
     with pytest.raises(IndexError):
         compiled.layer_spans([(3, 1, None)], *args)
     with pytest.raises(TypeError):
@@ -340,7 +339,7 @@ def test_finished_spans_are_freed_without_the_cyclic_collector(compiled: ModuleT
     path = fast_path_for(TracerProvider())
     assert path is not None
     root = SpanContext(1, 2, is_remote=False)
-    args = (("a",), ("Linear",), 10, root, 0, 100, *path.span_parts())
+    args = (("a",), ("Linear",), 10, root, 0, 100, *path.span_parts)
     ended, _ = compiled.layer_spans([(0, 10, None), (~0, 20, None)], *args)
     span = ended[0]
     assert not gc.is_tracked(span) and not gc.is_tracked(vars(span))
@@ -391,11 +390,8 @@ def test_a_forked_child_keeps_no_other_threads_records(compiled: ModuleType) -> 
 
     from visiontel.torch import _model
 
-    saved, _compiled.speedups = _compiled.speedups, compiled
-    try:
+    with _loops(compiled):
         state = _model._thread_state()
-    finally:
-        _compiled.speedups = saved
     entered, release = threading.Event(), threading.Event()
 
     def mid_forward() -> None:

@@ -92,13 +92,10 @@ class SdkChildren:
         self.new_context = path.new_context
         self.finished_span = path.finished_span
         self.limited = path.limited
+        self.span_parts = path.span_parts  # the compiled span builder's arguments
 
     def stale(self) -> bool:
         return self._path.stale()
-
-    def span_parts(self) -> tuple[Any, ...]:
-        """The compiled span builder's arguments (``FastPath.span_parts``)."""
-        return self._path.span_parts()
 
     def end_all(self, spans: list[Any]) -> None:
         """Hand finished spans to the processors: at once where each batch processor takes

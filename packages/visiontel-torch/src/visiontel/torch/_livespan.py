@@ -35,14 +35,19 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util import types
 
-from visiontel.torch._otel_private import SAMPLED, TORCH_SCOPE, FastPath, fast_path_for
+from visiontel.torch._otel_private import (
+    RATIO_TRACE_ID_MASK,
+    SAMPLED,
+    TORCH_SCOPE,
+    FastPath,
+    fast_path_for,
+)
 
 # Values the SDK stores unchanged when no attribute length limit is set.
 _PLAIN = (str, bool, int, float)
 _NOT_PLAIN = object()
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _NO_STATE = TraceState()
-_TRACE_ID_LIMIT = (1 << 64) - 1  # TraceIdRatioBased compares the low 64 bits of a trace id
 
 
 def _plain(value: Any) -> Any:
@@ -105,7 +110,7 @@ class LiveSpans:
                 if decision is None and path.root_ratio_bound is not None and not parent.is_valid:
                     # a new trace under a trace-id ratio: its id decides, drawn as the SDK would
                     trace_id = path.new_trace_id()
-                    decision = trace_id & _TRACE_ID_LIMIT < path.root_ratio_bound
+                    decision = trace_id & RATIO_TRACE_ID_MASK < path.root_ratio_bound
                 if decision:
                     span = _start_live(
                         path,

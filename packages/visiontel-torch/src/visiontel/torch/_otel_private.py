@@ -42,6 +42,8 @@ TORCH_SCOPE = ("visiontel.torch", __version__, SCHEMA_URL)
 SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 """(name, version, schema URL) of the instrumentation scope spans are made for, by default."""
 """The first and last opentelemetry-sdk (major, minor) the test matrix covers."""
+RATIO_TRACE_ID_MASK = (1 << 64) - 1
+"""The bits of a trace id ``TraceIdRatioBased`` compares with its bound (``root_ratio_bound``)."""
 
 _logger = logging.getLogger("visiontel.torch")
 _forced_public = False  # tests: every gate shut, the public API everywhere
@@ -185,6 +187,20 @@ class FastPath:
         self.on_end_many = _bulk_on_end(self._processors) if self.batched else None
         self.max_attributes = self._limits.max_span_attributes
         self.max_attribute_length = self._limits.max_span_attribute_length
+        # What the compiled ``layer_spans`` (csrc/) builds finished spans from, in its
+        # argument order: the class, template, factories and limits ``finished_span`` and
+        # ``limited`` use (the SpanContext class where a tuple may be built directly).
+        self.span_parts: tuple[Any, ...] = (
+            self._readable_span,
+            self._template,
+            self._span_id_bits,
+            self.new_context,
+            self._context_class,
+            self.limited,
+            SAMPLED,
+            self.max_attributes,
+            self.max_attribute_length is not None,
+        )
 
     def stale(self) -> bool:
         """A processor was added, the resource changed (a forked child) or a meter provider
@@ -247,22 +263,6 @@ class FastPath:
         )
         span.__dict__ = fields
         return span
-
-    def span_parts(self) -> tuple[Any, ...]:
-        """What the compiled ``layer_spans`` (csrc/) builds finished spans from, in its
-        argument order: the same class, template, factories and limits as ``finished_span``
-        and ``limited`` use (the SpanContext class when a tuple may be built directly)."""
-        return (
-            self._readable_span,
-            self._template,
-            self._span_id_bits,
-            self.new_context,
-            self._context_class,
-            self.limited,
-            SAMPLED,
-            self.max_attributes,
-            self.max_attribute_length is not None,
-        )
 
     def limited(self, attributes: dict[str, Any]) -> Any:
         """``attributes`` as the SDK stores them under this provider's span limits."""
@@ -333,7 +333,7 @@ def _root_ratio_bound(sampler: Any) -> int | None:
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
     root = sampler._root if type(sampler) is ParentBased else sampler
-    if type(root) is not TraceIdRatioBased or root.TRACE_ID_LIMIT != (1 << 64) - 1:
+    if type(root) is not TraceIdRatioBased or root.TRACE_ID_LIMIT != RATIO_TRACE_ID_MASK:
         return None
     return int(root.bound)
 

@@ -221,18 +221,32 @@ class Resolver:
             record.span.get_span_context(),
             to_wall,
             record.wall_ns(record.perf_end_ns),
-            *children.span_parts(),
+            *children.span_parts,
         )
         if ended:
             children.end_all(ended)
         for module_name, seconds in aggregated:
-            layer_attributes = {"visiontel.model.name": table.model_name}
-            layer_attributes["visiontel.module.name"] = module_name
-            self._metrics.layer_duration.record(seconds, layer_attributes)
+            self._record_layer(table.model_name, module_name, seconds)
+        self._end_root(record, len(aggregated), len(ended), with_gpu=False)
+
+    def _record_layer(self, model_name: str, module_name: str, seconds: float) -> None:
+        """A layer past the span budget: one point in the layer-duration histogram."""
+        # a dict per point: older SDKs (1.30-1.33 checked) keep the dict a point first used
+        attributes = {"visiontel.model.name": model_name, "visiontel.module.name": module_name}
+        self._metrics.layer_duration.record(seconds, attributes)
+
+    def _end_root(
+        self, record: ForwardRecord, aggregated: int, created: int, with_gpu: bool
+    ) -> None:
+        """End a materialised forward's root span, once its layers are done."""
         if aggregated:
-            record.span.set_attribute("visiontel.layers.aggregated", len(aggregated))
+            record.span.set_attribute("visiontel.layers.aggregated", aggregated)
+        if with_gpu and record.start_event is not None and record.end_event is not None:
+            _set_gpu_times(
+                record.span, record, record.start_event, record.end_event, record.perf_start_ns
+            )
         record.span.end(end_time=record.wall_ns(record.perf_end_ns))
-        self.volume.observe(len(ended) + 1)
+        self.volume.observe(created + 1)
 
     def _materialise(self, record: ForwardRecord, with_gpu: bool) -> None:
         table = record.table
@@ -283,12 +297,7 @@ class Resolver:
                 continue
             if span is None:
                 aggregated += 1
-                # a dict per point: older SDKs (1.30-1.33 checked) keep the dict a point first used
-                layer_attributes = {
-                    "visiontel.model.name": model_name,
-                    "visiontel.module.name": names[closed],
-                }
-                self._metrics.layer_duration.record((perf_ns - start_ns) / 1e9, layer_attributes)
+                self._record_layer(model_name, names[closed], (perf_ns - start_ns) / 1e9)
                 continue
             if with_gpu and start_event is not None and event is not None:
                 _set_gpu_times(span, record, start_event, event, start_ns)
@@ -299,14 +308,7 @@ class Resolver:
                 span.end(end_time=record.wall_ns(record.perf_end_ns))
         if isinstance(children, BatchedChildren):
             children.emit()
-        if aggregated:
-            record.span.set_attribute("visiontel.layers.aggregated", aggregated)
-        if with_gpu and record.start_event is not None and record.end_event is not None:
-            _set_gpu_times(
-                record.span, record, record.start_event, record.end_event, record.perf_start_ns
-            )
-        record.span.end(end_time=record.wall_ns(record.perf_end_ns))
-        self.volume.observe(created + 1)
+        self._end_root(record, aggregated, created, with_gpu)
 
 
 def _after_fork(resolver: weakref.ref[Resolver]) -> None:

@@ -242,6 +242,7 @@ OTEL_SENSITIVE = (
     "children",
     "spans",
     "metrics",
+    "metric_fold",
     "stage",
     "volume",
     "speedups",

@@ -37,7 +37,7 @@ import visiontel.torch as vt
 from visiontel.torch import _otel_private, _runtime
 from visiontel.torch._livespan import _LiveSpan
 
-from torch_support import TinyDetector
+from torch_support import TinyDetector, data_points
 
 
 class _Boom(torch.nn.Module):
@@ -134,20 +134,16 @@ def _tree(spans: list[ReadableSpan]) -> list[Any]:
 
 
 def _points(reader: InMemoryMetricReader) -> list[Any]:
-    data = reader.get_metrics_data()
     points = []
-    for resource_metrics in data.resource_metrics if data else ():
-        for scope in resource_metrics.scope_metrics:
-            for metric in scope.metrics:
-                for point in metric.data.data_points:
-                    count = getattr(point, "count", None)
-                    value = getattr(point, "value", None)
-                    exemplars = len(getattr(point, "exemplars", ()) or ())
-                    attributes = sorted(dict(point.attributes).items())
-                    if metric.name.endswith("duration"):  # times differ run to run
-                        points.append((metric.name, attributes, count, exemplars > 0))
-                    else:
-                        points.append((metric.name, attributes, count, value))
+    for name, point in data_points(reader):
+        count = getattr(point, "count", None)
+        value = getattr(point, "value", None)
+        exemplars = len(getattr(point, "exemplars", ()) or ())
+        attributes = sorted(dict(point.attributes).items())
+        if name.endswith("duration"):  # times differ run to run
+            points.append((name, attributes, count, exemplars > 0))
+        else:
+            points.append((name, attributes, count, value))
     return sorted(points, key=repr)
 
 

@@ -17,6 +17,18 @@ from tiny_models import TinyDetector  # noqa: F401 (re-exported for the tests)
 import visiontel.torch as vt
 
 
+def data_points(reader: InMemoryMetricReader) -> list[tuple[str, Any]]:
+    """(metric name, data point) of everything ``reader`` collects now."""
+    data = reader.get_metrics_data()
+    return [
+        (metric.name, point)
+        for resource_metrics in (data.resource_metrics if data else ())
+        for scope in resource_metrics.scope_metrics
+        for metric in scope.metrics
+        for point in metric.data.data_points
+    ]
+
+
 @dataclass
 class Telemetry:
     tracer_provider: TracerProvider
@@ -35,14 +47,7 @@ class Telemetry:
         return out
 
     def metric_points(self, name: str) -> list[Any]:
-        data = self.reader.get_metrics_data()
-        points: list[Any] = []
-        for resource_metrics in data.resource_metrics if data else ():
-            for scope in resource_metrics.scope_metrics:
-                for metric in scope.metrics:
-                    if metric.name == name:
-                        points.extend(metric.data.data_points)
-        return points
+        return [point for metric, point in data_points(self.reader) if metric == name]
 
     def instrument(self, model: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("tracer_provider", self.tracer_provider)

@@ -7,13 +7,15 @@ copies data to the host, so it never waits for the GPU.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from opentelemetry import metrics
+from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 
 from visiontel.torch._inputs import tensor_type
+from visiontel.torch._otel_private import fold_unsampled_points
 from visiontel.torch.version import SCHEMA_URL, __version__
 
 DetectionCounter = Callable[[Any], "Sequence[int] | None"]
@@ -59,6 +61,7 @@ class InferenceMetrics:
             "Host duration of layer calls beyond the per-forward layer span budget.",
             _DURATION_BUCKETS,
         )
+        self.unsampled = UnsampledPoints()
         self.dropped = meter.create_counter(
             "visiontel.torch.dropped",
             "{forward}",
@@ -73,6 +76,65 @@ class InferenceMetrics:
             self.detections.record(count, attributes, context=context)
             total += count
         return total
+
+
+UNSAMPLED_CONTEXT = trace.set_span_in_context(trace.INVALID_SPAN)
+"""The context an unsampled forward's points are recorded in when they are recorded later:
+its span is not sampled, so they carry no exemplar (the context current wherever the later
+work happens to run has nothing to do with that forward)."""
+
+
+class PointBatch:
+    """One histogram's waiting points under one attribute set (one per model and metric)."""
+
+    __slots__ = ("attributes", "histogram", "storage_keys", "values")
+
+    def __init__(self, histogram: metrics.Histogram, attributes: dict[str, Any]) -> None:
+        self.histogram, self.attributes = histogram, attributes
+        self.values: list[float] = []
+        self.storage_keys: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        """The SDK's key for ``attributes``, per view (read by the fold)."""
+
+
+class UnsampledPoints:
+    """Histogram points of unsampled forwards, recorded together when a run of later work
+    ends: a batch that shares an attribute set goes into the SDK's storage in one step
+    (``_otel_private.fold_unsampled_points``) instead of one ``record`` per value.
+
+    Only the thread running later work touches it (under the resolver's later-work lock).
+    """
+
+    def __init__(self) -> None:
+        self._waiting: list[PointBatch] = []
+
+    def add(self, batch: PointBatch, value: float) -> None:
+        if not batch.values:
+            self._waiting.append(batch)
+        batch.values.append(value)
+
+    def extend(self, batch: PointBatch, values: Sequence[int]) -> None:
+        if values:
+            if not batch.values:
+                self._waiting.append(batch)
+            batch.values.extend(values)
+
+    def record(self) -> None:
+        """Hand every waiting point to the SDK."""
+        waiting, self._waiting = self._waiting, []
+        for batch in waiting:
+            values, batch.values = batch.values, []
+            histogram, attributes = batch.histogram, batch.attributes
+            if not fold_unsampled_points(
+                histogram, values, attributes, UNSAMPLED_CONTEXT, batch.storage_keys
+            ):
+                for value in values:
+                    histogram.record(value, attributes, context=UNSAMPLED_CONTEXT)
+
+    def clear(self) -> None:
+        """Forget the waiting points (a forked child: they belong to the parent)."""
+        for batch in self._waiting:
+            batch.values = []
+        self._waiting = []
 
 
 class _ImageCounter:

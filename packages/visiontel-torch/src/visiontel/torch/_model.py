@@ -23,7 +23,7 @@ from visiontel.torch._config import TorchConfig
 from visiontel.torch._failures import record_failure
 from visiontel.torch._inputs import InputDescription, describe_inputs
 from visiontel.torch._livespan import add_plain_attributes, all_plain
-from visiontel.torch._metrics import DetectionCounter, count_detections
+from visiontel.torch._metrics import DetectionCounter, PointBatch, count_detections
 from visiontel.torch._record import ForwardRecord, ModuleTable
 from visiontel.torch._runtime import Runtime
 from visiontel.torch._safety import report_internal_error
@@ -123,6 +123,9 @@ class ModelInstrumentation:
             k: v for k, v in self._metric_attributes.items() if k != "visiontel.stage"
         }
         self._add_images = runtime.metrics.images.adder(self._image_attributes)
+        # An unsampled forward's points, when it ends as later work, wait in these batches.
+        self._durations = PointBatch(runtime.metrics.duration, self._metric_attributes)
+        self._detection_points = PointBatch(runtime.metrics.detections, self._image_attributes)
         self._plain = all_plain(self._static_attributes)
         self._tree = ProbeTree(model, config, self._tls, self._is_compiling)
         self._root_handles = register_hooks(model, self._root_pre, self._root_post)
@@ -216,6 +219,7 @@ class ModelInstrumentation:
         # tensors (GPU memory) alive for the batch's lifetime.
         record.inputs = record.previous = None
         if self._runtime.spans.batched:
+            record.later = True
             self._runtime.resolver.later(self._complete, record, counts, None)
         else:
             self._complete(record, counts, None)
@@ -228,6 +232,10 @@ class ModelInstrumentation:
     ) -> None:
         """Metric points and span end of a finished forward (inline, or as later work)."""
         span, perf_end = record.span, record.perf_end_ns
+        metrics = self._runtime.metrics
+        if record.later and failure is None and not span.is_recording():
+            self._complete_unsampled(record, counts)
+            return
         attributes = self._metric_attributes
         if failure is not None:
             attributes = {
@@ -236,7 +244,6 @@ class ModelInstrumentation:
             }
         recording = span.is_recording()
         metric_context = trace.set_span_in_context(span) if recording else None
-        metrics = self._runtime.metrics
         metrics.duration.record(
             (perf_end - record.perf_start_ns) / 1e9, attributes, context=metric_context
         )
@@ -261,6 +268,16 @@ class ModelInstrumentation:
             span.set_attribute("visiontel.layers.dropped", len(record.stamps or ()) // 2)
             span.end(end_time=record.wall_ns(perf_end))
             record.events.release(record.gpu_events())
+
+    def _complete_unsampled(self, record: ForwardRecord, counts: Sequence[int] | None) -> None:
+        """The points of an unsampled forward that ended as later work: they wait in this
+        model's batches and reach the SDK together when the run of later work ends."""
+        unsampled = self._runtime.metrics.unsampled
+        unsampled.add(self._durations, (record.perf_end_ns - record.perf_start_ns) / 1e9)
+        if record.batch_size:
+            self._add_images(record.batch_size)
+        if counts is not None:
+            unsampled.extend(self._detection_points, counts)
 
     def _events_for(self, inputs: InputDescription) -> EventSource | None:
         if self._event_source is not None:

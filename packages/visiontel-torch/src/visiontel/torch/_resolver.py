@@ -91,6 +91,7 @@ class Resolver:
         self._waiting.clear()
         self._submitted.clear()
         self._later.clear()
+        self._metrics.unsampled.clear()
         self._thread = None
 
     def later(self, function: Callable[..., None], *args: Any) -> None:
@@ -178,13 +179,17 @@ class Resolver:
             try:
                 function, args = pending.popleft()
             except IndexError:  # another drainer took the last one
-                return
+                break
             try:
                 function(*args)
             except Exception as exc:
                 report_internal_error("later work", exc)
             if handing_over:
                 time.sleep(0)
+        try:  # the unsampled forwards' points of this run, a batch per attribute set
+            self._metrics.unsampled.record()
+        except Exception as exc:
+            report_internal_error("unsampled points", exc)
 
     def _resolve_ready(self) -> None:
         still_waiting: list[tuple[float, ForwardRecord]] = []

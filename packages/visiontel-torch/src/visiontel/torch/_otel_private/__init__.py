@@ -28,7 +28,7 @@ import functools
 import logging
 import random
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 from opentelemetry import trace
@@ -96,6 +96,27 @@ def fast_path_for(provider: Any, scope: tuple[str, str, str] = TORCH_SCOPE) -> F
     except (AttributeError, TypeError, ValueError):  # an SDK without the pieces used here
         return None
     return path
+
+
+def fold_unsampled_points(
+    histogram: Any,
+    values: Sequence[float],
+    attributes: Mapping[str, Any],
+    context: Any,
+    keys: MutableMapping[Any, Any],
+) -> bool:
+    """Add a batch of ``histogram`` values that share ``attributes`` and were recorded in
+    ``context`` (no sampled span) straight to the SDK's storage; False (nothing added)
+    where ``histogram.record`` must be used instead. ``keys``: a weakly keyed mapping kept
+    per attribute set. See ``_histograms.py``."""
+    if _forced_public or not sdk_version_supported():
+        return False
+    from visiontel.torch._otel_private._histograms import fold
+
+    try:
+        return fold(histogram, values, attributes, context, keys)
+    except (AttributeError, TypeError):  # an SDK without the pieces used there
+        return False
 
 
 def _nothing_acts_on_start(provider: Any) -> bool:

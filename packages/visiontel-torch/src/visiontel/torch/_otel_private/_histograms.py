@@ -1,0 +1,180 @@
+"""Histogram points of unsampled forwards, added to the SDK's storage a batch at a time.
+
+The SDK has no bulk ``record``. One ``Histogram.record`` costs 3–8 µs (a ``Measurement``
+built and its attributes cleaned, the exemplar filter asked, the attribute set hashed once
+per reader), and a forward records two. Here a batch of values that share one attribute
+set, recorded with no sampled span in their context, is added to each reader's aggregation once
+per batch: the aggregation is looked up once and the values are folded in under its lock,
+exactly as its ``aggregate`` would add them one by one. Nothing else differs: with no
+sampled span in the context the SDK offers no exemplar (trace-based or always-off
+exemplar filter; any other filter keeps the public path).
+
+Only the SDK's explicit-bucket histogram aggregation is folded directly; a reader whose
+view gives another aggregation (or whose aggregation for this attribute set does not exist
+yet) gets the values through the SDK's own per-view entry point, one by one.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from typing import Any, NamedTuple
+
+from opentelemetry.context import Context
+
+_PLAIN = (str, bool, int, float)
+
+
+class _SdkPieces(NamedTuple):
+    # Any, not type: ``type(x) is not pieces.histogram`` would narrow x to object
+    histogram: Any
+    consumer: Any
+    aggregation: Any
+    measurement: Any
+    quiet_filters: tuple[Any, ...]
+    proxy: Any
+    key_of: Callable[[Mapping[str, Any]], Any]
+
+
+@functools.cache
+def _sdk_pieces() -> _SdkPieces | None:
+    try:
+        from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, TraceBasedExemplarFilter
+        from opentelemetry.sdk.metrics._internal import _view_instrument_match as matches
+        from opentelemetry.sdk.metrics._internal.aggregation import (
+            _ExplicitBucketHistogramAggregation,
+        )
+        from opentelemetry.sdk.metrics._internal.instrument import _Histogram
+        from opentelemetry.sdk.metrics._internal.measurement import Measurement
+        from opentelemetry.sdk.metrics._internal.measurement_consumer import (
+            SynchronousMeasurementConsumer,
+        )
+    except ImportError:
+        return None
+    try:
+        from opentelemetry.metrics._internal.instrument import _ProxyHistogram
+
+        proxy: Any = _ProxyHistogram
+    except ImportError:
+        proxy = None
+    # The key an aggregation is stored under: a hash of the (view-filtered) attributes in
+    # the releases that have one, the frozen item set before.
+    hashed = getattr(matches, "_hash_attributes", None)
+    key_of = hashed if callable(hashed) else _frozen_items
+    return _SdkPieces(
+        _Histogram,
+        SynchronousMeasurementConsumer,
+        _ExplicitBucketHistogramAggregation,
+        Measurement,
+        (TraceBasedExemplarFilter, AlwaysOffExemplarFilter),
+        proxy,
+        key_of,
+    )
+
+
+def _frozen_items(attributes: Mapping[str, Any]) -> Any:
+    return frozenset(attributes.items())
+
+
+def fold(
+    histogram: Any,
+    values: Sequence[float],
+    attributes: Mapping[str, Any],
+    context: Context,
+    keys: MutableMapping[Any, Any],
+) -> bool:
+    """Add ``values``, recorded in ``context`` (whose span is not sampled), to
+    ``histogram``'s storage. ``keys`` remembers, per view, the key ``attributes`` is stored
+    under (the caller keeps one mapping per attribute set, weakly keyed).
+
+    False, with nothing added, where the SDK's ``record`` must be used instead.
+    """
+    if not values:
+        return True
+    pieces = _sdk_pieces()
+    if pieces is None:
+        return False
+    if pieces.proxy is not None and type(histogram) is pieces.proxy:
+        histogram = histogram._real_instrument
+    if type(histogram) is not pieces.histogram:
+        return False
+    enabled = getattr(histogram, "_is_enabled", None)  # releases with meter configurators
+    if enabled is not None and not enabled():
+        return False
+    consumer = histogram._measurement_consumer
+    if type(consumer) is not pieces.consumer:
+        return False
+    if type(consumer._sdk_config.exemplar_filter) not in pieces.quiet_filters:
+        return False
+    if not all(0 <= value < math.inf for value in values):
+        return False  # the SDK warns about these and drops them: let it
+    if not all(type(value) in _PLAIN for value in attributes.values()):
+        return False
+    # Every private piece is read before anything is written: a missing one leaves the
+    # storage untouched and the caller records through the SDK.
+    targets = []
+    for storage in tuple(consumer._reader_storages.values()):
+        for match in storage._get_or_init_view_instrument_match(histogram):
+            key = keys.get(match)
+            if key is None:
+                key = keys[match] = _key(pieces, match, attributes)
+            locked = bool(getattr(match, "_reset_on_collect", False))
+            targets.append((match, key, match._attributes_aggregation, match._lock, locked))
+    for match, key, aggregations, lock, locked in targets:
+        if _added(pieces, key, aggregations, lock if locked else None, values):
+            continue
+        # Not created yet (the SDK's entry point creates it with the first value), or another
+        # aggregation (then every value goes through that entry point).
+        for index, value in enumerate(values):
+            if index == 1 and _added(
+                pieces, key, aggregations, lock if locked else None, values[1:]
+            ):
+                break
+            measurement = pieces.measurement(value, time.time_ns(), histogram, context, attributes)
+            match.consume_measurement(measurement, False)
+    return True
+
+
+def _key(pieces: _SdkPieces, match: Any, attributes: Mapping[str, Any]) -> Any:
+    """The key ``match`` stores the aggregation for ``attributes`` under."""
+    keys = match._view._attribute_keys
+    kept = attributes if keys is None else {k: v for k, v in attributes.items() if k in keys}
+    return pieces.key_of(kept)
+
+
+def _added(
+    pieces: _SdkPieces,
+    key: Any,
+    aggregations: Mapping[Any, Any],
+    lock: Any,
+    values: Sequence[float],
+) -> bool:
+    """Fold ``values`` into the explicit-bucket aggregation stored under ``key``, if there
+    is one. ``lock``: the view's, where a collection swaps its aggregations out (the SDK
+    holds it while it adds a value there)."""
+    if lock is not None:
+        lock.acquire()
+    try:
+        aggregation: Any = aggregations.get(key)
+        if type(aggregation) is not pieces.aggregation:
+            return False
+        boundaries = aggregation._boundaries
+        with aggregation._lock:  # what aggregate() does per value, under one hold
+            counts = aggregation._value
+            if counts is None:
+                counts = aggregation._value = aggregation._get_empty_bucket_counts()
+            total = aggregation._sum
+            for value in values:
+                total += value  # in order, one at a time: the same float sum as aggregate()
+                counts[bisect_left(boundaries, value)] += 1
+            aggregation._sum = total
+            if aggregation._record_min_max:
+                aggregation._min = min(aggregation._min, *values)
+                aggregation._max = max(aggregation._max, *values)
+        return True
+    finally:
+        if lock is not None:
+            lock.release()

@@ -1,0 +1,237 @@
+"""Unsampled forwards' histogram points folded into the SDK's storage a batch at a time.
+
+Every case records the same values twice: folded on one meter provider, one by one through
+``Histogram.record`` (in the same context) on a twin; what the readers collect must be the
+same, point for point. Runs on every OpenTelemetry release of the nox matrix.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import torch
+from opentelemetry import trace
+from opentelemetry.metrics import Histogram
+from opentelemetry.sdk.metrics import (
+    AlwaysOffExemplarFilter,
+    AlwaysOnExemplarFilter,
+    MeterProvider,
+)
+from opentelemetry.sdk.metrics import Histogram as SdkHistogram
+from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
+from opentelemetry.sdk.metrics.view import (
+    ExplicitBucketHistogramAggregation,
+    ExponentialBucketHistogramAggregation,
+    View,
+)
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+import visiontel.torch as vt
+from visiontel.torch import _otel_private
+from visiontel.torch._metrics import UNSAMPLED_CONTEXT
+
+from torch_support import TinyDetector, data_points
+
+ATTRIBUTES = {"visiontel.model.name": "det", "visiontel.stage": "inference", "n": 3}
+BATCHES = ([0.004, 0.0005, 0.02, 0.004], [0.3], [0.001, 0.001, 7.5, 0.0125, 0.0001])
+
+
+@pytest.fixture(autouse=True)
+def _gate_open() -> Iterator[None]:
+    _otel_private._use_public_api(False)
+    _otel_private._reset_version_check()
+    yield
+    _otel_private._use_public_api(False)
+
+
+def _delta_reader() -> InMemoryMetricReader:
+    return InMemoryMetricReader(preferred_temporality={SdkHistogram: AggregationTemporality.DELTA})
+
+
+def _point_fields(point: Any) -> dict[str, Any]:
+    fields = {
+        k: v for k, v in vars(point).items() if k not in ("start_time_unix_nano", "time_unix_nano")
+    }
+    fields["attributes"] = dict(fields["attributes"])
+    fields["exemplars"] = len(getattr(point, "exemplars", None) or ())
+    return fields
+
+
+def _collected(reader: InMemoryMetricReader) -> list[dict[str, Any]]:
+    points = [{"metric": name, **_point_fields(point)} for name, point in data_points(reader)]
+    return sorted(points, key=repr)
+
+
+Setup = Callable[[], tuple[MeterProvider, list[InMemoryMetricReader]]]
+
+
+def _provider(readers: int = 1, delta: bool = False, **kwargs: Any) -> Setup:
+    def make() -> tuple[MeterProvider, list[InMemoryMetricReader]]:
+        made = [_delta_reader() if delta else InMemoryMetricReader() for _ in range(readers)]
+        return MeterProvider(metric_readers=made, **kwargs), made
+
+    return make
+
+
+CASES: dict[str, Setup] = {
+    "one reader": _provider(),
+    "delta temporality": _provider(delta=True),
+    "two readers": _provider(readers=2),
+    "a view keeps one attribute": _provider(
+        views=[View(instrument_name="h", attribute_keys={"visiontel.model.name"})]
+    ),
+    "a view with other buckets": _provider(
+        views=[
+            View(
+                instrument_name="h",
+                aggregation=ExplicitBucketHistogramAggregation((0.001, 0.1, 1.0)),
+            )
+        ]
+    ),
+    "two views, one exponential": _provider(
+        views=[
+            View(instrument_name="h", name="h.exact"),
+            View(
+                instrument_name="h",
+                name="h.exponential",
+                aggregation=ExponentialBucketHistogramAggregation(),
+            ),
+        ]
+    ),
+    "exemplars always off": _provider(exemplar_filter=AlwaysOffExemplarFilter()),
+}
+
+
+def _histogram(provider: MeterProvider) -> Histogram:
+    return provider.get_meter("fold-test").create_histogram("h", "s")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_folded_batches_equal_recorded_values(case: str) -> None:
+    folded_provider, folded_readers = CASES[case]()
+    recorded_provider, recorded_readers = CASES[case]()
+    folded, recorded = _histogram(folded_provider), _histogram(recorded_provider)
+    keys: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+    for batch in BATCHES:
+        assert _otel_private.fold_unsampled_points(
+            folded, batch, ATTRIBUTES, UNSAMPLED_CONTEXT, keys
+        )
+        for value in batch:
+            recorded.record(value, ATTRIBUTES, context=UNSAMPLED_CONTEXT)
+        # collected after every batch: the delta case swaps its aggregations out each time
+        for mine, theirs in zip(folded_readers, recorded_readers, strict=True):
+            points = _collected(mine)
+            assert points == _collected(theirs)
+            assert points, "something was recorded"
+
+
+def test_points_land_where_the_sdk_puts_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not only the same as the SDK: the values are there (count, sum, min, max, buckets),
+    and only the value that creates the aggregation goes through the SDK's entry point."""
+    from opentelemetry.sdk.metrics._internal._view_instrument_match import _ViewInstrumentMatch
+
+    through_the_sdk = []
+    consume = _ViewInstrumentMatch.consume_measurement
+    monkeypatch.setattr(
+        _ViewInstrumentMatch,
+        "consume_measurement",
+        lambda self, m, *a: (through_the_sdk.append(m.value), consume(self, m, *a))[1],
+    )
+    provider, (reader,) = _provider()()
+    histogram = _histogram(provider)
+    keys: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+    for batch in BATCHES:
+        _otel_private.fold_unsampled_points(histogram, batch, ATTRIBUTES, UNSAMPLED_CONTEXT, keys)
+    assert through_the_sdk == [BATCHES[0][0]]
+    values = [value for batch in BATCHES for value in batch]
+    (point,) = [p for p in _collected(reader) if p["metric"] == "h"]
+    assert point["count"] == len(values) and point["attributes"] == ATTRIBUTES
+    assert math.isclose(point["sum"], sum(values))
+    assert (point["min"], point["max"]) == (min(values), max(values))
+    assert sum(point["bucket_counts"]) == len(values)
+
+
+@pytest.mark.parametrize(
+    "why",
+    ["exemplars always on", "a negative value", "not a plain attribute", "gate shut", "no SDK"],
+)
+def test_the_sdk_records_when_folding_could_differ(why: str) -> None:
+    """Each of these leaves the storage untouched and answers False: the caller records."""
+    kwargs: dict[str, Any] = {}
+    if why == "exemplars always on":  # every value may become an exemplar: the SDK decides
+        kwargs["exemplar_filter"] = AlwaysOnExemplarFilter()
+    provider, (reader,) = _provider(**kwargs)()
+    histogram: Any = _histogram(provider)
+    values, attributes = [0.01, 0.02], dict(ATTRIBUTES)
+    if why == "a negative value":
+        values.append(-1.0)
+    if why == "not a plain attribute":
+        attributes["shapes"] = ("1x3", "1x3")
+    if why == "gate shut":
+        _otel_private._use_public_api(True)
+    if why == "no SDK":
+        histogram = trace  # not an SDK histogram at all
+    keys: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+    assert not _otel_private.fold_unsampled_points(
+        histogram, values, attributes, UNSAMPLED_CONTEXT, keys
+    )
+    assert _collected(reader) == []
+
+
+def _run_unsampled(
+    forwards: int, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[dict[str, Any]], int]:
+    """``forwards`` unsampled forwards, spans batched: (points collected, SDK records)."""
+    records = 0
+    sdk_record = SdkHistogram.record
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> None:
+        nonlocal records
+        records += 1
+        sdk_record(self, *args, **kwargs)
+
+    monkeypatch.setattr(SdkHistogram, "record", counted)
+    tracer_provider = TracerProvider(sampler=ALWAYS_OFF)
+    tracer_provider.add_span_processor(BatchSpanProcessor(InMemorySpanExporter()))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    model = vt.instrument_model(
+        TinyDetector(boxes_per_image=3),
+        name="det",
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+    )
+    try:
+        for _ in range(forwards):
+            model(torch.randn(2, 3, 8, 8))
+        assert vt.flush(10.0)
+        points = [p for p in _collected(reader) if p["metric"] != "visiontel.inference.images"]
+    finally:
+        vt.uninstrument_model(model)
+        tracer_provider.shutdown()
+    for point in points:  # durations differ run to run; their count does not
+        if point["metric"] == "visiontel.inference.duration":
+            point.update(sum=None, min=None, max=None, bucket_counts=None)
+    return points, records
+
+
+def test_an_unsampled_model_records_its_points_in_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    folded, folded_records = _run_unsampled(7, monkeypatch)
+    _otel_private._use_public_api(True)
+    recorded, public_records = _run_unsampled(7, monkeypatch)
+    assert folded == recorded
+    by_metric = {p["metric"]: p for p in folded}
+    assert by_metric["visiontel.inference.duration"]["count"] == 7
+    assert by_metric["visiontel.inference.detections"]["count"] == 14  # one per image
+    assert by_metric["visiontel.inference.detections"]["sum"] == 42
+    assert public_records == 7 + 14
+    assert folded_records == 0, "the folded path adds to the storage without record()"

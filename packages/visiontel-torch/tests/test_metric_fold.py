@@ -8,7 +8,8 @@ same, point for point. Runs on every OpenTelemetry release of the nox matrix.
 from __future__ import annotations
 
 import math
-import weakref
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -118,10 +119,10 @@ def test_folded_batches_equal_recorded_values(case: str) -> None:
     folded_provider, folded_readers = CASES[case]()
     recorded_provider, recorded_readers = CASES[case]()
     folded, recorded = _histogram(folded_provider), _histogram(recorded_provider)
-    keys: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+    memo: dict[str, Any] = {}
     for batch in BATCHES:
         assert _otel_private.fold_unsampled_points(
-            folded, batch, ATTRIBUTES, UNSAMPLED_CONTEXT, keys
+            folded, batch, ATTRIBUTES, UNSAMPLED_CONTEXT, memo
         )
         for value in batch:
             recorded.record(value, ATTRIBUTES, context=UNSAMPLED_CONTEXT)
@@ -146,9 +147,9 @@ def test_points_land_where_the_sdk_puts_them(monkeypatch: pytest.MonkeyPatch) ->
     )
     provider, (reader,) = _provider()()
     histogram = _histogram(provider)
-    keys: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+    memo: dict[str, Any] = {}
     for batch in BATCHES:
-        _otel_private.fold_unsampled_points(histogram, batch, ATTRIBUTES, UNSAMPLED_CONTEXT, keys)
+        _otel_private.fold_unsampled_points(histogram, batch, ATTRIBUTES, UNSAMPLED_CONTEXT, memo)
     assert through_the_sdk == [BATCHES[0][0]]
     values = [value for batch in BATCHES for value in batch]
     (point,) = [p for p in _collected(reader) if p["metric"] == "h"]
@@ -178,11 +179,27 @@ def test_the_sdk_records_when_folding_could_differ(why: str) -> None:
         _otel_private._use_public_api(True)
     if why == "no SDK":
         histogram = trace  # not an SDK histogram at all
-    keys: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+    memo: dict[str, Any] = {}
     assert not _otel_private.fold_unsampled_points(
-        histogram, values, attributes, UNSAMPLED_CONTEXT, keys
+        histogram, values, attributes, UNSAMPLED_CONTEXT, memo
     )
     assert _collected(reader) == []
+
+
+def _unsampled_model(
+    reader: InMemoryMetricReader, boxes_per_image: int = 1
+) -> tuple[Any, TracerProvider]:
+    """A model instrumented with nothing sampled and spans in a batch processor."""
+    tracer_provider = TracerProvider(sampler=ALWAYS_OFF)
+    tracer_provider.add_span_processor(BatchSpanProcessor(InMemorySpanExporter()))
+    meter_provider = MeterProvider(metric_readers=[reader])
+    model = vt.instrument_model(
+        TinyDetector(boxes_per_image=boxes_per_image),
+        name="det",
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+    )
+    return model, tracer_provider
 
 
 def _run_unsampled(
@@ -198,16 +215,8 @@ def _run_unsampled(
         sdk_record(self, *args, **kwargs)
 
     monkeypatch.setattr(SdkHistogram, "record", counted)
-    tracer_provider = TracerProvider(sampler=ALWAYS_OFF)
-    tracer_provider.add_span_processor(BatchSpanProcessor(InMemorySpanExporter()))
     reader = InMemoryMetricReader()
-    meter_provider = MeterProvider(metric_readers=[reader])
-    model = vt.instrument_model(
-        TinyDetector(boxes_per_image=3),
-        name="det",
-        tracer_provider=tracer_provider,
-        meter_provider=meter_provider,
-    )
+    model, tracer_provider = _unsampled_model(reader, boxes_per_image=3)
     try:
         for _ in range(forwards):
             model(torch.randn(2, 3, 8, 8))
@@ -235,3 +244,67 @@ def test_an_unsampled_model_records_its_points_in_batches(
     assert by_metric["visiontel.inference.detections"]["sum"] == 42
     assert public_records == 7 + 14
     assert folded_records == 0, "the folded path adds to the storage without record()"
+
+
+def _duration_count(reader: InMemoryMetricReader) -> int:
+    return sum(
+        point.count for name, point in data_points(reader) if name == "visiontel.inference.duration"
+    )
+
+
+def test_waiting_points_stay_bounded_without_collections() -> None:
+    """Nobody flushes or collects: the resolver thread records the waiting points (once 256
+    wait, or when it next wakes), so memory stays bounded where no reader ever collects."""
+    from visiontel.torch import _model
+
+    reader = InMemoryMetricReader()
+    model, tracer_provider = _unsampled_model(reader)
+    try:
+        hooks = _model.instrumentation_of(model)
+        assert hooks is not None
+        waiting = hooks._durations.values
+        with torch.inference_mode():
+            for _ in range(300):
+                model(torch.randn(1, 3, 8, 8))
+        deadline = time.monotonic() + 10
+        while len(waiting) >= 256 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(waiting) < 256
+        assert _duration_count(reader) == 300  # the collection records the rest
+    finally:
+        vt.uninstrument_model(model)
+        tracer_provider.shutdown()
+
+
+def test_no_point_is_lost_between_threads_and_collections() -> None:
+    """Four inference threads append while collections record what waits, concurrently."""
+    reader = InMemoryMetricReader()
+    model, tracer_provider = _unsampled_model(reader)
+    per_thread, seen = 150, []
+    stop = threading.Event()
+
+    def infer() -> None:
+        with torch.inference_mode():
+            for _ in range(per_thread):
+                model(torch.randn(1, 3, 8, 8))
+
+    def collect() -> None:
+        while not stop.wait(0.002):
+            seen.append(_duration_count(reader))
+
+    try:
+        threads = [threading.Thread(target=infer) for _ in range(4)]
+        collector = threading.Thread(target=collect)
+        collector.start()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        stop.set()
+        collector.join()
+        assert vt.flush(10.0)
+        assert _duration_count(reader) == 4 * per_thread
+        assert seen == sorted(seen), "cumulative counts only grow"
+    finally:
+        vt.uninstrument_model(model)
+        tracer_provider.shutdown()

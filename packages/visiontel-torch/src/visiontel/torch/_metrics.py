@@ -6,6 +6,7 @@ copies data to the host, so it never waits for the GPU.
 
 from __future__ import annotations
 
+import collections
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -79,62 +80,87 @@ class InferenceMetrics:
 
 
 UNSAMPLED_CONTEXT = trace.set_span_in_context(trace.INVALID_SPAN)
-"""The context an unsampled forward's points are recorded in when they are recorded later:
-its span is not sampled, so they carry no exemplar (the context current wherever the later
-work happens to run has nothing to do with that forward)."""
+"""The context an unsampled forward's waiting points are recorded in: its span is not
+sampled, so they carry no exemplar (the context current wherever they are recorded has
+nothing to do with that forward)."""
+
+_RECORD_EVERY = 256
+"""Waiting points per batch that make a run of later work due (memory stays bounded where
+no metric reader ever collects)."""
 
 
 class PointBatch:
     """One histogram's waiting points under one attribute set (one per model and metric)."""
 
-    __slots__ = ("attributes", "histogram", "storage_keys", "values")
+    __slots__ = ("__weakref__", "attributes", "fold_memo", "histogram", "values")
 
     def __init__(self, histogram: metrics.Histogram, attributes: dict[str, Any]) -> None:
         self.histogram, self.attributes = histogram, attributes
-        self.values: list[float] = []
-        self.storage_keys: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-        """The SDK's key for ``attributes``, per view (read by the fold)."""
+        self.values: collections.deque[float] = collections.deque()
+        self.fold_memo: dict[str, Any] = {}
+        """Kept for ``fold_unsampled_points`` (where in the SDK's storage these go)."""
 
 
 class UnsampledPoints:
-    """Histogram points of unsampled forwards, recorded together when a run of later work
-    ends: a batch that shares an attribute set goes into the SDK's storage in one step
-    (``_otel_private.fold_unsampled_points``) instead of one ``record`` per value.
+    """Histogram points of unsampled forwards (spans in batch processors), added on the
+    inference thread with a deque append and recorded together by the next run of later
+    work or collection: a batch that shares an attribute set goes into the SDK's storage in
+    one step (``_otel_private.fold_unsampled_points``), not one ``record`` per value.
 
-    Only the thread running later work touches it (under the resolver's later-work lock).
+    Appends come from any inference thread; ``record`` runs under the resolver's later-work
+    lock, one thread at a time, and takes only what it counted, so no append is lost.
     """
 
     def __init__(self) -> None:
-        self._waiting: list[PointBatch] = []
+        # weak references in a dict: a plain list of them is read per run (a WeakSet
+        # iterates through a generator and a guard, 5x slower)
+        self._batches: dict[int, weakref.ref[PointBatch]] = {}
+        self.due: Callable[[], None] | None = None
+        """Makes a run of later work due (set by the runtime: the resolver's queue)."""
+
+    def batch(self, histogram: metrics.Histogram, attributes: dict[str, Any]) -> PointBatch:
+        made = PointBatch(histogram, attributes)
+        batches, key = self._batches, id(made)
+        batches[key] = weakref.ref(made, lambda _ref: batches.pop(key, None))
+        return made
 
     def add(self, batch: PointBatch, value: float) -> None:
-        if not batch.values:
-            self._waiting.append(batch)
-        batch.values.append(value)
+        values = batch.values
+        values.append(value)
+        if not len(values) % _RECORD_EVERY and self.due is not None:
+            self.due()
 
     def extend(self, batch: PointBatch, values: Sequence[int]) -> None:
-        if values:
-            if not batch.values:
-                self._waiting.append(batch)
-            batch.values.extend(values)
+        waiting = batch.values
+        before = len(waiting)
+        waiting.extend(values)
+        if before // _RECORD_EVERY != len(waiting) // _RECORD_EVERY and self.due is not None:
+            self.due()
+
+    def _live(self) -> list[PointBatch]:
+        return [batch for ref in list(self._batches.values()) if (batch := ref()) is not None]
+
+    def waiting(self) -> bool:
+        return any(batch.values for batch in self._live())
 
     def record(self) -> None:
         """Hand every waiting point to the SDK."""
-        waiting, self._waiting = self._waiting, []
-        for batch in waiting:
-            values, batch.values = batch.values, []
+        for batch in self._live():
+            waiting = batch.values
+            values = [waiting.popleft() for _ in range(len(waiting))]
+            if not values:
+                continue
             histogram, attributes = batch.histogram, batch.attributes
             if not fold_unsampled_points(
-                histogram, values, attributes, UNSAMPLED_CONTEXT, batch.storage_keys
+                histogram, values, attributes, UNSAMPLED_CONTEXT, batch.fold_memo
             ):
                 for value in values:
                     histogram.record(value, attributes, context=UNSAMPLED_CONTEXT)
 
     def clear(self) -> None:
         """Forget the waiting points (a forked child: they belong to the parent)."""
-        for batch in self._waiting:
-            batch.values = []
-        self._waiting = []
+        for batch in self._live():
+            batch.values.clear()
 
 
 class _ImageCounter:

@@ -23,7 +23,7 @@ from visiontel.torch._config import TorchConfig
 from visiontel.torch._failures import record_failure
 from visiontel.torch._inputs import InputDescription, describe_inputs
 from visiontel.torch._livespan import add_plain_attributes, all_plain
-from visiontel.torch._metrics import DetectionCounter, PointBatch, count_detections
+from visiontel.torch._metrics import DetectionCounter, count_detections
 from visiontel.torch._record import ForwardRecord, ModuleTable
 from visiontel.torch._runtime import Runtime
 from visiontel.torch._safety import report_internal_error
@@ -123,9 +123,10 @@ class ModelInstrumentation:
             k: v for k, v in self._metric_attributes.items() if k != "visiontel.stage"
         }
         self._add_images = runtime.metrics.images.adder(self._image_attributes)
-        # An unsampled forward's points, when it ends as later work, wait in these batches.
-        self._durations = PointBatch(runtime.metrics.duration, self._metric_attributes)
-        self._detection_points = PointBatch(runtime.metrics.detections, self._image_attributes)
+        # An unsampled forward's points wait in these (spans in batch processors only).
+        unsampled = runtime.metrics.unsampled
+        self._durations = unsampled.batch(runtime.metrics.duration, self._metric_attributes)
+        self._detection_points = unsampled.batch(runtime.metrics.detections, self._image_attributes)
         self._plain = all_plain(self._static_attributes)
         self._tree = ProbeTree(model, config, self._tls, self._is_compiling)
         self._root_handles = register_hooks(model, self._root_pre, self._root_post)
@@ -219,7 +220,9 @@ class ModelInstrumentation:
         # tensors (GPU memory) alive for the batch's lifetime.
         record.inputs = record.previous = None
         if self._runtime.spans.batched:
-            record.later = True
+            if not record.span.is_recording():  # nothing to end: only points, which wait
+                self._unsampled_points(record, counts)
+                return
             self._runtime.resolver.later(self._complete, record, counts, None)
         else:
             self._complete(record, counts, None)
@@ -233,9 +236,6 @@ class ModelInstrumentation:
         """Metric points and span end of a finished forward (inline, or as later work)."""
         span, perf_end = record.span, record.perf_end_ns
         metrics = self._runtime.metrics
-        if record.later and failure is None and not span.is_recording():
-            self._complete_unsampled(record, counts)
-            return
         attributes = self._metric_attributes
         if failure is not None:
             attributes = {
@@ -269,9 +269,9 @@ class ModelInstrumentation:
             span.end(end_time=record.wall_ns(perf_end))
             record.events.release(record.gpu_events())
 
-    def _complete_unsampled(self, record: ForwardRecord, counts: Sequence[int] | None) -> None:
-        """The points of an unsampled forward that ended as later work: they wait in this
-        model's batches and reach the SDK together when the run of later work ends."""
+    def _unsampled_points(self, record: ForwardRecord, counts: Sequence[int] | None) -> None:
+        """An unsampled forward's points, where spans end in batches: they wait in this
+        model's batches and reach the SDK together with the next run of later work."""
         unsampled = self._runtime.metrics.unsampled
         unsampled.add(self._durations, (record.perf_end_ns - record.perf_start_ns) / 1e9)
         if record.batch_size:

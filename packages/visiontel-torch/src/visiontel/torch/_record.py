@@ -46,8 +46,6 @@ class ForwardRecord:
     probes: Any = None
     """The ChildProbes this forward armed (a rebuild may replace the model's meanwhile)."""
     previous: ForwardRecord | None = None
-    later: bool = False
-    """Its end runs as later work (unsampled points then wait for the run's end)."""
 
     def wall_ns(self, perf_ns: int) -> int:
         """Map a ``perf_counter_ns`` stamp onto the wall clock of the root span."""

@@ -107,6 +107,12 @@ class Resolver:
         elif self._thread is None:
             self._ensure_thread()
 
+    def wake_for_points(self) -> None:
+        """Many unsampled points wait: have the resolver thread record them now."""
+        if self._thread is None:
+            self._ensure_thread()
+        self._wake.set()
+
     def drain_later(self) -> None:
         """Finish every pending item of later work now, on the calling thread."""
         with self._later_lock:
@@ -169,7 +175,7 @@ class Resolver:
                 self._waiting.append((time.monotonic(), self._submitted.popleft()))
             if self._waiting:
                 self._resolve_ready()
-            if self._later:
+            if self._later or self._metrics.unsampled.waiting():
                 with self._later_lock:
                     self._run_later(handing_over=True)
 
@@ -186,7 +192,7 @@ class Resolver:
                 report_internal_error("later work", exc)
             if handing_over:
                 time.sleep(0)
-        try:  # the unsampled forwards' points of this run, a batch per attribute set
+        try:  # unsampled forwards' waiting points, a batch per attribute set
             self._metrics.unsampled.record()
         except Exception as exc:
             report_internal_error("unsampled points", exc)

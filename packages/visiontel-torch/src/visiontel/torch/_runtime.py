@@ -28,6 +28,7 @@ class Runtime:
         self.resolver = Resolver(self.metrics, tracer_provider)
         self.metrics.images.before_collect = self.resolver.drain_later
         self.spans.later = self.resolver.later
+        self.metrics.unsampled.due = self.resolver.wake_for_points
 
 
 _lock = threading.Lock()

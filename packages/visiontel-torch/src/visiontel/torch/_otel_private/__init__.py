@@ -28,13 +28,14 @@ import functools
 import logging
 import random
 import threading
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext, TraceFlags, TraceState
 
 from visiontel._support.gate import VersionGate
+from visiontel.torch._otel_private._histograms import fold as _fold
 from visiontel.torch.version import SCHEMA_URL, __version__
 
 TESTED_SDK = ((1, 30), (1, 45))
@@ -103,18 +104,16 @@ def fold_unsampled_points(
     values: Sequence[float],
     attributes: Mapping[str, Any],
     context: Any,
-    keys: MutableMapping[Any, Any],
+    memo: dict[str, Any],
 ) -> bool:
     """Add a batch of ``histogram`` values that share ``attributes`` and were recorded in
     ``context`` (no sampled span) straight to the SDK's storage; False (nothing added)
-    where ``histogram.record`` must be used instead. ``keys``: a weakly keyed mapping kept
-    per attribute set. See ``_histograms.py``."""
+    where ``histogram.record`` must be used instead. ``memo``: a dict the caller keeps per
+    histogram and attribute set. See ``_histograms.py``."""
     if _forced_public or not sdk_version_supported():
         return False
-    from visiontel.torch._otel_private._histograms import fold
-
     try:
-        return fold(histogram, values, attributes, context, keys)
+        return _fold(histogram, values, attributes, context, memo)
     except (AttributeError, TypeError):  # an SDK without the pieces used there
         return False
 

@@ -20,7 +20,7 @@ import functools
 import math
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from opentelemetry.context import Context
@@ -79,16 +79,26 @@ def _frozen_items(attributes: Mapping[str, Any]) -> Any:
     return frozenset(attributes.items())
 
 
+class _Plan(NamedTuple):
+    """Where one attribute set of one instrument goes, per reader and view (kept per batch,
+    made again when the instrument's readers change)."""
+
+    instrument: Any
+    attributes: Mapping[str, Any]
+    storages: Any
+    targets: tuple[tuple[Any, Any, Any], ...]
+    """(view match, key of the attributes there, the lock to hold while adding or None)."""
+
+
 def fold(
     histogram: Any,
     values: Sequence[float],
     attributes: Mapping[str, Any],
     context: Context,
-    keys: MutableMapping[Any, Any],
+    memo: dict[str, Any],
 ) -> bool:
     """Add ``values``, recorded in ``context`` (whose span is not sampled), to
-    ``histogram``'s storage. ``keys`` remembers, per view, the key ``attributes`` is stored
-    under (the caller keeps one mapping per attribute set, weakly keyed).
+    ``histogram``'s storage. ``memo``: the caller's, one per histogram and attribute set.
 
     False, with nothing added, where the SDK's ``record`` must be used instead.
     """
@@ -99,43 +109,58 @@ def fold(
         return False
     if pieces.proxy is not None and type(histogram) is pieces.proxy:
         histogram = histogram._real_instrument
-    if type(histogram) is not pieces.histogram:
-        return False
     enabled = getattr(histogram, "_is_enabled", None)  # releases with meter configurators
     if enabled is not None and not enabled():
         return False
-    consumer = histogram._measurement_consumer
-    if type(consumer) is not pieces.consumer:
+    total = sum(values)
+    if not (min(values) >= 0 and total < math.inf):
+        return False  # negative, infinite or NaN: the SDK warns and drops them, let it
+    plan = memo.get("plan")
+    if (
+        plan is None
+        or plan.instrument is not histogram
+        or plan.attributes is not attributes
+        or plan.storages is not histogram._measurement_consumer._reader_storages
+    ):
+        plan = memo["plan"] = _plan(pieces, histogram, attributes)
+    if plan is None:
         return False
-    if type(consumer._sdk_config.exemplar_filter) not in pieces.quiet_filters:
-        return False
-    if not all(0 <= value < math.inf for value in values):
-        return False  # the SDK warns about these and drops them: let it
-    if not all(type(value) in _PLAIN for value in attributes.values()):
-        return False
-    # Every private piece is read before anything is written: a missing one leaves the
-    # storage untouched and the caller records through the SDK.
-    targets = []
-    for storage in tuple(consumer._reader_storages.values()):
-        for match in storage._get_or_init_view_instrument_match(histogram):
-            key = keys.get(match)
-            if key is None:
-                key = keys[match] = _key(pieces, match, attributes)
-            locked = bool(getattr(match, "_reset_on_collect", False))
-            targets.append((match, key, match._attributes_aggregation, match._lock, locked))
-    for match, key, aggregations, lock, locked in targets:
-        if _added(pieces, key, aggregations, lock if locked else None, values):
+    for match, key, lock in plan.targets:
+        if _added(pieces, key, match, lock, values):
             continue
         # Not created yet (the SDK's entry point creates it with the first value), or another
         # aggregation (then every value goes through that entry point).
         for index, value in enumerate(values):
-            if index == 1 and _added(
-                pieces, key, aggregations, lock if locked else None, values[1:]
-            ):
+            if index == 1 and _added(pieces, key, match, lock, values[1:]):
                 break
             measurement = pieces.measurement(value, time.time_ns(), histogram, context, attributes)
             match.consume_measurement(measurement, False)
     return True
+
+
+def _plan(pieces: _SdkPieces, histogram: Any, attributes: Mapping[str, Any]) -> _Plan | None:
+    """Every private piece the fold needs, read before anything is written (a missing one
+    leaves the storage untouched); None where folding could differ from ``record``."""
+    if type(histogram) is not pieces.histogram:
+        return None
+    consumer = histogram._measurement_consumer
+    if type(consumer) is not pieces.consumer:
+        return None
+    if type(consumer._sdk_config.exemplar_filter) not in pieces.quiet_filters:
+        return None  # an exemplar could be picked from these values: the SDK decides
+    if not all(type(value) in _PLAIN for value in attributes.values()):
+        return None
+    storages = consumer._reader_storages
+    targets = []
+    for storage in tuple(storages.values()):
+        for match in storage._get_or_init_view_instrument_match(histogram):
+            if type(match._attributes_aggregation) is not dict:
+                return None
+            # A collection that swaps the aggregations out: the SDK holds the view's lock
+            # while it adds a value, and so does the fold.
+            lock = match._lock if getattr(match, "_reset_on_collect", False) else None
+            targets.append((match, _key(pieces, match, attributes), lock))
+    return _Plan(histogram, attributes, storages, tuple(targets))
 
 
 def _key(pieces: _SdkPieces, match: Any, attributes: Mapping[str, Any]) -> Any:
@@ -145,20 +170,13 @@ def _key(pieces: _SdkPieces, match: Any, attributes: Mapping[str, Any]) -> Any:
     return pieces.key_of(kept)
 
 
-def _added(
-    pieces: _SdkPieces,
-    key: Any,
-    aggregations: Mapping[Any, Any],
-    lock: Any,
-    values: Sequence[float],
-) -> bool:
-    """Fold ``values`` into the explicit-bucket aggregation stored under ``key``, if there
-    is one. ``lock``: the view's, where a collection swaps its aggregations out (the SDK
-    holds it while it adds a value there)."""
+def _added(pieces: _SdkPieces, key: Any, match: Any, lock: Any, values: Sequence[float]) -> bool:
+    """Fold ``values`` into the explicit-bucket aggregation ``match`` stores under ``key``,
+    if there is one, holding ``lock`` (if any) meanwhile."""
     if lock is not None:
         lock.acquire()
     try:
-        aggregation: Any = aggregations.get(key)
+        aggregation = match._attributes_aggregation.get(key)
         if type(aggregation) is not pieces.aggregation:
             return False
         boundaries = aggregation._boundaries

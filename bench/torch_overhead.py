@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import (
@@ -131,13 +132,21 @@ class NaiveTracer:
             handle.remove()
 
 
+METRIC_READER = True
+"""Meter providers get a metric reader, as every deployment has (``--no-metric-reader``:
+none, as this bench had before 2026-12-05; the SDK then skips most of a record's work)."""
+
+
 def make_providers(sampler: Sampler) -> tuple[TracerProvider, MeterProvider, DiscardExporter]:
     exporter = DiscardExporter()
     provider = TracerProvider(sampler=sampler)
     provider.add_span_processor(
         BatchSpanProcessor(exporter, max_queue_size=65536, max_export_batch_size=4096)
     )
-    return provider, MeterProvider(), exporter
+    # Never collected during the run: the record path is what a periodic reader has, and
+    # the storage stays bounded (a few attribute sets).
+    readers = [InMemoryMetricReader()] if METRIC_READER else []
+    return provider, MeterProvider(metric_readers=readers), exporter
 
 
 Variant = tuple[Callable[[], None], Callable[[], None], Callable[[], AbstractContextManager[Any]]]
@@ -169,6 +178,25 @@ def variants(model: torch.nn.Module) -> dict[str, Variant]:
         vt.flush(30)
         vt.uninstrument_model(model)
 
+    floor_handles: list[Any] = []
+
+    def noop_hooks_install() -> None:
+        # What a root pre-hook and an always-called forward hook cost torch with no work in
+        # them (the module call leaves torch's fast path): the floor of any hook-based
+        # instrumentation, visiontel-torch's included.
+        floor_handles.append(
+            model.register_forward_pre_hook(lambda _m, _a, _k: None, with_kwargs=True)
+        )
+        floor_handles.append(
+            model.register_forward_hook(
+                lambda _m, _a, _k, _o: None, with_kwargs=True, always_call=True
+            )
+        )
+
+    def noop_hooks_remove() -> None:
+        while floor_handles:
+            floor_handles.pop().remove()
+
     def naive_install() -> None:
         naive_holder.append(NaiveTracer(model, sampled[0].get_tracer("naive")))
 
@@ -198,6 +226,11 @@ def variants(model: torch.nn.Module) -> dict[str, Variant]:
     noop = lambda: None  # noqa: E731
     return {
         "baseline": (noop, noop, nullcontext),
+        "two root hooks doing nothing (floor)": (
+            noop_hooks_install,
+            noop_hooks_remove,
+            nullcontext,
+        ),
         "unsampled (layer)": (instrument(unsampled, "layer"), remove, nullcontext),
         "auto-discovery, unsampled": (auto_install, auto_remove, nullcontext),
         "parentbased_traceidratio 1 % (stage)": (instrument(ratio, "stage"), remove, nullcontext),
@@ -299,7 +332,14 @@ def main() -> int:
     parser.add_argument(
         "--only", choices=["resnet", "detector"], default=None, help="measure one model only"
     )
+    parser.add_argument(
+        "--no-metric-reader",
+        action="store_true",
+        help="meter providers without a reader (the SDK then skips most of a record's work)",
+    )
     args = parser.parse_args()
+    global METRIC_READER
+    METRIC_READER = not args.no_metric_reader
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cases = {
@@ -321,7 +361,9 @@ def main() -> int:
     )
     python = sys.version.split()[0]
     threads = torch.get_num_threads()
-    print(f"\ntorch {torch.__version__}, {threads} threads, python {python}, {args.clock} time")
+    reader = "a metric reader" if METRIC_READER else "no metric reader"
+    print(f"\ntorch {torch.__version__}, {threads} threads, python {python}, {args.clock} time,")
+    print(f"{reader}")
     print(header)
     print("|---|" + "---|" * len(cases))
     for variant in next(iter(results.values())):

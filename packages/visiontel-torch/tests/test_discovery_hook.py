@@ -278,3 +278,60 @@ def test_models_built_and_called_on_several_threads_are_all_found(
         assert not _hook_armed()
     finally:
         instrumentor.uninstrument()
+
+
+@pytest.fixture
+def quick_checks(telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Discovery whose settle checks run on every steady call (no back-off in time)."""
+    monkeypatch.setattr(_discovery, "_SETTLE_FIRST_S", 0.0)
+    gc.collect()
+    instrumentor = TorchInstrumentor()
+    instrumentor.instrument(
+        tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider
+    )
+    yield
+    instrumentor.uninstrument()
+
+
+def _own_pre_hooks(module: torch.nn.Module) -> int:
+    return sum(len(m._forward_pre_hooks) for m in module.modules())
+
+
+def test_a_model_never_called_is_parked_and_found_at_its_first_call(
+    telemetry: Telemetry, quick_checks: None
+) -> None:
+    unused = TinyDetector()  # e.g. YOLO(...).model, when the predictor calls a deep copy
+    model = TinyDetector()
+    model(_images())  # discovered
+    model(_images())  # first settle check: `unused` is still pending
+    assert _hook_armed()
+    assert _own_pre_hooks(unused) == 0
+    model(_images())  # second check in a row: parked, and the global hook goes
+    assert not _hook_armed()
+    assert _own_pre_hooks(unused) == 6  # one per module holding parameters
+    clone = copy.deepcopy(unused)
+    assert _own_pre_hooks(clone) == 0, "a parked module's hook never travels with a copy"
+    assert _hook_armed()  # the copy is pending (it may be called)
+    _first_call_is_traced(unused, telemetry)  # the parked hook judges it, then goes
+    # the inner modules' parked hooks fired once, inside that forward, and went too: only
+    # the root's own pre-hook is left
+    assert _own_pre_hooks(unused) == 1
+    unused(_images())
+    assert _roots(telemetry) == 3 + 2
+    del clone
+    gc.collect()
+    for _ in range(3):
+        model(_images())
+    assert not _hook_armed()
+
+
+def test_a_parked_model_s_part_called_alone_is_judged_as_the_hook_would(
+    telemetry: Telemetry, quick_checks: None
+) -> None:
+    unused = TinyDetector()
+    model = TinyDetector()
+    for _ in range(3):
+        model(_images())
+    assert not _hook_armed()
+    _first_call_is_traced(unused.backbone, telemetry)  # a part with parameters, called alone
+    assert not vt.is_instrumented(unused)

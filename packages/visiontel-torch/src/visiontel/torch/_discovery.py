@@ -26,8 +26,13 @@ one a parameter: those three are wrapped on the class while discovery is open. A
 module is *settled*, and forgotten, once it is rejected, has no parameters, is TorchScript
 or lies inside an instrumented model. Calls of an instrumented root at depth 0 (steady
 state) run the settle check, rate-limited; when nothing pending is left the hook is
-removed, and the next module made or given a parameter puts it back. A model that is
-built and never called (the original of a deep copy) stays pending and keeps the hook.
+removed, and the next module made or given a parameter puts it back.
+
+A module still pending at the second settle check in a row (a model built and never called,
+such as the original of Ultralytics' deep copy) is *parked*: it gets a pre-hook of its own,
+which never travels with a copy, and stops holding the global hook. Only its own calls then
+leave torch's fast path; its first call removes that hook, makes it pending again (the
+global hook comes back) and judges it there and then, as the global hook would have.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from visiontel.torch import _model
 from visiontel.torch._api import instrument_model, uninstrument_model
 from visiontel.torch._config import TorchConfig
 from visiontel.torch._safety import report_internal_error, warn_once
+from visiontel.torch._torch_private import register_hooks, remove_hooks
 from visiontel.torch._tree import is_compiled
 
 _MAX_DEFERRALS = 3
@@ -55,6 +61,7 @@ _MAX_FRAMES = 64
 _SETTLE_FIRST_S = 0.5
 _SETTLE_MAX_S = 8.0
 _WRAPPED_METHODS = ("__init__", "__setstate__", "register_parameter")
+_PARK_AFTER_CHECKS = 2  # settle checks in a row that found a module still pending
 
 
 class Discovery:
@@ -76,6 +83,8 @@ class Discovery:
         self._pending: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._births = 0  # a settle check disarms only if no module came while it ran
         self._handle: Any = None
+        self._parked: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+        self._unsettled_checks = 0
         self._closed = False
         self._next_check = 0.0
         self._interval = _SETTLE_FIRST_S
@@ -93,6 +102,10 @@ class Discovery:
             self._closed = True
             self._disarm()
             self._pending.clear()
+            parked = list(self._parked.values())
+            self._parked = weakref.WeakKeyDictionary()
+        for handles in parked:
+            remove_hooks(handles)
         with self._lock:
             discovered = list(self._discovered)
             self._discovered = weakref.WeakSet()
@@ -134,27 +147,65 @@ class Discovery:
             rejected = {id(m) for m in self._rejected}
         inside: set[int] | None = None
         settled: list[tuple[int, Any]] = []
-        unsettled = 0
+        unsettled: list[tuple[int, Any]] = []
         for key, module in pending:
             if key not in rejected and _has_parameters(module):
                 if inside is None:
                     roots = _model.all_instrumented()
                     inside = {id(m) for root in roots for m in root.modules()}
                 if key not in inside:
-                    unsettled += 1
+                    unsettled.append((key, module))
                     continue
             settled.append((key, module))
+        self._unsettled_checks = self._unsettled_checks + 1 if unsettled else 0
+        if unsettled and self._unsettled_checks >= _PARK_AFTER_CHECKS:
+            settled += self._park(unsettled)  # e.g. a model never called
+            unsettled = []
         with self._arm_lock:
             for key, module in settled:
                 if self._pending.get(key) is module:
                     del self._pending[key]
-            if unsettled:  # e.g. a model never called: look again later, less often
+            if unsettled:  # look again later, less often
                 self._next_check = time.monotonic() + self._interval
                 self._interval = min(self._interval * 2, _SETTLE_MAX_S)
             elif births != self._births:
                 self._next_check = 0.0  # a module came while this ran: judge it next call
             else:
                 self._disarm()
+
+    def _park(self, modules: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+        """Give each still-pending module a pre-hook of its own; they stop being pending."""
+        parked = []
+        for key, module in modules:
+            with self._arm_lock:
+                if self._closed or module in self._parked:
+                    continue
+                self._parked[module] = []  # claimed: another settle check skips it
+            handles = register_hooks(module, self._on_parked_call)
+            with self._arm_lock:
+                if module in self._parked and not self._closed:
+                    self._parked[module] = handles
+                    parked.append((key, module))
+                    continue
+            remove_hooks(handles)  # closed (or unparked) meanwhile
+        return parked
+
+    def _on_parked_call(self, module: Any, args: Any, _kwargs: Any) -> None:
+        """A parked module is called: pending again, and judged now (the global hook, back
+        from here on, was not there when this call began)."""
+        if self._is_compiling():
+            return
+        try:
+            with self._arm_lock:
+                handles = self._parked.pop(module, None)
+            if handles:
+                remove_hooks(handles)
+            if self._closed or _model.forward_depth():
+                return  # inside an instrumented forward: settled, nothing to judge
+            self._on_born(module)
+            self._on_call(module, args)
+        except Exception as exc:
+            report_internal_error("discovery", exc)
 
     # -- the global pre-hook -----------------------------------------------------------------
     def _on_call(self, module: Any, args: Any) -> None:

@@ -98,15 +98,18 @@ def _own_hook_dicts(module: Any) -> bool:
     return True
 
 
-def register_hooks(module: Any, pre: Callable[..., Any], post: Callable[..., Any]) -> list[Any]:
-    """Register a kwargs pre-hook and an always-called kwargs post-hook that never travel."""
+def register_hooks(
+    module: Any, pre: Callable[..., Any], post: Callable[..., Any] | None = None
+) -> list[Any]:
+    """Register a kwargs pre-hook and (if given) an always-called kwargs post-hook that never
+    travel with a copy."""
     owned = private_hooks_usable() and _own_hook_dicts(module)
     if not owned:
-        pre, post = _CopiesInert(pre), _CopiesInert(post)
-    handles = [
-        module.register_forward_pre_hook(pre, with_kwargs=True),
-        module.register_forward_hook(post, with_kwargs=True, always_call=True),
-    ]
+        pre = _CopiesInert(pre)
+        post = None if post is None else _CopiesInert(post)
+    handles = [module.register_forward_pre_hook(pre, with_kwargs=True)]
+    if post is not None:
+        handles.append(module.register_forward_hook(post, with_kwargs=True, always_call=True))
     if owned:
         with _lock:
             _own_ids.update(handle.id for handle in handles)

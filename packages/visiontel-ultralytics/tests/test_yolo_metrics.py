@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+import torch
 
 from yolo_support import (
     CLASS_METRIC,
@@ -165,3 +166,50 @@ def test_no_tensor_values_or_pixels_in_any_attribute(telemetry: Telemetry) -> No
                 assert len(item) < 200, item
                 assert "tensor" not in item.lower() and "array(" not in item, item
                 assert not any(c in item for c in confidences), item
+
+
+def test_confidences_reach_the_sdk_in_one_step_per_label_and_equal_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each image's confidences of one label are folded into the SDK's storage together;
+    what a reader collects is what one ``record`` per confidence gives."""
+    from opentelemetry.sdk.metrics import Histogram as SdkHistogram
+
+    from visiontel.torch import _otel_private
+
+    records = Counter[str]()
+    sdk_record = SdkHistogram.record
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> None:
+        records[self.name] += 1
+        sdk_record(self, *args, **kwargs)
+
+    monkeypatch.setattr(SdkHistogram, "record", counted)
+
+    def confidence_points() -> list[tuple[Any, ...]]:
+        telemetry = make_telemetry()
+        torch.manual_seed(0)  # the same random network, so the same detections, each time
+        _predict(telemetry)
+        telemetry.spans()  # flushes the metrics worker too
+        return sorted(
+            (
+                tuple(sorted(p.attributes.items())),
+                p.count,
+                round(p.sum, 9),
+                p.min,
+                p.max,
+                tuple(p.bucket_counts),
+            )
+            for p in telemetry.metric_points(CONFIDENCE_METRIC)
+        )
+
+    folded = confidence_points()
+    folded_records = records[CONFIDENCE_METRIC]
+    _otel_private._use_public_api(True)
+    try:
+        recorded = confidence_points()
+    finally:
+        _otel_private._use_public_api(False)
+    assert folded == recorded
+    assert sum(point[1] for point in folded) == records[CONFIDENCE_METRIC] - folded_records > 0
+    assert folded_records == 0, "folded: no record() per confidence"

@@ -89,6 +89,21 @@ _RECORD_EVERY = 256
 no metric reader ever collects)."""
 
 
+def record_unsampled(
+    histogram: metrics.Histogram,
+    values: list[float],
+    attributes: dict[str, Any],
+    memo: dict[str, Any],
+) -> None:
+    """Record ``values`` under ``attributes`` with no sampled span in their context (so no
+    exemplar): folded into the SDK's storage in one step where the gate allows, else one
+    ``record`` each. ``memo``: a dict the caller keeps for this histogram and attribute set.
+    """
+    if not fold_unsampled_points(histogram, values, attributes, UNSAMPLED_CONTEXT, memo):
+        for value in values:
+            histogram.record(value, attributes, context=UNSAMPLED_CONTEXT)
+
+
 class PointBatch:
     """One histogram's waiting points under one attribute set (one per model and metric)."""
 
@@ -150,12 +165,7 @@ class UnsampledPoints:
             values = [waiting.popleft() for _ in range(len(waiting))]
             if not values:
                 continue
-            histogram, attributes = batch.histogram, batch.attributes
-            if not fold_unsampled_points(
-                histogram, values, attributes, UNSAMPLED_CONTEXT, batch.fold_memo
-            ):
-                for value in values:
-                    histogram.record(value, attributes, context=UNSAMPLED_CONTEXT)
+            record_unsampled(batch.histogram, values, batch.attributes, batch.fold_memo)
 
     def clear(self) -> None:
         """Forget the waiting points (a forked child: they belong to the parent)."""

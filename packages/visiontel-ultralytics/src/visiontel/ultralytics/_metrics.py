@@ -20,6 +20,7 @@ from opentelemetry import metrics
 from opentelemetry.context import Context
 
 from visiontel.torch._inflight import InFlight
+from visiontel.torch._metrics import record_unsampled
 from visiontel.torch._safety import report_internal_error
 from visiontel.ultralytics.version import SCHEMA_URL, __version__
 
@@ -53,6 +54,15 @@ class PredictMetrics:
             self.confidence = meter.create_histogram(
                 "visiontel.inference.confidence", "1", "Confidence of detections, by class."
             )
+        self._confidence_memos: dict[str, dict[str, Any]] = {}  # per label: for the fold
+
+    def record_confidences(
+        self, label: str, values: list[float], attributes: dict[str, Any]
+    ) -> None:
+        """One image's confidences of one label, in one step where the SDK allows (worker
+        thread only: no span in context, so no exemplar, as a plain record there)."""
+        memo = self._confidence_memos.setdefault(label, {})
+        record_unsampled(self.confidence, values, attributes, memo)
 
 
 def class_labels(
@@ -186,7 +196,10 @@ def record_classes(
     if len(confidences) != len(by_label):
         return
     # No exemplar context here: a histogram record with one costs about twice as much, and
-    # the class counter's exemplars already lead to this image's trace.
-    histogram = instruments.confidence
+    # the class counter's exemplars already lead to this image's trace. Grouped by label
+    # (each label is its own attribute set), each group reaches the SDK in one step.
+    grouped: dict[str, list[float]] = {}
     for position in spread_positions(len(confidences), max_confidences):
-        histogram.record(confidences[position], attributes[by_label[position]])
+        grouped.setdefault(by_label[position], []).append(confidences[position])
+    for label, values in grouped.items():
+        instruments.record_confidences(label, values, attributes[label])

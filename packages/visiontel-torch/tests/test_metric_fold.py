@@ -308,3 +308,30 @@ def test_no_point_is_lost_between_threads_and_collections() -> None:
     finally:
         vt.uninstrument_model(model)
         tracer_provider.shutdown()
+
+
+def test_an_uninstrumented_model_s_last_points_still_count() -> None:
+    """Points waiting when the model is uninstrumented (and its instrumentation collected)
+    are still recorded; the batch is forgotten after that."""
+    import gc
+
+    from visiontel.torch import _model
+
+    reader = InMemoryMetricReader()
+    model, tracer_provider = _unsampled_model(reader)
+    hooks = _model.instrumentation_of(model)
+    assert hooks is not None
+    unsampled = hooks._runtime.metrics.unsampled
+    batches_before = len(unsampled._batches)
+    try:
+        with torch.inference_mode():
+            for _ in range(5):
+                model(torch.randn(1, 3, 8, 8))
+        vt.uninstrument_model(model)
+        del hooks
+        gc.collect()
+        assert _duration_count(reader) == 5  # the collection records what waited
+        assert vt.flush(10.0)
+        assert len(unsampled._batches) == batches_before - 2  # both retired, then forgotten
+    finally:
+        tracer_provider.shutdown()

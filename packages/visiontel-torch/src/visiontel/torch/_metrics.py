@@ -107,13 +107,15 @@ def record_unsampled(
 class PointBatch:
     """One histogram's waiting points under one attribute set (one per model and metric)."""
 
-    __slots__ = ("__weakref__", "attributes", "fold_memo", "histogram", "values")
+    __slots__ = ("attributes", "fold_memo", "histogram", "retired", "values")
 
     def __init__(self, histogram: metrics.Histogram, attributes: dict[str, Any]) -> None:
         self.histogram, self.attributes = histogram, attributes
         self.values: collections.deque[float] = collections.deque()
         self.fold_memo: dict[str, Any] = {}
         """Kept for ``fold_unsampled_points`` (where in the SDK's storage these go)."""
+        self.retired = False
+        """Its model's instrumentation is gone: no value comes any more."""
 
 
 class UnsampledPoints:
@@ -123,20 +125,23 @@ class UnsampledPoints:
     one step (``_otel_private.fold_unsampled_points``), not one ``record`` per value.
 
     Appends come from any inference thread; ``record`` runs under the resolver's later-work
-    lock, one thread at a time, and takes only what it counted, so no append is lost.
+    lock, one thread at a time, and takes only what it counted, so no append is lost. A
+    batch stays here after its model's instrumentation is gone, until its last points are
+    recorded (an uninstrumented model's last forwards still count).
     """
 
     def __init__(self) -> None:
-        # weak references in a dict: a plain list of them is read per run (a WeakSet
-        # iterates through a generator and a guard, 5x slower)
-        self._batches: dict[int, weakref.ref[PointBatch]] = {}
+        self._batches: dict[int, PointBatch] = {}
         self.due: Callable[[], None] | None = None
         """Makes a run of later work due (set by the runtime: the resolver's queue)."""
 
-    def batch(self, histogram: metrics.Histogram, attributes: dict[str, Any]) -> PointBatch:
+    def batch(
+        self, histogram: metrics.Histogram, attributes: dict[str, Any], owner: object
+    ) -> PointBatch:
+        """A batch for ``owner``'s points, retired once ``owner`` is garbage."""
         made = PointBatch(histogram, attributes)
-        batches, key = self._batches, id(made)
-        batches[key] = weakref.ref(made, lambda _ref: batches.pop(key, None))
+        self._batches[id(made)] = made
+        weakref.finalize(owner, _retire, made)
         return made
 
     def add(self, batch: PointBatch, value: float) -> None:
@@ -152,25 +157,28 @@ class UnsampledPoints:
         if before // _RECORD_EVERY != len(waiting) // _RECORD_EVERY and self.due is not None:
             self.due()
 
-    def _live(self) -> list[PointBatch]:
-        return [batch for ref in list(self._batches.values()) if (batch := ref()) is not None]
-
     def waiting(self) -> bool:
-        return any(batch.values for batch in self._live())
+        return any(batch.values for batch in list(self._batches.values()))
 
     def record(self) -> None:
-        """Hand every waiting point to the SDK."""
-        for batch in self._live():
+        """Hand every waiting point to the SDK; forget retired batches once empty."""
+        for key, batch in list(self._batches.items()):
+            retired = batch.retired  # read first: a value added before retiring is seen below
             waiting = batch.values
             values = [waiting.popleft() for _ in range(len(waiting))]
-            if not values:
-                continue
-            record_unsampled(batch.histogram, values, batch.attributes, batch.fold_memo)
+            if values:
+                record_unsampled(batch.histogram, values, batch.attributes, batch.fold_memo)
+            if retired and not waiting:
+                self._batches.pop(key, None)
 
     def clear(self) -> None:
         """Forget the waiting points (a forked child: they belong to the parent)."""
-        for batch in self._live():
+        for batch in list(self._batches.values()):
             batch.values.clear()
+
+
+def _retire(batch: PointBatch) -> None:
+    batch.retired = True
 
 
 class _ImageCounter:

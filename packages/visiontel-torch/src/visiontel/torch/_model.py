@@ -125,8 +125,10 @@ class ModelInstrumentation:
         self._add_images = runtime.metrics.images.adder(self._image_attributes)
         # An unsampled forward's points wait in these (spans in batch processors only).
         unsampled = runtime.metrics.unsampled
-        self._durations = unsampled.batch(runtime.metrics.duration, self._metric_attributes)
-        self._detection_points = unsampled.batch(runtime.metrics.detections, self._image_attributes)
+        self._durations = unsampled.batch(runtime.metrics.duration, self._metric_attributes, self)
+        self._detection_points = unsampled.batch(
+            runtime.metrics.detections, self._image_attributes, self
+        )
         self._plain = all_plain(self._static_attributes)
         self._tree = ProbeTree(model, config, self._tls, self._is_compiling)
         self._root_handles = register_hooks(model, self._root_pre, self._root_post)

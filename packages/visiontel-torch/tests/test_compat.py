@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 
@@ -149,3 +151,24 @@ def test_scripted_child_in_a_data_parallel_tree_is_skipped_not_fatal(telemetry: 
     wrapped(torch.randn(1, 3, 8, 8))
     names = {s.name for s in telemetry.spans()}
     assert "module.head" in names and "module.neck" not in names
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.save` is deprecated:FutureWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_an_instrumented_model_can_be_scripted_and_stays_traced(telemetry: Telemetry) -> None:
+    """TorchScript compiles a module's hooks; visiontel's are left out (a scripted module runs
+    no Python hooks), so scripting works as on the plain model."""
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
+    images = torch.randn(1, 3, 8, 8)
+    expected = model(images)
+    telemetry.instrument(model, name="scriptable", granularity="layer")
+    scripted = torch.jit.script(model)
+    assert torch.equal(scripted(images), expected)
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)  # and it saves: nothing of visiontel inside
+    buffer.seek(0)
+    assert torch.equal(torch.jit.load(buffer)(images), expected)
+    assert torch.equal(model(images), expected)
+    assert [s.name for s in telemetry.spans()].count("inference scriptable") == 1

@@ -325,13 +325,32 @@ def test_a_model_never_called_is_parked_and_found_at_its_first_call(
     assert not _hook_armed()
 
 
-def test_a_parked_model_s_part_called_alone_is_judged_as_the_hook_would(
-    telemetry: Telemetry, quick_checks: None
-) -> None:
+def _parked_beside_a_running_model() -> tuple[TinyDetector, TinyDetector]:
+    """(a model never called, now parked; the model whose steady calls parked it)."""
     unused = TinyDetector()
     model = TinyDetector()
     for _ in range(3):
         model(_images())
     assert not _hook_armed()
+    assert _own_pre_hooks(unused) > 0
+    return unused, model
+
+
+def test_a_parked_model_s_part_called_alone_is_judged_as_the_hook_would(
+    telemetry: Telemetry, quick_checks: None
+) -> None:
+    unused, _model = _parked_beside_a_running_model()
     _first_call_is_traced(unused.backbone, telemetry)  # a part with parameters, called alone
     assert not vt.is_instrumented(unused)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_a_parked_model_can_be_scripted_and_is_still_found(
+    telemetry: Telemetry, quick_checks: None
+) -> None:
+    unused, _model = _parked_beside_a_running_model()
+    scripted = torch.jit.script(unused.backbone)  # the parked hooks are not compiled into it
+    images = torch.ones(1, 3, 8, 8)
+    expected = scripted(images)
+    assert torch.equal(unused.backbone(images), expected)  # its first plain call...
+    assert vt.is_instrumented(unused.backbone)  # ...found it, as the global hook would

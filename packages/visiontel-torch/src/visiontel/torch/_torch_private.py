@@ -47,7 +47,19 @@ _lock = threading.Lock()
 
 
 class HookTable(OrderedDict):  # type: ignore[type-arg]
-    """A hook dictionary whose copies and pickles leave out visiontel's entries."""
+    """A hook dictionary whose copies and pickles leave out visiontel's entries.
+
+    Its ``values()`` leave them out too. torch's call path reads ``items()``; what reads
+    ``values()`` copies or compiles a module's hooks elsewhere: ``torch.jit.script`` (which
+    would fail on our Python hooks; a scripted module runs no Python hooks anyway) and
+    ``torch.ao`` fusing and conversion (which would re-register them without their
+    keyword-argument flags).
+    """
+
+    def values(self) -> Any:
+        with _lock:
+            own = set(_own_ids)
+        return [value for key, value in self.items() if key not in own]
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         items = [(key, value) for key, value in self.items() if key not in _own_ids]

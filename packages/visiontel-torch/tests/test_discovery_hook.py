@@ -354,3 +354,28 @@ def test_a_parked_model_can_be_scripted_and_is_still_found(
     expected = scripted(images)
     assert torch.equal(unused.backbone(images), expected)  # its first plain call...
     assert vt.is_instrumented(unused.backbone)  # ...found it, as the global hook would
+
+
+def test_a_parked_model_can_be_fused_for_quantization_and_is_still_found(
+    telemetry: Telemetry, quick_checks: None
+) -> None:
+    """``torch.ao`` fusing moves a module's hooks onto the fused one through ``values()``,
+    re-registered without their flags: visiontel's are not handed over, so the fused model
+    runs, and its first call is still found."""
+    from torch.ao.quantization import fuse_modules
+
+    torch.manual_seed(1)
+    unused = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU()
+    ).eval()
+    model = TinyDetector()
+    for _ in range(3):
+        model(_images())
+    assert not _hook_armed()
+    assert _own_pre_hooks(unused) == 3  # parked: the Sequential, the conv, the norm
+    images = _images()
+    with torch.no_grad():
+        expected = torch.nn.functional.relu(unused[1](unused[0](images)))
+        fuse_modules(unused, [["0", "1", "2"]], inplace=True)
+        _first_call_is_traced(unused, telemetry)
+        assert torch.allclose(unused(images), expected, atol=1e-5)

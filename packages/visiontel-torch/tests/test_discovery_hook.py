@@ -284,6 +284,7 @@ def test_models_built_and_called_on_several_threads_are_all_found(
 def quick_checks(telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Discovery whose settle checks run on every steady call (no back-off in time)."""
     monkeypatch.setattr(_discovery, "_SETTLE_FIRST_S", 0.0)
+    monkeypatch.setattr(_discovery, "_PARK_MIN_AGE_S", 0.0)  # park at the second check
     gc.collect()
     instrumentor = TorchInstrumentor()
     instrumentor.instrument(

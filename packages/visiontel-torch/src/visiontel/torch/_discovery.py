@@ -28,11 +28,13 @@ or lies inside an instrumented model. Calls of an instrumented root at depth 0 (
 state) run the settle check, rate-limited; when nothing pending is left the hook is
 removed, and the next module made or given a parameter puts it back.
 
-A module still pending at the second settle check in a row (a model built and never called,
-such as the original of Ultralytics' deep copy) is *parked*: it gets a pre-hook of its own,
-which never travels with a copy, and stops holding the global hook. Only its own calls then
-leave torch's fast path; its first call removes that hook, makes it pending again (the
-global hook comes back) and judges it there and then, as the global hook would have.
+A module pending for two seconds and still pending at the second settle check in a row (a
+model built and never called, such as the original of Ultralytics' deep copy) is *parked*:
+it gets a pre-hook of its own, which never travels with a copy, and stops holding the
+global hook. Only its own calls then leave torch's fast path; its first call removes that
+hook, makes it pending again (the global hook comes back) and judges it there and then, as
+the global hook would have. A younger module is left to the global hook: its first call,
+on another thread, could race the parking and go unseen.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ _SETTLE_FIRST_S = 0.5
 _SETTLE_MAX_S = 8.0
 _WRAPPED_METHODS = ("__init__", "__setstate__", "register_parameter")
 _PARK_AFTER_CHECKS = 2  # settle checks in a row that found a module still pending
+# ...and pending this long: a module about to be called is left to the global hook (its
+# first call racing the parking on another thread could go unseen)
+_PARK_MIN_AGE_S = 2.0
 
 
 class Discovery:
@@ -84,6 +89,7 @@ class Discovery:
         self._births = 0  # a settle check disarms only if no module came while it ran
         self._handle: Any = None
         self._parked: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+        self._pending_since: dict[int, float] = {}  # when each pending module became so
         self._unsettled_checks = 0
         self._closed = False
         self._next_check = 0.0
@@ -135,6 +141,7 @@ class Discovery:
         """``module`` was made, loaded, copied or given a parameter: it may be a root."""
         with self._arm_lock:
             self._pending[id(module)] = module
+            self._pending_since[id(module)] = time.monotonic()
             self._births += 1
             self._arm()
 
@@ -159,12 +166,18 @@ class Discovery:
             settled.append((key, module))
         self._unsettled_checks = self._unsettled_checks + 1 if unsettled else 0
         if unsettled and self._unsettled_checks >= _PARK_AFTER_CHECKS:
-            settled += self._park(unsettled)  # e.g. a model never called
-            unsettled = []
+            now = time.monotonic()
+            since = self._pending_since
+            old = [(k, m) for k, m in unsettled if now - since.get(k, 0.0) >= _PARK_MIN_AGE_S]
+            if old:
+                parked, _being_parked = self._park(old)  # e.g. a model never called
+                settled += parked
+                unsettled = [(k, m) for k, m in unsettled if (k, m) not in parked]
         with self._arm_lock:
             for key, module in settled:
                 if self._pending.get(key) is module:
                     del self._pending[key]
+                    self._pending_since.pop(key, None)
             if unsettled:  # look again later, less often
                 self._next_check = time.monotonic() + self._interval
                 self._interval = min(self._interval * 2, _SETTLE_MAX_S)
@@ -173,22 +186,34 @@ class Discovery:
             else:
                 self._disarm()
 
-    def _park(self, modules: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
-        """Give each still-pending module a pre-hook of its own; they stop being pending."""
-        parked = []
+    def _park(
+        self, modules: list[tuple[int, Any]]
+    ) -> tuple[list[tuple[int, Any]], list[tuple[int, Any]]]:
+        """Give each still-pending module a pre-hook of its own: (parked, still pending).
+
+        A module another thread is parking right now, or whose first call unparked it while
+        this ran, stays pending: the global hook must not go before its own hook is there.
+        """
+        parked: list[tuple[int, Any]] = []
+        pending: list[tuple[int, Any]] = []
         for key, module in modules:
             with self._arm_lock:
-                if self._closed or module in self._parked:
+                if self._closed:
                     continue
-                self._parked[module] = []  # claimed: another settle check skips it
+                claimed = self._parked.get(module)
+                if claimed is not None:  # parked by another check, or being parked now
+                    (parked if claimed else pending).append((key, module))
+                    continue
+                self._parked[module] = []  # claimed: another settle check waits for it
             handles = register_hooks(module, self._on_parked_call)
             with self._arm_lock:
-                if module in self._parked and not self._closed:
+                if self._parked.get(module) is not None and not self._closed:
                     self._parked[module] = handles
                     parked.append((key, module))
                     continue
-            remove_hooks(handles)  # closed (or unparked) meanwhile
-        return parked
+            remove_hooks(handles)  # unparked by its first call (or closed) meanwhile
+            pending.append((key, module))
+        return parked, pending
 
     def _on_parked_call(self, module: Any, args: Any, _kwargs: Any) -> None:
         """A parked module is called: pending again, and judged now (the global hook, back

@@ -108,6 +108,7 @@ class Discovery:
             self._closed = True
             self._disarm()
             self._pending.clear()
+            self._pending_since.clear()
             parked = list(self._parked.values())
             self._parked = weakref.WeakKeyDictionary()
         for handles in parked:
@@ -166,18 +167,19 @@ class Discovery:
             settled.append((key, module))
         self._unsettled_checks = self._unsettled_checks + 1 if unsettled else 0
         if unsettled and self._unsettled_checks >= _PARK_AFTER_CHECKS:
-            now = time.monotonic()
-            since = self._pending_since
-            old = [(k, m) for k, m in unsettled if now - since.get(k, 0.0) >= _PARK_MIN_AGE_S]
+            now, since = time.monotonic(), self._pending_since
+            young = [u for u in unsettled if now - since.get(u[0], 0.0) < _PARK_MIN_AGE_S]
+            old = [u for u in unsettled if now - since.get(u[0], 0.0) >= _PARK_MIN_AGE_S]
             if old:
-                parked, _being_parked = self._park(old)  # e.g. a model never called
+                parked, still_pending = self._park(old)  # e.g. a model never called
                 settled += parked
-                unsettled = [(k, m) for k, m in unsettled if (k, m) not in parked]
+                unsettled = young + still_pending
         with self._arm_lock:
             for key, module in settled:
                 if self._pending.get(key) is module:
                     del self._pending[key]
-                    self._pending_since.pop(key, None)
+            for key in [k for k in self._pending_since if k not in self._pending]:
+                del self._pending_since[key]  # settled, or collected while pending
             if unsettled:  # look again later, less often
                 self._next_check = time.monotonic() + self._interval
                 self._interval = min(self._interval * 2, _SETTLE_MAX_S)

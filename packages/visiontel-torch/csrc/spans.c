@@ -6,7 +6,36 @@ typedef struct {
     PyObject *sampled, *trace_id, *trace_state, *ended, *empty;
     Py_ssize_t max_attributes; /* < 0: no count limit */
     int length_limited;
+    PyObject *drawn;       /* bytes: span ids drawn at once, 8 little-endian bytes each */
+    Py_ssize_t next_drawn; /* the next unused id in drawn */
 } Builder;
+
+/* The span ids of a forward's layer spans, drawn in one call: random.getrandbits(64 * n)
+ * fills its 32-bit words from the least significant up, exactly as n calls of
+ * getrandbits(64) would in turn, so its 64-bit chunks are the ids those calls would give
+ * (the SDK's RandomIdGenerator). One call instead of one per span. */
+static int draw_span_ids(Builder *b, PyObject *draw_bits, Py_ssize_t count) {
+    if (draw_bits == Py_None || count <= 0) return 0;
+    PyObject *bits = PyObject_CallFunction(draw_bits, "n", count * 64);
+    if (bits == NULL) return -1;
+    b->drawn = PyObject_CallMethod(bits, "to_bytes", "ns", count * 8, "little");
+    Py_DECREF(bits);
+    if (b->drawn != NULL && !PyBytes_Check(b->drawn)) {
+        Py_CLEAR(b->drawn);
+        PyErr_SetString(PyExc_TypeError, "int.to_bytes did not give bytes");
+    }
+    return b->drawn == NULL ? -1 : 0;
+}
+
+/* The next drawn id; NULL without an exception when none is left or it is 0 (invalid). */
+static PyObject *next_drawn_id(Builder *b) {
+    if (b->drawn == NULL || (b->next_drawn + 1) * 8 > PyBytes_GET_SIZE(b->drawn)) return NULL;
+    const unsigned char *bytes =
+        (const unsigned char *)PyBytes_AS_STRING(b->drawn) + 8 * b->next_drawn++;
+    unsigned long long id = 0;
+    for (int i = 7; i >= 0; i--) id = (id << 8) | bytes[i];
+    return id == 0 ? NULL : PyLong_FromUnsignedLongLong(id);
+}
 
 typedef struct {
     Py_ssize_t index;
@@ -18,19 +47,22 @@ typedef struct {
 
 /* The SpanContext of a new child: a tuple built directly where the gate found it exact. */
 static PyObject *child_context(Builder *b) {
-    PyObject *span_id = PyObject_CallNoArgs(b->new_span_id);
+    PyObject *span_id = next_drawn_id(b);
+    if (span_id == NULL && PyErr_Occurred()) return NULL;
+    if (span_id == NULL) span_id = PyObject_CallNoArgs(b->new_span_id);
     while (span_id != NULL && PyLong_Check(span_id) && PyObject_Not(span_id) == 1)
         Py_SETREF(span_id, PyObject_CallNoArgs(b->new_span_id)); /* 0 is the invalid id */
     if (span_id == NULL) return NULL;
     PyObject *context = NULL;
     if (b->context_class != Py_None) {
-        PyObject *items = PyTuple_Pack(6, b->trace_id, span_id, Py_False, b->sampled,
-                                       b->trace_state, Py_True);
-        PyObject *args = items == NULL ? NULL : PyTuple_Pack(1, items);
-        if (args != NULL)
-            context = PyTuple_Type.tp_new((PyTypeObject *)b->context_class, args, NULL);
-        Py_XDECREF(items);
-        Py_XDECREF(args);
+        /* what tuple.__new__(SpanContext, items) makes, without its two temporary tuples */
+        PyTypeObject *type = (PyTypeObject *)b->context_class;
+        context = type->tp_alloc(type, 6);
+        if (context != NULL) {
+            PyObject *items[6] = {b->trace_id, span_id, Py_False, b->sampled, b->trace_state,
+                                  Py_True};
+            for (int i = 0; i < 6; i++) PyTuple_SET_ITEM(context, i, Py_NewRef(items[i]));
+        }
     } else {
         context = PyObject_CallFunctionObjArgs(b->new_context, b->trace_id, span_id, b->sampled,
                                                b->trace_state, NULL);
@@ -104,12 +136,13 @@ static int stamp_fields(PyObject *stamp, Py_ssize_t *index, long long *perf_ns) 
 /*
  * layer_spans(stamps, names, classes, budget, root_context, to_wall, root_end_wall,
  *             span_class, template, new_span_id, new_context, context_class, limited,
- *             sampled, max_attributes, length_limited)
+ *             sampled, max_attributes, length_limited, draw_bits)
+ *   draw_bits: random.getrandbits where span ids are the SDK's random ones, else None
  *   -> (finished spans in the order they ended, [(module name, seconds), ...] over budget)
  */
 PyObject *layer_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 16) {
-        PyErr_SetString(PyExc_TypeError, "layer_spans takes 16 positional arguments");
+    if (nargs != 17) {
+        PyErr_SetString(PyExc_TypeError, "layer_spans takes 17 positional arguments");
         return NULL;
     }
     PyObject *stamps = args[0], *names = args[1], *classes = args[2], *root = args[4];
@@ -124,7 +157,8 @@ PyObject *layer_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int length_limited = PyObject_IsTrue(args[15]);
     if (PyErr_Occurred() || length_limited < 0) return NULL;
     Builder b = {args[7], args[8], args[9], args[10], args[11], args[12], args[13],
-                 NULL, NULL, PyList_New(0), PyTuple_New(0), max_attributes, length_limited};
+                 NULL, NULL, PyList_New(0), PyTuple_New(0), max_attributes, length_limited,
+                 NULL, 0};
     PyObject *aggregated = PyList_New(0), *result = NULL;
     Py_ssize_t modules = PyTuple_GET_SIZE(names), count = PyList_GET_SIZE(stamps);
     Py_ssize_t *calls = PyMem_Calloc(modules ? modules : 1, sizeof(Py_ssize_t));
@@ -137,6 +171,16 @@ PyObject *layer_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (!PyErr_Occurred()) PyErr_NoMemory();
         goto done;
     }
+    Py_ssize_t starts = 0; /* the spans this forward will have: a start stamp each, budgeted */
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *stamp = PyList_GET_ITEM(stamps, i);
+        if (PyTuple_Check(stamp) && PyTuple_GET_SIZE(stamp) >= 1) {
+            Py_ssize_t index = PyLong_AsSsize_t(PyTuple_GET_ITEM(stamp, 0));
+            if (index == -1 && PyErr_Occurred()) PyErr_Clear(); /* refused in the loop below */
+            starts += index >= 0;
+        }
+    }
+    if (draw_span_ids(&b, args[16], starts < budget ? starts : budget) < 0) goto done;
     for (Py_ssize_t i = 0; i < count; i++) {
         Py_ssize_t index;
         long long perf_ns;
@@ -219,6 +263,7 @@ done:
     Py_XDECREF(b.trace_state);
     Py_XDECREF(b.ended);
     Py_XDECREF(b.empty);
+    Py_XDECREF(b.drawn);
     Py_XDECREF(aggregated);
     return result;
 }

@@ -99,3 +99,44 @@ def test_tracer_that_raises_never_reaches_the_model(caplog: pytest.LogCaptureFix
         assert sum("internal error" in r.getMessage() for r in caplog.records) == 1
     finally:
         vt.uninstrument_model(model)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["simple", "batch processor"])
+def test_an_unsampled_failure_still_counts_with_its_error_type(batched: bool) -> None:
+    """A forward the sampler drops keeps only its first input: a failure (out of memory
+    here, which reads the input's device) still gives the duration point its error type."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    exporter, reader = InMemorySpanExporter(), InMemoryMetricReader()
+    tracer_provider = TracerProvider(sampler=ALWAYS_OFF)
+    # all processors batched: the end of a forward may wait as later work
+    processor = BatchSpanProcessor if batched else SimpleSpanProcessor
+    tracer_provider.add_span_processor(processor(exporter))
+    meter_provider = MeterProvider(metric_readers=[reader])
+    telemetry = Telemetry(tracer_provider, meter_provider, exporter, reader)
+    errors = _safety.internal_error_count()
+    error = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    model = telemetry.instrument(Failing(error), name="oom")
+    try:
+        with pytest.raises(torch.cuda.OutOfMemoryError):
+            model(torch.randn(3, 4))
+        model.bad = torch.nn.Identity()
+        model(torch.randn(3, 4))
+        assert vt.flush(10.0)
+        points = telemetry.metric_points("visiontel.inference.duration")
+        assert sorted(p.attributes.get("error.type", "") for p in points) == [
+            "",
+            "OutOfMemoryError",
+        ]
+        (images,) = telemetry.metric_points("visiontel.inference.images")
+        assert images.value == 3  # the successful forward's batch only
+        assert telemetry.spans() == []
+        assert _safety.internal_error_count() == errors
+    finally:
+        vt.uninstrument_model(model)
+        telemetry.tracer_provider.shutdown()

@@ -1,8 +1,9 @@
-"""Unsampled forwards' histogram points folded into the SDK's storage a batch at a time.
+"""Histogram points folded into the SDK's storage a batch at a time.
 
 Every case records the same values twice: folded on one meter provider, one by one through
-``Histogram.record`` (in the same context) on a twin; what the readers collect must be the
-same, point for point. Runs on every OpenTelemetry release of the nox matrix.
+``Histogram.record`` (in the same context: a dropped span's, or a sampled span's, whose
+points carry exemplars) on a twin; what the readers collect must be the same, point for
+point and exemplar for exemplar. Runs on every OpenTelemetry release of the nox matrix.
 """
 
 from __future__ import annotations
@@ -61,7 +62,10 @@ def _point_fields(point: Any) -> dict[str, Any]:
         k: v for k, v in vars(point).items() if k not in ("start_time_unix_nano", "time_unix_nano")
     }
     fields["attributes"] = dict(fields["attributes"])
-    fields["exemplars"] = len(getattr(point, "exemplars", None) or ())
+    fields["exemplars"] = [  # all but the time each was offered at
+        (e.value, dict(e.filtered_attributes or {}), e.span_id, e.trace_id)
+        for e in getattr(point, "exemplars", None) or ()
+    ]
     return fields
 
 
@@ -114,23 +118,41 @@ def _histogram(provider: MeterProvider) -> Histogram:
     return provider.get_meter("fold-test").create_histogram("h", "s")
 
 
+SAMPLED_CONTEXT = trace.set_span_in_context(
+    trace.NonRecordingSpan(
+        trace.SpanContext(
+            0x5B8EFFF798038103D269B633813FC60C,
+            0xEEE19B7EC3C1B174,
+            is_remote=False,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+        )
+    )
+)
+CONTEXTS = {"unsampled": UNSAMPLED_CONTEXT, "sampled": SAMPLED_CONTEXT}
+
+
+@pytest.mark.parametrize("context_name", sorted(CONTEXTS))
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_folded_batches_equal_recorded_values(case: str) -> None:
+def test_folded_batches_equal_recorded_values(case: str, context_name: str) -> None:
+    context = CONTEXTS[context_name]
     folded_provider, folded_readers = CASES[case]()
     recorded_provider, recorded_readers = CASES[case]()
     folded, recorded = _histogram(folded_provider), _histogram(recorded_provider)
     memo: dict[str, Any] = {}
     for batch in BATCHES:
-        assert _otel_private.fold_unsampled_points(
-            folded, batch, ATTRIBUTES, UNSAMPLED_CONTEXT, memo
-        )
+        assert _otel_private.fold_points(folded, batch, ATTRIBUTES, context, memo)
         for value in batch:
-            recorded.record(value, ATTRIBUTES, context=UNSAMPLED_CONTEXT)
+            recorded.record(value, ATTRIBUTES, context=context)
         # collected after every batch: the delta case swaps its aggregations out each time
         for mine, theirs in zip(folded_readers, recorded_readers, strict=True):
             points = _collected(mine)
             assert points == _collected(theirs)
             assert points, "something was recorded"
+            with_exemplars = [p for p in points if p["exemplars"]]
+            if context is SAMPLED_CONTEXT and "always off" not in case:
+                assert with_exemplars, "a sampled span's values are offered as exemplars"
+            else:
+                assert not with_exemplars
 
 
 def test_points_land_where_the_sdk_puts_them(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,7 +171,7 @@ def test_points_land_where_the_sdk_puts_them(monkeypatch: pytest.MonkeyPatch) ->
     histogram = _histogram(provider)
     memo: dict[str, Any] = {}
     for batch in BATCHES:
-        _otel_private.fold_unsampled_points(histogram, batch, ATTRIBUTES, UNSAMPLED_CONTEXT, memo)
+        _otel_private.fold_points(histogram, batch, ATTRIBUTES, UNSAMPLED_CONTEXT, memo)
     assert through_the_sdk == [BATCHES[0][0]]
     values = [value for batch in BATCHES for value in batch]
     (point,) = [p for p in _collected(reader) if p["metric"] == "h"]
@@ -180,9 +202,7 @@ def test_the_sdk_records_when_folding_could_differ(why: str) -> None:
     if why == "no SDK":
         histogram = trace  # not an SDK histogram at all
     memo: dict[str, Any] = {}
-    assert not _otel_private.fold_unsampled_points(
-        histogram, values, attributes, UNSAMPLED_CONTEXT, memo
-    )
+    assert not _otel_private.fold_points(histogram, values, attributes, UNSAMPLED_CONTEXT, memo)
     assert _collected(reader) == []
 
 
@@ -252,6 +272,12 @@ def _duration_count(reader: InMemoryMetricReader) -> int:
     )
 
 
+def _image_total(reader: InMemoryMetricReader) -> int:
+    return sum(
+        point.value for name, point in data_points(reader) if name == "visiontel.inference.images"
+    )
+
+
 def test_waiting_points_stay_bounded_without_collections() -> None:
     """Nobody flushes or collects: the resolver thread records the waiting points (once 256
     wait, or when it next wakes), so memory stays bounded where no reader ever collects."""
@@ -262,7 +288,7 @@ def test_waiting_points_stay_bounded_without_collections() -> None:
     try:
         hooks = _model.instrumentation_of(model)
         assert hooks is not None
-        waiting = hooks._durations.values
+        waiting = hooks._unsampled._durations
         with torch.inference_mode():
             for _ in range(300):
                 model(torch.randn(1, 3, 8, 8))
@@ -304,6 +330,7 @@ def test_no_point_is_lost_between_threads_and_collections() -> None:
         collector.join()
         assert vt.flush(10.0)
         assert _duration_count(reader) == 4 * per_thread
+        assert _image_total(reader) == 4 * per_thread
         assert seen == sorted(seen), "cumulative counts only grow"
     finally:
         vt.uninstrument_model(model)
@@ -331,7 +358,9 @@ def test_an_uninstrumented_model_s_last_points_still_count() -> None:
         del hooks
         gc.collect()
         assert _duration_count(reader) == 5  # the collection records what waited
+        assert _image_total(reader) == 5  # its images too, waiting the same way
         assert vt.flush(10.0)
-        assert len(unsampled._batches) == batches_before - 2  # both retired, then forgotten
+        # the duration, image and detection batches: all retired, then forgotten
+        assert len(unsampled._batches) == batches_before - 3
     finally:
         tracer_provider.shutdown()

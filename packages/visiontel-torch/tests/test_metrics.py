@@ -4,7 +4,7 @@ import torch
 
 from visiontel.torch import count_detections
 
-from torch_support import RgbIrFusion, Telemetry, TinyDetector
+from torch_support import RgbIrFusion, Telemetry, TinyDetector, data_points
 
 
 def test_duration_images_and_detections(telemetry: Telemetry) -> None:
@@ -26,15 +26,18 @@ def test_duration_images_and_detections(telemetry: Telemetry) -> None:
     assert detections.sum == 24
 
 
-def test_duration_exemplars_point_at_the_span(telemetry: Telemetry) -> None:
+def test_duration_and_detection_exemplars_point_at_the_span(telemetry: Telemetry) -> None:
     model = telemetry.instrument(TinyDetector(), name="ex", granularity="model")
     model(torch.randn(1, 3, 8, 8))
     (span,) = telemetry.spans()
-    (duration,) = telemetry.metric_points("visiontel.inference.duration")
-    exemplars = getattr(duration, "exemplars", None)
-    assert exemplars, "the SDK records exemplars for measurements in a sampled span"
-    assert exemplars[0].trace_id == span.context.trace_id
-    assert exemplars[0].span_id == span.context.span_id
+    # one collection: a reservoir hands its exemplars over once, then starts again
+    points = dict(data_points(telemetry.reader))
+    for name in ("visiontel.inference.duration", "visiontel.inference.detections"):
+        exemplars = getattr(points[name], "exemplars", None)
+        assert exemplars, f"{name}: the SDK keeps exemplars of a sampled span's measurements"
+        assert {(e.trace_id, e.span_id) for e in exemplars} == {
+            (span.context.trace_id, span.context.span_id)
+        }
 
 
 def test_raw_nx6_and_custom_counters(telemetry: Telemetry) -> None:

@@ -328,6 +328,43 @@ def test_layer_spans_refuses_malformed_stamps(compiled: ModuleType) -> None:
     assert ended[0].parent == ended[1].context and ended[2].parent == root
 
 
+def test_layer_span_ids_drawn_at_once_are_those_the_sdk_would_draw(
+    compiled: ModuleType,
+) -> None:
+    """One ``getrandbits`` call for a forward's span ids gives the ids its
+    ``RandomIdGenerator`` would give span by span, in order; over the budget none is drawn."""
+    import random
+
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+    from opentelemetry.trace import SpanContext
+
+    from visiontel.torch._otel_private import fast_path_for
+
+    path = fast_path_for(TracerProvider())
+    assert path is not None
+    root = SpanContext(1, 2, is_remote=False)
+    names, classes = ("a", "b", "c"), ("Linear", "ReLU", "Linear")
+    stamps = [(0, 10, None), (1, 11, None), (~1, 12, None), (2, 13, None), (~2, 14, None)]
+    stamps += [(~0, 15, None)]
+    for budget, made in ((10, 3), (2, 2)):
+        random.seed(1234)
+        ended, aggregated = compiled.layer_spans(
+            stamps, names, classes, budget, root, 0, 100, *path.span_parts
+        )
+        random.seed(1234)
+        expected = [RandomIdGenerator().generate_span_id() for _ in range(made)]
+        by_start = sorted(ended, key=lambda span: span.start_time)
+        assert [span.context.span_id for span in by_start] == expected
+        assert len(aggregated) == 3 - made
+        after = random.getrandbits(64)
+        random.seed(1234)
+        for _ in range(made):
+            random.getrandbits(64)
+        assert random.getrandbits(64) == after, "exactly one id drawn per span"
+        assert all(type(span.context) is SpanContext for span in ended)
+        assert all(span.context.trace_id == 1 and not span.context.is_remote for span in ended)
+
+
 def test_finished_spans_are_freed_without_the_cyclic_collector(compiled: ModuleType) -> None:
     import gc
     import weakref

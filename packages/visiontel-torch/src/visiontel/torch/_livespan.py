@@ -130,6 +130,12 @@ class LiveSpans:
             name, context=context, attributes=attributes, start_time=start_time
         )
 
+    def drops_hidden(self) -> bool:
+        """Whether ``start(..., hidden=True)`` would give ``INVALID_SPAN`` now, under any
+        parent (the sampler drops every span): the caller need not start one."""
+        path = self.current_path()
+        return path is not None and path.fixed_decision is False and path.enabled()
+
     def current_path(self) -> FastPath | None:
         """The gate's answer for the provider in use, asked again when it may have changed."""
         provider = self._explicit_provider or trace.get_tracer_provider()

@@ -16,7 +16,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 
 from visiontel.torch._inputs import tensor_type
-from visiontel.torch._otel_private import fold_unsampled_points
+from visiontel.torch._otel_private import fold_points
 from visiontel.torch.version import SCHEMA_URL, __version__
 
 DetectionCounter = Callable[[Any], "Sequence[int] | None"]
@@ -89,40 +89,93 @@ _RECORD_EVERY = 256
 no metric reader ever collects)."""
 
 
+def record_points(
+    histogram: metrics.Histogram,
+    values: Sequence[float],
+    attributes: dict[str, Any],
+    context: Context,
+    memo: dict[str, Any],
+) -> None:
+    """Record ``values`` under ``attributes`` in ``context``: folded into the SDK's storage
+    in one step where the gate allows (exemplars as the SDK would keep them), else one
+    ``record`` each. ``memo``: a dict the caller keeps for this histogram and attribute set.
+    """
+    if not fold_points(histogram, values, attributes, context, memo):
+        for value in values:
+            histogram.record(value, attributes, context=context)
+
+
 def record_unsampled(
     histogram: metrics.Histogram,
-    values: list[float],
+    values: Sequence[float],
     attributes: dict[str, Any],
     memo: dict[str, Any],
 ) -> None:
-    """Record ``values`` under ``attributes`` with no sampled span in their context (so no
-    exemplar): folded into the SDK's storage in one step where the gate allows, else one
-    ``record`` each. ``memo``: a dict the caller keeps for this histogram and attribute set.
-    """
-    if not fold_unsampled_points(histogram, values, attributes, UNSAMPLED_CONTEXT, memo):
-        for value in values:
-            histogram.record(value, attributes, context=UNSAMPLED_CONTEXT)
+    """``record_points`` with no sampled span in the context, so no exemplar."""
+    record_points(histogram, values, attributes, UNSAMPLED_CONTEXT, memo)
 
 
 class PointBatch:
-    """One histogram's waiting points under one attribute set (one per model and metric)."""
+    """One instrument's waiting points under one attribute set (one per model and metric):
+    histogram values, or image counts added to a counter's total."""
 
-    __slots__ = ("attributes", "fold_memo", "histogram", "retired", "values")
+    __slots__ = ("add_total", "attributes", "fold_memo", "histogram", "retired", "values")
 
-    def __init__(self, histogram: metrics.Histogram, attributes: dict[str, Any]) -> None:
-        self.histogram, self.attributes = histogram, attributes
+    def __init__(
+        self,
+        histogram: metrics.Histogram | None,
+        attributes: dict[str, Any],
+        add_total: Callable[[int], None] | None = None,
+    ) -> None:
+        self.histogram, self.attributes, self.add_total = histogram, attributes, add_total
         self.values: collections.deque[float] = collections.deque()
         self.fold_memo: dict[str, Any] = {}
-        """Kept for ``fold_unsampled_points`` (where in the SDK's storage these go)."""
+        """Kept for ``fold_points`` (where in the SDK's storage these go)."""
         self.retired = False
         """Its model's instrumentation is gone: no value comes any more."""
 
+    def hand_over(self, values: list[float]) -> None:
+        if self.histogram is None:
+            if self.add_total is not None:
+                self.add_total(int(sum(values)))
+        else:
+            record_unsampled(self.histogram, values, self.attributes, self.fold_memo)
+
+
+class ForwardPoints:
+    """One model's points of unsampled forwards, waiting: each forward's duration, its
+    images and its detections per image are appends (any inference thread; a deque append
+    is atomic), recorded by ``UnsampledPoints.record``."""
+
+    __slots__ = ("_detections", "_durations", "_images", "_owner")
+
+    def __init__(
+        self,
+        owner: UnsampledPoints,
+        durations: PointBatch,
+        images: PointBatch,
+        detections: PointBatch,
+    ) -> None:
+        self._owner = owner
+        self._durations, self._images = durations.values, images.values
+        self._detections = detections.values
+
+    def add(self, seconds: float, images: int, detections: Sequence[int] | None) -> None:
+        durations = self._durations
+        durations.append(seconds)
+        if images:
+            self._images.append(images)
+        if detections:
+            self._detections.extend(detections)
+        if not len(durations) % _RECORD_EVERY and self._owner.due is not None:
+            self._owner.due()  # memory stays bounded where no reader collects
+
 
 class UnsampledPoints:
-    """Histogram points of unsampled forwards (spans in batch processors), added on the
-    inference thread with a deque append and recorded together by the next run of later
+    """Metric points of unsampled forwards (spans in batch processors), added on the
+    inference thread with deque appends and recorded together by the next run of later
     work or collection: a batch that shares an attribute set goes into the SDK's storage in
-    one step (``_otel_private.fold_unsampled_points``), not one ``record`` per value.
+    one step (``_otel_private.fold_points``), not one ``record`` per value.
 
     Appends come from any inference thread; ``record`` runs under the resolver's later-work
     lock, one thread at a time, and takes only what it counted, so no append is lost. A
@@ -135,27 +188,24 @@ class UnsampledPoints:
         self.due: Callable[[], None] | None = None
         """Makes a run of later work due (set by the runtime: the resolver's queue)."""
 
-    def batch(
-        self, histogram: metrics.Histogram, attributes: dict[str, Any], owner: object
-    ) -> PointBatch:
-        """A batch for ``owner``'s points, retired once ``owner`` is garbage."""
-        made = PointBatch(histogram, attributes)
-        self._batches[id(made)] = made
-        weakref.finalize(owner, _retire, made)
-        return made
-
-    def add(self, batch: PointBatch, value: float) -> None:
-        values = batch.values
-        values.append(value)
-        if not len(values) % _RECORD_EVERY and self.due is not None:
-            self.due()
-
-    def extend(self, batch: PointBatch, values: Sequence[int]) -> None:
-        waiting = batch.values
-        before = len(waiting)
-        waiting.extend(values)
-        if before // _RECORD_EVERY != len(waiting) // _RECORD_EVERY and self.due is not None:
-            self.due()
+    def forward_points(
+        self,
+        metrics: InferenceMetrics,
+        metric_attributes: dict[str, Any],
+        image_attributes: dict[str, Any],
+        owner: object,
+    ) -> ForwardPoints:
+        """Where ``owner``'s unsampled forwards leave their points; retired (recorded, then
+        forgotten) once ``owner`` is garbage."""
+        batches = (
+            PointBatch(metrics.duration, metric_attributes),
+            PointBatch(None, image_attributes, metrics.images.adder(image_attributes)),
+            PointBatch(metrics.detections, image_attributes),
+        )
+        for made in batches:
+            self._batches[id(made)] = made
+            weakref.finalize(owner, _retire, made)
+        return ForwardPoints(self, *batches)
 
     def waiting(self) -> bool:
         return any(batch.values for batch in list(self._batches.values()))
@@ -167,7 +217,7 @@ class UnsampledPoints:
             waiting = batch.values
             values = [waiting.popleft() for _ in range(len(waiting))]
             if values:
-                record_unsampled(batch.histogram, values, batch.attributes, batch.fold_memo)
+                batch.hand_over(values)
             if retired and not waiting:
                 self._batches.pop(key, None)
 

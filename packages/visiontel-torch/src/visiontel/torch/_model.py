@@ -21,9 +21,9 @@ from opentelemetry import trace
 from visiontel.torch import _compiled
 from visiontel.torch._config import TorchConfig
 from visiontel.torch._failures import record_failure
-from visiontel.torch._inputs import InputDescription, describe_inputs
+from visiontel.torch._inputs import InputDescription, describe_inputs, tensor_type
 from visiontel.torch._livespan import add_plain_attributes, all_plain
-from visiontel.torch._metrics import DetectionCounter, count_detections
+from visiontel.torch._metrics import DetectionCounter, count_detections, record_points
 from visiontel.torch._record import ForwardRecord, ModuleTable
 from visiontel.torch._runtime import Runtime
 from visiontel.torch._safety import report_internal_error
@@ -123,12 +123,13 @@ class ModelInstrumentation:
             k: v for k, v in self._metric_attributes.items() if k != "visiontel.stage"
         }
         self._add_images = runtime.metrics.images.adder(self._image_attributes)
-        # An unsampled forward's points wait in these (spans in batch processors only).
-        unsampled = runtime.metrics.unsampled
-        self._durations = unsampled.batch(runtime.metrics.duration, self._metric_attributes, self)
-        self._detection_points = unsampled.batch(
-            runtime.metrics.detections, self._image_attributes, self
+        # An unsampled forward's points wait here (spans in batch processors only).
+        self._unsampled = runtime.metrics.unsampled.forward_points(
+            runtime.metrics, self._metric_attributes, self._image_attributes, self
         )
+        self._tensor: Any = tensor_type()
+        # record_points' memos for a sampled forward's duration and detection points
+        self._memos: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
         self._plain = all_plain(self._static_attributes)
         self._tree = ProbeTree(model, config, self._tls, self._is_compiling)
         self._root_handles = register_hooks(model, self._root_pre, self._root_post)
@@ -149,7 +150,10 @@ class ModelInstrumentation:
             if self.on_nested is not None and _depth.value:
                 self.on_nested(model)  # discovered, but part of a larger model: withdraw
                 return
-            self._begin(model, args, kwargs)
+            if self._runtime.spans.drops_hidden():
+                self._begin_dropped(args, kwargs)
+            else:
+                self._begin(model, args, kwargs)
         except Exception as exc:
             report_internal_error("root pre-hook", exc)
 
@@ -198,6 +202,30 @@ class ModelInstrumentation:
         self._tls.record = record
         _depth.value += 1
 
+    def _begin_dropped(self, args: Any, kwargs: Any) -> None:
+        """A forward whose span the sampler drops under any parent: its clock, batch size
+        and first input are all it keeps (most forwards, where one in a hundred is traced)."""
+        first: Any = args[0] if len(args) == 1 and not kwargs else None
+        if type(first) is self._tensor:  # model(images): the batch size off its shape
+            shape = first.shape
+            batch_size = shape[0] if shape else 0
+        else:
+            inputs = describe_inputs(args, kwargs, detailed=False)
+            batch_size, first = inputs.batch_size, inputs.first
+        tls = self._tls
+        tls.record = ForwardRecord(
+            self._tree.table,
+            self._runtime.tracer,
+            trace.INVALID_SPAN,
+            time.perf_counter_ns(),
+            0,
+            None,
+            batch_size=batch_size,
+            inputs=first,  # read only if the forward fails (_failure_attributes)
+            previous=tls.record,
+        )
+        _depth.value += 1
+
     def _finish(self, output: Any) -> None:
         perf_end = time.perf_counter_ns()
         record = self._tls.record
@@ -205,6 +233,14 @@ class ModelInstrumentation:
             return
         self._tls.record = record.previous
         _depth.value -= 1
+        if record.span is trace.INVALID_SPAN and output is not None and self._runtime.spans.batched:
+            # dropped, no failure: only points, which wait (nothing else was started)
+            self._unsampled.add(
+                (perf_end - record.perf_start_ns) / 1e9,
+                record.batch_size,
+                self._detections(output),  # shapes only, read now: the output is not kept
+            )
+            return
         record.perf_end_ns = perf_end
         if record.events is not None:
             record.end_event = record.events.acquire()
@@ -223,7 +259,8 @@ class ModelInstrumentation:
         record.inputs = record.previous = None
         if self._runtime.spans.batched:
             if not record.span.is_recording():  # nothing to end: only points, which wait
-                self._unsampled_points(record, counts)
+                seconds = (record.perf_end_ns - record.perf_start_ns) / 1e9
+                self._unsampled.add(seconds, record.batch_size, counts)
                 return
             self._runtime.resolver.later(self._complete, record, counts, None)
         else:
@@ -242,20 +279,25 @@ class ModelInstrumentation:
         if failure is not None:
             attributes = {
                 **attributes,
-                **record_failure(span, failure, record.inputs.device, record.inputs.batch_shape),
+                **_failure_attributes(span, failure, record),
             }
         recording = span.is_recording()
-        metric_context = trace.set_span_in_context(span) if recording else None
-        metrics.duration.record(
-            (perf_end - record.perf_start_ns) / 1e9, attributes, context=metric_context
-        )
+        seconds = (perf_end - record.perf_start_ns) / 1e9
+        context = trace.set_span_in_context(span) if recording else None
+        if context is None or failure is not None:
+            metrics.duration.record(seconds, attributes, context=context)
+        else:  # points with exemplars, added as the SDK adds them (a batch of one here)
+            record_points(metrics.duration, (seconds,), attributes, context, self._memos[0])
         if failure is None:
             if record.batch_size:
                 self._add_images(record.batch_size)
             if counts is not None:
-                total = metrics.record_detections(counts, self._image_attributes, metric_context)
-                if recording:
-                    span.set_attribute("visiontel.detections", total)
+                if context is None:
+                    metrics.record_detections(counts, self._image_attributes, None)
+                else:
+                    memo = self._memos[1]
+                    record_points(metrics.detections, counts, self._image_attributes, context, memo)
+                    span.set_attribute("visiontel.detections", sum(counts))
         if not recording:
             return
         resolver = self._runtime.resolver
@@ -271,16 +313,6 @@ class ModelInstrumentation:
             span.end(end_time=record.wall_ns(perf_end))
             record.events.release(record.gpu_events())
 
-    def _unsampled_points(self, record: ForwardRecord, counts: Sequence[int] | None) -> None:
-        """An unsampled forward's points, where spans end in batches: they wait in this
-        model's batches and reach the SDK together with the next run of later work."""
-        unsampled = self._runtime.metrics.unsampled
-        unsampled.add(self._durations, (record.perf_end_ns - record.perf_start_ns) / 1e9)
-        if record.batch_size:
-            self._add_images(record.batch_size)
-        if counts is not None:
-            unsampled.extend(self._detection_points, counts)
-
     def _events_for(self, inputs: InputDescription) -> EventSource | None:
         if self._event_source is not None:
             return self._event_source
@@ -290,6 +322,15 @@ class ModelInstrumentation:
     def remove(self) -> None:
         self._tree.clear()
         remove_hooks(self._root_handles)
+
+
+def _failure_attributes(
+    span: trace.Span, failure: BaseException, record: ForwardRecord
+) -> dict[str, Any]:
+    inputs = record.inputs
+    if not isinstance(inputs, InputDescription):  # a dropped forward keeps its first input
+        inputs = InputDescription(record.batch_size, inputs)
+    return record_failure(span, failure, inputs.device, inputs.batch_shape)
 
 
 def instrumentation_of(model: Any) -> ModelInstrumentation | None:

@@ -39,7 +39,8 @@ class ForwardRecord:
     perf_end_ns: int = 0
     batch_size: int = 0
     inputs: Any = None
-    """The forward's ``InputDescription`` (device and shape read only on failure)."""
+    """The forward's ``InputDescription``, or a dropped forward's first input (device and
+    shape read only on failure)."""
     context_token: object = None
     containers_open: int = 0
     """Stage containers on trial (_tree.py) running now: their elements do not stamp."""

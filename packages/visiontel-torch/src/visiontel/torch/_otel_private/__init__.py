@@ -99,7 +99,7 @@ def fast_path_for(provider: Any, scope: tuple[str, str, str] = TORCH_SCOPE) -> F
     return path
 
 
-def fold_unsampled_points(
+def fold_points(
     histogram: Any,
     values: Sequence[float],
     attributes: Mapping[str, Any],
@@ -107,9 +107,9 @@ def fold_unsampled_points(
     memo: dict[str, Any],
 ) -> bool:
     """Add a batch of ``histogram`` values that share ``attributes`` and were recorded in
-    ``context`` (no sampled span) straight to the SDK's storage; False (nothing added)
-    where ``histogram.record`` must be used instead. ``memo``: a dict the caller keeps per
-    histogram and attribute set. See ``_histograms.py``."""
+    ``context`` straight to the SDK's storage, with the exemplars the SDK would keep; False
+    (nothing added) where ``histogram.record`` must be used instead. ``memo``: a dict the
+    caller keeps per histogram and attribute set. See ``_histograms.py``."""
     if _forced_public or not sdk_version_supported():
         return False
     try:
@@ -220,6 +220,8 @@ class FastPath:
             SAMPLED,
             self.max_attributes,
             self.max_attribute_length is not None,
+            # a forward's span ids drawn in one call, where they are the SDK's random ones
+            random.getrandbits if type(provider.id_generator) is RandomIdGenerator else None,
         )
 
     def stale(self) -> bool:

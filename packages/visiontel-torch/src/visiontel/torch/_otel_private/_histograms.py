@@ -1,13 +1,14 @@
-"""Histogram points of unsampled forwards, added to the SDK's storage a batch at a time.
+"""Histogram points, added to the SDK's storage a batch at a time.
 
 The SDK has no bulk ``record``. One ``Histogram.record`` costs 3–8 µs (a ``Measurement``
 built and its attributes cleaned, the exemplar filter asked, the attribute set hashed once
 per reader), and a forward records two. Here a batch of values that share one attribute
-set, recorded with no sampled span in their context, is added to each reader's aggregation once
-per batch: the aggregation is looked up once and the values are folded in under its lock,
-exactly as its ``aggregate`` would add them one by one. Nothing else differs: with no
-sampled span in the context the SDK offers no exemplar (trace-based or always-off
-exemplar filter; any other filter keeps the public path).
+set and one context is added to each reader's aggregation once per batch: the aggregation
+is looked up once and the values are folded in under its lock, exactly as its
+``aggregate`` would add them one by one. Exemplars follow the SDK: the exemplar filter
+(trace-based or always-off; any other filter keeps the public path) answers once for the
+batch, since its answer depends on the context only, and where it says yes every value is
+offered to the aggregation's reservoir as ``aggregate`` offers it.
 
 Only the SDK's explicit-bucket histogram aggregation is folded directly; a reader whose
 view gives another aggregation (or whose aggregation for this attribute set does not exist
@@ -37,6 +38,7 @@ class _SdkPieces(NamedTuple):
     quiet_filters: tuple[Any, ...]
     proxy: Any
     key_of: Callable[[Mapping[str, Any]], Any]
+    sample_exemplar: Callable[[Any, Any, bool], None]
 
 
 @functools.cache
@@ -72,6 +74,7 @@ def _sdk_pieces() -> _SdkPieces | None:
         (TraceBasedExemplarFilter, AlwaysOffExemplarFilter),
         proxy,
         key_of,
+        _ExplicitBucketHistogramAggregation._sample_exemplar,
     )
 
 
@@ -86,8 +89,18 @@ class _Plan(NamedTuple):
     instrument: Any
     attributes: Mapping[str, Any]
     storages: Any
+    exemplar_filter: Any
     targets: tuple[tuple[Any, Any, Any], ...]
     """(view match, key of the attributes there, the lock to hold while adding or None)."""
+
+
+class _Recorded(NamedTuple):
+    """What the values' exemplars are offered with (the measurement besides its value)."""
+
+    instrument: Any
+    context: Context
+    attributes: Mapping[str, Any]
+    time_ns: int
 
 
 def fold(
@@ -97,8 +110,9 @@ def fold(
     context: Context,
     memo: dict[str, Any],
 ) -> bool:
-    """Add ``values``, recorded in ``context`` (whose span is not sampled), to
-    ``histogram``'s storage. ``memo``: the caller's, one per histogram and attribute set.
+    """Add ``values``, recorded in ``context``, to ``histogram``'s storage (exemplars
+    offered where the SDK would offer them). ``memo``: the caller's, one per histogram and
+    attribute set.
 
     False, with nothing added, where the SDK's ``record`` must be used instead.
     """
@@ -125,16 +139,20 @@ def fold(
         plan = memo["plan"] = _plan(pieces, histogram, attributes)
     if plan is None:
         return False
+    now = time.time_ns()
+    # trace-based or always-off: the answer depends on the context alone, so once per batch
+    offer = bool(plan.exemplar_filter.should_sample(values[0], now, attributes, context))
+    recorded = _Recorded(histogram, context, attributes, now) if offer else None
     for match, key, lock in plan.targets:
-        if _added(pieces, key, match, lock, values):
+        if _added(pieces, key, match, lock, values, recorded=recorded):
             continue
         # Not created yet (the SDK's entry point creates it with the first value), or another
         # aggregation (then every value goes through that entry point).
         for index, value in enumerate(values):
-            if index == 1 and _added(pieces, key, match, lock, values[1:]):
+            if index == 1 and _added(pieces, key, match, lock, values[1:], recorded=recorded):
                 break
-            measurement = pieces.measurement(value, time.time_ns(), histogram, context, attributes)
-            match.consume_measurement(measurement, False)
+            measurement = pieces.measurement(value, now, histogram, context, attributes)
+            match.consume_measurement(measurement, offer)
     return True
 
 
@@ -146,8 +164,9 @@ def _plan(pieces: _SdkPieces, histogram: Any, attributes: Mapping[str, Any]) -> 
     consumer = histogram._measurement_consumer
     if type(consumer) is not pieces.consumer:
         return None
-    if type(consumer._sdk_config.exemplar_filter) not in pieces.quiet_filters:
-        return None  # an exemplar could be picked from these values: the SDK decides
+    exemplar_filter = consumer._sdk_config.exemplar_filter
+    if type(exemplar_filter) not in pieces.quiet_filters:
+        return None  # its answer may depend on each value: the SDK asks it per value
     if not all(type(value) in _PLAIN for value in attributes.values()):
         return None
     storages = consumer._reader_storages
@@ -160,7 +179,7 @@ def _plan(pieces: _SdkPieces, histogram: Any, attributes: Mapping[str, Any]) -> 
             # while it adds a value, and so does the fold.
             lock = match._lock if getattr(match, "_reset_on_collect", False) else None
             targets.append((match, _key(pieces, match, attributes), lock))
-    return _Plan(histogram, attributes, storages, tuple(targets))
+    return _Plan(histogram, attributes, storages, exemplar_filter, tuple(targets))
 
 
 def _key(pieces: _SdkPieces, match: Any, attributes: Mapping[str, Any]) -> Any:
@@ -170,9 +189,18 @@ def _key(pieces: _SdkPieces, match: Any, attributes: Mapping[str, Any]) -> Any:
     return pieces.key_of(kept)
 
 
-def _added(pieces: _SdkPieces, key: Any, match: Any, lock: Any, values: Sequence[float]) -> bool:
+def _added(
+    pieces: _SdkPieces,
+    key: Any,
+    match: Any,
+    lock: Any,
+    values: Sequence[float],
+    *,
+    recorded: _Recorded | None,
+) -> bool:
     """Fold ``values`` into the explicit-bucket aggregation ``match`` stores under ``key``,
-    if there is one, holding ``lock`` (if any) meanwhile."""
+    if there is one, holding ``lock`` (if any) meanwhile; then offer each value to its
+    exemplar reservoir where ``recorded`` is given, as ``aggregate`` does after adding."""
     if lock is not None:
         lock.acquire()
     try:
@@ -192,6 +220,16 @@ def _added(pieces: _SdkPieces, key: Any, match: Any, lock: Any, values: Sequence
             if aggregation._record_min_max:
                 aggregation._min = min(aggregation._min, *values)
                 aggregation._max = max(aggregation._max, *values)
+        if recorded is not None:
+            for value in values:
+                measurement = pieces.measurement(
+                    value,
+                    recorded.time_ns,
+                    recorded.instrument,
+                    recorded.context,
+                    recorded.attributes,
+                )
+                pieces.sample_exemplar(aggregation, measurement, True)
         return True
     finally:
         if lock is not None:

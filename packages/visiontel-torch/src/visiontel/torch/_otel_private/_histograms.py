@@ -38,7 +38,6 @@ class _SdkPieces(NamedTuple):
     quiet_filters: tuple[Any, ...]
     proxy: Any
     key_of: Callable[[Mapping[str, Any]], Any]
-    sample_exemplar: Callable[[Any, Any, bool], None]
 
 
 @functools.cache
@@ -74,7 +73,6 @@ def _sdk_pieces() -> _SdkPieces | None:
         (TraceBasedExemplarFilter, AlwaysOffExemplarFilter),
         proxy,
         key_of,
-        _ExplicitBucketHistogramAggregation._sample_exemplar,
     )
 
 
@@ -97,7 +95,6 @@ class _Plan(NamedTuple):
 class _Recorded(NamedTuple):
     """What the values' exemplars are offered with (the measurement besides its value)."""
 
-    instrument: Any
     context: Context
     attributes: Mapping[str, Any]
     time_ns: int
@@ -142,7 +139,7 @@ def fold(
     now = time.time_ns()
     # trace-based or always-off: the answer depends on the context alone, so once per batch
     offer = bool(plan.exemplar_filter.should_sample(values[0], now, attributes, context))
-    recorded = _Recorded(histogram, context, attributes, now) if offer else None
+    recorded = _Recorded(context, attributes, now) if offer else None
     for match, key, lock in plan.targets:
         if _added(pieces, key, match, lock, values, recorded=recorded):
             continue
@@ -207,6 +204,8 @@ def _added(
         aggregation = match._attributes_aggregation.get(key)
         if type(aggregation) is not pieces.aggregation:
             return False
+        # what aggregate() hands each value to (_sample_exemplar), read before writing
+        offer = None if recorded is None else aggregation._reservoir.offer
         boundaries = aggregation._boundaries
         with aggregation._lock:  # what aggregate() does per value, under one hold
             counts = aggregation._value
@@ -220,16 +219,9 @@ def _added(
             if aggregation._record_min_max:
                 aggregation._min = min(aggregation._min, *values)
                 aggregation._max = max(aggregation._max, *values)
-        if recorded is not None:
+        if offer is not None and recorded is not None:
             for value in values:
-                measurement = pieces.measurement(
-                    value,
-                    recorded.time_ns,
-                    recorded.instrument,
-                    recorded.context,
-                    recorded.attributes,
-                )
-                pieces.sample_exemplar(aggregation, measurement, True)
+                offer(value, recorded.time_ns, recorded.attributes, recorded.context)
         return True
     finally:
         if lock is not None:

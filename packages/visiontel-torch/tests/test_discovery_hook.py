@@ -15,6 +15,7 @@ import inspect
 import io
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -241,6 +242,7 @@ def test_models_built_and_called_on_several_threads_are_all_found(
     """Building, discovering and settling race each other; no first call is missed."""
     monkeypatch.setattr(_discovery, "_SETTLE_FIRST_S", 0.0)  # a settle check on every
     monkeypatch.setattr(_discovery, "_SETTLE_MAX_S", 0.0)  # steady call: the most races
+    monkeypatch.setattr(_discovery, "_PARK_MIN_AGE_S", 0.0)  # parts parked as soon as built
     gc.collect()
     instrumentor = TorchInstrumentor()
     instrumentor.instrument(tracer_provider=telemetry.tracer_provider)
@@ -380,3 +382,34 @@ def test_a_parked_model_can_be_fused_for_quantization_and_is_still_found(
         fuse_modules(unused, [["0", "1", "2"]], inplace=True)
         _first_call_is_traced(unused, telemetry)
         assert torch.allclose(unused(images), expected, atol=1e-5)
+
+
+def test_a_root_checked_while_it_is_built_is_still_found_after_parking(
+    telemetry: Telemetry, quick_checks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A settle check that runs while a model is being built (another thread's steady
+    calls) sees its root before any child with parameters is attached. The root must stay
+    pending for that while: otherwise, once the children are parked, the model's first call
+    finds a child as the root."""
+    monkeypatch.setattr(_discovery, "_PARK_MIN_AGE_S", 0.3)  # parked once this old
+    model = TinyDetector()
+    model(_images())  # discovered: its steady calls run a settle check each
+
+    class BuiltSlowly(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()  # the root exists here, without a parameter yet
+            model(_images())  # a settle check in the middle of building
+            model(_images())
+            self.backbone = TinyDetector()
+            self.aux = torch.nn.Linear(2, 2)  # a training-only part: not a wrapper of one
+
+        def forward(self, images: torch.Tensor) -> Any:
+            return self.backbone(images)
+
+    late = BuiltSlowly()
+    time.sleep(0.35)  # old enough to park
+    for _ in range(3):
+        model(_images())
+    assert not _hook_armed(), "everything pending is parked"
+    _first_call_is_traced(late, telemetry)
+    assert not vt.is_instrumented(late.backbone), "the root is the model, not its part"

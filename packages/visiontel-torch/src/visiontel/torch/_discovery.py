@@ -24,17 +24,21 @@ here may yet become a root. Modules become pending when they exist as discovery 
 (``copy.deepcopy``, ``pickle``, ``torch.load``) makes one or ``register_parameter`` gives
 one a parameter: those three are wrapped on the class while discovery is open. A pending
 module is *settled*, and forgotten, once it is rejected, has no parameters, is TorchScript
-or lies inside an instrumented model. Calls of an instrumented root at depth 0 (steady
-state) run the settle check, rate-limited; when nothing pending is left the hook is
-removed, and the next module made or given a parameter puts it back.
+or lies inside an instrumented model. One settled for having no parameters is looked at
+again by later settle checks: a settle check that runs while a model is being built (on
+another thread) sees its root before any child with parameters is attached, and attaching
+one does not make the root pending again; once it has parameters it is pending again.
+Calls of an instrumented root at depth 0 (steady state) run the settle check,
+rate-limited; when nothing pending is left the hook is removed, and the next module made
+or given a parameter puts it back.
 
 A module pending for two seconds and still pending at the second settle check in a row (a
 model built and never called, such as the original of Ultralytics' deep copy) is *parked*:
 it gets a pre-hook of its own, which never travels with a copy, and stops holding the
 global hook. Only its own calls then leave torch's fast path; its first call removes that
 hook, makes it pending again (the global hook comes back) and judges it there and then, as
-the global hook would have. A younger module is left to the global hook: its first call,
-on another thread, could race the parking and go unseen.
+the global hook would have. A younger module is left to the global hook: it is usually
+about to be called.
 """
 
 from __future__ import annotations
@@ -64,8 +68,8 @@ _SETTLE_FIRST_S = 0.5
 _SETTLE_MAX_S = 8.0
 _WRAPPED_METHODS = ("__init__", "__setstate__", "register_parameter")
 _PARK_AFTER_CHECKS = 2  # settle checks in a row that found a module still pending
-# ...and pending this long: a module about to be called is left to the global hook (its
-# first call racing the parking on another thread could go unseen)
+# ...and pending this long (a module just built is usually about to be called: parking it
+# would only be undone)
 _PARK_MIN_AGE_S = 2.0
 
 
@@ -90,6 +94,9 @@ class Discovery:
         self._handle: Any = None
         self._parked: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
         self._pending_since: dict[int, float] = {}  # when each pending module became so
+        # settled for having no parameters, with when they became pending: pending again if
+        # they get some (a root that was being built when a settle check saw it)
+        self._empty: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
         self._unsettled_checks = 0
         self._closed = False
         self._next_check = 0.0
@@ -109,6 +116,7 @@ class Discovery:
             self._disarm()
             self._pending.clear()
             self._pending_since.clear()
+            self._empty = weakref.WeakKeyDictionary()
             parked = list(self._parked.values())
             self._parked = weakref.WeakKeyDictionary()
         for handles in parked:
@@ -151,23 +159,29 @@ class Discovery:
         with self._arm_lock:
             births = self._births
             pending = list(self._pending.items())
+            empty = list(self._empty.items())
+        now, since = time.monotonic(), dict(self._pending_since)
         with self._lock:
             rejected = {id(m) for m in self._rejected}
-        inside: set[int] | None = None
+        inside = {id(m) for root in _model.all_instrumented() for m in root.modules()}
         settled: list[tuple[int, Any]] = []
         unsettled: list[tuple[int, Any]] = []
+        emptied: list[Any] = []  # no parameters (yet): looked at again by later checks
         for key, module in pending:
-            if key not in rejected and _has_parameters(module):
-                if inside is None:
-                    roots = _model.all_instrumented()
-                    inside = {id(m) for root in roots for m in root.modules()}
-                if key not in inside:
+            if key not in rejected and key not in inside:
+                if _has_parameters(module):
                     unsettled.append((key, module))
                     continue
+                emptied.append(module)
             settled.append((key, module))
+        # settled empty before: with parameters now (a root built since), pending again
+        grown = [(m, t) for m, t in empty if id(m) not in rejected and _has_parameters(m)]
+        for module, pending_since in grown:
+            if id(module) not in inside:
+                unsettled.append((id(module), module))
+                since.setdefault(id(module), pending_since)
         self._unsettled_checks = self._unsettled_checks + 1 if unsettled else 0
         if unsettled and self._unsettled_checks >= _PARK_AFTER_CHECKS:
-            now, since = time.monotonic(), self._pending_since
             young = [u for u in unsettled if now - since.get(u[0], 0.0) < _PARK_MIN_AGE_S]
             old = [u for u in unsettled if now - since.get(u[0], 0.0) >= _PARK_MIN_AGE_S]
             if old:
@@ -175,6 +189,13 @@ class Discovery:
                 settled += parked
                 unsettled = young + still_pending
         with self._arm_lock:
+            for module, pending_since in grown:
+                self._empty.pop(module, None)
+                if id(module) not in inside and id(module) not in self._pending:
+                    self._pending[id(module)] = module  # pending again, as old as it was
+                    self._pending_since[id(module)] = pending_since
+            for module in emptied:
+                self._empty[module] = since.get(id(module), now)
             for key, module in settled:
                 if self._pending.get(key) is module:
                     del self._pending[key]

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import visiontel.torch as vt
-from visiontel.torch import TorchInstrumentor, _discovery, _safety
+from visiontel.torch import TorchInstrumentor, _births, _discovery, _safety
 from visiontel.torch._config import config_from_env
 from visiontel.torch._discovery import Discovery
 
@@ -193,7 +193,7 @@ def test_a_wrapper_put_over_ours_is_left_in_place(monkeypatch: pytest.MonkeyPatc
     """torch._dynamo wraps Module.__init__ for good: closing must not undo its wrapper."""
     original = torch.nn.Module.__dict__["__init__"]
     monkeypatch.setattr(torch.nn.Module, "__init__", original)  # put back after the test
-    monkeypatch.setattr(_discovery, "_wrapped", {})
+    monkeypatch.setattr(_births, "_wrapped", {})
     built: list[Any] = []
     first = Discovery(config_from_env())
     ours = torch.nn.Module.__init__

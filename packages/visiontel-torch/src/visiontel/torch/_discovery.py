@@ -43,18 +43,17 @@ about to be called.
 
 from __future__ import annotations
 
-import functools
 import gc
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 from visiontel.torch import _model
 from visiontel.torch._api import instrument_model, uninstrument_model
+from visiontel.torch._births import listen, unlisten
 from visiontel.torch._config import TorchConfig
 from visiontel.torch._safety import report_internal_error, warn_once
 from visiontel.torch._torch_private import register_hooks, remove_hooks
@@ -66,7 +65,6 @@ _MAX_FRAMES = 64
 # call, later ones back off while modules stay unsettled (a model that is never called).
 _SETTLE_FIRST_S = 0.5
 _SETTLE_MAX_S = 8.0
-_WRAPPED_METHODS = ("__init__", "__setstate__", "register_parameter")
 _PARK_AFTER_CHECKS = 2  # settle checks in a row that found a module still pending
 # ...and pending this long (a module just built is usually about to be called: parking it
 # would only be undone)
@@ -101,7 +99,7 @@ class Discovery:
         self._closed = False
         self._next_check = 0.0
         self._interval = _SETTLE_FIRST_S
-        _listen(self)  # from here on every new module is seen
+        listen(self)  # from here on every new module is seen
         module_class = torch.nn.Module
         existing = [o for o in gc.get_objects() if issubclass(type(o), module_class)]
         with self._arm_lock:
@@ -110,7 +108,7 @@ class Discovery:
             self._arm()
 
     def close(self) -> None:
-        _unlisten(self)
+        unlisten(self)
         with self._arm_lock:
             self._closed = True
             self._disarm()
@@ -364,63 +362,3 @@ def _outer_running_directly(module: Any) -> Any:
         if id(owner) not in called and any(m is module for m in owner.modules()):
             return owner
     return None
-
-
-# -- Module.__init__, __setstate__ and register_parameter, wrapped while discovery is open ----
-# Wrapped on the class, so instances (and so copies and pickles) carry nothing. The wrappers
-# are installed once, whatever the number of open Discovery objects, and put back on the
-# last close unless someone wrapped them in turn (torch._dynamo does, for good): ours then
-# stay in their chain, inert, and are reused by the next Discovery.
-_listeners: tuple[Discovery, ...] = ()  # replaced, never mutated: the wrappers read it unlocked
-_wrapped: dict[str, tuple[Any, Any]] = {}  # name: (the function we wrapped, our wrapper)
-_wrap_lock = threading.Lock()
-
-
-def _listen(discovery: Discovery) -> None:
-    global _listeners
-    import torch
-
-    with _wrap_lock:
-        _listeners = (*_listeners, discovery)
-        for name in _WRAPPED_METHODS:
-            if name not in _wrapped:
-                original = torch.nn.Module.__dict__[name]
-                wrapper = _tell_listeners_after(original)
-                _wrapped[name] = (original, wrapper)
-                setattr(torch.nn.Module, name, wrapper)
-
-
-def _unlisten(discovery: Discovery) -> None:
-    global _listeners
-    import torch
-
-    with _wrap_lock:
-        _listeners = tuple(d for d in _listeners if d is not discovery)
-        if _listeners:
-            return
-        for name, (original, wrapper) in list(_wrapped.items()):
-            if torch.nn.Module.__dict__.get(name) is wrapper:
-                setattr(torch.nn.Module, name, original)
-                del _wrapped[name]
-
-
-def _tell_listeners_after(original: Callable[..., Any]) -> Callable[..., Any]:
-    import torch
-
-    # A module built inside a region torch.compile traces: tracing our locks would only
-    # break the graph, and what runs there compiled is not called through a hook anyway.
-    compiling: Callable[[], bool] = getattr(torch.compiler, "is_compiling", lambda: False)
-
-    @functools.wraps(original)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        result = original(self, *args, **kwargs)
-        listeners = _listeners
-        if listeners and not compiling():
-            try:
-                for discovery in listeners:
-                    discovery._on_born(self)
-            except Exception as exc:  # never break building or loading a module
-                report_internal_error("discovery bookkeeping", exc)
-        return result
-
-    return wrapper

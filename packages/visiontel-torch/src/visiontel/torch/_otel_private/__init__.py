@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import logging
 import random
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,6 +34,8 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanContext, TraceFlags, TraceState
 
 from visiontel._support.gate import VersionGate
+from visiontel.torch._otel_private._batch_queue import batch_queue_fill as batch_queue_fill
+from visiontel.torch._otel_private._batch_queue import bulk_on_end
 from visiontel.torch._otel_private._histograms import fold as _fold
 from visiontel.torch.version import SCHEMA_URL, __version__
 
@@ -204,7 +205,7 @@ class FastPath:
         # Every processor queues spans for a later export anyway: ending ours a little later,
         # in a batch, changes nothing a reader of the exported spans can see.
         self.batched = all(type(p) is BatchSpanProcessor for p in self._processors)
-        self.on_end_many = _bulk_on_end(self._processors) if self.batched else None
+        self.on_end_many = bulk_on_end(self._processors) if self.batched else None
         self.max_attributes = self._limits.max_span_attributes
         self.max_attribute_length = self._limits.max_span_attribute_length
         # What the compiled ``layer_spans`` (csrc/) builds finished spans from, in its
@@ -386,70 +387,3 @@ def _context_factory() -> Any:
     except Exception:
         same = False
     return direct if same else checked
-
-
-def _bulk_on_end(processors: Any) -> Any:
-    """``on_end`` for a list of finished spans, one queue operation per batch processor.
-
-    Every processor is the SDK's ``BatchSpanProcessor``, whose ``on_end`` only puts a span in
-    its queue (checking shutdown, fork and room, then waking its exporter when a batch is
-    ready): a forward's layer spans go in with one ``extendleft``, in the order the same
-    number of ``on_end`` calls would leave. When the processor is shut down, forked or
-    without room for all of them, each span goes through its own ``on_end`` (the SDK's drop
-    counting and warnings). ``None`` where the SDK's layout is not the one known here.
-    """
-    import os
-
-    queues: list[tuple[Any, Any]] = []
-    for processor in processors:
-        inner, pending = _batch_queue(processor)
-        wake = getattr(inner, "_worker_awaken", None)
-        newer_layout = pending is not None and pending is getattr(inner, "_queue", None)
-        if not newer_layout or not isinstance(wake, threading.Event):
-            return None  # the older layout (public ``queue``, a condition): one by one
-        for name in ("_shutdown", "_pid", "_max_queue_size", "_max_export_batch_size"):
-            if not hasattr(inner, name):
-                return None
-        queues.append((processor, inner))
-
-    def on_end_many(spans: list[Any]) -> None:
-        pid = os.getpid()
-        for processor, inner in queues:
-            pending = inner._queue
-            if (
-                inner._shutdown
-                or inner._pid != pid
-                or len(pending) + len(spans) > inner._max_queue_size
-            ):
-                for span in spans:
-                    processor.on_end(span)
-                continue
-            pending.extendleft(spans)
-            if len(pending) >= inner._max_export_batch_size and not inner._worker_awaken.is_set():
-                inner._worker_awaken.set()
-
-    return on_end_many
-
-
-def batch_queue_fill(provider: Any) -> tuple[int, int]:
-    """(queued, capacity) of the first batch span processor found, or (0, 0)."""
-    active = getattr(provider, "_active_span_processor", None)
-    for processor in getattr(active, "_span_processors", ()):
-        _, pending = _batch_queue(processor)
-        if pending is not None:
-            return len(pending), int(pending.maxlen)
-    return 0, 0
-
-
-def _batch_queue(processor: Any) -> tuple[Any, Any]:
-    """(the object holding it, the bounded deque) of a batch span processor's queue, or
-    (…, None). The SDK keeps both private; they are read duck-typed, absence tolerated."""
-    import collections
-
-    inner = getattr(processor, "_batch_processor", processor)
-    pending = getattr(inner, "_queue", None)
-    if pending is None:  # older SDKs (1.30-1.33 checked) name it without the underscore
-        pending = getattr(inner, "queue", None)
-    if isinstance(pending, collections.deque) and pending.maxlen:
-        return inner, pending
-    return inner, None

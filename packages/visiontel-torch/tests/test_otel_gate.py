@@ -86,6 +86,7 @@ def _workload(processor: SpanProcessor, *extra: SpanProcessor) -> tuple[list[Any
     token = otel_context.attach(baggage.set_baggage("camera", "gate-3"))
     try:
         tracer = provider.get_tracer("app")
+        postprocess = vt.stage("postprocess", model="det")  # one object entered every frame
         with torch.inference_mode():
             for frame in range(3):
                 with tracer.start_as_current_span("frame", attributes={"frame": frame}) as span:
@@ -97,6 +98,8 @@ def _workload(processor: SpanProcessor, *extra: SpanProcessor) -> tuple[list[Any
                     with vt.stage("nms") as nms:
                         trace.get_current_span().add_event("kept", {"boxes": 3})
                         del nms
+                    with postprocess:
+                        pass
             with pytest.raises(RuntimeError), vt.stage("broken"):
                 failing(torch.zeros(1, 3, 4, 4))
         assert vt.flush(10)

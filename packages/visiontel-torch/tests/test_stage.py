@@ -73,3 +73,34 @@ def test_stage_failure_propagates_and_is_recorded(stage_telemetry: Telemetry) ->
 def test_stage_name_is_validated() -> None:
     with pytest.raises(ValueError, match="non-empty string"):
         stage("")
+
+
+def test_a_stage_entered_again_folds_its_point_with_the_span_as_exemplar(
+    stage_telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage kept and entered per frame records its first point through the SDK, the
+    next ones folded into its storage: the same points, each with its span as exemplar."""
+    from opentelemetry.sdk.metrics import Histogram as SdkHistogram
+
+    from torch_support import data_points
+
+    records = []
+    record = SdkHistogram.record
+    monkeypatch.setattr(
+        SdkHistogram, "record", lambda self, *a, **k: (records.append(a[0]), record(self, *a, **k))
+    )
+    nms = stage("nms", model="det")
+    seen = []
+    for _ in range(4):
+        with nms:
+            pass
+        (span,) = [s for s in stage_telemetry.spans() if s.name == "nms"][-1:]
+        (point,) = [
+            p
+            for name, p in data_points(stage_telemetry.reader)
+            if name == "visiontel.inference.duration"
+        ]
+        seen.append((point.count, [(e.span_id, e.trace_id) for e in point.exemplars]))
+        assert point.exemplars[-1].span_id == span.context.span_id
+    assert [count for count, _ in seen] == [1, 2, 3, 4]
+    assert len(records) == 1, "only the first use goes through Histogram.record"

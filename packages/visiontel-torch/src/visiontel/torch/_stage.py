@@ -14,6 +14,7 @@ from opentelemetry import trace
 
 from visiontel.torch._failures import record_failure
 from visiontel.torch._livespan import all_plain
+from visiontel.torch._metrics import record_points
 from visiontel.torch._record import ForwardRecord, ModuleTable
 from visiontel.torch._runtime import Runtime, default_runtime
 from visiontel.torch._safety import report_internal_error
@@ -65,6 +66,7 @@ class stage:
                 self._span_attributes[key] = value
                 self._metric_attributes[key] = value
         self._plain = all_plain(self._span_attributes)
+        self._fold_memo: dict[str, Any] = {}  # its copies' too (record_points)
         self._device = device
         self._metric = metric
         self._event_source = _event_source
@@ -79,7 +81,7 @@ class stage:
         fresh = object.__new__(stage)
         fresh.name = self.name
         fresh._span_attributes, fresh._plain = self._span_attributes, self._plain
-        fresh._metric_attributes = self._metric_attributes
+        fresh._metric_attributes, fresh._fold_memo = self._metric_attributes, self._fold_memo
         fresh._device, fresh._event_source = self._device, self._event_source
         fresh._metric, fresh._runtime = self._metric, self._runtime
         fresh._span, fresh._token, fresh._start_ns = None, None, 0
@@ -118,9 +120,11 @@ class stage:
             if self._token is not None:
                 otel_context.detach(self._token)  # type: ignore[arg-type]
             runtime = self._runtime or default_runtime()
-            end = _StageEnd(runtime, elapsed_s, self._wall_start_ns + end_ns - self._start_ns)
+            wall_end_ns = self._wall_start_ns + end_ns - self._start_ns
+            end = _StageEnd(runtime, elapsed_s, wall_end_ns, self._fold_memo)
             metric = self._metric_attributes if self._metric else None
             if span is not None and exc is not None and isinstance(exc, Exception):
+                end.memo = None  # other attributes: recorded through the SDK
                 failed = {**self._metric_attributes, **record_failure(span, exc, None, None)}
                 end.complete(span, failed if self._metric else None)
             elif span is not None and self._start_event is not None:  # GPU time measured
@@ -185,10 +189,14 @@ class _StageEnd:
     """What ends one stage: its duration point (with the span as exemplar) and its span's
     end, run inline or as the resolver's later work."""
 
-    __slots__ = ("elapsed_s", "runtime", "wall_ns")
+    __slots__ = ("elapsed_s", "memo", "runtime", "wall_ns")
 
-    def __init__(self, runtime: Runtime, elapsed_s: float, wall_ns: int) -> None:
+    def __init__(
+        self, runtime: Runtime, elapsed_s: float, wall_ns: int, memo: dict[str, Any] | None
+    ) -> None:
         self.runtime, self.elapsed_s, self.wall_ns = runtime, elapsed_s, wall_ns
+        self.memo = memo
+        """The stage's ``record_points`` memo, for its own metric attributes; else None."""
 
     def complete(
         self,
@@ -198,10 +206,18 @@ class _StageEnd:
     ) -> None:
         """``end_span=False``: the resolver ends the span once its GPU events completed."""
         if metric_attributes is not None:
-            context = None
-            if span is not None and span.is_recording():
-                context = trace.set_span_in_context(span)
-            self.runtime.metrics.duration.record(self.elapsed_s, metric_attributes, context=context)
+            duration, memo = self.runtime.metrics.duration, self.memo
+            recording = span is not None and span.is_recording()
+            context = trace.set_span_in_context(span) if recording and span else None
+            if context is not None and memo is not None and memo.setdefault("used", False):
+                # a stage object entered again (kept per pipeline, or a decorator): its point
+                # is folded, exemplar included; a stage made per use records once, so the
+                # fold's set-up would not pay off
+                record_points(duration, (self.elapsed_s,), metric_attributes, context, memo)
+            else:
+                if memo is not None:
+                    memo["used"] = True
+                duration.record(self.elapsed_s, metric_attributes, context=context)
         if span is not None and end_span:
             span.end(end_time=self.wall_ns)
 

@@ -173,12 +173,12 @@ PyObject *layer_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_ssize_t starts = 0; /* the spans this forward will have: a start stamp each, budgeted */
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *stamp = PyList_GET_ITEM(stamps, i);
-        if (PyTuple_Check(stamp) && PyTuple_GET_SIZE(stamp) >= 1) {
-            Py_ssize_t index = PyLong_AsSsize_t(PyTuple_GET_ITEM(stamp, 0));
-            if (index == -1 && PyErr_Occurred()) PyErr_Clear(); /* refused in the loop below */
+        Py_ssize_t index;
+        long long perf_ns;
+        if (stamp_fields(PyList_GET_ITEM(stamps, i), &index, &perf_ns) < 0)
+            PyErr_Clear(); /* refused in the loop below */
+        else
             starts += index >= 0;
-        }
     }
     if (draw_span_ids(&b, args[16], starts < budget ? starts : budget) < 0) goto done;
     for (Py_ssize_t i = 0; i < count; i++) {

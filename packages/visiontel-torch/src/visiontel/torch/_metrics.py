@@ -116,30 +116,21 @@ def record_unsampled(
 
 
 class PointBatch:
-    """One instrument's waiting points under one attribute set (one per model and metric):
-    histogram values, or image counts added to a counter's total."""
+    """One instrument's waiting points under one attribute set (one per model and metric)
+    and what hands them to the SDK."""
 
-    __slots__ = ("add_total", "attributes", "fold_memo", "histogram", "retired", "values")
+    __slots__ = ("hand_over", "retired", "values")
 
-    def __init__(
-        self,
-        histogram: metrics.Histogram | None,
-        attributes: dict[str, Any],
-        add_total: Callable[[int], None] | None = None,
-    ) -> None:
-        self.histogram, self.attributes, self.add_total = histogram, attributes, add_total
+    def __init__(self, hand_over: Callable[[list[float]], None]) -> None:
+        self.hand_over = hand_over
         self.values: collections.deque[float] = collections.deque()
-        self.fold_memo: dict[str, Any] = {}
-        """Kept for ``fold_points`` (where in the SDK's storage these go)."""
         self.retired = False
         """Its model's instrumentation is gone: no value comes any more."""
 
-    def hand_over(self, values: list[float]) -> None:
-        if self.histogram is None:
-            if self.add_total is not None:
-                self.add_total(int(sum(values)))
-        else:
-            record_unsampled(self.histogram, values, self.attributes, self.fold_memo)
+
+def _histogram_batch(histogram: metrics.Histogram, attributes: dict[str, Any]) -> PointBatch:
+    memo: dict[str, Any] = {}  # where in the SDK's storage these go (fold_points)
+    return PointBatch(lambda values: record_unsampled(histogram, values, attributes, memo))
 
 
 class ForwardPoints:
@@ -197,10 +188,11 @@ class UnsampledPoints:
     ) -> ForwardPoints:
         """Where ``owner``'s unsampled forwards leave their points; retired (recorded, then
         forgotten) once ``owner`` is garbage."""
+        add_images = metrics.images.adder(image_attributes)
         batches = (
-            PointBatch(metrics.duration, metric_attributes),
-            PointBatch(None, image_attributes, metrics.images.adder(image_attributes)),
-            PointBatch(metrics.detections, image_attributes),
+            _histogram_batch(metrics.duration, metric_attributes),
+            PointBatch(lambda images: add_images(int(sum(images)))),  # one total per batch
+            _histogram_batch(metrics.detections, image_attributes),
         )
         for made in batches:
             self._batches[id(made)] = made

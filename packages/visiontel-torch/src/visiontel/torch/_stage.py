@@ -207,17 +207,18 @@ class _StageEnd:
         """``end_span=False``: the resolver ends the span once its GPU events completed."""
         if metric_attributes is not None:
             duration, memo = self.runtime.metrics.duration, self.memo
-            recording = span is not None and span.is_recording()
-            context = trace.set_span_in_context(span) if recording and span else None
-            if context is not None and memo is not None and memo.setdefault("used", False):
+            context = None
+            if span is not None and span.is_recording():
+                context = trace.set_span_in_context(span)
+            if context is not None and memo is not None and memo.get("used"):
                 # a stage object entered again (kept per pipeline, or a decorator): its point
                 # is folded, exemplar included; a stage made per use records once, so the
                 # fold's set-up would not pay off
                 record_points(duration, (self.elapsed_s,), metric_attributes, context, memo)
             else:
-                if memo is not None:
-                    memo["used"] = True
                 duration.record(self.elapsed_s, metric_attributes, context=context)
+            if memo is not None:
+                memo["used"] = True
         if span is not None and end_span:
             span.end(end_time=self.wall_ns)
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import statistics
 import time
 from typing import Any
 
 import numpy as np
 import torch
+from _paired import print_paired_table
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -82,13 +82,9 @@ def main() -> int:
             times[label].append((time.thread_time() - start) / args.block * 1e3)
             if handle is not None:
                 handle.remove()
-    base = times["without the global hook"]
     print(f"\ntorch {torch.__version__}, one thread, YOLOv8n at 320 px, thread CPU per frame")
-    print("| variant | ms per frame (median) | median paired ratio |")
-    print("|---|---:|---:|")
-    for label, values in times.items():
-        ratio = statistics.median(v / b for v, b in zip(values, base))
-        print(f"| {label} | {statistics.median(values):.2f} | {ratio:.3f}x |")
+    per_frame = "ms per frame (median)"
+    print_paired_table(times, "without the global hook", per_frame, lambda ms: f"{ms:.2f}")
     instrumentor.uninstrument()
     return 0
 

@@ -20,7 +20,6 @@ round). Variants, each adding one thing to the one before:
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ import visiontel.torch as vt
 from visiontel.torch import _runtime
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _paired import print_paired_table
 from torch_overhead import launch_bound_detector, make_providers
 
 PLAIN = "plain"
@@ -108,13 +108,9 @@ def main() -> int:
                 times[variant].append(time.thread_time() - start)
                 while undo:
                     undo.pop()()
-    plain = times[PLAIN]
     print(f"\ntorch {torch.__version__}, one thread, {args.rounds} rounds of 5 forwards")
-    print("| variant | µs per forward (median) | median paired ratio |")
-    print("|---|---:|---:|")
-    for variant, values in times.items():
-        ratio = statistics.median(v / p for v, p in zip(values, plain))
-        print(f"| {variant} | {statistics.median(values) / 5 * 1e6:.0f} | {ratio:.4f}x |")
+    per_forward = "µs per forward (median)"
+    print_paired_table(times, PLAIN, per_forward, lambda block: f"{block / 5 * 1e6:.0f}", 4)
     return 0
 
 

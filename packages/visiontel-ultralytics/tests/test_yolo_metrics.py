@@ -213,3 +213,29 @@ def test_confidences_reach_the_sdk_in_one_step_per_label_and_equal_records(
     assert folded == recorded
     assert sum(point[1] for point in folded) == records[CONFIDENCE_METRIC] - folded_records > 0
     assert folded_records == 0, "folded: no record() per confidence"
+
+
+def test_result_tensors_are_released_on_the_predicting_thread(telemetry: Telemetry) -> None:
+    """The worker hands a finished job back: the results it read are freed by the thread
+    that predicts (their allocator), not by the worker, even when that thread let go of
+    them first."""
+    import threading
+    import weakref
+
+    import visiontel.ultralytics
+    from visiontel.ultralytics import _metrics
+
+    model = telemetry.instrument(many_classes(yolo()))
+    model.predict(image(0), imgsz=IMGSZ, conf=CONF, verbose=False)  # predictor built
+    assert visiontel.ultralytics.flush(10.0)
+    gate = threading.Event()
+    _metrics.worker().submit(lambda: gate.wait(10) and None)  # the worker waits on it
+    results = model.predict(image(1), imgsz=IMGSZ, conf=CONF, verbose=False)
+    freed_on: list[int] = []
+    weakref.finalize(results[0].boxes, lambda: freed_on.append(threading.get_ident()))
+    del results
+    model.predictor.results = []  # (as the next batch would): the queued job holds the last
+    assert freed_on == []
+    gate.set()
+    assert visiontel.ultralytics.flush(10.0)
+    assert freed_on == [threading.get_ident()]

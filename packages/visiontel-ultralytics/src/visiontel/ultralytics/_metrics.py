@@ -9,6 +9,7 @@ confidences leave the process: never boxes, masks or pixels.
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
 import os
 import queue
@@ -99,10 +100,17 @@ class MetricsWorker:
     and confidences (``tolist()``), which on a GPU waits for the device: that wait falls
     here, never on the inference thread. When the worker falls behind by
     ``_MAX_PENDING_BATCHES`` batches, further batches' metrics are dropped and counted.
+
+    A job that has run is not released on the worker: it holds the batch's result tensors,
+    allocated by the inference thread, and freeing them here contends with that thread for
+    its allocator arena (most of the worker's time, in py-spy samples). The thread that
+    submits the next job, or a ``flush``, releases it, as the uninstrumented loop would
+    have.
     """
 
     def __init__(self) -> None:
         self._queue: queue.Queue[Callable[[], None]] = queue.Queue(_MAX_PENDING_BATCHES)
+        self._finished: collections.deque[Callable[[], None]] = collections.deque()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()  # starting the thread
@@ -111,6 +119,7 @@ class MetricsWorker:
         atexit.register(self.flush, 2.0)
 
     def submit(self, job: Callable[[], None]) -> None:
+        self._release_finished()
         self._start()
         self._pending.add()
         try:
@@ -121,7 +130,14 @@ class MetricsWorker:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued job has run; False if ``timeout`` passed first."""
-        return self._pending.wait(timeout)
+        done = self._pending.wait(timeout)
+        self._release_finished()
+        return done
+
+    def _release_finished(self) -> None:
+        finished = self._finished
+        while finished:  # popleft is atomic: the worker may append meanwhile
+            finished.popleft()
 
     def _start(self) -> None:
         if self._thread is not None and self._pid == os.getpid():
@@ -131,6 +147,7 @@ class MetricsWorker:
                 self._pid, self._thread = os.getpid(), None
                 self._pending.reset()
                 self._queue = queue.Queue(_MAX_PENDING_BATCHES)
+                self._finished = collections.deque()
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="visiontel-ultralytics-metrics", daemon=True
@@ -145,6 +162,8 @@ class MetricsWorker:
             except Exception as exc:
                 report_internal_error("ultralytics metrics", exc)
             finally:
+                self._finished.append(job)  # released by the submitting thread
+                del job  # not held while waiting for the next one
                 self._pending.done()
 
 

@@ -115,3 +115,36 @@ def test_events_that_never_complete_time_out(
     root = spans["inference stuck"][0]
     assert "visiontel.gpu.duration" not in root.attributes
     assert {"backbone", "neck", "head"} <= set(spans)
+
+
+def test_flush_timeout_bounds_the_wait_over_every_resolver(telemetry: Telemetry) -> None:
+    """Two runtimes, each with a forward whose events are not done: ``flush(timeout)``
+    gives up after ``timeout`` in all, not after ``timeout`` per resolver."""
+    import time
+
+    import visiontel.torch as vt
+
+    from torch_support import make_telemetry
+
+    other = make_telemetry()
+    sources = [ScriptedSource(), ScriptedSource()]
+    for owner, source in zip((telemetry, other), sources):
+        model = owner.instrument(TinyDetector(), name="gpu", _event_source=source)
+        model(torch.randn(1, 3, 8, 8))
+    started = time.monotonic()
+    assert not vt.flush(0.5)
+    assert time.monotonic() - started < 0.9  # one timeout per resolver would be 1.0 s
+    for source in sources:
+        source.complete_all()
+    assert vt.flush(10.0)
+    for owner in (telemetry, other):
+        assert [s.name for s in owner.exporter.get_finished_spans()].count("inference gpu") == 1
+
+
+def test_flush_makes_no_runtime() -> None:
+    import visiontel.torch as vt
+
+    _runtime.set_default_runtime(None)
+    before = _runtime.all_runtimes()
+    assert vt.flush(1.0)
+    assert _runtime.all_runtimes() == before

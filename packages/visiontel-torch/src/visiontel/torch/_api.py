@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, TypeVar
 
 from opentelemetry import metrics, trace
@@ -9,7 +10,7 @@ from opentelemetry import metrics, trace
 from visiontel.torch import _model
 from visiontel.torch._config import Granularity, TorchConfig, config_from_env
 from visiontel.torch._metrics import DetectionCounter
-from visiontel.torch._runtime import all_runtimes, default_runtime, runtime_for
+from visiontel.torch._runtime import all_runtimes, runtime_for
 from visiontel.torch._timing import EventSource
 
 M = TypeVar("M")
@@ -88,12 +89,17 @@ def is_instrumented(model: Any) -> bool:
 
 
 def flush(timeout: float = 10.0) -> bool:
-    """Wait until every finished forward has become spans (tests, shutdown); True if done."""
-    done = default_runtime().resolver.flush(timeout)
-    for runtime in all_runtimes():  # stages timed for explicit providers, too
-        done = runtime.resolver.flush(timeout) and done
+    """Wait until every finished forward has become spans (tests, shutdown); True if done
+    within ``timeout`` seconds in all."""
+    deadline = time.monotonic() + timeout
+    # The default runtime if made, those bound to explicit providers (stages timed for
+    # them too) and each instrumented model's: a resolver serving several is flushed once.
+    resolvers = {id(runtime.resolver): runtime.resolver for runtime in all_runtimes()}
     for model in _model.all_instrumented():
         instrumentation = _model.instrumentation_of(model)
         if instrumentation is not None:
-            done = instrumentation.resolver.flush(timeout) and done
+            resolvers.setdefault(id(instrumentation.resolver), instrumentation.resolver)
+    done = True
+    for resolver in resolvers.values():
+        done = resolver.flush(max(0.0, deadline - time.monotonic())) and done
     return done

@@ -26,6 +26,10 @@ class InFlight:
             if not self._count:
                 self._idle.notify_all()
 
+    def idle(self) -> bool:
+        """Nothing counted right now (read without the lock: a snapshot)."""
+        return not self._count
+
     def reset(self) -> None:
         """Forget everything counted (after ``fork``: the parent's work is not ours)."""
         with self._idle:

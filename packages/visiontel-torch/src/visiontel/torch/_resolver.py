@@ -155,6 +155,8 @@ class Resolver:
     def flush(self, timeout: float = 10.0) -> bool:
         """Finish the later work, then wait until every queued forward became spans."""
         self.drain_later()
+        if self._in_flight.idle():  # nothing queued: no reason to wake the thread
+            return True
         self._wake.set()
         return self._in_flight.wait(timeout)
 

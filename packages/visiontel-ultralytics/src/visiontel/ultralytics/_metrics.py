@@ -102,10 +102,10 @@ class MetricsWorker:
     ``_MAX_PENDING_BATCHES`` batches, further batches' metrics are dropped and counted.
 
     A job that has run is not released on the worker: it holds the batch's result tensors,
-    allocated by the inference thread, and freeing them here contends with that thread for
-    its allocator arena (most of the worker's time, in py-spy samples). The thread that
-    submits the next job, or a ``flush``, releases it, as the uninstrumented loop would
-    have.
+    allocated by the inference thread, and freeing them there took about a tenth of the
+    worker's CPU time in a YOLOv8n loop (docs/benchmarks.md). The thread that submits the
+    next job, or a ``flush``, releases it, where the uninstrumented loop would have freed
+    them; so a loop that stops holds at most its queued batches' results until then.
     """
 
     def __init__(self) -> None:

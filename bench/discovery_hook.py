@@ -32,14 +32,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from torch_overhead import discovery_hook_registered
 
 from visiontel.torch import TorchInstrumentor
 from visiontel.torch._discovery import Discovery
-
-
-def _discovery_hook_registered() -> bool:
-    hooks = torch.nn.modules.module._global_forward_pre_hooks.values()
-    return any(isinstance(getattr(hook, "__self__", None), Discovery) for hook in hooks)
 
 
 def main() -> int:
@@ -67,7 +63,7 @@ def main() -> int:
     deadline = time.monotonic() + 3.0  # steady frames: settle checks run, parking is due
     while time.monotonic() < deadline:
         predict(1)
-    kept = _discovery_hook_registered()
+    kept = discovery_hook_registered()
     state = "kept" if kept else "gone"
     print(f"discovery's global hook after three seconds of steady frames: {state}")
     discovery = next(o for o in gc.get_objects() if type(o) is Discovery)

@@ -158,7 +158,8 @@ hook_kept: list[str] = []
 """Auto-discovery blocks timed while discovery's global hook was still registered."""
 
 
-def _discovery_hook_registered() -> bool:
+def discovery_hook_registered() -> bool:
+    """Whether auto-discovery's global forward pre-hook is registered now."""
     hooks = torch.nn.modules.module._global_forward_pre_hooks.values()
     return any(isinstance(getattr(hook, "__self__", None), Discovery) for hook in hooks)
 
@@ -282,7 +283,7 @@ def measure(
                 install()
                 for _ in range(3):  # untimed: discovery and its settling, arming caches
                     model(images)
-                if name.startswith("auto") and _discovery_hook_registered():
+                if name.startswith("auto") and discovery_hook_registered():
                     hook_kept.append(name)
                 # and their later work: left queued, it would run in the timed block's flush,
                 # charging the block three more forwards and a fresh instrumentation's set-up
@@ -371,7 +372,6 @@ def main() -> int:
     global METRIC_READER
     METRIC_READER = not args.no_metric_reader
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     # Each model is built just before it is measured and dropped after: a model built and
     # never called keeps auto-discovery's global hook on (it may yet become a root) until
     # it is parked, seconds later, and the auto-discovery row re-instruments every block.

@@ -10,7 +10,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from spool_support import log_bodies, metric_names
+from spool_support import batches, log_bodies, metric_names
 
 from visiontel.spool import SpoolLogExporter, SpoolMetricExporter, SpoolSpanExporter
 
@@ -83,6 +83,45 @@ def test_force_flush_gives_up_at_its_timeout_and_shutdown_keeps_the_spool(receiv
     assert batches > 0
     provider.shutdown()
     assert len(list(otlp_env.joinpath("traces").glob("*.batch"))) == batches
+
+
+def test_shutdown_with_the_endpoint_up_sends_the_backlog_and_the_last_batch(
+    receiver, otlp_env, monkeypatch
+):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "20")  # the bound on shutdown's wait
+    receiver.set("reset")
+    earlier = SpoolSpanExporter()  # an earlier run, stopped during an outage
+    sent = batches(40)
+    for batch in sent[:-1]:
+        earlier.export(batch)
+    started = time.monotonic()
+    earlier.shutdown()
+    assert time.monotonic() - started < 5  # its sends failed: no wait at shutdown
+    assert len(list(otlp_env.joinpath("traces").glob("*.batch"))) == 39
+
+    receiver.set("ok")
+    exporter = SpoolSpanExporter()  # the next run: a backlog, so its batch is spooled too
+    exporter.export(sent[-1])
+    exporter.shutdown()  # at once: only shutdown's own wait gets them all out
+    assert receiver.span_names() == [span.name for batch in sent for span in batch]
+    assert not list(otlp_env.joinpath("traces").glob("*.batch"))
+
+
+def test_shutdown_waits_at_most_one_export_timeout_on_a_hanging_endpoint(
+    receiver, otlp_env, monkeypatch
+):
+    receiver.set("reset")
+    earlier = SpoolSpanExporter()
+    provider, _ = _tracing(earlier)
+    _spans(provider, 0, 5)
+    provider.shutdown()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    receiver.set("hang")
+    exporter = SpoolSpanExporter()  # its replayer's first send hangs
+    started = time.monotonic()
+    exporter.shutdown()
+    assert time.monotonic() - started < 5  # 1 s timeout + 1 s join, not the 30 s hang
+    assert list(otlp_env.joinpath("traces").glob("*.batch"))  # still there for next time
 
 
 def test_metrics_through_a_periodic_reader_survive_an_outage(receiver, otlp_env):

@@ -6,13 +6,15 @@ otherwise, or when that one attempt fails, the body goes to disk and export() re
 an outage an export costs a disk write, and at most one send timeout when the outage
 starts. The replayer thread sends the spooled batches oldest first, one POST each, and
 waits between failed attempts (0.25 s doubling to ``max_backoff``); it marks the link up
-again when the spool is empty.
+again when the spool is empty. ``shutdown()`` lets it send what is spooled for up to one
+export timeout while the endpoint answers, and leaves the rest on disk.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from visiontel.spool import _diag
@@ -44,6 +46,7 @@ class SpoolCore:
         self._retry_now = threading.Event()  # cut a backoff short: flush or stop
         self._stop = False
         self._link_up = True
+        self._last_send_failed = False  # shutdown() does not wait on an endpoint known down
         self._flush_until = 0.0
         self.spool: Spool | None = None
         self._next_open = 0.0
@@ -115,6 +118,7 @@ class SpoolCore:
                     self._lost("rejected", items)
                     return False
                 self._link_up = False
+                self._last_send_failed = True
             try:
                 evicted = spool.append(body, items)
             except OSError as error:
@@ -149,9 +153,12 @@ class SpoolCore:
                 self._report(spool)
                 continue
             outcome = self._send(body, self.timeout_s)
+            self._last_send_failed = outcome is Outcome.RETRY
             if outcome is Outcome.RETRY:
                 spool.release(entry)
                 self._report(spool)
+                with self._state:
+                    self._state.notify_all()  # shutdown() stops waiting at a failure
                 backoff = min(self.max_backoff_s, max(FIRST_BACKOFF_S, backoff * 2))
                 wait = FLUSH_RETRY_S if time.monotonic() < self._flush_until else backoff
                 self._retry_now.wait(wait)
@@ -197,18 +204,14 @@ class SpoolCore:
         deadline = time.monotonic() + timeout_s
         self._flush_until = deadline
         self._retry_now.set()
-        self._work.set()
-        with self._state:
-            while len(spool) and not self._stop:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._state.wait(min(left, FLUSH_RETRY_S))
+        self._wait_until_empty(spool, deadline, lambda: self._stop)
         self._flush_until = 0.0
         return not len(spool)
 
     def shutdown(self) -> None:
-        """Stop replaying; what is not sent stays on disk for the next run."""
+        """Send what is spooled while the endpoint answers, for at most one export timeout,
+        then stop replaying; what is not sent stays on disk for the next run."""
+        self._drain_before_stop()
         self._stop = True
         self._retry_now.set()
         self._work.set()
@@ -219,6 +222,26 @@ class SpoolCore:
             if self.spool is not None:
                 self._report(self.spool)
                 self.spool.close()
+
+    def _drain_before_stop(self) -> None:
+        """The plain exporter sends the last batch at exit; so does this one, with the
+        backlog before it. Not when the last attempt failed: an application stopping
+        during an outage stops at once, as before."""
+        spool = self.spool
+        if spool is None or self._stop or self._last_send_failed or not len(spool):
+            return
+        deadline = time.monotonic() + self.timeout_s
+        self._wait_until_empty(spool, deadline, lambda: self._last_send_failed)
+
+    def _wait_until_empty(self, spool: Spool, deadline: float, give_up: Callable[[], bool]) -> None:
+        """Wake the replayer, then wait for an empty spool, ``give_up()`` or the deadline."""
+        self._work.set()
+        with self._state:
+            while len(spool) and not give_up():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._state.wait(min(left, FLUSH_RETRY_S))
 
     @property
     def link_up(self) -> bool:

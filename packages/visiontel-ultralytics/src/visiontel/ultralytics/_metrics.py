@@ -12,7 +12,6 @@ import atexit
 import collections
 import logging
 import os
-import queue
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -28,6 +27,8 @@ from visiontel.ultralytics.version import SCHEMA_URL, __version__
 OTHER = "other"
 _CONFIDENCE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 _MAX_PENDING_BATCHES = 256
+_GATHER_S = 0.25  # how long the worker lets jobs gather once one arrived
+_GATHER_BATCHES = 16  # ... unless this many wait
 _logger = logging.getLogger("visiontel.ultralytics")
 
 
@@ -92,25 +93,34 @@ def class_labels(
 
 
 class MetricsWorker:
-    """Records each batch's per-image metrics on a thread of its own.
+    """Records each batch's per-image metrics on a thread of its own, a few batches at a time.
 
     A histogram record or counter add costs the SDK 5-20 µs (attribute checks, hashing,
     aggregation, exemplar reservoir); an image with 20 detections needs about 20 of them.
     The inference thread only queues one job per batch. The worker also reads the class ids
     and confidences (``tolist()``), which on a GPU waits for the device: that wait falls
-    here, never on the inference thread. When the worker falls behind by
-    ``_MAX_PENDING_BATCHES`` batches, further batches' metrics are dropped and counted.
+    here, never on the inference thread. When ``_MAX_PENDING_BATCHES`` jobs wait, further
+    batches' metrics are dropped and counted.
+
+    The worker runs the jobs that gathered over ``_GATHER_S`` (or as soon as
+    ``_GATHER_BATCHES`` wait, or on ``flush``) back to back. Each wake-up finds the SDK's
+    code and data evicted by the forwards in between, and pays for that once per gathering
+    rather than once per frame; while the worker runs it holds the GIL the inference thread
+    waits for (docs/benchmarks.md, issue 16). The metrics reach a reader at most
+    ``_GATHER_S`` later, far inside any export interval.
 
     A job that has run is not released on the worker: it holds the batch's result tensors,
     allocated by the inference thread, and freeing them there took about a tenth of the
     worker's CPU time in a YOLOv8n loop (docs/benchmarks.md). The thread that submits the
     next job, or a ``flush``, releases it, where the uninstrumented loop would have freed
-    them; so a loop that stops holds at most its queued batches' results until then.
+    them; so a loop that stops holds at most its waiting batches' results until then.
     """
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[Callable[[], None]] = queue.Queue(_MAX_PENDING_BATCHES)
+        self._waiting: collections.deque[Callable[[], None]] = collections.deque()
         self._finished: collections.deque[Callable[[], None]] = collections.deque()
+        self._arrived = threading.Event()  # the first job of a gathering
+        self._run_now = threading.Event()  # enough gathered, or a flush
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()  # starting the thread
@@ -121,18 +131,31 @@ class MetricsWorker:
     def submit(self, job: Callable[[], None]) -> None:
         self._release_finished()
         self._start()
-        self._pending.add()
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
+        waiting = self._waiting
+        if len(waiting) >= _MAX_PENDING_BATCHES:
             self.dropped += 1
-            self._pending.done()
+            return
+        self._pending.add()
+        waiting.append(job)
+        if len(waiting) == 1:
+            self._arrived.set()
+        elif len(waiting) >= _GATHER_BATCHES:
+            self._run_now.set()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued job has run; False if ``timeout`` passed first."""
+        if not self._pending.idle():
+            self._run_now.set()
+            self._arrived.set()
         done = self._pending.wait(timeout)
         self._release_finished()
         return done
+
+    def thread_id(self) -> int:
+        """The worker thread's id (started if need be), for per-thread CPU clocks."""
+        self._start()
+        assert self._thread is not None and self._thread.ident is not None
+        return self._thread.ident
 
     def _release_finished(self) -> None:
         finished = self._finished
@@ -146,8 +169,9 @@ class MetricsWorker:
             if self._pid != os.getpid():  # forked: the parent's thread does not exist here
                 self._pid, self._thread = os.getpid(), None
                 self._pending.reset()
-                self._queue = queue.Queue(_MAX_PENDING_BATCHES)
+                self._waiting = collections.deque()
                 self._finished = collections.deque()
+                self._arrived, self._run_now = threading.Event(), threading.Event()
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="visiontel-ultralytics-metrics", daemon=True
@@ -155,16 +179,22 @@ class MetricsWorker:
                 self._thread.start()
 
     def _run(self) -> None:
+        arrived, run_now, waiting = self._arrived, self._run_now, self._waiting
         while True:
-            job = self._queue.get()
-            try:
-                job()
-            except Exception as exc:
-                report_internal_error("ultralytics metrics", exc)
-            finally:
-                self._finished.append(job)  # released by the submitting thread
-                del job  # not held while waiting for the next one
-                self._pending.done()
+            arrived.wait()
+            arrived.clear()
+            run_now.wait(_GATHER_S)
+            run_now.clear()
+            while waiting:  # popleft is atomic: submit() may append meanwhile
+                job = waiting.popleft()
+                try:
+                    job()
+                except Exception as exc:
+                    report_internal_error("ultralytics metrics", exc)
+                finally:
+                    self._finished.append(job)  # released by the submitting thread
+                    del job  # not held while waiting for the next one
+                    self._pending.done()
 
 
 _worker = MetricsWorker()

@@ -95,3 +95,24 @@ def test_a_forked_child_gets_a_worker_of_its_own(worker: _metrics.MetricsWorker)
     gate.set()
     assert answer == b"ok"
     assert worker.flush(10.0)
+
+
+def test_jobs_from_several_threads_run_without_a_flush(
+    worker: _metrics.MetricsWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_metrics, "_GATHER_S", 0.05)
+    for _ in range(20):  # rounds of four threads submitting at the same moment
+        ran: list[int] = []
+        start = threading.Barrier(4)
+
+        def submit(n: int, start: threading.Barrier = start, ran: list[int] = ran) -> None:
+            start.wait()
+            worker.submit(lambda: ran.append(n))
+
+        threads = [threading.Thread(target=submit, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert _until(lambda ran=ran: len(ran) == 4, timeout=5.0)  # no flush: the worker woke
+        assert sorted(ran) == [0, 1, 2, 3]

@@ -137,10 +137,13 @@ class MetricsWorker:
             return
         self._pending.add()
         waiting.append(job)
-        if len(waiting) == 1:
-            self._arrived.set()
-        elif len(waiting) >= _GATHER_BATCHES:
+        if len(waiting) >= _GATHER_BATCHES:
             self._run_now.set()
+        # After the append: a worker that clears the flag after this reads it drains this
+        # job in the same round. Not "first job only": two threads appending at once could
+        # each see the other's job and neither wake the worker.
+        if not self._arrived.is_set():
+            self._arrived.set()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued job has run; False if ``timeout`` passed first."""

@@ -124,6 +124,22 @@ def test_shutdown_waits_at_most_one_export_timeout_on_a_hanging_endpoint(
     assert list(otlp_env.joinpath("traces").glob("*.batch"))  # still there for next time
 
 
+def test_a_shorter_shutdown_timeout_from_the_sdk_bounds_the_wait(receiver, otlp_env, monkeypatch):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "20")
+    receiver.set("reset")
+    reader = PeriodicExportingMetricReader(SpoolMetricExporter(), export_interval_millis=60_000)
+    provider = MeterProvider(metric_readers=[reader])
+    provider.get_meter("m").create_counter("c").add(1)
+    provider.shutdown()  # the endpoint failed: spooled
+    assert list(otlp_env.joinpath("metrics").glob("*.batch"))
+    receiver.set("hang")
+    exporter = SpoolMetricExporter()  # its replayer's first send hangs (up to 20 s)
+    started = time.monotonic()
+    exporter.shutdown(timeout_millis=500)
+    assert time.monotonic() - started < 4  # 0.5 s, plus the replayer's 1 s join
+    assert list(otlp_env.joinpath("metrics").glob("*.batch"))
+
+
 def test_metrics_through_a_periodic_reader_survive_an_outage(receiver, otlp_env):
     receiver.set("reset")
     exporter = SpoolMetricExporter()

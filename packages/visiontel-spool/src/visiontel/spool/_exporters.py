@@ -119,9 +119,9 @@ class _Spooled:
         drained = self._core.force_flush(timeout_millis / 1000) if self._core else True
         return drained and bool(self._inner is None or self._inner.force_flush(timeout_millis))
 
-    def _close(self) -> None:
+    def _close(self, timeout_s: float | None = None) -> None:
         if self._core is not None:
-            self._core.shutdown()
+            self._core.shutdown(timeout_s)
         close = getattr(getattr(self, "_sender", None), "close", None)
         if callable(close):
             close()
@@ -257,7 +257,7 @@ class SpoolMetricExporter(MetricExporter, _Spooled):
         return self._flush(timeout_millis)
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        self._close()
+        self._close(timeout_millis / 1000)
 
 
 _LOGS = _otel_private.log_classes()

@@ -151,23 +151,24 @@ def report(
         "throughput traced/plain | overhead | median paired ratio |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
+    paired: dict[str, float] = {}
     for clock, series in (("wall", wall), ("thread CPU", cpu)):
         plain, traced = statistics.median(series["plain"]), statistics.median(series["traced"])
         deltas = [a - b for a, b in zip(series["traced"], series["plain"], strict=True)]
         mean = statistics.mean(deltas)
         error = statistics.stdev(deltas) / math.sqrt(len(deltas))
-        paired = statistics.median(
+        paired[clock] = statistics.median(
             a / b for a, b in zip(series["traced"], series["plain"], strict=True)
         )
         print(
             f"| {clock} | {plain:.2f} | {traced:.2f} | {mean * 1e3:.0f} ± {error * 1e3:.0f} | "
-            f"{plain / (plain + mean):.3f} | {(plain + mean) / plain:.3f}x | {paired:.3f}x |"
+            f"{plain / (plain + mean):.3f} | {(plain + mean) / plain:.3f}x | "
+            f"{paired[clock]:.3f}x |"
         )
-    plain_wall = statistics.median(wall["plain"])
-    paired = statistics.median(a / b for a, b in zip(wall["traced"], wall["plain"], strict=True))
+    bound = paired["wall"] + worker_ms / statistics.median(wall["plain"])
     print(
         f"metrics worker CPU per traced frame: {worker_ms * 1e3:.0f} µs; wall overhead with it "
-        f"(upper bound): {paired + worker_ms / plain_wall:.3f}x"
+        f"(upper bound): {bound:.3f}x"
     )
     print(f"load at the end: {os.getloadavg()[0]:.2f}")
 

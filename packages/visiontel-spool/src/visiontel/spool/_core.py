@@ -212,7 +212,7 @@ class SpoolCore:
         """Send what is spooled while the endpoint answers, for at most one export timeout
         (or ``timeout_s`` where the SDK gives a shorter one), then stop replaying; what is
         not sent stays on disk for the next run."""
-        self._drain_before_stop(self.timeout_s if timeout_s is None else timeout_s)
+        self._drain_before_stop(timeout_s)
         self._stop = True
         self._retry_now.set()
         self._work.set()
@@ -224,14 +224,15 @@ class SpoolCore:
                 self._report(self.spool)
                 self.spool.close()
 
-    def _drain_before_stop(self, timeout_s: float) -> None:
+    def _drain_before_stop(self, timeout_s: float | None) -> None:
         """The plain exporter sends the last batch at exit; so does this one, with the
         backlog before it. Not when the last attempt failed: an application stopping
         during an outage stops at once, as before."""
         spool = self.spool
         if spool is None or self._stop or self._last_send_failed or not len(spool):
             return
-        deadline = time.monotonic() + min(timeout_s, self.timeout_s)
+        bound = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
+        deadline = time.monotonic() + bound
         self._wait_until_empty(spool, deadline, lambda: self._last_send_failed)
 
     def _wait_until_empty(self, spool: Spool, deadline: float, give_up: Callable[[], bool]) -> None:

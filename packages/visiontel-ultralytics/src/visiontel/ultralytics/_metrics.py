@@ -119,7 +119,7 @@ class MetricsWorker:
     def __init__(self) -> None:
         self._waiting: collections.deque[Callable[[], None]] = collections.deque()
         self._finished: collections.deque[Callable[[], None]] = collections.deque()
-        self._arrived = threading.Event()  # the first job of a gathering
+        self._arrived = threading.Event()  # a job waits: start a gathering
         self._run_now = threading.Event()  # enough gathered, or a flush
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()

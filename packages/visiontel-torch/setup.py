@@ -6,7 +6,7 @@ pure-Python loops run.
 
 from setuptools import Extension, setup
 
-_SOURCES = ["module.c", "thread_record.c", "stamped.c", "swap.c", "spans.c"]
+_SOURCES = ["module.c", "thread_record.c", "stamped.c", "swap.c", "spans.c", "dropped.c"]
 
 setup(
     ext_modules=[

@@ -14,6 +14,8 @@
  *                    model's wrappers (_probes._Wrapper).
  *   spans.c          layer_spans: the finished layer spans of one forward, built from its
  *                    stamps (the SDK fast path of Resolver._materialise, no GPU events).
+ *   dropped.c        DroppedRoots: the root hooks' work for a forward the sampler drops
+ *                    (_model.ModelInstrumentation._begin_dropped and _finish's first branch).
  *   module.c         this: shared names, the clock, the module.
  *
  * Each mirrors its pure-Python version; _compiled.py picks one or the other and
@@ -91,7 +93,8 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     perf_counter_ns = PyObject_GetAttrString(time_module, "perf_counter_ns");
     Py_DECREF(time_module);
     if (perf_counter_ns == NULL || PyType_Ready(&StampedForwardType) < 0 ||
-        PyType_Ready(&ForwardSwapType) < 0 || PyType_Ready(&ThreadRecordType) < 0)
+        PyType_Ready(&ForwardSwapType) < 0 || PyType_Ready(&ThreadRecordType) < 0 ||
+        PyType_Ready(&DroppedRootsType) < 0 || dropped_init_names() < 0)
         return NULL;
     PyObject *module = PyModule_Create(&speedups);
     if (module == NULL) return NULL;
@@ -110,6 +113,12 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     Py_INCREF(&ForwardSwapType);
     if (PyModule_AddObject(module, "ForwardSwap", (PyObject *)&ForwardSwapType) < 0) {
         Py_DECREF(&ForwardSwapType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&DroppedRootsType);
+    if (PyModule_AddObject(module, "DroppedRoots", (PyObject *)&DroppedRootsType) < 0) {
+        Py_DECREF(&DroppedRootsType);
         Py_DECREF(module);
         return NULL;
     }

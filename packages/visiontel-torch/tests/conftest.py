@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
+from types import ModuleType
 from typing import TypeVar
 
 import pytest
@@ -78,3 +80,16 @@ def gpu(
 def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[StandInGpu]:
     """The stand-in alone, for what needs its scripted clocks or its device queue held back."""
     yield from _installed(StandInGpu(wall_zero_ns=time.time_ns()), monkeypatch)
+
+
+@pytest.fixture
+def compiled() -> ModuleType:
+    """``visiontel.torch._speedups``: nox builds it (VISIONTEL_REQUIRE_SPEEDUPS=1 there, so a
+    missing build fails); elsewhere its tests skip saying how to build it."""
+    try:
+        from visiontel.torch import _speedups  # type: ignore[attr-defined]
+    except ImportError as exc:
+        if os.environ.get("VISIONTEL_REQUIRE_SPEEDUPS"):
+            raise AssertionError(f"nox builds visiontel-torch's C extension: {exc}") from exc
+        pytest.skip(f"needs the compiled extension (pip install -e with a C compiler): {exc}")
+    return _speedups  # type: ignore[no-any-return]

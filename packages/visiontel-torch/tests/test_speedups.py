@@ -8,7 +8,6 @@ trees, attributes and layer metrics. nox builds the extension and sets
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import pickle
@@ -28,33 +27,12 @@ import visiontel.torch as vt
 from visiontel._support.env import env_bool
 from visiontel.torch import _compiled
 
-from torch_support import Failing, Reused, Telemetry, TinyDetector, make_telemetry
+from torch_support import Failing, Reused, Telemetry, TinyDetector, loops, make_telemetry
 
 Tree = list[tuple[Any, ...]]
 
 
-@pytest.fixture
-def compiled() -> ModuleType:
-    try:
-        from visiontel.torch import _speedups  # type: ignore[attr-defined]
-    except ImportError as exc:
-        if os.environ.get("VISIONTEL_REQUIRE_SPEEDUPS"):
-            raise AssertionError(f"nox builds visiontel-torch's C extension: {exc}") from exc
-        pytest.skip(f"needs the compiled extension (pip install -e with a C compiler): {exc}")
-    return _speedups  # type: ignore[no-any-return]
-
-
-@contextlib.contextmanager
-def _loops(chosen: ModuleType | None) -> Iterator[None]:
-    """Run with the compiled loops (the module) or the pure-Python ones (None)."""
-    saved, _compiled.speedups = _compiled.speedups, chosen
-    try:
-        yield
-    finally:
-        _compiled.speedups = saved
-
-
-def test_the_environment_chooses_the_loops(compiled: ModuleType, monkeypatch: Any) -> None:
+def test_the_environment_chooses_theloops(compiled: ModuleType, monkeypatch: Any) -> None:
     pure = env_bool(_compiled.ENV_PURE_PYTHON, False)  # as nox's session set it
     assert _compiled.speedups is (None if pure else compiled)
     monkeypatch.setenv(_compiled.ENV_PURE_PYTHON, "true")
@@ -105,7 +83,7 @@ def _run(model: torch.nn.Module, run: Callable[[torch.nn.Module], Any], **kwargs
 def _both(model_factory: Callable[[], torch.nn.Module], run: Any, **kwargs: Any) -> Any:
     results = {}
     for chosen in ("compiled", "pure"):
-        with _loops(_compiled.speedups if chosen == "compiled" else None):
+        with loops(_compiled.speedups if chosen == "compiled" else None):
             results[chosen] = _run(model_factory(), run, **kwargs)
     assert results["compiled"] == results["pure"]
     return results["compiled"]
@@ -113,7 +91,7 @@ def _both(model_factory: Callable[[], torch.nn.Module], run: Any, **kwargs: Any)
 
 @pytest.fixture
 def with_compiled(compiled: ModuleType) -> Iterator[None]:
-    with _loops(compiled):
+    with loops(compiled):
         yield
 
 
@@ -181,7 +159,7 @@ def test_same_spans_under_span_limits_and_a_custom_id_generator(compiled: Module
         provider = TracerProvider(id_generator=ids, span_limits=SpanLimits(max_span_attributes=1))
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         model = Reused()
-        with _loops(chosen):
+        with loops(chosen):
             vt.instrument_model(model, granularity="layer", tracer_provider=provider)
             try:
                 model(torch.randn(2, 4))
@@ -204,7 +182,7 @@ def test_batched_spans_reach_the_exporter(compiled: ModuleType) -> None:
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=10))
     model = TinyDetector()
-    with _loops(compiled):
+    with loops(compiled):
         vt.instrument_model(model, granularity="layer", tracer_provider=provider)
         try:
             model(torch.randn(1, 3, 8, 8))
@@ -427,7 +405,7 @@ def test_a_forked_child_keeps_no_other_threads_records(compiled: ModuleType) -> 
 
     from visiontel.torch import _model
 
-    with _loops(compiled):
+    with loops(compiled):
         state = _model._thread_state()
     entered, release = threading.Event(), threading.Event()
 

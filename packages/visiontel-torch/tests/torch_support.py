@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -15,6 +18,7 @@ from opentelemetry.sdk.trace.sampling import Sampler
 from tiny_models import TinyDetector  # noqa: F401 (re-exported for the tests)
 
 import visiontel.torch as vt
+from visiontel.torch import _compiled
 
 
 def data_points(reader: InMemoryMetricReader) -> list[tuple[str, Any]]:
@@ -129,3 +133,13 @@ def _wrapped(module: torch.nn.Module) -> bool:
 def is_armed(module: torch.nn.Module) -> bool:
     """Whether visiontel's stamping probe is installed on ``module`` right now."""
     return _wrapped(module) or bool(module._forward_pre_hooks)
+
+
+@contextlib.contextmanager
+def loops(chosen: ModuleType | None) -> Iterator[None]:
+    """Run with the compiled loops (the ``_speedups`` module) or the pure-Python ones (None)."""
+    saved, _compiled.speedups = _compiled.speedups, chosen
+    try:
+        yield
+    finally:
+        _compiled.speedups = saved

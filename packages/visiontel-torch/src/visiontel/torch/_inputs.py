@@ -49,17 +49,18 @@ class InputDescription:
 _NONE: dict[str, Any] = {}
 
 
-_tensor_type: type | None = None
+tensor_class: type | None = None
+"""``torch.Tensor`` once ``tensor_type()`` has run (an identity test without a call)."""
 
 
 def tensor_type() -> type:
     """``torch.Tensor``, imported on first use (importing visiontel.torch does not load torch)."""
-    global _tensor_type
-    if _tensor_type is None:
+    global tensor_class
+    if tensor_class is None:
         import torch
 
-        _tensor_type = torch.Tensor
-    return _tensor_type
+        tensor_class = torch.Tensor
+    return tensor_class
 
 
 def _is_tensor(value: Any) -> bool:

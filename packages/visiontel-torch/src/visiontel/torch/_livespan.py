@@ -136,6 +136,11 @@ class LiveSpans:
         path = self.current_path()
         return path is not None and path.fixed_decision is False and path.enabled()
 
+    def drop_guard(self) -> tuple[tuple[Any, str, Any], ...] | None:
+        """``FastPath.drop_guard`` of the provider in use: what keeps ``drops_hidden`` True."""
+        path = self.current_path()
+        return None if path is None else path.drop_guard(self._explicit_provider is None)
+
     def current_path(self) -> FastPath | None:
         """The gate's answer for the provider in use, asked again when it may have changed."""
         provider = self._explicit_provider or trace.get_tracer_provider()

@@ -10,11 +10,12 @@ import collections
 import threading
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 
+from visiontel.torch import _inputs
 from visiontel.torch._inputs import tensor_type
 from visiontel.torch._otel_private import fold_points
 from visiontel.torch.version import SCHEMA_URL, __version__
@@ -133,6 +134,14 @@ def _histogram_batch(histogram: metrics.Histogram, attributes: dict[str, Any]) -
     return PointBatch(lambda values: record_unsampled(histogram, values, attributes, memo))
 
 
+class PointParts(NamedTuple):
+    durations: collections.deque[float]
+    images: collections.deque[float]
+    detections: collections.deque[float]
+    owner: UnsampledPoints
+    record_every: int
+
+
 class ForwardPoints:
     """One model's points of unsampled forwards, waiting: each forward's duration, its
     images and its detections per image are appends (any inference thread; a deque append
@@ -150,6 +159,13 @@ class ForwardPoints:
         self._owner = owner
         self._durations, self._images = durations.values, images.values
         self._detections = detections.values
+
+    def parts(self) -> PointParts:
+        """The deques and the owner ``add`` uses (``_speedups.DroppedRoots`` adds the same
+        way)."""
+        return PointParts(
+            self._durations, self._images, self._detections, self._owner, _RECORD_EVERY
+        )
 
     def add(self, seconds: float, images: int, detections: Sequence[int] | None) -> None:
         durations = self._durations
@@ -286,8 +302,13 @@ def count_detections(output: Any) -> Sequence[int] | None:
       known from the values, and reading them would synchronise the GPU.
     Anything else returns ``None`` (no detection metric, no error).
     """
-    if isinstance(output, tensor_type()) or _is_tensor(output):
-        return _count_tensor(output)
+    # (the exact class first, inline: this runs after every forward, and calls cost there)
+    if (
+        type(output) is _inputs.tensor_class
+        or isinstance(output, tensor_type())
+        or _is_tensor(output)
+    ):
+        return [int(output.shape[0])] if output.dim() == 2 and output.shape[-1] == 6 else None
     if isinstance(output, (list, tuple)) and output:
         counts: list[int] = []
         for item in output:
@@ -314,12 +335,6 @@ def _count_one(item: Any) -> int | None:
             return None
     if _is_tensor(item) and item.dim() == 2 and item.shape[-1] == 6:
         return int(item.shape[0])
-    return None
-
-
-def _count_tensor(tensor: Any) -> Sequence[int] | None:
-    if tensor.dim() == 2 and tensor.shape[-1] == 6:
-        return [int(tensor.shape[0])]
     return None
 
 

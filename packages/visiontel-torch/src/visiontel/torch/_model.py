@@ -132,6 +132,7 @@ class ModelInstrumentation:
         self._memos: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
         self._plain = all_plain(self._static_attributes)
         self._tree = ProbeTree(model, config, self._tls, self._is_compiling)
+        self._dropped = self._compiled_dropped()
         self._root_handles = register_hooks(model, self._root_pre, self._root_post)
 
     @property
@@ -142,6 +143,30 @@ class ModelInstrumentation:
     def resolver(self) -> Any:
         return self._runtime.resolver
 
+    def _compiled_dropped(self) -> Any:
+        """``_speedups.DroppedRoots`` for this model's dropped forwards, or None (pure Python:
+        ``_begin_dropped`` and ``_finish`` do the same)."""
+        compiled = _compiled.speedups
+        if compiled is None:
+            return None
+        parts = self._unsampled.parts()
+        return compiled.DroppedRoots(
+            state=self._tls,
+            depth=_depth,
+            make_record=ForwardRecord,
+            owner=self._tree,
+            tracer=self._runtime.tracer,
+            invalid_span=trace.INVALID_SPAN,
+            tensor_class=self._tensor,
+            count=self._detections,
+            count_tensors=self._detections is count_detections,
+            durations=parts.durations,
+            images=parts.images,
+            detections=parts.detections,
+            points_owner=parts.owner,
+            record_every=parts.record_every,
+        )
+
     # -- root hooks ----------------------------------------------------------------------
     def _root_pre(self, model: Any, args: Any, kwargs: Any) -> None:
         if self._is_compiling():
@@ -150,7 +175,13 @@ class ModelInstrumentation:
             if self.on_nested is not None and _depth.value:
                 self.on_nested(model)  # discovered, but part of a larger model: withdraw
                 return
-            if self._runtime.spans.drops_hidden():
+            dropped = self._dropped
+            if dropped is not None and dropped.begin(args, kwargs):
+                return  # compiled: what _begin_dropped does, while the gate's guard holds
+            spans = self._runtime.spans
+            if spans.drops_hidden():
+                if dropped is not None:
+                    dropped.guard = spans.drop_guard()
                 self._begin_dropped(args, kwargs)
             else:
                 self._begin(model, args, kwargs)
@@ -161,7 +192,9 @@ class ModelInstrumentation:
         if self._is_compiling():
             return
         try:
-            self._finish(output)
+            dropped = self._dropped
+            if dropped is None or not dropped.finish(output):
+                self._finish(output)
         except Exception as exc:
             report_internal_error("root post-hook", exc)
 

@@ -58,6 +58,9 @@ _sdk_gate = VersionGate(
 )
 
 
+_MISSING = object()
+
+
 def _use_public_api(force: bool) -> None:
     """Tests only: shut (or reopen) the gate for every provider from now on."""
     global _forced_public
@@ -236,6 +239,32 @@ class FastPath:
                 and any(c._real_instrument is not None for c in self._counters_waiting)
             )
         )
+
+    def drop_guard(self, global_provider: bool) -> tuple[tuple[Any, str, Any], ...] | None:
+        """Attribute reads that give the same objects for as long as every span of this
+        provider is dropped and spans end in batches (``drops_hidden`` stays True), or
+        None where that is not so now or cannot be put this way. ``_speedups.DroppedRoots``
+        checks them before each dropped forward instead of asking ``stale`` and ``enabled``.
+
+        ``global_provider``: the provider is the global one, which must stay so.
+        """
+        if self.fixed_decision is not False or not self.batched or not self.enabled():
+            return None
+        checks: list[tuple[Any, str, Any]] = [
+            (self._processor, "_span_processors", self._processors),
+            (self._provider, "_resource", self._resource),
+        ]
+        checks += [(counter, "_real_instrument", None) for counter in self._counters_waiting]
+        if self._is_enabled is not None:
+            config = getattr(self._tracer, "_tracer_config", None)
+            if config is None or getattr(config, "is_enabled", None) is not True:
+                return None  # enabled some other way: asked through enabled() per forward
+            checks.append((self._tracer, "_tracer_config", config))
+        if global_provider:
+            checks.append((trace, "_TRACER_PROVIDER", self._provider))
+        if any(getattr(owner, name, _MISSING) is not expected for owner, name, expected in checks):
+            return None  # an SDK whose attributes are not these
+        return tuple(checks)
 
     def enabled(self) -> bool:
         """False while the SDK's tracer configurator turns visiontel.torch's tracer off."""

@@ -95,10 +95,8 @@ def flush(timeout: float = 10.0) -> bool:
     # The default runtime if made, those bound to explicit providers (stages timed for
     # them too) and each instrumented model's: a resolver serving several is flushed once.
     resolvers = {id(runtime.resolver): runtime.resolver for runtime in all_runtimes()}
-    for model in _model.all_instrumented():
-        instrumentation = _model.instrumentation_of(model)
-        if instrumentation is not None:
-            resolvers.setdefault(id(instrumentation.resolver), instrumentation.resolver)
+    for instrumentation in _model.all_instrumentations():
+        resolvers.setdefault(id(instrumentation.resolver), instrumentation.resolver)
     done = True
     for resolver in resolvers.values():
         done = resolver.flush(max(0.0, deadline - time.monotonic())) and done

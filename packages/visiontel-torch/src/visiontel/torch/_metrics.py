@@ -223,9 +223,8 @@ class UnsampledPoints:
         for key, batch in list(self._batches.items()):
             retired = batch.retired  # read first: a value added before retiring is seen below
             waiting = batch.values
-            values = [waiting.popleft() for _ in range(len(waiting))]
-            if values:
-                batch.hand_over(values)
+            if waiting:  # (most batches are empty at most calls: no list made for them)
+                batch.hand_over([waiting.popleft() for _ in range(len(waiting))])
             if retired and not waiting:
                 self._batches.pop(key, None)
 

@@ -114,18 +114,24 @@ def tests(session: nox.Session, torch: str) -> None:
     # e2e need the local stack: the `stack` session runs them.
     ignore = [f"--ignore={ROOT / 'tests' / d}" for d in ("collector", "reliability")]
     if torch != TORCH_NEWEST:
-        # tests/demo starts the demo's processes ~60 times (half of a session's time). Its
-        # behaviour (flags, ports, bad input, canary) does not depend on torch: it runs in
-        # full on the newest, and on older releases only the three-process pipeline runs.
+        # What does not depend on torch runs in full on the newest only (a CI budget):
+        # - tests/demo starts the demo's processes ~60 times (half of a session's time); its
+        #   flags, ports, bad input and canary do not depend on torch, so on older releases
+        #   only the three-process pipeline runs;
+        # - the distributions that never import torch (their tests also run in `isolated`,
+        #   `gpu` and `floor`).
         demo = ROOT / "tests" / "demo"
         others = [t for t in sorted(demo.glob("test_*.py")) if t.name != DEMO_ON_ALL]
         ignore += [f"--ignore={t}" for t in others]
+        targets = [t for t in targets if pathlib.Path(t).parent.name not in TORCH_FREE]
     env = {"VISIONTEL_TEST_TORCH": torch, **STRICT_SKIPS, **COMPILED}
     session.run("pytest", *targets, *ignore, "-m", "not e2e", *session.posargs, env=env)
 
 
 # The one demo test file every torch release of the matrix runs (see `tests`).
 DEMO_ON_ALL = "test_demo_pipeline.py"
+# Distributions that never import torch: `tests` runs them on the newest torch only.
+TORCH_FREE = ("visiontel-support", "visiontel-gpu", "visiontel-spool")
 
 
 def _unit_test_dirs() -> list[str]:

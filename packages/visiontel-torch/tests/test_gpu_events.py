@@ -14,7 +14,7 @@ import threading
 import pytest
 import torch
 
-from visiontel.torch import _runtime
+from visiontel.torch import _model, _runtime
 
 from torch_support import Telemetry, TinyDetector
 
@@ -148,3 +148,31 @@ def test_flush_makes_no_runtime() -> None:
     before = _runtime.all_runtimes()
     assert vt.flush(1.0)
     assert _runtime.all_runtimes() == before
+
+
+def test_flush_reaches_a_runtime_no_longer_listed_while_a_model_uses_it() -> None:
+    """A model whose runtime was pushed out of the list (more provider pairs than
+    ``_MAX_RUNTIMES``) or whose default runtime was replaced: its queued work is still
+    finished by ``flush``."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    import visiontel.torch as vt
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter))  # batched: ends as later work
+    model = vt.instrument_model(TinyDetector(), name="pushed-out", tracer_provider=provider)
+    others = [TracerProvider() for _ in range(_runtime._MAX_RUNTIMES)]
+    for other in others:
+        _runtime.runtime_for(other, None)
+    mine = _runtime.runtime_for(provider, None)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 8, 8))
+    instrumentation = _model.instrumentation_of(model)
+    assert instrumentation is not None and instrumentation._runtime is not mine
+    assert instrumentation._runtime in _runtime.all_runtimes()
+    assert vt.flush(10.0) and provider.force_flush()
+    assert [s.name for s in exporter.get_finished_spans()].count("inference pushed-out") == 1
+    vt.uninstrument_model(model)

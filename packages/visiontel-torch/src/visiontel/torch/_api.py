@@ -92,11 +92,10 @@ def flush(timeout: float = 10.0) -> bool:
     """Wait until every finished forward has become spans (tests, shutdown); True if done
     within ``timeout`` seconds in all."""
     deadline = time.monotonic() + timeout
-    # The default runtime if made, those bound to explicit providers (stages timed for
-    # them too) and each instrumented model's: a resolver serving several is flushed once.
+    # Every runtime a model or a stage can be using (all_runtimes lists replaced ones while
+    # they are in use), without making the default one: a resolver serving several is
+    # flushed once.
     resolvers = {id(runtime.resolver): runtime.resolver for runtime in all_runtimes()}
-    for instrumentation in _model.all_instrumentations():
-        resolvers.setdefault(id(instrumentation.resolver), instrumentation.resolver)
     done = True
     for resolver in resolvers.values():
         done = resolver.flush(max(0.0, deadline - time.monotonic())) and done

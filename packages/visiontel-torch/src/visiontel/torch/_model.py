@@ -384,8 +384,3 @@ def unregister(model: Any) -> ModelInstrumentation | None:
 def all_instrumented() -> list[Any]:
     with _registry_lock:
         return list(_registry.keys())
-
-
-def all_instrumentations() -> list[ModelInstrumentation]:
-    with _registry_lock:
-        return list(_registry.values())

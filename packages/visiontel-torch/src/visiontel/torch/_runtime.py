@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 
 from opentelemetry import metrics, trace
 
@@ -33,6 +34,9 @@ class Runtime:
 
 _lock = threading.Lock()
 _default: Runtime | None = None
+_replaced: weakref.WeakSet[Runtime] = weakref.WeakSet()
+"""Runtimes no longer listed (past ``_MAX_RUNTIMES``, or a default replaced) for as long as
+something (a model's instrumentation, a stage) still uses them: ``flush`` reaches them."""
 
 
 def default_runtime() -> Runtime:
@@ -64,22 +68,29 @@ def runtime_for(
             runtime.tracer_provider is not tracer_provider
             or runtime.meter_provider is not meter_provider
         ):
-            if len(_by_providers) >= _MAX_RUNTIMES:
-                _by_providers.pop(next(iter(_by_providers)))
+            if runtime is not None:  # another pair of providers at the same addresses
+                _replaced.add(runtime)
+            elif len(_by_providers) >= _MAX_RUNTIMES:
+                _replaced.add(_by_providers.pop(next(iter(_by_providers))))
             runtime = _by_providers[key] = Runtime(tracer_provider, meter_provider)
         return runtime
 
 
 def all_runtimes() -> list[Runtime]:
-    """The default runtime and every one bound to explicit providers."""
+    """The default runtime, every one bound to explicit providers, and every replaced one
+    still in use: every runtime an instrumented model or a stage can be using."""
     with _lock:
         runtimes = list(_by_providers.values())
         if _default is not None:
             runtimes.insert(0, _default)
+        if _replaced:
+            runtimes += list(_replaced)
     return runtimes
 
 
 def set_default_runtime(runtime: Runtime | None) -> None:
     global _default
     with _lock:
+        if _default is not None and _default is not runtime:
+            _replaced.add(_default)
         _default = runtime

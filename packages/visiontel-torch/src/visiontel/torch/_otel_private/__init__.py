@@ -256,15 +256,38 @@ class FastPath:
         ]
         checks += [(counter, "_real_instrument", None) for counter in self._counters_waiting]
         if self._is_enabled is not None:
-            config = getattr(self._tracer, "_tracer_config", None)
-            if config is None or getattr(config, "is_enabled", None) is not True:
-                return None  # enabled some other way: asked through enabled() per forward
-            checks.append((self._tracer, "_tracer_config", config))
+            enabled_check = self._enabled_check()
+            if enabled_check is None:
+                return None  # asked through enabled() before every forward instead
+            checks.append(enabled_check)
         if global_provider:
             checks.append((trace, "_TRACER_PROVIDER", self._provider))
         if any(getattr(owner, name, _MISSING) is not expected for owner, name, expected in checks):
             return None  # an SDK whose attributes are not these
         return tuple(checks)
+
+    def _enabled_check(self) -> tuple[Any, str, Any] | None:
+        """An attribute read that stands for ``enabled()`` staying True, or None.
+
+        SDKs with tracer configurators keep the answer in one of two places: the tracer's
+        ``_tracer_config`` (set whenever the configurator changes), or, in earlier ones,
+        the provider's configurator, called per span. A configurator may answer anything,
+        so only the SDK's default one (always enabled) is taken as fixed.
+        """
+        from opentelemetry.sdk import trace as sdk_trace
+
+        tracer = self._tracer
+        config = getattr(tracer, "_tracer_config", None)
+        if config is not None:
+            return (tracer, "_tracer_config", config) if config.is_enabled is True else None
+        owner = getattr(tracer, "_tracer_provider", _MISSING)
+        if owner is None:  # a tracer without a provider is always enabled
+            return (tracer, "_tracer_provider", None)
+        configurator = getattr(owner, "_tracer_configurator", None)
+        default = getattr(sdk_trace, "_default_tracer_configurator", _MISSING)
+        if configurator is default:
+            return (owner, "_tracer_configurator", configurator)
+        return None
 
     def enabled(self) -> bool:
         """False while the SDK's tracer configurator turns visiontel.torch's tracer off."""

@@ -217,22 +217,26 @@ def test_failures_and_other_inputs_are_handled_by_python(
 ) -> None:
     providers = Providers()
     calls = PythonCalls(monkeypatch)
-    with providers.instrumented(compiled) as (model, _):
+    with providers.instrumented(compiled) as (model, dropped):
         _frames(model, [1, 1])
+        guard = dropped.guard
         with torch.no_grad(), pytest.raises(ValueError, match="bad frame"):
             model(torch.full((3, 4), float("nan")))  # begun compiled, failed: Python ends it
         assert calls.begins == 1
         with torch.no_grad():
             model(x=torch.randn(2, 4))  # not model(images): described by Python
         assert calls.begins == 2
+        assert dropped.guard is guard  # declined for its inputs: the guard was not rebuilt
+        _frames(model, [1])
+        assert calls.begins == 2  # and the next model(images) is compiled again
     assert _model.forward_depth() == 0
     points = providers.points()
     durations = points["visiontel.inference.duration"]
     failed = [row for row in durations if ("error.type", "ValueError") in row[0]]
     assert len(failed) == 1 and failed[0][1] == 1
-    assert sum(row[1] for row in durations) == 4
+    assert sum(row[1] for row in durations) == 5
     (images,) = points["visiontel.inference.images"]
-    assert images[-1] == 4  # the failed forward's images are not counted
+    assert images[-1] == 5  # the failed forward's images are not counted
 
 
 def test_drop_guard_is_none_where_the_compiled_path_may_not_act() -> None:

@@ -180,7 +180,9 @@ class ModelInstrumentation:
                 return  # compiled: what _begin_dropped does, while the gate's guard holds
             spans = self._runtime.spans
             if spans.drops_hidden():
-                if dropped is not None:
+                # A guard still set was declined for the inputs (not one tensor), not
+                # broken: it is rebuilt only once a read broke it (begin() cleared it).
+                if dropped is not None and dropped.guard is None:
                     dropped.guard = spans.drop_guard()
                 self._begin_dropped(args, kwargs)
             else:

@@ -53,15 +53,6 @@ failed:
     return 0;
 }
 
-static PyObject *get_record(DroppedRoots *self) { /* new reference; None when none */
-    if (Py_IS_TYPE(self->state, &ThreadRecordType)) {
-        PyObject *record = thread_record_get(self->state);
-        if (record == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
-        return Py_NewRef(record);
-    }
-    return PyObject_GetAttr(self->state, str_record);
-}
-
 static int add_depth(DroppedRoots *self, long change) {
     PyObject *value = PyObject_GetAttr(self->depth, str_value);
     if (value == NULL) return -1;
@@ -106,7 +97,7 @@ static PyObject *dropped_begin(DroppedRoots *self, PyObject *const *args, Py_ssi
     if ((table = PyObject_GetAttr(self->owner, str_table)) == NULL) goto done;
     if ((perf = PyLong_FromLongLong(now)) == NULL) goto done;
     if ((zero = PyLong_FromLong(0)) == NULL) goto done;
-    if ((previous = get_record(self)) == NULL) goto done;
+    if ((previous = current_record(self->state)) == NULL) goto done;
     PyObject *record_args[] = {
         table, self->tracer, self->invalid_span, perf, zero, Py_None, batch, first, previous,
     };
@@ -194,7 +185,7 @@ static PyObject *dropped_finish(DroppedRoots *self, PyObject *output) {
     long long end;
     if (clock_ns(&end) < 0) return NULL;
     if (output == Py_None || !PyTuple_Check(self->guard)) Py_RETURN_FALSE;
-    PyObject *record = get_record(self);
+    PyObject *record = current_record(self->state);
     if (record == NULL) return NULL;
     PyObject *span = NULL, *start = NULL, *batch = NULL, *previous = NULL, *counts = NULL;
     PyObject *answer = NULL;

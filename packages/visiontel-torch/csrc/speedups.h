@@ -25,6 +25,10 @@ int dropped_init_names(void);
 /* thread_record.c: this thread's record (borrowed), NULL without an exception for None. */
 PyObject *thread_record_get(PyObject *state);
 
+/* thread_record.c: `state.record` for a ThreadRecord or any object with .record (a
+ * threading.local): a new reference, Py_None when none; NULL with an exception. */
+PyObject *current_record(PyObject *state);
+
 /* swap.c and spans.c: module-level functions. */
 PyObject *install_all(PyObject *module, PyObject *swaps);
 PyObject *uninstall_all(PyObject *module, PyObject *swaps);

@@ -44,14 +44,7 @@ static PyObject *stamped_call(PyObject *callable, PyObject *const *args, size_t 
     PyObject *forward = PyList_GetItem(self->inner, 0);
     if (forward == NULL) return NULL;
     Py_INCREF(forward);
-    PyObject *record;
-    if (Py_IS_TYPE(self->state, &ThreadRecordType)) {
-        record = thread_record_get(self->state);
-        if (record == NULL && !PyErr_Occurred()) record = Py_None;
-        Py_XINCREF(record);
-    } else {
-        record = PyObject_GetAttr(self->state, str_record);
-    }
+    PyObject *record = current_record(self->state);
     PyObject *stamps = NULL, *events = NULL, *result = NULL;
     if (record == NULL) goto done;
     if (record != Py_None) {

@@ -29,10 +29,15 @@ PyObject *thread_record_get(PyObject *state) { /* borrowed; NULL: None */
     return record;
 }
 
+PyObject *current_record(PyObject *state) {
+    if (!Py_IS_TYPE(state, &ThreadRecordType)) return PyObject_GetAttr(state, str_record);
+    PyObject *record = thread_record_get(state);
+    if (record == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    return Py_NewRef(record);
+}
+
 static PyObject *record_getter(ThreadRecord *self, void *closure) {
-    PyObject *record = thread_record_get((PyObject *)self);
-    if (record == NULL && PyErr_Occurred()) return NULL;
-    return Py_NewRef(record == NULL ? Py_None : record);
+    return current_record((PyObject *)self);
 }
 
 static int record_setter(ThreadRecord *self, PyObject *value, void *closure) {

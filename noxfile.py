@@ -264,6 +264,7 @@ OTEL_SENSITIVE = (
     "volume",
     "speedups",
     "dropped_roots",
+    "sampled_roots",
 )
 
 

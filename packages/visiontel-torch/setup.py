@@ -6,14 +6,23 @@ pure-Python loops run.
 
 from setuptools import Extension, setup
 
-_SOURCES = ["module.c", "thread_record.c", "stamped.c", "swap.c", "spans.c", "dropped.c"]
+_SOURCES = [
+    "module.c",
+    "thread_record.c",
+    "stamped.c",
+    "swap.c",
+    "spans.c",
+    "dropped.c",
+    "roots.c",
+    "sampled.c",
+]
 
 setup(
     ext_modules=[
         Extension(
             "visiontel.torch._speedups",
             [f"csrc/{name}" for name in _SOURCES],
-            depends=["csrc/speedups.h"],
+            depends=["csrc/speedups.h", "csrc/roots.h"],
             optional=True,
         )
     ]

@@ -14,8 +14,10 @@
  *                    model's wrappers (_probes._Wrapper).
  *   spans.c          layer_spans: the finished layer spans of one forward, built from its
  *                    stamps (the SDK fast path of Resolver._materialise, no GPU events).
- *   dropped.c        DroppedRoots: the root hooks' work for a forward the sampler drops
- *                    (_model.ModelInstrumentation._begin_dropped and _finish's first branch).
+ *   roots.c          RootHooks: a model's root-hook work for a one-tensor CPU forward
+ *                    (_model.ModelInstrumentation's _begin, _begin_dropped and _finish),
+ *   dropped.c        for a forward the sampler drops,
+ *   sampled.c        and for one it samples: its root span started, made current, ended.
  *   module.c         this: shared names, the clock, the module.
  *
  * Each mirrors its pure-Python version; _compiled.py picks one or the other and
@@ -94,7 +96,7 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     Py_DECREF(time_module);
     if (perf_counter_ns == NULL || PyType_Ready(&StampedForwardType) < 0 ||
         PyType_Ready(&ForwardSwapType) < 0 || PyType_Ready(&ThreadRecordType) < 0 ||
-        PyType_Ready(&DroppedRootsType) < 0 || dropped_init_names() < 0)
+        PyType_Ready(&RootHooksType) < 0 || roots_init_names() < 0)
         return NULL;
     PyObject *module = PyModule_Create(&speedups);
     if (module == NULL) return NULL;
@@ -116,9 +118,9 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         Py_DECREF(module);
         return NULL;
     }
-    Py_INCREF(&DroppedRootsType);
-    if (PyModule_AddObject(module, "DroppedRoots", (PyObject *)&DroppedRootsType) < 0) {
-        Py_DECREF(&DroppedRootsType);
+    Py_INCREF(&RootHooksType);
+    if (PyModule_AddObject(module, "RootHooks", (PyObject *)&RootHooksType) < 0) {
+        Py_DECREF(&RootHooksType);
         Py_DECREF(module);
         return NULL;
     }

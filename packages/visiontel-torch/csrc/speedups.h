@@ -17,10 +17,10 @@ extern PyObject *deepcopy_function; /* copy.deepcopy */
 /* perf_counter_ns() now, into *out; -1 with an exception set on failure. */
 int clock_ns(long long *out);
 
-extern PyTypeObject ThreadRecordType, StampedForwardType, ForwardSwapType, DroppedRootsType;
+extern PyTypeObject ThreadRecordType, StampedForwardType, ForwardSwapType, RootHooksType;
 
-/* dropped.c: its attribute names, made once by PyInit__speedups; -1 on failure. */
-int dropped_init_names(void);
+/* roots.c: its attribute names, made once by PyInit__speedups; -1 on failure. */
+int roots_init_names(void);
 
 /* thread_record.c: this thread's record (borrowed), NULL without an exception for None. */
 PyObject *thread_record_get(PyObject *state);

@@ -1,7 +1,7 @@
-"""Forwards the sampler drops: the compiled root-hook path (``_speedups.DroppedRoots``)
+"""Forwards the sampler drops: the compiled root-hook path (``_speedups.RootHooks``)
 against the pure-Python one, and the guard that sends forwards back to Python.
 
-The compiled path acts only while the gate's guard (``FastPath.drop_guard``) holds:
+The compiled path acts only while the gate's guard (``FastPath.roots_guard``) holds:
 every span dropped, spans ending in batches. These tests change what the guard watches
 (a processor added, the global provider, the tracer configurator) and check that the next
 forward is handled by Python with the same points.
@@ -58,7 +58,7 @@ class Providers:
         self, chosen: ModuleType | None, *, explicit: bool = True, **kwargs: Any
     ) -> Iterator[tuple[Detector, Any]]:
         """A Detector instrumented with these providers (the tracer provider left to the
-        global one unless ``explicit``) and its ``_dropped``, with ``chosen`` loops."""
+        global one unless ``explicit``) and its ``_roots``, with ``chosen`` loops."""
         if explicit:
             kwargs["tracer_provider"] = self.tracer
         with loops(chosen):
@@ -66,7 +66,7 @@ class Providers:
             instrumentation = _model.instrumentation_of(model)
             assert instrumentation is not None
             try:
-                yield model, instrumentation._dropped
+                yield model, instrumentation._roots
             finally:
                 vt.uninstrument_model(model)
 
@@ -191,7 +191,8 @@ def test_the_global_provider_is_watched_when_none_was_given(
         assert (trace, "_TRACER_PROVIDER", providers.tracer) in dropped.guard
         monkeypatch.setattr(trace, "_TRACER_PROVIDER", sampled.tracer)
         _frames(model, [1])
-    assert dropped.guard is None
+        # broken, then rebuilt by Python (which traced that forward) for the new provider
+        assert (trace, "_TRACER_PROVIDER", sampled.tracer) in dropped.guard
     assert vt.flush(10.0) and sampled.tracer.force_flush()
     names = [span.name for span in sampled.exporter.get_finished_spans()]
     assert names.count("inference Detector") == 1  # the forward after the swap, sampled
@@ -239,14 +240,13 @@ def test_failures_and_other_inputs_are_handled_by_python(
     assert images[-1] == 5  # the failed forward's images are not counted
 
 
-def test_drop_guard_is_none_where_the_compiled_path_may_not_act() -> None:
-    for sampler, batched in ((ALWAYS_ON, True), (ALWAYS_OFF, False)):
+def test_no_guard_where_the_compiled_path_may_not_act() -> None:
+    for sampler in (ALWAYS_ON, ALWAYS_OFF):
         provider = TracerProvider(sampler=sampler)
-        exporter = InMemorySpanExporter()
-        processor = BatchSpanProcessor(exporter) if batched else SimpleSpanProcessor(exporter)
-        provider.add_span_processor(processor)
+        provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
         spans = _runtime.runtime_for(provider, None).spans
-        assert spans.drop_guard() is None
-    dropping = Providers()
-    spans = _runtime.runtime_for(dropping.tracer, None).spans
-    assert spans.drop_guard()
+        assert spans.compiled_roots() == (None, None)  # spans not ended in batches
+    for sampler, always_drop in ((ALWAYS_OFF, True), (ALWAYS_ON, False)):
+        providers = Providers(sampler)
+        guard, plan = _runtime.runtime_for(providers.tracer, None).spans.compiled_roots()
+        assert guard and plan[0] is always_drop

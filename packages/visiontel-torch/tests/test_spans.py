@@ -276,4 +276,4 @@ def test_input_descriptions_follow_each_forwards_inputs(telemetry: Telemetry) ->
     assert [r.attributes["visiontel.batch.size"] for r in roots] == [1, 2, 1]
     for size in range(_inputs._MAX_CACHED + 10):  # the signature cache stays bounded
         _inputs.describe_inputs((torch.empty(size, 1),), {}, detailed=True)
-    assert len(_inputs._cache) <= _inputs._MAX_CACHED
+    assert len(_inputs.attribute_cache) <= _inputs._MAX_CACHED

@@ -3,12 +3,13 @@
 visiontel-torch's wheel carries a small C extension for what runs once per layer at layer
 granularity: the armed forward wrapper that stamps a child module's call (and the
 per-thread record it reads), arming and disarming a model's wrappers, and the builder of a
-forward's finished layer spans; and for the root hooks of a forward the sampler drops.
+forward's finished layer spans; and for the root hooks of a one-tensor CPU forward
+(its record, and its root span where sampled).
 Where it was not built (no compiler when installing from source, another interpreter) or
 ``VISIONTEL_TORCH_PURE_PYTHON=true`` is set, the pure-Python versions in ``_probes.py``,
 ``_resolver.py`` and ``_model.py`` run: same stamps, spans and points
-(``tests/test_speedups.py`` and ``tests/test_dropped_roots.py`` compare them), about twice
-the per-layer cost.
+(``tests/test_speedups.py``, ``tests/test_dropped_roots.py`` and
+``tests/test_sampled_roots.py`` compare them), about twice the per-layer cost.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ _MAX_CACHED = 256
 # (shape, dtype, device) of each described tensor -> the attributes they give. A service
 # sees a handful of input signatures, and formatting them costs more than the rest of the
 # description; the cache is bounded (cleared when full) so odd inputs cannot grow it.
-_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
+attribute_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
 
 
 class InputDescription:
@@ -86,11 +86,11 @@ def describe_inputs(args: Any, kwargs: Any, detailed: bool) -> InputDescription:
         if not detailed:
             return InputDescription(batch_size, value)
         key: tuple[Any, ...] = (batch_size, (shape, value.dtype, value.device))
-        attributes = _cache.get(key)
+        attributes = attribute_cache.get(key)
         if attributes is None:
-            if len(_cache) >= _MAX_CACHED:
-                _cache.clear()
-            attributes = _cache[key] = _attributes(batch_size, [value])
+            if len(attribute_cache) >= _MAX_CACHED:
+                attribute_cache.clear()
+            attributes = attribute_cache[key] = _attributes(batch_size, [value])
         return InputDescription(batch_size, value, attributes)
     tensors: list[Any] = []
     batch_size = 0
@@ -112,11 +112,11 @@ def describe_inputs(args: Any, kwargs: Any, detailed: bool) -> InputDescription:
         return InputDescription(batch_size, first)
     described = tensors[:_MAX_DESCRIBED]
     key = (batch_size, *((t.shape, t.dtype, t.device) for t in described))
-    attributes = _cache.get(key)
+    attributes = attribute_cache.get(key)
     if attributes is None:
-        if len(_cache) >= _MAX_CACHED:
-            _cache.clear()
-        attributes = _cache[key] = _attributes(batch_size, described)
+        if len(attribute_cache) >= _MAX_CACHED:
+            attribute_cache.clear()
+        attributes = attribute_cache[key] = _attributes(batch_size, described)
     return InputDescription(batch_size, first, attributes)  # read-only: the span copies it
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import (
@@ -136,10 +137,26 @@ class LiveSpans:
         path = self.current_path()
         return path is not None and path.fixed_decision is False and path.enabled()
 
-    def drop_guard(self) -> tuple[tuple[Any, str, Any], ...] | None:
-        """``FastPath.drop_guard`` of the provider in use: what keeps ``drops_hidden`` True."""
+    def compiled_roots(self) -> tuple[Any, Any]:
+        """(guard, plan) for ``_speedups.RootHooks.arm``, or (None, None) where no root may
+        be begun there now: ``FastPath.roots_guard`` of the provider in use (what keeps
+        its answers fixed) and what the compiled root hooks decide and start spans with,
+        in the plan's order (``csrc/roots.h``)."""
         path = self.current_path()
-        return None if path is None else path.drop_guard(self._explicit_provider is None)
+        guard = None if path is None else path.roots_guard(self._explicit_provider is None)
+        if path is None or guard is None or self.later is None:
+            return None, None
+        plan = (
+            *path.sampling_parts(),
+            _LiveSpan,
+            path,
+            self.later,
+            SAMPLED,
+            _NO_STATE,
+            trace.Span,
+            otel_context.detach,
+        )
+        return guard, plan
 
     def current_path(self) -> FastPath | None:
         """The gate's answer for the provider in use, asked again when it may have changed."""

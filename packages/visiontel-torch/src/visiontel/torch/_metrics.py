@@ -161,7 +161,7 @@ class ForwardPoints:
         self._detections = detections.values
 
     def parts(self) -> PointParts:
-        """The deques and the owner ``add`` uses (``_speedups.DroppedRoots`` adds the same
+        """The deques and the owner ``add`` uses (``_speedups.RootHooks`` adds the same
         way)."""
         return PointParts(
             self._durations, self._images, self._detections, self._owner, _RECORD_EVERY

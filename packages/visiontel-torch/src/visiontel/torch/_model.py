@@ -21,7 +21,7 @@ from opentelemetry import trace
 from visiontel.torch import _compiled
 from visiontel.torch._config import TorchConfig
 from visiontel.torch._failures import record_failure
-from visiontel.torch._inputs import InputDescription, describe_inputs, tensor_type
+from visiontel.torch._inputs import InputDescription, attribute_cache, describe_inputs, tensor_type
 from visiontel.torch._livespan import add_plain_attributes, all_plain
 from visiontel.torch._metrics import DetectionCounter, count_detections, record_points
 from visiontel.torch._record import ForwardRecord, ModuleTable
@@ -132,7 +132,7 @@ class ModelInstrumentation:
         self._memos: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
         self._plain = all_plain(self._static_attributes)
         self._tree = ProbeTree(model, config, self._tls, self._is_compiling)
-        self._dropped = self._compiled_dropped()
+        self._roots = self._compiled_roots()
         self._root_handles = register_hooks(model, self._root_pre, self._root_post)
 
     @property
@@ -143,14 +143,17 @@ class ModelInstrumentation:
     def resolver(self) -> Any:
         return self._runtime.resolver
 
-    def _compiled_dropped(self) -> Any:
-        """``_speedups.DroppedRoots`` for this model's dropped forwards, or None (pure Python:
-        ``_begin_dropped`` and ``_finish`` do the same)."""
+    def _compiled_roots(self) -> Any:
+        """``_speedups.RootHooks`` for this model's one-tensor forwards, or None (pure
+        Python: ``_begin``, ``_begin_dropped`` and ``_finish`` do the same)."""
         compiled = _compiled.speedups
         if compiled is None:
             return None
         parts = self._unsampled.parts()
-        return compiled.DroppedRoots(
+        # sampled forwards in C only with attributes it may copy as they are, and where
+        # no event source was given (CPU forwards only get there; a given one times any)
+        sampled_ok = self._plain and self._event_source is None
+        return compiled.RootHooks(
             state=self._tls,
             depth=_depth,
             make_record=ForwardRecord,
@@ -165,6 +168,12 @@ class ModelInstrumentation:
             detections=parts.detections,
             points_owner=parts.owner,
             record_every=parts.record_every,
+            name=self._span_name,
+            attributes=self._static_attributes if sampled_ok else None,
+            describe=self.config.capture_shapes,
+            input_cache=attribute_cache,
+            describe_inputs=describe_inputs,
+            complete=self._complete,
         )
 
     # -- root hooks ----------------------------------------------------------------------
@@ -175,15 +184,15 @@ class ModelInstrumentation:
             if self.on_nested is not None and _depth.value:
                 self.on_nested(model)  # discovered, but part of a larger model: withdraw
                 return
-            dropped = self._dropped
-            if dropped is not None and dropped.begin(args, kwargs):
-                return  # compiled: what _begin_dropped does, while the gate's guard holds
+            roots = self._roots
+            if roots is not None and roots.begin(model, args, kwargs):
+                return  # compiled: what the rest does, while the gate's guard holds
             spans = self._runtime.spans
+            # A guard still set declined this forward (its inputs, a remote parent, a GPU),
+            # it was not broken: it is rebuilt only once a read broke it (begin cleared it).
+            if roots is not None and roots.guard is None:
+                roots.arm(*spans.compiled_roots())
             if spans.drops_hidden():
-                # A guard still set was declined for the inputs (not one tensor), not
-                # broken: it is rebuilt only once a read broke it (begin() cleared it).
-                if dropped is not None and dropped.guard is None:
-                    dropped.guard = spans.drop_guard()
                 self._begin_dropped(args, kwargs)
             else:
                 self._begin(model, args, kwargs)
@@ -194,8 +203,8 @@ class ModelInstrumentation:
         if self._is_compiling():
             return
         try:
-            dropped = self._dropped
-            if dropped is None or not dropped.finish(output):
+            roots = self._roots
+            if roots is None or not roots.finish(output):
                 self._finish(output)
         except Exception as exc:
             report_internal_error("root post-hook", exc)

@@ -60,13 +60,14 @@ class ProbeTree:
         self._entries = entries
         self._probed = list(range(len(entries)))
         self._pending = pending
-        self._next_check_ns = time.perf_counter_ns() + CHECK_INTERVAL_NS
+        # check() returns at once before this (the compiled root hooks read it too)
+        self.next_check_ns = time.perf_counter_ns() + CHECK_INTERVAL_NS
 
     def check(self, model: Any, now_ns: int) -> None:
         """Rebuild when a probed module was replaced (called before a sampled forward)."""
-        if now_ns < self._next_check_ns:
+        if now_ns < self.next_check_ns:
             return
-        self._next_check_ns = now_ns + CHECK_INTERVAL_NS
+        self.next_check_ns = now_ns + CHECK_INTERVAL_NS
         with self._lock:
             if self._matches(model):
                 return

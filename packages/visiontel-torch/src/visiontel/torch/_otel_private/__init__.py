@@ -28,6 +28,7 @@ import functools
 import logging
 import random
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import trace
@@ -240,15 +241,15 @@ class FastPath:
             )
         )
 
-    def drop_guard(self, global_provider: bool) -> tuple[tuple[Any, str, Any], ...] | None:
-        """Attribute reads that give the same objects for as long as every span of this
-        provider is dropped and spans end in batches (``drops_hidden`` stays True), or
-        None where that is not so now or cannot be put this way. ``_speedups.DroppedRoots``
-        checks them before each dropped forward instead of asking ``stale`` and ``enabled``.
+    def roots_guard(self, global_provider: bool) -> tuple[tuple[Any, str, Any], ...] | None:
+        """Attribute reads that give the same objects for as long as this path stays current
+        and enabled and its spans end in batches, or None where that is not so now or cannot
+        be put this way. ``_speedups.RootHooks`` checks them before each forward instead of
+        asking ``stale`` and ``enabled``.
 
         ``global_provider``: the provider is the global one, which must stay so.
         """
-        if self.fixed_decision is not False or not self.batched or not self.enabled():
+        if not self.batched or not self.enabled():
             return None
         checks: list[tuple[Any, str, Any]] = [
             (self._processor, "_span_processors", self._processors),
@@ -265,6 +266,24 @@ class FastPath:
         if any(getattr(owner, name, _MISSING) is not expected for owner, name, expected in checks):
             return None  # an SDK whose attributes are not these
         return tuple(checks)
+
+    def sampling_parts(self) -> tuple[Any, ...]:
+        """What ``_speedups.RootHooks`` decides and starts a root span with, in its plan's
+        order: every span dropped; the decisions for a new trace, a local sampled parent
+        and a local dropped parent (True, False, or None: ask); the trace-id ratio bound;
+        the context's ContextVar, span key and class (None where the API keeps them
+        otherwise: then only dropped forwards are compiled); the SpanContext class where a
+        tuple may be built directly; ``random.getrandbits`` where ids are the SDK's
+        random ones."""
+        slot = _context_slot() or (None, None, None)
+        return (
+            self.fixed_decision is False,
+            self._decisions[:3],
+            self.root_ratio_bound,
+            *slot,
+            self._context_class,
+            self.span_parts[-1],
+        )
 
     def _enabled_check(self) -> tuple[Any, str, Any] | None:
         """An attribute read that stands for ``enabled()`` staying True, or None.
@@ -374,6 +393,36 @@ class FastPath:
             instrumentation_scope=tracer._instrumentation_scope,
         )
         return sdk_span
+
+
+@functools.cache
+def _context_slot() -> tuple[Any, str, type] | None:
+    """The OpenTelemetry context's ContextVar, the current span's key in it and the
+    ``Context`` class, where the API keeps them as read here (checked once by attaching a
+    span through the public API and reading it back), else None."""
+    try:
+        from opentelemetry import context as otel_context
+        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+        from opentelemetry.trace.propagation import _SPAN_KEY
+
+        runtime = otel_context._RUNTIME_CONTEXT
+        variable = getattr(runtime, "_current_context", None)
+        if type(runtime) is not ContextVarsRuntimeContext or type(variable) is not ContextVar:
+            return None
+        probe = trace.NonRecordingSpan(trace.INVALID_SPAN_CONTEXT)
+        token = otel_context.attach(trace.set_span_in_context(probe))
+        try:
+            current = variable.get()
+            same = (
+                type(current) is otel_context.Context
+                and current.get(_SPAN_KEY) is probe
+                and trace.get_current_span() is probe
+            )
+        finally:
+            otel_context.detach(token)
+    except (ImportError, AttributeError, TypeError, LookupError):
+        return None
+    return (variable, _SPAN_KEY, otel_context.Context) if same else None
 
 
 def _static_decisions(sampler: Any) -> tuple[bool | None, ...]:

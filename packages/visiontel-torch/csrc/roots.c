@@ -1,0 +1,408 @@
+#include "roots.h"
+
+/* RootHooks: a model's root-hook work, compiled, for the forwards it can be sure of: one
+ * tensor in, spans ending in batches, CPU (no GPU events). In Python the root hooks ran
+ * some twenty to forty functions per forward, each slow after the forward has evicted
+ * them; here each Python hook calls one function (after its torch.compile checks, which
+ * Dynamo must see).
+ *
+ * begin() and finish() answer False, having done nothing, whenever they cannot be sure:
+ * then the Python path runs (ModelInstrumentation._begin, _begin_dropped and _finish).
+ * begin() is sure only while `guard` holds: attribute reads that _otel_private (which
+ * alone knows the SDK's internals) expects to give the same objects as when it last
+ * answered "this provider's spans may be started here, and end in batches". A read that
+ * gives another object clears the guard until Python asks the gate again and arms this
+ * with a new guard and plan. */
+
+PyObject *str_value, *str_table, *str_span, *str_perf_start, *str_batch_size, *str_previous,
+    *str_shape, *str_dim, *str_append, *str_extend, *str_due;
+
+static int guard_holds(RootHooks *self) {
+    if (!PyTuple_Check(self->guard)) return 0;
+    Py_ssize_t n = PyTuple_GET_SIZE(self->guard);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *check = PyTuple_GET_ITEM(self->guard, i);
+        if (!PyTuple_Check(check) || PyTuple_GET_SIZE(check) != 3) goto failed;
+        PyObject *now = PyObject_GetAttr(PyTuple_GET_ITEM(check, 0), PyTuple_GET_ITEM(check, 1));
+        if (now == NULL) {
+            PyErr_Clear();
+            goto failed;
+        }
+        int same = now == PyTuple_GET_ITEM(check, 2);
+        Py_DECREF(now);
+        if (!same) goto failed;
+    }
+    return 1;
+failed:
+    Py_SETREF(self->guard, Py_NewRef(Py_None));
+    return 0;
+}
+
+int add_depth(RootHooks *self, long change) {
+    PyObject *value = PyObject_GetAttr(self->depth, str_value);
+    if (value == NULL) return -1;
+    long depth = PyLong_AsLong(value);
+    Py_DECREF(value);
+    if (depth == -1 && PyErr_Occurred()) return -1;
+    PyObject *updated = PyLong_FromLong(depth + change);
+    if (updated == NULL) return -1;
+    int failed = PyObject_SetAttr(self->depth, str_value, updated);
+    Py_DECREF(updated);
+    return failed;
+}
+
+int push_record(RootHooks *self, PyObject *record) {
+    if (PyObject_SetAttr(self->state, str_record, record) < 0) return -1;
+    return add_depth(self, 1);
+}
+
+int call_method_one(PyObject *target, PyObject *method, PyObject *value) {
+    PyObject *result = PyObject_CallMethodOneArg(target, method, value);
+    if (result == NULL) return -1;
+    Py_DECREF(result);
+    return 0;
+}
+
+/* The input attributes of `first` (a new reference): from the description cache, or from
+ * describe_inputs, which adds them to it (once per input signature). */
+static PyObject *input_attributes(RootHooks *self, PyObject *first, PyObject *shape,
+                                  PyObject *batch, PyObject *call_args, PyObject *kwargs) {
+    PyObject *dtype = PyObject_GetAttrString(first, "dtype");
+    if (dtype == NULL) return NULL;
+    PyObject *device = PyObject_GetAttrString(first, "device");
+    if (device == NULL) {
+        Py_DECREF(dtype);
+        return NULL;
+    }
+    PyObject *found = NULL, *key = NULL;
+    PyObject *signature = PyTuple_Pack(3, shape, dtype, device);
+    Py_DECREF(dtype);
+    Py_DECREF(device);
+    if (signature == NULL) return NULL;
+    key = PyTuple_Pack(2, batch, signature);
+    Py_DECREF(signature);
+    if (key == NULL) return NULL;
+    found = PyDict_GetItemWithError(self->input_cache, key);
+    Py_DECREF(key);
+    if (found != NULL) return Py_NewRef(found);
+    if (PyErr_Occurred()) return NULL;
+    PyObject *description = PyObject_CallFunctionObjArgs(self->describe_inputs, call_args,
+                                                         kwargs, Py_True, NULL);
+    if (description == NULL) return NULL;
+    found = PyObject_GetAttrString(description, "attributes");
+    Py_DECREF(description);
+    return found;
+}
+
+/* begin(model, args, kwargs) -> bool: this forward's record made current (and its span
+ * started, when sampled). */
+static PyObject *roots_begin(RootHooks *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "begin(model, args, kwargs)");
+        return NULL;
+    }
+    PyObject *model = args[0], *call_args = args[1], *kwargs = args[2];
+    /* model(images) only: anything else is described by the Python path */
+    if (!PyTuple_Check(call_args) || PyTuple_GET_SIZE(call_args) != 1) Py_RETURN_FALSE;
+    if (kwargs != Py_None && (!PyDict_Check(kwargs) || PyDict_GET_SIZE(kwargs))) Py_RETURN_FALSE;
+    PyObject *first = PyTuple_GET_ITEM(call_args, 0);
+    if ((PyObject *)Py_TYPE(first) != self->tensor_class || !guard_holds(self)) Py_RETURN_FALSE;
+    PyObject *shape = PyObject_GetAttr(first, str_shape);
+    if (shape == NULL) return NULL;
+    if (!PyTuple_Check(shape)) {
+        Py_DECREF(shape);
+        Py_RETURN_FALSE;
+    }
+    PyObject *batch = PyTuple_GET_SIZE(shape) ? Py_NewRef(PyTuple_GET_ITEM(shape, 0))
+                                              : PyLong_FromLong(0);
+    if (batch == NULL) {
+        Py_DECREF(shape);
+        return NULL;
+    }
+    int done = -1;
+    PyObject *parent = NULL, *trace_id = NULL;
+    if (self->always_drop) {
+        done = dropped_begin(self, first, batch);
+        goto finished;
+    }
+    if (self->attributes == Py_None || self->span_context_class == Py_None ||
+        self->getrandbits == Py_None) {
+        done = 1; /* declined */
+        goto finished;
+    }
+    /* a GPU forward needs events: Python times it */
+    PyObject *on_cuda = PyObject_GetAttrString(first, "is_cuda");
+    if (on_cuda == NULL) goto finished;
+    int cuda = PyObject_IsTrue(on_cuda);
+    Py_DECREF(on_cuda);
+    if (cuda) {
+        done = cuda < 0 ? -1 : 1;
+        goto finished;
+    }
+    int decision = sampled_decide(self, &parent, &trace_id);
+    if (decision == 1) {
+        PyObject *described = NULL;
+        if (self->describe &&
+            (described = input_attributes(self, first, shape, batch, call_args, kwargs)) == NULL)
+            goto finished;
+        done = sampled_begin(self, model, first, batch, described, parent, trace_id);
+        Py_XDECREF(described);
+    } else if (decision == 2) {
+        done = dropped_begin(self, first, batch);
+    } else {
+        done = decision == 0 ? 1 : -1;
+    }
+finished:
+    Py_DECREF(shape);
+    Py_DECREF(batch);
+    Py_XDECREF(parent);
+    Py_XDECREF(trace_id);
+    if (done < 0) return NULL;
+    if (done) Py_RETURN_FALSE;
+    Py_RETURN_TRUE;
+}
+
+/* finish(output) -> bool: a forward begun here (or by Python, the same way) ended. */
+static PyObject *roots_finish(RootHooks *self, PyObject *output) {
+    long long end;
+    if (clock_ns(&end) < 0) return NULL;
+    if (output == Py_None || !PyTuple_Check(self->guard)) Py_RETURN_FALSE;
+    PyObject *record = current_record(self->state);
+    if (record == NULL) return NULL;
+    int done = 0;
+    if (record != Py_None) {
+        PyObject *span = PyObject_GetAttr(record, str_span);
+        if (span == NULL) {
+            done = -1;
+        } else if (span == self->invalid_span) {
+            done = dropped_finish(self, record, end, output);
+        } else if ((PyObject *)Py_TYPE(span) == self->live_class) {
+            done = sampled_finish(self, record, span, end, output);
+        }
+        Py_XDECREF(span);
+    }
+    Py_DECREF(record);
+    if (done < 0) return NULL;
+    if (done) Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
+}
+
+static void clear_plan(RootHooks *self) {
+    self->always_drop = 0;
+    PyObject **fields[] = {
+        &self->decisions[0], &self->decisions[1], &self->decisions[2], &self->ratio_bound,
+        &self->context_var,  &self->span_key,     &self->context_class, &self->span_context_class,
+        &self->getrandbits,  &self->live_class,   &self->path,         &self->later,
+        &self->sampled_flags, &self->no_state,    &self->span_abc,     &self->detach,
+    };
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) *fields[i] = Py_None;
+}
+
+#define PLAN_SIZE 15
+
+/* arm(guard, plan): see _livespan.LiveSpans.compiled_roots for the plan's fields. */
+static PyObject *roots_arm(RootHooks *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "arm(guard, plan)");
+        return NULL;
+    }
+    PyObject *guard = args[0], *plan = args[1];
+    if (guard == Py_None || plan == Py_None) {
+        Py_SETREF(self->guard, Py_NewRef(Py_None));
+        Py_RETURN_NONE;
+    }
+    if (!PyTuple_Check(guard) || !PyTuple_Check(plan) || PyTuple_GET_SIZE(plan) != PLAN_SIZE) {
+        PyErr_SetString(PyExc_TypeError, "arm(guard, plan): two tuples, the plan of 15 fields");
+        return NULL;
+    }
+    PyObject *decisions = PyTuple_GET_ITEM(plan, 1);
+    PyObject *context_var = PyTuple_GET_ITEM(plan, 3);
+    PyObject *context_class = PyTuple_GET_ITEM(plan, 5);
+    PyObject *span_context_class = PyTuple_GET_ITEM(plan, 6);
+    PyObject *live_class = PyTuple_GET_ITEM(plan, 8);
+    if (!PyTuple_Check(decisions) || PyTuple_GET_SIZE(decisions) != 3 ||
+        (context_var != Py_None &&
+         (!PyContextVar_CheckExact(context_var) || !PyType_Check(context_class))) ||
+        (span_context_class != Py_None && !PyType_Check(span_context_class)) ||
+        !PyType_Check(live_class)) {
+        PyErr_SetString(PyExc_TypeError, "arm(guard, plan): a plan of other types");
+        return NULL;
+    }
+    Py_SETREF(self->plan, Py_NewRef(plan));
+    self->always_drop = PyObject_IsTrue(PyTuple_GET_ITEM(plan, 0)) == 1;
+    for (int i = 0; i < 3; i++) self->decisions[i] = PyTuple_GET_ITEM(decisions, i);
+    PyObject **fields[] = {
+        &self->ratio_bound, &self->context_var, &self->span_key, &self->context_class,
+        &self->span_context_class, &self->getrandbits, &self->live_class, &self->path,
+        &self->later, &self->sampled_flags, &self->no_state, &self->span_abc, &self->detach,
+    };
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+        *fields[i] = PyTuple_GET_ITEM(plan, (Py_ssize_t)i + 2);
+    if (context_var == Py_None) self->span_context_class = Py_None; /* no sampled forwards */
+    Py_SETREF(self->guard, Py_NewRef(guard));
+    Py_RETURN_NONE;
+}
+
+static PyObject *guard_getter(RootHooks *self, void *closure) {
+    return Py_NewRef(self->guard);
+}
+
+static PyGetSetDef roots_getset[] = {
+    {"guard", (getter)guard_getter, NULL,
+     "(object, attribute, expected) reads that must hold for begin() to act, or None.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef roots_methods[] = {
+    {"begin", (PyCFunction)(void (*)(void))roots_begin, METH_FASTCALL,
+     "begin(model, args, kwargs) -> bool: True when this forward's record was made."},
+    {"finish", (PyCFunction)roots_finish, METH_O,
+     "finish(output) -> bool: True when this forward was ended here."},
+    {"arm", (PyCFunction)(void (*)(void))roots_arm, METH_FASTCALL,
+     "arm(guard, plan): what begin() may do, and while which reads hold."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *roots_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {
+        "state", "depth", "make_record", "owner", "tracer", "invalid_span", "tensor_class",
+        "count", "count_tensors", "durations", "images", "detections", "points_owner",
+        "record_every", "name", "attributes", "describe", "input_cache", "describe_inputs",
+        "complete", NULL,
+    };
+    PyObject *state, *depth, *make_record, *owner, *tracer, *invalid_span, *tensor_class,
+        *count, *durations, *images, *detections, *points_owner, *name, *attributes,
+        *input_cache, *describe_inputs, *complete;
+    int count_tensors, describe;
+    Py_ssize_t record_every;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "$OOOOOOOOpOOOOnOOpO!OO:RootHooks", keywords, &state, &depth,
+            &make_record, &owner, &tracer, &invalid_span, &tensor_class, &count,
+            &count_tensors, &durations, &images, &detections, &points_owner, &record_every,
+            &name, &attributes, &describe, &PyDict_Type, &input_cache, &describe_inputs,
+            &complete))
+        return NULL;
+    if (record_every < 1) {
+        PyErr_SetString(PyExc_ValueError, "record_every must be at least 1");
+        return NULL;
+    }
+    if (attributes != Py_None && !PyDict_Check(attributes)) {
+        PyErr_SetString(PyExc_TypeError, "attributes: a dict or None");
+        return NULL;
+    }
+    RootHooks *self = (RootHooks *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    self->record_kwnames = Py_BuildValue("(sss)", "batch_size", "inputs", "previous");
+    if (self->record_kwnames == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->guard = Py_NewRef(Py_None);
+    self->plan = Py_NewRef(Py_None);
+    clear_plan(self);
+    self->state = Py_NewRef(state);
+    self->depth = Py_NewRef(depth);
+    self->make_record = Py_NewRef(make_record);
+    self->owner = Py_NewRef(owner);
+    self->tracer = Py_NewRef(tracer);
+    self->invalid_span = Py_NewRef(invalid_span);
+    self->tensor_class = Py_NewRef(tensor_class);
+    self->count = Py_NewRef(count);
+    self->count_tensors = count_tensors;
+    self->durations = Py_NewRef(durations);
+    self->images = Py_NewRef(images);
+    self->detections = Py_NewRef(detections);
+    self->points_owner = Py_NewRef(points_owner);
+    self->record_every = record_every;
+    self->name = Py_NewRef(name);
+    self->attributes = Py_NewRef(attributes);
+    self->describe = describe;
+    self->input_cache = Py_NewRef(input_cache);
+    self->describe_inputs = Py_NewRef(describe_inputs);
+    self->complete = Py_NewRef(complete);
+    return (PyObject *)self;
+}
+
+static int roots_traverse(RootHooks *self, visitproc visit, void *arg) {
+    Py_VISIT(self->guard);
+    Py_VISIT(self->plan);
+    Py_VISIT(self->state);
+    Py_VISIT(self->depth);
+    Py_VISIT(self->make_record);
+    Py_VISIT(self->owner);
+    Py_VISIT(self->tracer);
+    Py_VISIT(self->invalid_span);
+    Py_VISIT(self->tensor_class);
+    Py_VISIT(self->count);
+    Py_VISIT(self->durations);
+    Py_VISIT(self->images);
+    Py_VISIT(self->detections);
+    Py_VISIT(self->points_owner);
+    Py_VISIT(self->name);
+    Py_VISIT(self->attributes);
+    Py_VISIT(self->input_cache);
+    Py_VISIT(self->describe_inputs);
+    Py_VISIT(self->complete);
+    return 0;
+}
+
+static int roots_clear(RootHooks *self) {
+    clear_plan(self); /* borrowed from plan */
+    Py_CLEAR(self->guard);
+    Py_CLEAR(self->plan);
+    Py_CLEAR(self->state);
+    Py_CLEAR(self->depth);
+    Py_CLEAR(self->make_record);
+    Py_CLEAR(self->record_kwnames);
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->tracer);
+    Py_CLEAR(self->invalid_span);
+    Py_CLEAR(self->tensor_class);
+    Py_CLEAR(self->count);
+    Py_CLEAR(self->durations);
+    Py_CLEAR(self->images);
+    Py_CLEAR(self->detections);
+    Py_CLEAR(self->points_owner);
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->attributes);
+    Py_CLEAR(self->input_cache);
+    Py_CLEAR(self->describe_inputs);
+    Py_CLEAR(self->complete);
+    return 0;
+}
+
+static void roots_dealloc(RootHooks *self) {
+    PyObject_GC_UnTrack(self);
+    roots_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+PyTypeObject RootHooksType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "visiontel.torch._speedups.RootHooks",
+    .tp_basicsize = sizeof(RootHooks),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = roots_new,
+    .tp_traverse = (traverseproc)roots_traverse,
+    .tp_clear = (inquiry)roots_clear,
+    .tp_dealloc = (destructor)roots_dealloc,
+    .tp_getset = roots_getset,
+    .tp_methods = roots_methods,
+    .tp_doc = "RootHooks(*, ...): a model's root-hook work for the forwards it can be sure of.",
+};
+
+int roots_init_names(void) {
+#define NAME(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return -1
+    NAME(str_value, "value");
+    NAME(str_table, "table");
+    NAME(str_span, "span");
+    NAME(str_perf_start, "perf_start_ns");
+    NAME(str_batch_size, "batch_size");
+    NAME(str_previous, "previous");
+    NAME(str_shape, "shape");
+    NAME(str_dim, "dim");
+    NAME(str_append, "append");
+    NAME(str_extend, "extend");
+    NAME(str_due, "due");
+#undef NAME
+    return sampled_init_names();
+}

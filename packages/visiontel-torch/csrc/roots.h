@@ -1,0 +1,79 @@
+/* RootHooks (roots.c): a model's root-hook work, compiled, for the forwards it can be sure
+ * of; dropped.c and sampled.c do the two kinds of forward. */
+#ifndef VISIONTEL_ROOTS_H
+#define VISIONTEL_ROOTS_H
+
+#include "speedups.h"
+
+typedef struct {
+    PyObject_HEAD
+    /* What arm() was given: attribute reads that must hold for begin() to act (or None),
+     * and the plan whose fields follow (held here, its items borrowed below). */
+    PyObject *guard;
+    PyObject *plan;
+    int always_drop;            /* every span dropped under any parent: no parent is read */
+    PyObject *decisions[3];     /* root, local sampled parent, local dropped parent */
+    PyObject *ratio_bound;      /* a new trace's id decides (TraceIdRatioBased), or None */
+    PyObject *context_var;      /* the OpenTelemetry runtime context's ContextVar */
+    PyObject *span_key;         /* the context key of the current span */
+    PyObject *context_class;    /* opentelemetry.context.Context */
+    PyObject *span_context_class; /* SpanContext, built as a tuple */
+    PyObject *getrandbits;      /* random.getrandbits: the SDK's random ids */
+    PyObject *live_class;       /* _livespan._LiveSpan */
+    PyObject *path;             /* the gate's FastPath the live spans use */
+    PyObject *later;            /* the resolver's later(function, *args) */
+    PyObject *sampled_flags;    /* TraceFlags(SAMPLED) */
+    PyObject *no_state;         /* the empty TraceState of a new trace */
+    PyObject *span_abc;         /* opentelemetry.trace.Span */
+    PyObject *detach;           /* opentelemetry.context.detach: a failed reset, logged */
+    /* Fixed per model. */
+    PyObject *state;        /* the model's ThreadRecord (or threading.local) with .record */
+    PyObject *depth;        /* _model._depth: a threading.local with .value */
+    PyObject *make_record;  /* (table, tracer, span, perf ns, wall ns, stamps, **kw) */
+    PyObject *record_kwnames; /* ("batch_size", "inputs", "previous") */
+    PyObject *owner;        /* the model's ProbeTree: .table, .check, .probes, .seen */
+    PyObject *tracer;
+    PyObject *invalid_span;
+    PyObject *tensor_class;
+    PyObject *count;        /* the model's detection counter (count_detections or the user's) */
+    int count_tensors;      /* count is count_detections: a plain tensor is counted here */
+    PyObject *durations, *images, *detections; /* deques of the ForwardPoints */
+    PyObject *points_owner; /* UnsampledPoints: .due makes later work due */
+    Py_ssize_t record_every;
+    PyObject *name;         /* the root span's name */
+    PyObject *attributes;   /* its attributes (plain values), or None: sampled ones in Python */
+    int describe;           /* capture_shapes: the input attributes from input_cache */
+    PyObject *input_cache;  /* _inputs.attribute_cache */
+    PyObject *describe_inputs; /* _inputs.describe_inputs: a signature not cached yet */
+    PyObject *complete;     /* the model's _complete(record, counts, failure) */
+} RootHooks;
+
+/* roots.c */
+int roots_init_names(void);
+int add_depth(RootHooks *self, long change);
+/* `record` made this thread's current one, the forward depth one more: -1 on failure. */
+int push_record(RootHooks *self, PyObject *record);
+int call_method_one(PyObject *target, PyObject *method, PyObject *value);
+extern PyObject *str_value, *str_table, *str_span, *str_perf_start, *str_batch_size,
+    *str_previous, *str_shape, *str_dim, *str_append, *str_extend, *str_due;
+
+/* dropped.c: a dropped forward's record made current (its batch size known); its points
+ * added at the end. Each: -1 with an exception, else 0 (begin) or 1/0 (finish: done or
+ * declined, nothing done). */
+int dropped_begin(RootHooks *self, PyObject *first, PyObject *batch);
+int dropped_finish(RootHooks *self, PyObject *record, long long end, PyObject *output);
+/* dropped.c: the detections of an output, as the model's counter gives them. */
+PyObject *count_output(RootHooks *self, PyObject *output);
+
+/* sampled.c: the decision for a new root span under the current span (1 sampled, 2
+ * dropped, 0 declined: Python decides; -1 error), with the parent's SpanContext (or NULL
+ * for a new trace) and a drawn trace id (or NULL); then a sampled forward's start and end
+ * (1 done, 0 declined with nothing done, -1 error). */
+int sampled_decide(RootHooks *self, PyObject **parent, PyObject **trace_id);
+int sampled_begin(RootHooks *self, PyObject *model, PyObject *first, PyObject *batch,
+                  PyObject *input_attributes, PyObject *parent, PyObject *trace_id);
+int sampled_finish(RootHooks *self, PyObject *record, PyObject *span, long long end,
+                   PyObject *output);
+int sampled_init_names(void);
+
+#endif

@@ -1,0 +1,263 @@
+"""Forwards the sampler keeps: the compiled root hooks (``_speedups.RootHooks``) against the
+pure-Python ones.
+
+The compiled path decides the root span under the current span, starts it as a live span,
+makes it current, and at the end detaches it and queues the rest as later work, as
+``_model``'s Python does. These tests trace the same frames both ways and compare the
+exported spans and points, under every kind of parent the compiled path decides (none, a
+local sampled or dropped one, a trace-id ratio) and the ones it leaves to Python (a remote
+parent, a span promoted inside the forward).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_ON,
+    ParentBased,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import SpanContext, TraceFlags
+
+import visiontel.torch as vt
+from visiontel.torch import _inputs, _model, _otel_private
+
+from torch_support import data_points, loops
+
+BATCHES = [1, 3, 2]
+
+
+class Net(torch.nn.Module):
+    """(B, 4) in, N x 6 out; notes the current span and depth; raises on a NaN input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU())
+        self.head = torch.nn.Linear(8, 6)
+        self.seen: list[tuple[trace.Span, int]] = []
+        self.inside: Any = None  # called inside the forward, when set
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append((trace.get_current_span(), _model.forward_depth()))
+        if self.inside is not None:
+            self.inside()
+        if torch.isnan(x).any():
+            raise ValueError("bad frame")
+        return self.head(self.backbone(torch.cat([x, x])))  # type: ignore[no-any-return]
+
+
+class Traced:
+    """A Net instrumented with a batched, exporting provider of ``sampler``."""
+
+    def __init__(self, sampler: Any = ALWAYS_ON) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider(sampler=sampler)
+        self.tracer_provider.add_span_processor(BatchSpanProcessor(self.exporter))
+        self.reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+        self.python_begins = 0
+
+    @contextlib.contextmanager
+    def instrumented(
+        self, chosen: ModuleType | None, monkeypatch: pytest.MonkeyPatch, **kwargs: Any
+    ) -> Iterator[Net]:
+        original = _model.ModelInstrumentation._begin
+
+        def counted(instrumentation: Any, *args: Any) -> None:
+            self.python_begins += 1
+            original(instrumentation, *args)
+
+        monkeypatch.setattr(_model.ModelInstrumentation, "_begin", counted)
+        with loops(chosen):
+            model = vt.instrument_model(
+                Net(),
+                tracer_provider=self.tracer_provider,
+                meter_provider=self.meter_provider,
+                **kwargs,
+            )
+            try:
+                yield model
+            finally:
+                vt.uninstrument_model(model)
+
+    def spans(self) -> list[Any]:
+        assert vt.flush(10.0) and self.tracer_provider.force_flush()
+        return list(self.exporter.get_finished_spans())
+
+    def points(self) -> dict[str, list[tuple[Any, ...]]]:
+        found: dict[str, list[tuple[Any, ...]]] = {}
+        for name, point in data_points(self.reader):
+            value = getattr(point, "count", getattr(point, "value", None))
+            found.setdefault(name, []).append((sorted(point.attributes.items()), value))
+        return {name: sorted(rows, key=repr) for name, rows in found.items()}
+
+
+def frames(model: Net, batches: list[int]) -> None:
+    with torch.no_grad():
+        for batch in batches:
+            model(torch.randn(batch, 4))
+
+
+def shapes(spans: list[Any]) -> list[tuple[Any, ...]]:
+    """What a reader sees of each span, ids replaced by the name of the parent span."""
+    names = {span.context.span_id: span.name for span in spans}
+    return sorted(
+        (
+            span.name,
+            sorted(span.attributes.items()),
+            names.get(span.parent.span_id, "outside") if span.parent else None,
+            span.kind,
+            span.status.status_code,
+            [event.name for event in span.events],
+            span.resource is spans[0].resource,
+            span.instrumentation_scope.name,
+            span.end_time >= span.start_time,
+        )
+        for span in spans
+    )
+
+
+def run(
+    chosen: ModuleType | None, monkeypatch: pytest.MonkeyPatch, granularity: str
+) -> tuple[list[Any], dict[str, Any], int, Net]:
+    traced = Traced()
+    _inputs.attribute_cache.clear()  # the compiled path describes new input signatures too
+    with traced.instrumented(chosen, monkeypatch, granularity=granularity) as model:
+        frames(model, BATCHES)
+        with torch.no_grad(), pytest.raises(ValueError, match="bad frame"):
+            model(torch.full((2, 4), float("nan")))
+        frames(model, [2])
+    assert trace.get_current_span() is trace.INVALID_SPAN  # every context detached
+    return traced.spans(), traced.points(), traced.python_begins, model
+
+
+@pytest.mark.parametrize("granularity", ["model", "stage"])
+def test_compiled_and_pure_python_give_the_same_spans_and_points(
+    compiled: ModuleType, monkeypatch: pytest.MonkeyPatch, granularity: str
+) -> None:
+    compiled_spans, compiled_points, compiled_begins, compiled_model = run(
+        compiled, monkeypatch, granularity
+    )
+    pure_spans, pure_points, pure_begins, _ = run(None, monkeypatch, granularity)
+    assert shapes(compiled_spans) == shapes(pure_spans)
+    assert compiled_points == pure_points
+    forwards = len(BATCHES) + 2
+    roots = [span for span in compiled_spans if span.name == "inference Net"]
+    assert len(roots) == forwards
+    if granularity == "stage":
+        assert {span.name for span in compiled_spans} > {"inference Net"}
+    # Python set the guard on the first forward; the compiled path began every other one,
+    # and made each forward's root span current inside it.
+    assert (compiled_begins, pure_begins) == (1, forwards)
+    root_ids = [span.context.span_id for span in roots]
+    assert sorted(span.get_span_context().span_id for span, _ in compiled_model.seen) == sorted(
+        root_ids
+    )
+    assert [depth for _, depth in compiled_model.seen] == [1] * forwards
+    assert all(span.attributes["visiontel.batch.size"] for span in roots)
+
+
+def test_forwards_under_a_users_span_follow_its_sampling(
+    compiled: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    traced = Traced(ParentBased(ALWAYS_ON))
+    tracer = traced.tracer_provider.get_tracer("user")
+    dropped_parent = trace.NonRecordingSpan(
+        SpanContext(0xABC, 0xDEF, is_remote=False, trace_flags=TraceFlags(0))
+    )
+    with traced.instrumented(compiled, monkeypatch) as model:
+        frames(model, [1])  # Python sets the guard
+        with tracer.start_as_current_span("frame") as frame:
+            frames(model, [1, 2])
+        with trace.use_span(dropped_parent):
+            frames(model, [3])
+    assert traced.python_begins == 1
+    spans = traced.spans()
+    roots = [span for span in spans if span.name == "inference Net"]
+    assert len(roots) == 3  # none under the dropped parent
+    under_frame = [span for span in roots if span.parent is not None]
+    assert len(under_frame) == 2
+    for span in under_frame:
+        assert span.parent.span_id == frame.get_span_context().span_id
+        assert span.context.trace_id == frame.get_span_context().trace_id
+    (images,) = traced.points()["visiontel.inference.images"]
+    assert images[1] == 7  # the dropped forward's images too
+
+
+def test_a_trace_id_ratio_decides_new_traces_in_the_compiled_path(
+    compiled: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sampler = TraceIdRatioBased(0.5)
+    traced = Traced(ParentBased(sampler))
+    with traced.instrumented(compiled, monkeypatch) as model:
+        frames(model, [1] * 40)
+    assert traced.python_begins == 1  # the first forward's, sampled or not
+    roots = [span for span in traced.spans() if span.name == "inference Net"]
+    assert 0 < len(roots) < 40
+    assert all(span.context.trace_id & sampler.TRACE_ID_LIMIT < sampler.bound for span in roots)
+    (duration,) = traced.points()["visiontel.inference.duration"]
+    assert duration[1] == 40  # every forward timed, sampled or not
+
+
+def test_a_remote_parent_is_left_to_the_tracer(
+    compiled: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    traced = Traced()
+    remote = SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(1))
+    with traced.instrumented(compiled, monkeypatch) as model:
+        frames(model, [1])
+        token = otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(remote)))
+        try:
+            frames(model, [1, 1])
+        finally:
+            otel_context.detach(token)
+        frames(model, [1])
+    assert traced.python_begins == 3  # the first forward and the two under the remote parent
+    roots = [span for span in traced.spans() if span.name == "inference Net"]
+    assert sorted(span.parent is not None and span.parent.is_remote for span in roots) == [
+        False,
+        False,
+        True,
+        True,
+    ]
+
+
+def test_a_root_span_promoted_inside_the_forward_is_ended_by_python(
+    compiled: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    traced = Traced()
+    with traced.instrumented(compiled, monkeypatch) as model:
+        frames(model, [1, 1])
+        model.inside = lambda: trace.get_current_span().add_event("inside")
+        frames(model, [1])
+    assert traced.python_begins == 1
+    roots = [span for span in traced.spans() if span.name == "inference Net"]
+    assert sorted(len(span.events) for span in roots) == [0, 0, 1]
+    assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+def test_without_the_contexts_variable_sampled_forwards_stay_in_python(
+    compiled: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On every API release the tests cover, the gate finds where the context keeps the
+    # current span; where it does not (another runtime context), only Python starts spans.
+    assert _otel_private._context_slot() is not None
+    monkeypatch.setattr(_otel_private, "_context_slot", lambda: None)
+    traced = Traced()
+    with traced.instrumented(compiled, monkeypatch) as model:
+        frames(model, [1, 1, 1])
+    assert traced.python_begins == 3
+    assert len([span for span in traced.spans() if span.name == "inference Net"]) == 3

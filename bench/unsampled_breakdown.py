@@ -2,6 +2,8 @@
 
     nox -s bench -- unsampled_breakdown     # or: python bench/unsampled_breakdown.py
 
+``--sampled GRANULARITY``: the same for forwards that are all sampled.
+
 The launch-bound detector of ``torch_overhead.py`` (320x320, ~90 cheap layers, one thread),
 in blocks of five forwards, each variant one block per round in a rotating order; the
 table gives the median over rounds of (block thread-CPU time / the plain block of the same
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 
 import visiontel.torch as vt
 from visiontel.torch import _runtime
@@ -52,11 +54,17 @@ VISIONTEL = VARIANTS[4:]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=120)
+    parser.add_argument(
+        "--sampled",
+        choices=["model", "stage", "layer"],
+        default=None,
+        help="every forward sampled (ALWAYS_ON), at this granularity, instead of none",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model, images = launch_bound_detector().eval(), torch.randn(1, 3, 320, 320)
-    tracer_provider, meter_provider, _ = make_providers(ALWAYS_OFF)
+    tracer_provider, meter_provider, _ = make_providers(ALWAYS_ON if args.sampled else ALWAYS_OFF)
     undo: list[Callable[[], None]] = []
 
     def install(variant: str) -> None:
@@ -78,7 +86,7 @@ def main() -> int:
             vt.instrument_model(
                 model,
                 name="breakdown",
-                granularity="layer",
+                granularity=args.sampled or "layer",
                 tracer_provider=tracer_provider,
                 meter_provider=meter_provider,
             )
@@ -110,7 +118,8 @@ def main() -> int:
                 times[variant].append(time.thread_time() - start)
                 while undo:
                     undo.pop()()
-    print(f"\ntorch {torch.__version__}, one thread, {args.rounds} rounds of 5 forwards")
+    kept = f"all sampled at {args.sampled} granularity" if args.sampled else "none sampled"
+    print(f"\ntorch {torch.__version__}, one thread, {args.rounds} rounds of 5 forwards, {kept}")
     per_forward = "µs per forward (median)"
     print_paired_table(times, PLAIN, per_forward, lambda block: f"{block / 5 * 1e6:.0f}", 4)
     return 0

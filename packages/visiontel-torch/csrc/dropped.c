@@ -29,38 +29,94 @@ done:
     return result;
 }
 
-/* count_detections' answer for a plain tensor output: [rows] for N x 6, else None. */
-static PyObject *count_tensor(PyObject *output) {
-    PyObject *dim = PyObject_CallMethodNoArgs(output, str_dim);
-    if (dim == NULL) return NULL;
+/* The rows of an N x 6 tensor (one image's detections): 1 and *rows, 0 for another shape,
+ * -1 on error. */
+static int detection_rows(PyObject *tensor, PyObject **rows) {
+    PyObject *dim = PyObject_CallMethodNoArgs(tensor, str_dim);
+    if (dim == NULL) return -1;
     long dims = PyLong_AsLong(dim);
     Py_DECREF(dim);
-    if (dims == -1 && PyErr_Occurred()) return NULL;
-    if (dims != 2) return Py_NewRef(Py_None);
-    PyObject *shape = PyObject_GetAttr(output, str_shape);
-    if (shape == NULL) return NULL;
-    PyObject *counts = NULL;
-    if (!PyTuple_Check(shape) || PyTuple_GET_SIZE(shape) != 2) {
-        counts = Py_NewRef(Py_None);
-    } else {
+    if (dims == -1 && PyErr_Occurred()) return -1;
+    if (dims != 2) return 0;
+    PyObject *shape = PyObject_GetAttr(tensor, str_shape);
+    if (shape == NULL) return -1;
+    int found = 0;
+    if (PyTuple_Check(shape) && PyTuple_GET_SIZE(shape) == 2) {
         long columns = PyLong_AsLong(PyTuple_GET_ITEM(shape, 1));
         if (columns == -1 && PyErr_Occurred()) {
-            counts = NULL;
-        } else if (columns != 6) {
-            counts = Py_NewRef(Py_None);
-        } else {
-            counts = PyList_New(1);
-            if (counts != NULL) PyList_SET_ITEM(counts, 0, Py_NewRef(PyTuple_GET_ITEM(shape, 0)));
+            found = -1;
+        } else if (columns == 6) {
+            *rows = Py_NewRef(PyTuple_GET_ITEM(shape, 0));
+            found = 1;
         }
     }
     Py_DECREF(shape);
+    return found;
+}
+
+/* A torchvision image's dict: its "boxes" tensor's rows (0 for a 0-d one). 1 and *rows, 0
+ * for no such tensor, 2 for a value only count_detections can judge, -1 on error. */
+static int box_rows(RootHooks *self, PyObject *image, PyObject **rows) {
+    PyObject *boxes = PyDict_GetItemWithError(image, str_boxes); /* borrowed */
+    if (boxes == NULL) return PyErr_Occurred() ? -1 : 0;
+    if ((PyObject *)Py_TYPE(boxes) != self->tensor_class) return 2;
+    PyObject *shape = PyObject_GetAttr(boxes, str_shape);
+    if (shape == NULL) return -1;
+    int found = PyTuple_Check(shape) ? 1 : 2;
+    if (found == 1 && PyTuple_GET_SIZE(shape))
+        *rows = Py_NewRef(PyTuple_GET_ITEM(shape, 0));
+    else if (found == 1)
+        *rows = PyLong_FromLong(0);
+    Py_DECREF(shape);
+    return found == 1 && *rows == NULL ? -1 : found;
+}
+
+/* count_detections' answer where the output is made only of exact tensors, lists, tuples
+ * and dicts: a plain N x 6 tensor, a list of them, torchvision's list of dicts. NULL
+ * without an exception where count_detections must be asked. */
+static PyObject *count_plain(RootHooks *self, PyObject *output) {
+    if ((PyObject *)Py_TYPE(output) == self->tensor_class) {
+        PyObject *rows = NULL;
+        int found = detection_rows(output, &rows);
+        if (found < 0) return NULL;
+        if (!found) return Py_NewRef(Py_None);
+        PyObject *counts = PyList_New(1);
+        if (counts == NULL) Py_DECREF(rows);
+        else PyList_SET_ITEM(counts, 0, rows);
+        return counts;
+    }
+    int sequence = PyList_CheckExact(output) || PyTuple_CheckExact(output);
+    if (!sequence && !PyDict_CheckExact(output)) return NULL;
+    Py_ssize_t n = sequence ? PySequence_Fast_GET_SIZE(output) : 1;
+    if (n == 0) return NULL; /* count_detections: None; asked, it says so */
+    PyObject *counts = PyList_New(n);
+    if (counts == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = sequence ? PySequence_Fast_GET_ITEM(output, i) : output;
+        PyObject *rows = NULL;
+        int found;
+        if ((PyObject *)Py_TYPE(item) == self->tensor_class && sequence)
+            found = detection_rows(item, &rows);
+        else if (PyDict_CheckExact(item))
+            found = box_rows(self, item, &rows);
+        else
+            found = 2;
+        if (found != 1) {
+            Py_DECREF(counts);
+            if (found == 0) return Py_NewRef(Py_None);
+            return NULL; /* an error (set), or a case for count_detections (none set) */
+        }
+        PyList_SET_ITEM(counts, i, rows);
+    }
     return counts;
 }
 
 PyObject *count_output(RootHooks *self, PyObject *output) {
     /* shapes only, read now: the output is not kept */
-    if (self->count_tensors && (PyObject *)Py_TYPE(output) == self->tensor_class)
-        return count_tensor(output);
+    if (self->count_tensors) {
+        PyObject *counts = count_plain(self, output);
+        if (counts != NULL || PyErr_Occurred()) return counts;
+    }
     return PyObject_CallOneArg(self->count, output);
 }
 

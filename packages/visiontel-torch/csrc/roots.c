@@ -15,7 +15,7 @@
  * with a new guard and plan. */
 
 PyObject *str_value, *str_table, *str_span, *str_perf_start, *str_batch_size, *str_previous,
-    *str_shape, *str_dim, *str_append, *str_extend, *str_due;
+    *str_shape, *str_dim, *str_append, *str_extend, *str_due, *str_boxes;
 
 static int guard_holds(RootHooks *self) {
     if (!PyTuple_Check(self->guard)) return 0;
@@ -403,6 +403,7 @@ int roots_init_names(void) {
     NAME(str_append, "append");
     NAME(str_extend, "extend");
     NAME(str_due, "due");
+    NAME(str_boxes, "boxes");
 #undef NAME
     return sampled_init_names();
 }

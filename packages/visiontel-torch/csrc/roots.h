@@ -55,7 +55,7 @@ int add_depth(RootHooks *self, long change);
 int push_record(RootHooks *self, PyObject *record);
 int call_method_one(PyObject *target, PyObject *method, PyObject *value);
 extern PyObject *str_value, *str_table, *str_span, *str_perf_start, *str_batch_size,
-    *str_previous, *str_shape, *str_dim, *str_append, *str_extend, *str_due;
+    *str_previous, *str_shape, *str_dim, *str_append, *str_extend, *str_due, *str_boxes;
 
 /* dropped.c: a dropped forward's record made current (its batch size known); its points
  * added at the end. Each: -1 with an exception, else 0 (begin) or 1/0 (finish: done or

@@ -121,7 +121,8 @@ done:
 static PyObject *attach_span(RootHooks *self, PyObject *span) {
     PyObject *current;
     if (PyContextVar_Get(self->context_var, NULL, &current) < 0) return NULL;
-    PyObject *values = current != NULL && PyDict_Check(current) ? PyDict_Copy(current) : PyDict_New();
+    PyObject *values =
+        current != NULL && PyDict_Check(current) ? PyDict_Copy(current) : PyDict_New();
     Py_XDECREF(current);
     if (values == NULL) return NULL;
     PyObject *token = NULL;

@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
     ALWAYS_ON,
     ParentBased,
     TraceIdRatioBased,
@@ -261,3 +262,69 @@ def test_without_the_contexts_variable_sampled_forwards_stay_in_python(
         frames(model, [1, 1, 1])
     assert traced.python_begins == 3
     assert len([span for span in traced.spans() if span.name == "inference Net"]) == 3
+
+
+class Boxes:
+    def __init__(self, rows: int) -> None:
+        self.boxes = [None] * rows
+
+
+def _outputs() -> dict[str, Any]:
+    """Outputs of every shape count_detections knows, and some it does not count."""
+    rows = torch.zeros(3, 6)
+    return {
+        "N x 6": rows,
+        "N x 5": torch.zeros(3, 5),
+        "B x N x 6": torch.zeros(2, 3, 6),
+        "list of N x 6": [rows, torch.zeros(0, 6)],
+        "tuple of N x 6": (rows,),
+        "list with a bad tensor": [rows, torch.zeros(4)],
+        "empty list": [],
+        "torchvision dicts": [{"boxes": torch.zeros(2, 4)}, {"boxes": torch.zeros(0, 4)}],
+        "a dict without boxes": [{"scores": rows}],
+        "a 0-d boxes tensor": {"boxes": torch.tensor(1.0)},
+        "objects with boxes": [Boxes(4), Boxes(1)],
+        "a tensor subclass": [torch.nn.Parameter(rows, requires_grad=False)],
+        "boxes of a tensor subclass": [{"boxes": torch.nn.Parameter(rows, requires_grad=False)}],
+        "something else": "text",
+    }
+
+
+class Echo(torch.nn.Module):
+    def __init__(self, output: Any) -> None:
+        super().__init__()
+        self.output = output
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.output
+
+
+@pytest.mark.parametrize("sampler", [ALWAYS_ON, ALWAYS_OFF], ids=["sampled", "dropped"])
+def test_compiled_detection_counts_are_count_detections(compiled: ModuleType, sampler: Any) -> None:
+    from visiontel.torch._metrics import count_detections
+
+    for label, output in _outputs().items():
+        expected = count_detections(output)
+        for chosen in (compiled, None):
+            traced = Traced(sampler)
+            with loops(chosen):
+                model = vt.instrument_model(
+                    Echo(output),
+                    tracer_provider=traced.tracer_provider,
+                    meter_provider=traced.meter_provider,
+                )
+                with torch.no_grad():
+                    for _ in range(3):
+                        model(torch.zeros(1, 4))
+                roots = _model.instrumentation_of(model)._roots  # type: ignore[union-attr]
+                guarded = roots is not None and roots.guard is not None
+                vt.uninstrument_model(model)
+            assert guarded is (chosen is not None), label
+            assert vt.flush(10.0)
+            found = {name: point for name, point in data_points(traced.reader)}
+            points = found.get("visiontel.inference.detections")
+            if expected is None:
+                assert points is None, label
+            else:
+                assert points is not None, label
+                assert (points.count, points.sum) == (3 * len(expected), 3 * sum(expected)), label

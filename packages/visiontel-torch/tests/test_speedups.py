@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import threading
 import time
 from collections.abc import Callable, Iterator
 from types import ModuleType
@@ -25,7 +26,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 import visiontel.torch as vt
 from visiontel._support.env import env_bool
-from visiontel.torch import _compiled
+from visiontel.torch import _compiled, _resolver
 
 from torch_support import Failing, Reused, Telemetry, TinyDetector, loops, make_telemetry
 
@@ -193,6 +194,47 @@ def test_batched_spans_reach_the_exporter(compiled: ModuleType) -> None:
     spans = exporter.get_finished_spans()
     layers = [s for s in spans if s.parent is not None]
     assert layers and len({s.context.trace_id for s in spans}) == 1
+
+
+def test_the_resolver_thread_builds_only_a_small_forwards_spans_compiled(
+    compiled: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[tuple[int, int]] = []
+    original = _resolver.Resolver._materialise_compiled
+
+    def counted(resolver: Any, module: Any, record: Any, children: Any) -> None:
+        built.append((threading.get_ident(), len(record.stamps or ())))
+        original(resolver, module, record, children)
+
+    monkeypatch.setattr(_resolver.Resolver, "_materialise_compiled", counted)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=10))
+    small = TinyDetector()
+    big = torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(40)))  # 80 stamps
+    with loops(compiled):
+        vt.instrument_model(small, granularity="stage", tracer_provider=provider)
+        vt.instrument_model(big, granularity="layer", tracer_provider=provider)
+        try:
+            with torch.no_grad():
+                small(torch.randn(1, 3, 8, 8))
+                big(torch.randn(2, 4))
+            wanted = {"inference TinyDetector", "inference Sequential"}
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # no flush(): the resolver thread's later work
+                provider.force_flush()
+                if wanted <= {span.name for span in exporter.get_finished_spans()}:
+                    break
+                time.sleep(0.05)
+        finally:
+            vt.uninstrument_model(small)
+            vt.uninstrument_model(big)
+    names = [span.name for span in exporter.get_finished_spans()]
+    assert names.count("inference Sequential") == 1
+    assert set(map(str, range(40))) <= set(names)  # every Linear's span
+    assert len(built) == 1  # the small forward's, on the resolver thread; the big one in Python
+    ((thread, stamps),) = built
+    assert thread != threading.get_ident() and 0 < stamps <= 32
 
 
 # -- the C pieces on their own ----------------------------------------------------------------

@@ -53,6 +53,11 @@ _LATER_BATCH = 64  # later work runs on the thread that queued it once this many
 # itself every few spans and after every item of later work: inference never queues
 # behind a long batch of span creation.
 _SPANS_PER_YIELD = 4
+# The compiled loop (``_speedups.layer_spans``) builds a span in a few µs and cannot hand
+# the GIL over midway: on the resolver thread it takes a forward only while that forward's
+# spans, built in one go, hold the GIL about as long as the Python loop holds it between
+# two hand-overs (16 spans in C against 4 in Python, measured in docs/benchmarks.md).
+_COMPILED_STAMPS_WHILE_HANDING_OVER = 32
 
 LaterWork = tuple[Callable[..., None], tuple[Any, ...]]
 
@@ -267,8 +272,15 @@ class Resolver:
         handing_over = threading.get_ident() == self._thread_ident  # on the resolver thread
         children = self._children_for(record)
         compiled = _compiled.speedups
-        # the C loop holds the GIL throughout: not on the resolver thread, which hands it over
-        fast = compiled is not None and not with_gpu and not handing_over
+        # the C loop holds the GIL throughout: on the resolver thread, which hands it over,
+        # only for a forward with few spans (stage granularity, a small model)
+        fast = (
+            compiled is not None
+            and not with_gpu
+            and (
+                not handing_over or len(record.stamps or ()) <= _COMPILED_STAMPS_WHILE_HANDING_OVER
+            )
+        )
         if fast and isinstance(children, SdkChildren):
             self._materialise_compiled(compiled, record, children)
             return

@@ -268,19 +268,19 @@ static PyObject *roots_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         "state", "depth", "make_record", "owner", "tracer", "invalid_span", "tensor_class",
         "count", "count_tensors", "durations", "images", "detections", "points_owner",
         "record_every", "name", "attributes", "describe", "input_cache", "describe_inputs",
-        "complete", NULL,
+        "instrumentation", "complete", NULL,
     };
     PyObject *state, *depth, *make_record, *owner, *tracer, *invalid_span, *tensor_class,
         *count, *durations, *images, *detections, *points_owner, *name, *attributes,
-        *input_cache, *describe_inputs, *complete;
+        *input_cache, *describe_inputs, *instrumentation, *complete;
     int count_tensors, describe;
     Py_ssize_t record_every;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOOOOOOpOOOOnOOpO!OO:RootHooks", keywords, &state, &depth,
+            args, kwargs, "$OOOOOOOOpOOOOnOOpO!OOO:RootHooks", keywords, &state, &depth,
             &make_record, &owner, &tracer, &invalid_span, &tensor_class, &count,
             &count_tensors, &durations, &images, &detections, &points_owner, &record_every,
             &name, &attributes, &describe, &PyDict_Type, &input_cache, &describe_inputs,
-            &complete))
+            &instrumentation, &complete))
         return NULL;
     if (record_every < 1) {
         PyErr_SetString(PyExc_ValueError, "record_every must be at least 1");
@@ -288,6 +288,10 @@ static PyObject *roots_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     if (attributes != Py_None && !PyDict_Check(attributes)) {
         PyErr_SetString(PyExc_TypeError, "attributes: a dict or None");
+        return NULL;
+    }
+    if (!PyWeakref_CheckRef(instrumentation)) {
+        PyErr_SetString(PyExc_TypeError, "instrumentation: a weak reference");
         return NULL;
     }
     RootHooks *self = (RootHooks *)type->tp_alloc(type, 0);
@@ -319,6 +323,7 @@ static PyObject *roots_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->describe = describe;
     self->input_cache = Py_NewRef(input_cache);
     self->describe_inputs = Py_NewRef(describe_inputs);
+    self->instrumentation = Py_NewRef(instrumentation);
     self->complete = Py_NewRef(complete);
     return (PyObject *)self;
 }
@@ -342,6 +347,7 @@ static int roots_traverse(RootHooks *self, visitproc visit, void *arg) {
     Py_VISIT(self->attributes);
     Py_VISIT(self->input_cache);
     Py_VISIT(self->describe_inputs);
+    Py_VISIT(self->instrumentation);
     Py_VISIT(self->complete);
     return 0;
 }
@@ -367,6 +373,7 @@ static int roots_clear(RootHooks *self) {
     Py_CLEAR(self->attributes);
     Py_CLEAR(self->input_cache);
     Py_CLEAR(self->describe_inputs);
+    Py_CLEAR(self->instrumentation);
     Py_CLEAR(self->complete);
     return 0;
 }

@@ -45,7 +45,8 @@ typedef struct {
     int describe;           /* capture_shapes: the input attributes from input_cache */
     PyObject *input_cache;  /* _inputs.attribute_cache */
     PyObject *describe_inputs; /* _inputs.describe_inputs: a signature not cached yet */
-    PyObject *complete;     /* the model's _complete(record, counts, failure) */
+    PyObject *instrumentation; /* a weak reference to the model's ModelInstrumentation */
+    PyObject *complete;     /* ModelInstrumentation._complete(instrumentation, record, ...) */
 } RootHooks;
 
 /* roots.c */

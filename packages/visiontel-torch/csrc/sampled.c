@@ -216,6 +216,14 @@ int sampled_finish(RootHooks *self, PyObject *record, PyObject *span, long long 
     int gpu = events != Py_None;
     Py_DECREF(events);
     if (gpu) return 0;
+    /* held weakly: a strong reference from here would make the model's instrumentation
+     * (and the submodules its tree holds) wait for the cyclic collector once removed */
+    PyObject *instrumentation = PyObject_CallNoArgs(self->instrumentation);
+    if (instrumentation == NULL) return -1;
+    if (instrumentation == Py_None) {
+        Py_DECREF(instrumentation);
+        return 0;
+    }
     PyObject *previous = NULL, *perf_end = NULL, *token = NULL, *probes = NULL, *stamps = NULL;
     PyObject *counts = NULL, *later = NULL;
     int result = -1;
@@ -246,11 +254,12 @@ int sampled_finish(RootHooks *self, PyObject *record, PyObject *span, long long 
     if (PyObject_SetAttr(record, str_inputs, Py_None) < 0 ||
         PyObject_SetAttr(record, str_previous, Py_None) < 0)
         goto done;
-    later = PyObject_CallFunctionObjArgs(self->later, self->complete, record, counts, Py_None,
-                                         NULL);
+    later = PyObject_CallFunctionObjArgs(self->later, self->complete, instrumentation, record,
+                                         counts, Py_None, NULL);
     if (later == NULL) goto done;
     result = 1;
 done:
+    Py_DECREF(instrumentation);
     Py_XDECREF(previous);
     Py_XDECREF(perf_end);
     Py_XDECREF(token);

@@ -12,6 +12,8 @@ parent, a span promoted inside the forward).
 from __future__ import annotations
 
 import contextlib
+import gc
+import weakref
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -328,3 +330,26 @@ def test_compiled_detection_counts_are_count_detections(compiled: ModuleType, sa
             else:
                 assert points is not None, label
                 assert (points.count, points.sum) == (3 * len(expected), 3 * sum(expected)), label
+
+
+def test_a_removed_instrumentation_is_freed_without_the_cyclic_collector(
+    compiled: ModuleType,
+) -> None:
+    # Nothing of the compiled hooks may keep the instrumentation, and through its tree the
+    # model's modules (their parameters: GPU memory), alive once the model is uninstrumented.
+    traced = Traced()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with loops(compiled):
+            model = vt.instrument_model(Net(), tracer_provider=traced.tracer_provider)
+            instrumentation = weakref.ref(_model.instrumentation_of(model))
+            frames(model, [1, 2, 1])  # compiled, sampled, finished through later work
+            assert vt.flush(10.0)
+            head = weakref.ref(model.head)
+            vt.uninstrument_model(model)
+            del model
+        assert instrumentation() is None and head() is None
+    finally:
+        if enabled:
+            gc.enable()

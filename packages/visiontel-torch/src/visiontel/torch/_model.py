@@ -173,7 +173,10 @@ class ModelInstrumentation:
             describe=self.config.capture_shapes,
             input_cache=attribute_cache,
             describe_inputs=describe_inputs,
-            complete=self._complete,
+            # weakly: RootHooks must not keep this object (and the modules its tree holds)
+            # alive in a cycle once the hooks are removed
+            instrumentation=weakref.ref(self),
+            complete=ModelInstrumentation._complete,
         )
 
     # -- root hooks ----------------------------------------------------------------------

@@ -86,9 +86,10 @@ static PyObject *start_span(RootHooks *self, PyObject *wall, PyObject *parent,
                             PyObject *trace_id, PyObject *input_attributes) {
     PyObject *span_id = NULL, *new_trace = NULL, *context = NULL, *attributes = NULL;
     PyObject *span = NULL;
-    if ((span_id = draw_id(self, bits64)) == NULL) goto done;
+    /* a new trace's id first, then the span's: the order the SDK's tracer draws them in */
     PyObject *trace = parent != NULL ? PyTuple_GET_ITEM(parent, 0) : trace_id;
     if (trace == NULL && (trace = new_trace = draw_id(self, bits128)) == NULL) goto done;
+    if ((span_id = draw_id(self, bits64)) == NULL) goto done;
     PyObject *state = parent != NULL ? PyTuple_GET_ITEM(parent, 4) : self->no_state;
     /* what tuple.__new__(SpanContext, items) makes (the gate checked the layout) */
     PyTypeObject *context_type = (PyTypeObject *)self->span_context_class;
@@ -174,6 +175,12 @@ int sampled_begin(RootHooks *self, PyObject *model, PyObject *first, PyObject *b
     if (push_record(self, record) < 0) goto done;
     result = 0;
 done:
+    if (result < 0 && token != NULL) { /* failed once attached: the caller's context back */
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        if (PyContextVar_Reset(self->context_var, token) < 0) PyErr_Clear();
+        PyErr_Restore(type, value, traceback);
+    }
     Py_XDECREF(wall);
     Py_XDECREF(perf);
     Py_XDECREF(span);

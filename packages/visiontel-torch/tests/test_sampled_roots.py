@@ -36,7 +36,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import SpanContext, TraceFlags
 
 import visiontel.torch as vt
-from visiontel.torch import _inputs, _model, _otel_private
+from visiontel.torch import _inputs, _model, _otel_private, _probes
 
 from torch_support import data_points, loops
 
@@ -353,3 +353,21 @@ def test_a_removed_instrumentation_is_freed_without_the_cyclic_collector(
     finally:
         if enabled:
             gc.enable()
+
+
+@pytest.mark.parametrize("kind", ["compiled", "python"])
+def test_a_failure_once_the_root_span_is_current_gives_the_context_back(
+    compiled: ModuleType, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    traced = Traced()
+    chosen = compiled if kind == "compiled" else None
+    with traced.instrumented(chosen, monkeypatch, granularity="stage") as model:
+        frames(model, [1])  # Python sets the guard
+
+        def broken(_probes: Any) -> None:
+            raise RuntimeError("arming failed")
+
+        monkeypatch.setattr(_probes.ChildProbes, "arm", broken)
+        frames(model, [1])  # the error is reported, the forward runs
+        assert trace.get_current_span() is trace.INVALID_SPAN
+    assert traced.python_begins == (1 if chosen else 2)

@@ -242,10 +242,14 @@ class ModelInstrumentation:
             record.events = self._events_for(inputs)
             if record.events is not None:
                 record.start_event = record.events.acquire()
-            record.context_token = otel_context.attach(trace.set_span_in_context(span))
+            token = record.context_token = otel_context.attach(trace.set_span_in_context(span))
             if record.stamps is not None:
                 record.probes = tree.probes
-                record.probes.arm()
+                try:
+                    record.probes.arm()
+                except BaseException:
+                    otel_context.detach(token)  # the caller's context back, then reported
+                    raise
         self._tls.record = record
         _depth.value += 1
 

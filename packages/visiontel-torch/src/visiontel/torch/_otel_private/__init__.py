@@ -4,8 +4,11 @@ visiontel-torch makes its own spans (stages, a forward's root, its layers) witho
 SDK's ``start_span`` where nothing in the SDK's start-up work could change the outcome: it
 builds the finished ``ReadableSpan`` itself and hands it to the span processors' ``on_end``.
 That needs pieces the SDK keeps private (the provider's processor list, the tracer's span
-limits and sampler delegates, ``_Span``'s constructor, the batch processor's queue) and one
-API shortcut (a ``SpanContext`` tuple built without re-validating known-good ids).
+limits and sampler delegates, ``_Span``'s constructor, the batch processor's queue) and two
+API shortcuts: a ``SpanContext`` tuple built without re-validating known-good ids, and,
+for the compiled root hooks, where the API's runtime context keeps the current span (its
+``ContextVar`` and key, ``_context_slot``: checked once through the public API, None
+otherwise, and then only Python starts root spans).
 
 ``fast_path_for(provider)`` is the one gate. It gives a ``FastPath`` only when all of these
 hold, and ``None`` (use the public API) otherwise:
@@ -41,10 +44,10 @@ from visiontel.torch._otel_private._histograms import fold as _fold
 from visiontel.torch.version import SCHEMA_URL, __version__
 
 TESTED_SDK = ((1, 30), (1, 45))
-TORCH_SCOPE = ("visiontel.torch", __version__, SCHEMA_URL)
-SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-"""(name, version, schema URL) of the instrumentation scope spans are made for, by default."""
 """The first and last opentelemetry-sdk (major, minor) the test matrix covers."""
+TORCH_SCOPE = ("visiontel.torch", __version__, SCHEMA_URL)
+"""(name, version, schema URL) of the instrumentation scope spans are made for, by default."""
+SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 RATIO_TRACE_ID_MASK = (1 << 64) - 1
 """The bits of a trace id ``TraceIdRatioBased`` compares with its bound (``root_ratio_bound``)."""
 

@@ -49,6 +49,11 @@ STRICT_SKIPS = {"VISIONTEL_STRICT_SKIPS": "1", "VISIONTEL_MAY_LACK": "cuda"}
 COMPILED = {"VISIONTEL_REQUIRE_SPEEDUPS": "1"}
 PURE_PYTHON = {"VISIONTEL_TORCH_PURE_PYTHON": "true"}
 
+# visiontel-spool's SIGKILL test (25 children killed at random moments, ~25 s) proves the
+# spool's file format, which no torch or OpenTelemetry release changes: `isolated` runs it
+# in full, the sessions that run spool's tests again on other releases kill 5 times.
+SPOOL_FEW_KILLS = {"VISIONTEL_SPOOL_KILLS": "5"}
+
 
 def _torch_pins(session: nox.Session, torch_version: str) -> list[str]:
     """``-c FILE`` arguments holding torch and its torchvision at the session's versions."""
@@ -124,7 +129,7 @@ def tests(session: nox.Session, torch: str) -> None:
         others = [t for t in sorted(demo.glob("test_*.py")) if t.name != DEMO_ON_ALL]
         ignore += [f"--ignore={t}" for t in others]
         targets = [t for t in targets if pathlib.Path(t).parent.name not in TORCH_FREE]
-    env = {"VISIONTEL_TEST_TORCH": torch, **STRICT_SKIPS, **COMPILED}
+    env = {"VISIONTEL_TEST_TORCH": torch, **STRICT_SKIPS, **COMPILED, **SPOOL_FEW_KILLS}
     session.run("pytest", *targets, *ignore, "-m", "not e2e", *session.posargs, env=env)
 
 
@@ -243,7 +248,7 @@ def floor(session: nox.Session, otel: str) -> None:
         "python", "-c", "import opentelemetry.sdk.version as v; print('sdk', v.__version__)"
     )
     targets = [str(ROOT / "packages" / n / "tests") for n in names]
-    env = {"VISIONTEL_TEST_TORCH": TORCH_OLDEST, **STRICT_SKIPS, **COMPILED}
+    env = {"VISIONTEL_TEST_TORCH": TORCH_OLDEST, **STRICT_SKIPS, **COMPILED, **SPOOL_FEW_KILLS}
     if otel != min(OTEL_RELEASES):  # between floor and newest: what touches the SDK's pieces
         torch_tests = ROOT / "packages" / "visiontel-torch" / "tests"
         targets[0:1] = [str(torch_tests / f"test_{name}.py") for name in OTEL_SENSITIVE]

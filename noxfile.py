@@ -50,8 +50,8 @@ COMPILED = {"VISIONTEL_REQUIRE_SPEEDUPS": "1"}
 PURE_PYTHON = {"VISIONTEL_TORCH_PURE_PYTHON": "true"}
 
 # visiontel-spool's SIGKILL test (25 children killed at random moments, ~25 s) proves the
-# spool's file format, which no torch or OpenTelemetry release changes: `isolated` runs it
-# in full, the sessions that run spool's tests again on other releases kill 5 times.
+# spool's file format, which no OpenTelemetry release changes: `isolated` runs it in full,
+# `floor`, which runs spool's tests again on older releases, kills 5 times.
 SPOOL_FEW_KILLS = {"VISIONTEL_SPOOL_KILLS": "5"}
 
 
@@ -129,7 +129,10 @@ def tests(session: nox.Session, torch: str) -> None:
         others = [t for t in sorted(demo.glob("test_*.py")) if t.name != DEMO_ON_ALL]
         ignore += [f"--ignore={t}" for t in others]
         targets = [t for t in targets if pathlib.Path(t).parent.name not in TORCH_FREE]
-    env = {"VISIONTEL_TEST_TORCH": torch, **STRICT_SKIPS, **COMPILED, **SPOOL_FEW_KILLS}
+    # visiontel-support's and -spool's tests run in `isolated` on the same (newest) releases
+    # of everything they import, and spool's in `floor` beside torch and propagation.
+    targets = [t for t in targets if pathlib.Path(t).parent.name not in ISOLATED_ONLY]
+    env = {"VISIONTEL_TEST_TORCH": torch, **STRICT_SKIPS, **COMPILED}
     session.run("pytest", *targets, *ignore, "-m", "not e2e", *session.posargs, env=env)
 
 
@@ -137,6 +140,9 @@ def tests(session: nox.Session, torch: str) -> None:
 DEMO_ON_ALL = "test_demo_pipeline.py"
 # Distributions that never import torch: `tests` runs them on the newest torch only.
 TORCH_FREE = ("visiontel-support", "visiontel-gpu", "visiontel-spool")
+# Distributions whose tests `tests` leaves to `isolated` (a CI budget): they import neither
+# torch nor a neighbour, and `isolated` installs the same newest releases of what they do.
+ISOLATED_ONLY = ("visiontel-support", "visiontel-spool")
 
 
 def _unit_test_dirs() -> list[str]:

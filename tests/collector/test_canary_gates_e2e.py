@@ -202,17 +202,26 @@ def verdicts(
         ("overdetect", CANARY, "overdetect"),  # each run has a Prometheus of its own
         ("slow", CANARY, "slow"),
     ):
-        workdir = tmp_path_factory.mktemp(name)
-        stack = _start(workdir)
-        try:
-            _run_demo(stack, workdir, canary, fault)
-            found[name] = evaluate_gates(stack, canary)
-            if name == "healthy":
-                found["no frames"] = evaluate_gates(stack, "3.0-never-served")
-                _synthetic_gpu_canary(stack, "2.0-gpu")
-                found["gpu and errors"] = evaluate_gates(stack, "2.0-gpu")
-        finally:
-            stack.stop()
+        # A p99 over ~120 forwards is about their second slowest: one stall of another
+        # process on this shared 2-core machine can put a healthy canary past the limit
+        # (2.74 was seen once in CI). A healthy run whose latency gate fails is run once
+        # more, in a fresh stack, and that run is judged; the slow canary (4-5x) on one.
+        for attempt in range(2 if name == "healthy" else 1):
+            workdir = tmp_path_factory.mktemp(name)
+            stack = _start(workdir)
+            try:
+                _run_demo(stack, workdir, canary, fault)
+                found[name] = evaluate_gates(stack, canary)
+                if name == "healthy":
+                    found["no frames"] = evaluate_gates(stack, "3.0-never-served")
+                    _synthetic_gpu_canary(stack, "2.0-gpu")
+                    found["gpu and errors"] = evaluate_gates(stack, "2.0-gpu")
+            finally:
+                stack.stop()
+            latency = found[name]["p99-latency-ratio"]
+            if name != "healthy" or (latency.argo == "Successful" and latency.flagger_pass):
+                break
+            print(f"healthy run {attempt + 1}: p99 ratio {latency.argo_result}")
     for name, gates in found.items():  # the figures, for the log of the run
         for gate, verdict in gates.items():
             print(f"{name:<15} {gate:<18} {verdict}")

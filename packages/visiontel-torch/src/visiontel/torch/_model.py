@@ -191,11 +191,13 @@ class ModelInstrumentation:
             if roots is not None and roots.begin(model, args, kwargs):
                 return  # compiled: what the rest does, while the gate's guard holds
             spans = self._runtime.spans
+            dropped = spans.drops_hidden()  # asks the gate: spans.batched is current now
             # A guard still set declined this forward (its inputs, a remote parent, a GPU),
-            # it was not broken: it is rebuilt only once a read broke it (begin cleared it).
-            if roots is not None and roots.guard is None:
+            # it was not broken: it is rebuilt only once a read broke it (begin cleared it),
+            # and never for a provider whose spans do not end in batches (none can be).
+            if roots is not None and roots.guard is None and spans.batched:
                 roots.arm(*spans.compiled_roots())
-            if spans.drops_hidden():
+            if dropped:
                 self._begin_dropped(args, kwargs)
             else:
                 self._begin(model, args, kwargs)

@@ -95,7 +95,7 @@ static PyObject *count_plain(RootHooks *self, PyObject *output) {
         PyObject *item = sequence ? PySequence_Fast_GET_ITEM(output, i) : output;
         PyObject *rows = NULL;
         int found;
-        if ((PyObject *)Py_TYPE(item) == self->tensor_class && sequence)
+        if ((PyObject *)Py_TYPE(item) == self->tensor_class) /* only ever an item of one */
             found = detection_rows(item, &rows);
         else if (PyDict_CheckExact(item))
             found = box_rows(self, item, &rows);

@@ -119,15 +119,15 @@ static PyObject *roots_begin(RootHooks *self, PyObject *const *args, Py_ssize_t 
         Py_DECREF(shape);
         return NULL;
     }
-    int done = -1;
+    int declined = -1; /* 0: begun here, 1: left to Python, -1: error */
     PyObject *parent = NULL, *trace_id = NULL;
     if (self->always_drop) {
-        done = dropped_begin(self, first, batch);
+        declined = dropped_begin(self, first, batch);
         goto finished;
     }
     if (self->attributes == Py_None || self->span_context_class == Py_None ||
         self->getrandbits == Py_None) {
-        done = 1; /* declined */
+        declined = 1;
         goto finished;
     }
     /* a GPU forward needs events: Python times it */
@@ -136,7 +136,7 @@ static PyObject *roots_begin(RootHooks *self, PyObject *const *args, Py_ssize_t 
     int cuda = PyObject_IsTrue(on_cuda);
     Py_DECREF(on_cuda);
     if (cuda) {
-        done = cuda < 0 ? -1 : 1;
+        declined = cuda < 0 ? -1 : 1;
         goto finished;
     }
     int decision = sampled_decide(self, &parent, &trace_id);
@@ -145,20 +145,20 @@ static PyObject *roots_begin(RootHooks *self, PyObject *const *args, Py_ssize_t 
         if (self->describe &&
             (described = input_attributes(self, first, shape, batch, call_args, kwargs)) == NULL)
             goto finished;
-        done = sampled_begin(self, model, first, batch, described, parent, trace_id);
+        declined = sampled_begin(self, model, first, batch, described, parent, trace_id);
         Py_XDECREF(described);
     } else if (decision == 2) {
-        done = dropped_begin(self, first, batch);
+        declined = dropped_begin(self, first, batch);
     } else {
-        done = decision == 0 ? 1 : -1;
+        declined = decision == 0 ? 1 : -1;
     }
 finished:
     Py_DECREF(shape);
     Py_DECREF(batch);
     Py_XDECREF(parent);
     Py_XDECREF(trace_id);
-    if (done < 0) return NULL;
-    if (done) Py_RETURN_FALSE;
+    if (declined < 0) return NULL;
+    if (declined) Py_RETURN_FALSE;
     Py_RETURN_TRUE;
 }
 

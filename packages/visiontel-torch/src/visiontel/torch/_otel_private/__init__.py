@@ -191,11 +191,14 @@ class FastPath:
         self._readable_span = ReadableSpan
         self.on_end = self._processor.on_end
         self.new_span_id = provider.id_generator.generate_span_id
-        # The SDK's RandomIdGenerator draws span ids with random.getrandbits(64) (retrying 0):
-        # the compiled span builder calls that directly, and retries 0 itself.
+        # The SDK's RandomIdGenerator draws ids with random.getrandbits (retrying 0): the
+        # compiled code calls that directly, and retries 0 itself.
+        self._draw_bits = (
+            random.getrandbits if type(provider.id_generator) is RandomIdGenerator else None
+        )
         self._span_id_bits = (
             functools.partial(random.getrandbits, 64)
-            if type(provider.id_generator) is RandomIdGenerator
+            if self._draw_bits is not None
             else self.new_span_id
         )
         self.new_trace_id = provider.id_generator.generate_trace_id
@@ -229,7 +232,7 @@ class FastPath:
             self.max_attributes,
             self.max_attribute_length is not None,
             # a forward's span ids drawn in one call, where they are the SDK's random ones
-            random.getrandbits if type(provider.id_generator) is RandomIdGenerator else None,
+            self._draw_bits,
         )
 
     def stale(self) -> bool:
@@ -285,7 +288,7 @@ class FastPath:
             self.root_ratio_bound,
             *slot,
             self._context_class,
-            self.span_parts[-1],
+            self._draw_bits,
         )
 
     def _enabled_check(self) -> tuple[Any, str, Any] | None:

@@ -38,6 +38,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 import visiontel.torch as vt
 from visiontel.torch import _otel_private
 from visiontel.torch._metrics import UNSAMPLED_CONTEXT
+from visiontel.torch._runtime import runtime_for
 
 from torch_support import TinyDetector, data_points
 
@@ -140,7 +141,7 @@ def test_folded_batches_equal_recorded_values(case: str, context_name: str) -> N
     folded, recorded = _histogram(folded_provider), _histogram(recorded_provider)
     memo: dict[str, Any] = {}
     for batch in BATCHES:
-        assert _otel_private.fold_points(folded, batch, ATTRIBUTES, context, memo)
+        assert _otel_private.fold_points(folded, batch, ATTRIBUTES, (context,), memo)
         for value in batch:
             recorded.record(value, ATTRIBUTES, context=context)
         # collected after every batch: the delta case swaps its aggregations out each time
@@ -153,6 +154,40 @@ def test_folded_batches_equal_recorded_values(case: str, context_name: str) -> N
                 assert with_exemplars, "a sampled span's values are offered as exemplars"
             else:
                 assert not with_exemplars
+
+
+def _sampled_context(trace_id: int, span_id: int) -> Any:
+    flags = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+    span_context = trace.SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags)
+    return trace.set_span_in_context(trace.NonRecordingSpan(span_context))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_values_with_their_own_contexts_equal_recorded_values(case: str) -> None:
+    """Sampled forwards finished in one run of later work: one fold, each value with its
+    own span's context (sampled ones and an unsampled one among them, some in one bucket)."""
+    own = [_sampled_context(0xA1 + n, 0xB1 + n) for n in range(4)] + [UNSAMPLED_CONTEXT]
+    folded_provider, folded_readers = CASES[case]()
+    recorded_provider, recorded_readers = CASES[case]()
+    folded, recorded = _histogram(folded_provider), _histogram(recorded_provider)
+    memo: dict[str, Any] = {}
+    for batch in BATCHES:
+        contexts = [own[(index * 3 + len(batch)) % len(own)] for index in range(len(batch))]
+        assert _otel_private.fold_points(folded, batch, ATTRIBUTES, contexts, memo)
+        for value, context in zip(batch, contexts, strict=True):
+            recorded.record(value, ATTRIBUTES, context=context)
+        for mine, theirs in zip(folded_readers, recorded_readers, strict=True):
+            points = _collected(mine)
+            assert points == _collected(theirs)
+            span_ids = {e[2] for p in points for e in p["exemplars"]}
+            if "always off" in case:
+                assert not span_ids
+            else:
+                assert span_ids and span_ids <= {0xB1, 0xB2, 0xB3, 0xB4}
+            if "other buckets" in case and len(batch) > 1:  # values in several buckets
+                assert len(span_ids) > 1, "each value's exemplar names its own span"
+    with pytest.raises(ValueError, match="2 contexts for 3 values"):
+        _otel_private.fold_points(folded, [0.1, 0.2, 0.3], ATTRIBUTES, own[:2], memo)
 
 
 def test_points_land_where_the_sdk_puts_them(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -171,7 +206,7 @@ def test_points_land_where_the_sdk_puts_them(monkeypatch: pytest.MonkeyPatch) ->
     histogram = _histogram(provider)
     memo: dict[str, Any] = {}
     for batch in BATCHES:
-        _otel_private.fold_points(histogram, batch, ATTRIBUTES, UNSAMPLED_CONTEXT, memo)
+        _otel_private.fold_points(histogram, batch, ATTRIBUTES, (UNSAMPLED_CONTEXT,), memo)
     assert through_the_sdk == [BATCHES[0][0]]
     values = [value for batch in BATCHES for value in batch]
     (point,) = [p for p in _collected(reader) if p["metric"] == "h"]
@@ -202,7 +237,7 @@ def test_the_sdk_records_when_folding_could_differ(why: str) -> None:
     if why == "no SDK":
         histogram = trace  # not an SDK histogram at all
     memo: dict[str, Any] = {}
-    assert not _otel_private.fold_points(histogram, values, attributes, UNSAMPLED_CONTEXT, memo)
+    assert not _otel_private.fold_points(histogram, values, attributes, (UNSAMPLED_CONTEXT,), memo)
     assert _collected(reader) == []
 
 
@@ -364,3 +399,93 @@ def test_an_uninstrumented_model_s_last_points_still_count() -> None:
         assert len(unsampled._batches) == batches_before - 3
     finally:
         tracer_provider.shutdown()
+
+
+def _run_sampled(
+    forwards: int, granularity: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[dict[str, Any], list[Any], int, list[int]]:
+    """``forwards`` sampled forwards and a stage each, spans batched: (points by metric,
+    the spans, SDK records, values per fold of the duration histogram)."""
+    records, folds = 0, []
+    sdk_record, fold = SdkHistogram.record, _otel_private._fold
+
+    def counted_record(self: Any, *args: Any, **kwargs: Any) -> None:
+        nonlocal records
+        records += 1
+        sdk_record(self, *args, **kwargs)
+
+    def counted_fold(histogram: Any, values: Any, *args: Any) -> bool:
+        if histogram.name == "visiontel.inference.duration":
+            folds.append(len(values))
+        return fold(histogram, values, *args)
+
+    monkeypatch.setattr(SdkHistogram, "record", counted_record)
+    monkeypatch.setattr(_otel_private, "_fold", counted_fold)
+    reader, exporter = InMemoryMetricReader(), InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+    meter_provider = MeterProvider(metric_readers=[reader])
+    runtime = runtime_for(tracer_provider, meter_provider)  # the model's
+    model = vt.instrument_model(
+        TinyDetector(boxes_per_image=3),
+        name="det",
+        granularity=granularity,
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+    )
+    post = vt.stage("post", model="det", _runtime=runtime)
+    try:
+        with torch.inference_mode():
+            for _ in range(forwards):
+                model(torch.randn(2, 3, 8, 8))
+                with post:
+                    pass
+        assert vt.flush(10.0)
+        tracer_provider.force_flush()
+        by_metric: dict[str, Any] = {}
+        for name, point in data_points(reader):
+            stage = dict(point.attributes).get("visiontel.stage")
+            by_metric[name if stage in {None, "inference"} else f"{name} {stage}"] = point
+    finally:
+        vt.uninstrument_model(model)
+        tracer_provider.shutdown()
+    return by_metric, list(exporter.get_finished_spans()), records, folds
+
+
+@pytest.mark.parametrize("granularity", ["model", "stage"])
+def test_sampled_points_are_folded_at_the_end_of_the_later_work(
+    granularity: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sampled forwards finished as later work leave their points to the end of the run:
+    the same points and exemplars as one ``record`` each, each exemplar naming its own
+    forward's span and carrying that span's duration."""
+    points, spans, folded_records, folds = _run_sampled(6, granularity, monkeypatch)
+    _otel_private._use_public_api(True)
+    public, _, public_records, _ = _run_sampled(6, granularity, monkeypatch)
+    # folded: only the stage's first point went through record() (a stage object used once
+    # records directly, _StageEnd.complete)
+    assert folded_records == 1
+    assert public_records == 6 + 12 + 6  # durations, detections per image, the stage's
+    # the model's six and the stage's last five, folded a batch per attribute set and run
+    # of later work (one run here, unless the resolver thread woke in the middle)
+    assert sum(folds) == 11 and len(folds) < 11, folds
+    for name in (
+        "visiontel.inference.duration",
+        "visiontel.inference.detections",
+        "visiontel.inference.duration post",
+    ):
+        assert points[name].count == public[name].count
+    assert points["visiontel.inference.detections"].sum == 36
+    by_span_id = {span.context.span_id: span for span in spans}
+    for name, span_name in (
+        ("visiontel.inference.duration", "inference det"),
+        ("visiontel.inference.duration post", "post"),
+    ):
+        exemplars = points[name].exemplars
+        assert exemplars, name
+        for exemplar in exemplars:
+            span = by_span_id[exemplar.span_id]
+            assert span.name == span_name
+            assert span.context.trace_id == exemplar.trace_id
+            assert span.end_time is not None and span.start_time is not None
+            assert math.isclose(exemplar.value, (span.end_time - span.start_time) / 1e9)

@@ -64,6 +64,7 @@ class InferenceMetrics:
             _DURATION_BUCKETS,
         )
         self.unsampled = UnsampledPoints()
+        self.sampled = SampledPoints()
         self.dropped = meter.create_counter(
             "visiontel.torch.dropped",
             "{forward}",
@@ -101,7 +102,7 @@ def record_points(
     in one step where the gate allows (exemplars as the SDK would keep them), else one
     ``record`` each. ``memo``: a dict the caller keeps for this histogram and attribute set.
     """
-    if not fold_points(histogram, values, attributes, context, memo):
+    if not fold_points(histogram, values, attributes, (context,), memo):
         for value in values:
             histogram.record(value, attributes, context=context)
 
@@ -232,6 +233,64 @@ class UnsampledPoints:
         """Forget the waiting points (a forked child: they belong to the parent)."""
         for batch in list(self._batches.values()):
             batch.values.clear()
+
+
+class SampledPoints:
+    """Metric points of sampled forwards and stages finished as later work, each with its
+    span's context (its exemplar), recorded together at the end of that run of later work:
+    the points of one histogram and attribute set go into the SDK's storage in one step,
+    each value offered as an exemplar with its own context, as ``record`` would offer it.
+
+    Only later work adds here, under the resolver's later-work lock, and the run that added
+    them records them before it ends (or every ``_RECORD_EVERY`` points on a long run), so
+    nothing waits past the run: a collection or ``flush`` that drains the later work sees
+    them.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: list[tuple[Any, dict[str, Any], dict[str, Any], float, Context]] = []
+
+    def add(
+        self,
+        histogram: metrics.Histogram,
+        values: Sequence[float],
+        attributes: dict[str, Any],
+        context: Context,
+        memo: dict[str, Any],
+    ) -> None:
+        """As ``record_points(histogram, values, attributes, context, memo)``, at the end of
+        this run of later work."""
+        waiting = self._waiting
+        for value in values:
+            waiting.append((histogram, attributes, memo, value, context))
+
+    def due(self) -> bool:
+        """Enough points wait that a long run of later work should record them now."""
+        return len(self._waiting) >= _RECORD_EVERY
+
+    def record(self) -> None:
+        """Hand every waiting point to the SDK, a batch per histogram, attributes and memo
+        (each in the order added)."""
+        waiting, self._waiting = self._waiting, []
+        if not waiting:
+            return
+        batches: dict[tuple[int, int, int], tuple[Any, Any, Any, list[float], list[Context]]]
+        batches = {}
+        for histogram, attributes, memo, value, context in waiting:
+            key = (id(histogram), id(attributes), id(memo))
+            batch = batches.get(key)
+            if batch is None:
+                batch = batches[key] = (histogram, attributes, memo, [], [])
+            batch[3].append(value)
+            batch[4].append(context)
+        for histogram, attributes, memo, values, contexts in batches.values():
+            if not fold_points(histogram, values, attributes, contexts, memo):
+                for value, context in zip(values, contexts, strict=True):
+                    histogram.record(value, attributes, context=context)
+
+    def clear(self) -> None:
+        """Forget the waiting points (a forked child: they belong to the parent)."""
+        self._waiting = []
 
 
 def _retire(batch: PointBatch) -> None:

@@ -304,7 +304,7 @@ class ModelInstrumentation:
             self._tree.seen(record.stamps or [])
         failure = sys.exc_info()[1] if output is None else None
         if failure is not None:
-            self._complete(record, None, failure)
+            self._complete(record, None, failure, defer_points=False)
             return
         counts = self._detections(output)  # shapes only, read now: the output is not kept
         # Nor the inputs, nor the enclosing forward's record: queued work must not keep
@@ -317,15 +317,21 @@ class ModelInstrumentation:
                 return
             self._runtime.resolver.later(self._complete, record, counts, None)
         else:
-            self._complete(record, counts, None)
+            self._complete(record, counts, None, defer_points=False)
 
     def _complete(
         self,
         record: ForwardRecord,
         counts: Sequence[int] | None,
         failure: BaseException | None,
+        defer_points: bool = True,
     ) -> None:
-        """Metric points and span end of a finished forward (inline, or as later work)."""
+        """Metric points and span end of a finished forward (inline, or as later work).
+
+        ``defer_points``: run as later work (the compiled hooks queue it so too), the
+        sampled points wait for the end of the run, folded in with the others
+        (``SampledPoints``); inline, they are recorded now.
+        """
         span, perf_end = record.span, record.perf_end_ns
         metrics = self._runtime.metrics
         attributes = self._metric_attributes
@@ -337,10 +343,12 @@ class ModelInstrumentation:
         recording = span.is_recording()
         seconds = (perf_end - record.perf_start_ns) / 1e9
         context = trace.set_span_in_context(span) if recording else None
+        # points with exemplars, added as the SDK adds them
+        add_points = metrics.sampled.add if defer_points else record_points
         if context is None or failure is not None:
             metrics.duration.record(seconds, attributes, context=context)
-        else:  # points with exemplars, added as the SDK adds them (a batch of one here)
-            record_points(metrics.duration, (seconds,), attributes, context, self._memos[0])
+        else:
+            add_points(metrics.duration, (seconds,), attributes, context, self._memos[0])
         if failure is None:
             if record.batch_size:
                 self._add_images(record.batch_size)
@@ -349,7 +357,7 @@ class ModelInstrumentation:
                     metrics.record_detections(counts, self._image_attributes, None)
                 else:
                     memo = self._memos[1]
-                    record_points(metrics.detections, counts, self._image_attributes, context, memo)
+                    add_points(metrics.detections, counts, self._image_attributes, context, memo)
                     span.set_attribute("visiontel.detections", sum(counts))
         if not recording:
             return

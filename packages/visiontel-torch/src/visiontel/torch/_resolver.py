@@ -97,6 +97,7 @@ class Resolver:
         self._submitted.clear()
         self._later.clear()
         self._metrics.unsampled.clear()
+        self._metrics.sampled.clear()
         self._thread = None
 
     def later(self, function: Callable[..., None], *args: Any) -> None:
@@ -187,7 +188,7 @@ class Resolver:
                     self._run_later(handing_over=True)
 
     def _run_later(self, handing_over: bool) -> None:
-        pending = self._later
+        pending, sampled = self._later, self._metrics.sampled
         while pending:
             try:
                 function, args = pending.popleft()
@@ -195,10 +196,16 @@ class Resolver:
                 break
             try:
                 function(*args)
+                if sampled.due():
+                    sampled.record()
             except Exception as exc:
                 report_internal_error("later work", exc)
             if handing_over:
                 time.sleep(0)
+        try:  # what this run left: sampled points, a batch per histogram and attribute set
+            sampled.record()
+        except Exception as exc:
+            report_internal_error("sampled points", exc)
         try:  # unsampled forwards' waiting points, a batch per attribute set
             self._metrics.unsampled.record()
         except Exception as exc:

@@ -131,8 +131,8 @@ class stage:
                 end.complete(span, metric, end_span=False)
                 if not self._end_after_gpu(span, end_ns):
                     span.end(end_time=end.wall_ns)
-            elif runtime.spans.batched:
-                runtime.resolver.later(end.complete, span, metric)
+            elif runtime.spans.batched:  # (its point waits for the end of that run)
+                runtime.resolver.later(end.complete, span, metric, True, True)
             else:
                 end.complete(span, metric)
         except Exception as internal:
@@ -203,8 +203,11 @@ class _StageEnd:
         span: trace.Span | None,
         metric_attributes: dict[str, Any] | None,
         end_span: bool = True,
+        defer_points: bool = False,
     ) -> None:
-        """``end_span=False``: the resolver ends the span once its GPU events completed."""
+        """``end_span=False``: the resolver ends the span once its GPU events completed.
+        ``defer_points`` (run as later work): a point with an exemplar waits for the end of
+        the run, folded in with the others (``SampledPoints``)."""
         if metric_attributes is not None:
             duration, memo = self.runtime.metrics.duration, self.memo
             context = None
@@ -214,7 +217,8 @@ class _StageEnd:
                 # a stage object entered again (kept per pipeline, or a decorator): its point
                 # is folded, exemplar included; a stage made per use records once, so the
                 # fold's set-up would not pay off
-                record_points(duration, (self.elapsed_s,), metric_attributes, context, memo)
+                add_points = self.runtime.metrics.sampled.add if defer_points else record_points
+                add_points(duration, (self.elapsed_s,), metric_attributes, context, memo)
             else:
                 duration.record(self.elapsed_s, metric_attributes, context=context)
             if memo is not None:

@@ -111,17 +111,18 @@ def fold_points(
     histogram: Any,
     values: Sequence[float],
     attributes: Mapping[str, Any],
-    context: Any,
+    contexts: Sequence[Any],
     memo: dict[str, Any],
 ) -> bool:
-    """Add a batch of ``histogram`` values that share ``attributes`` and were recorded in
-    ``context`` straight to the SDK's storage, with the exemplars the SDK would keep; False
-    (nothing added) where ``histogram.record`` must be used instead. ``memo``: a dict the
-    caller keeps per histogram and attribute set. See ``_histograms.py``."""
+    """Add a batch of ``histogram`` values that share ``attributes`` straight to the SDK's
+    storage, with the exemplars the SDK would keep; False (nothing added) where
+    ``histogram.record`` must be used instead. ``contexts``: the one context every value
+    was recorded in, or one per value. ``memo``: a dict the caller keeps per histogram and
+    attribute set. See ``_histograms.py``."""
     if _forced_public or not sdk_version_supported():
         return False
     try:
-        return _fold(histogram, values, attributes, context, memo)
+        return _fold(histogram, values, attributes, contexts, memo)
     except (AttributeError, TypeError):  # an SDK without the pieces used there
         return False
 

@@ -3,12 +3,13 @@
 The SDK has no bulk ``record``. One ``Histogram.record`` costs 3–8 µs (a ``Measurement``
 built and its attributes cleaned, the exemplar filter asked, the attribute set hashed once
 per reader), and a forward records two. Here a batch of values that share one attribute
-set and one context is added to each reader's aggregation once per batch: the aggregation
-is looked up once and the values are folded in under its lock, exactly as its
-``aggregate`` would add them one by one. Exemplars follow the SDK: the exemplar filter
-(trace-based or always-off; any other filter keeps the public path) answers once for the
-batch, since its answer depends on the context only, and where it says yes every value is
-offered to the aggregation's reservoir as ``aggregate`` offers it.
+set is added to each reader's aggregation once per batch: the aggregation is looked up
+once and the values are folded in under its lock, exactly as its ``aggregate`` would add
+them one by one. The values share one context (an unsampled forward's waiting points) or
+each has its own (sampled forwards finished in one run of later work). Exemplars follow the
+SDK: the exemplar filter (trace-based or always-off; any other filter keeps the public
+path) answers once per context, since its answer depends on the context only, and each
+value it says yes to is offered to the aggregation's reservoir as ``aggregate`` offers it.
 
 Only the SDK's explicit-bucket histogram aggregation is folded directly; a reader whose
 view gives another aggregation (or whose aggregation for this attribute set does not exist
@@ -36,6 +37,7 @@ class _SdkPieces(NamedTuple):
     aggregation: Any
     measurement: Any
     quiet_filters: tuple[Any, ...]
+    aligned_reservoir: Any
     proxy: Any
     key_of: Callable[[Mapping[str, Any]], Any]
 
@@ -43,7 +45,11 @@ class _SdkPieces(NamedTuple):
 @functools.cache
 def _sdk_pieces() -> _SdkPieces | None:
     try:
-        from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, TraceBasedExemplarFilter
+        from opentelemetry.sdk.metrics import (
+            AlignedHistogramBucketExemplarReservoir,
+            AlwaysOffExemplarFilter,
+            TraceBasedExemplarFilter,
+        )
         from opentelemetry.sdk.metrics._internal import _view_instrument_match as matches
         from opentelemetry.sdk.metrics._internal.aggregation import (
             _ExplicitBucketHistogramAggregation,
@@ -71,6 +77,7 @@ def _sdk_pieces() -> _SdkPieces | None:
         _ExplicitBucketHistogramAggregation,
         Measurement,
         (TraceBasedExemplarFilter, AlwaysOffExemplarFilter),
+        AlignedHistogramBucketExemplarReservoir,
         proxy,
         key_of,
     )
@@ -92,29 +99,23 @@ class _Plan(NamedTuple):
     """(view match, key of the attributes there, the lock to hold while adding or None)."""
 
 
-class _Recorded(NamedTuple):
-    """What the values' exemplars are offered with (the measurement besides its value)."""
-
-    context: Context
-    attributes: Mapping[str, Any]
-    time_ns: int
-
-
 def fold(
     histogram: Any,
     values: Sequence[float],
     attributes: Mapping[str, Any],
-    context: Context,
+    contexts: Sequence[Context],
     memo: dict[str, Any],
 ) -> bool:
-    """Add ``values``, recorded in ``context``, to ``histogram``'s storage (exemplars
-    offered where the SDK would offer them). ``memo``: the caller's, one per histogram and
-    attribute set.
+    """Add ``values`` to ``histogram``'s storage (exemplars offered where the SDK would offer
+    them). ``contexts``: the one every value was recorded in, or one per value. ``memo``:
+    the caller's, one per histogram and attribute set.
 
     False, with nothing added, where the SDK's ``record`` must be used instead.
     """
     if not values:
         return True
+    if len(contexts) not in {1, len(values)}:
+        raise ValueError(f"{len(contexts)} contexts for {len(values)} values")
     pieces = _sdk_pieces()
     if pieces is None:
         return False
@@ -137,20 +138,44 @@ def fold(
     if plan is None:
         return False
     now = time.time_ns()
-    # trace-based or always-off: the answer depends on the context alone, so once per batch
-    offer = bool(plan.exemplar_filter.should_sample(values[0], now, attributes, context))
-    recorded = _Recorded(context, attributes, now) if offer else None
+    # trace-based or always-off: the answer depends on the context alone, so once for each
+    should_sample = plan.exemplar_filter.should_sample
+    if len(contexts) == 1:
+        context = contexts[0]
+        offered = [bool(should_sample(values[0], now, attributes, context))] * len(values)
+        contexts = [context] * len(values)
+    else:
+        pairs = zip(values, contexts, strict=True)
+        offered = [bool(should_sample(v, now, attributes, c)) for v, c in pairs]
+    batch = _Batch(values, contexts, offered, attributes, now)
     for match, key, lock in plan.targets:
-        if _added(pieces, key, match, lock, values, recorded=recorded):
+        if _added(pieces, key, match, lock, batch):
             continue
         # Not created yet (the SDK's entry point creates it with the first value), or another
         # aggregation (then every value goes through that entry point).
         for index, value in enumerate(values):
-            if index == 1 and _added(pieces, key, match, lock, values[1:], recorded=recorded):
+            if index == 1 and _added(pieces, key, match, lock, batch.after_first()):
                 break
+            context = contexts[index]
             measurement = pieces.measurement(value, now, histogram, context, attributes)
-            match.consume_measurement(measurement, offer)
+            match.consume_measurement(measurement, offered[index])
     return True
+
+
+class _Batch(NamedTuple):
+    """Values to fold, each with the context it was recorded in and whether the exemplar
+    filter lets it be offered to the reservoir."""
+
+    values: Sequence[float]
+    contexts: Sequence[Context]
+    offered: Sequence[bool]
+    attributes: Mapping[str, Any]
+    time_ns: int
+
+    def after_first(self) -> _Batch:
+        return self._replace(
+            values=self.values[1:], contexts=self.contexts[1:], offered=self.offered[1:]
+        )
 
 
 def _plan(pieces: _SdkPieces, histogram: Any, attributes: Mapping[str, Any]) -> _Plan | None:
@@ -186,18 +211,10 @@ def _key(pieces: _SdkPieces, match: Any, attributes: Mapping[str, Any]) -> Any:
     return pieces.key_of(kept)
 
 
-def _added(
-    pieces: _SdkPieces,
-    key: Any,
-    match: Any,
-    lock: Any,
-    values: Sequence[float],
-    *,
-    recorded: _Recorded | None,
-) -> bool:
-    """Fold ``values`` into the explicit-bucket aggregation ``match`` stores under ``key``,
-    if there is one, holding ``lock`` (if any) meanwhile; then offer each value to its
-    exemplar reservoir where ``recorded`` is given, as ``aggregate`` does after adding."""
+def _added(pieces: _SdkPieces, key: Any, match: Any, lock: Any, batch: _Batch) -> bool:
+    """Fold ``batch`` into the explicit-bucket aggregation ``match`` stores under ``key``, if
+    there is one, holding ``lock`` (if any) meanwhile; then offer each value the filter let
+    through to its exemplar reservoir, as ``aggregate`` does after adding."""
     if lock is not None:
         lock.acquire()
     try:
@@ -205,8 +222,10 @@ def _added(
         if type(aggregation) is not pieces.aggregation:
             return False
         # what aggregate() hands each value to (_sample_exemplar), read before writing
-        offer = None if recorded is None else aggregation._reservoir.offer
+        reservoir = aggregation._reservoir if any(batch.offered) else None
+        offer = None if reservoir is None else reservoir.offer
         boundaries = aggregation._boundaries
+        values = batch.values
         with aggregation._lock:  # what aggregate() does per value, under one hold
             counts = aggregation._value
             if counts is None:
@@ -219,10 +238,29 @@ def _added(
             if aggregation._record_min_max:
                 aggregation._min = min(aggregation._min, *values)
                 aggregation._max = max(aggregation._max, *values)
-        if offer is not None and recorded is not None:
-            for value in values:
-                offer(value, recorded.time_ns, recorded.attributes, recorded.context)
+        if offer is not None:
+            attributes, now, contexts = batch.attributes, batch.time_ns, batch.contexts
+            for index in _offered(pieces, reservoir, boundaries, batch):
+                offer(values[index], now, attributes, contexts[index])
         return True
     finally:
         if lock is not None:
             lock.release()
+
+
+def _offered(pieces: _SdkPieces, reservoir: Any, boundaries: Any, batch: _Batch) -> list[int]:
+    """The indices of the values to offer to ``reservoir``, in order: each one the filter
+    let through, or, for the SDK's aligned-bucket reservoir on the aggregation's own
+    boundaries, the last of those in each bucket. That reservoir keeps the last value
+    offered to a bucket, and every value offered here names a valid span (the filter said
+    yes to its context), so each bucket ends as it would after every offer."""
+    indices = [index for index, offered in enumerate(batch.offered) if offered]
+    if (
+        len(indices) < 2
+        or type(reservoir) is not pieces.aligned_reservoir
+        or tuple(reservoir._boundaries) != boundaries
+    ):
+        return indices
+    values = batch.values
+    last = {bisect_left(boundaries, values[index]): index for index in indices}
+    return sorted(last.values())

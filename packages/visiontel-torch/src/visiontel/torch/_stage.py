@@ -131,7 +131,7 @@ class stage:
                 end.complete(span, metric, end_span=False)
                 if not self._end_after_gpu(span, end_ns):
                     span.end(end_time=end.wall_ns)
-            elif runtime.spans.batched:  # (its point waits for the end of that run)
+            elif runtime.spans.batched:  # later() passes positionally: end_span, defer_points
                 runtime.resolver.later(end.complete, span, metric, True, True)
             else:
                 end.complete(span, metric)

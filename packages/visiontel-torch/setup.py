@@ -9,6 +9,7 @@ from setuptools import Extension, setup
 _SOURCES = [
     "module.c",
     "thread_record.c",
+    "record.c",
     "stamped.c",
     "swap.c",
     "spans.c",

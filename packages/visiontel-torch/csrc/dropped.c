@@ -16,7 +16,7 @@ int dropped_begin(RootHooks *self, PyObject *first, PyObject *batch) {
     PyObject *record_args[] = {
         table, self->tracer, self->invalid_span, perf, zero, Py_None, batch, first, previous,
     };
-    record = PyObject_Vectorcall(self->make_record, record_args, 6, self->record_kwnames);
+    record = make_record(self, record_args);
     if (record == NULL) goto done;
     if (push_record(self, record) < 0) goto done;
     result = 0;
@@ -153,9 +153,9 @@ static int add_points(RootHooks *self, long long nanoseconds, PyObject *batch,
 int dropped_finish(RootHooks *self, PyObject *record, long long end, PyObject *output) {
     PyObject *start = NULL, *batch = NULL, *previous = NULL, *counts = NULL;
     int result = -1;
-    if ((start = PyObject_GetAttr(record, str_perf_start)) == NULL) goto done;
-    if ((batch = PyObject_GetAttr(record, str_batch_size)) == NULL) goto done;
-    if ((previous = PyObject_GetAttr(record, str_previous)) == NULL) goto done;
+    if ((start = record_get(record, F_PERF_START)) == NULL) goto done;
+    if ((batch = record_get(record, F_BATCH_SIZE)) == NULL) goto done;
+    if ((previous = record_get(record, F_PREVIOUS)) == NULL) goto done;
     long long started = PyLong_AsLongLong(start);
     if (started == -1 && PyErr_Occurred()) goto done;
     if (PyObject_SetAttr(self->state, str_record, previous) < 0 || add_depth(self, -1) < 0)

@@ -18,6 +18,8 @@
  *                    (_model.ModelInstrumentation's _begin, _begin_dropped and _finish),
  *   dropped.c        for a forward the sampler drops,
  *   sampled.c        and for one it samples: its root span started, made current, ended.
+ *   record.c         ForwardRecord: what the hooks write during one root forward
+ *                    (_record.ForwardRecord, a dataclass, in Python).
  *   module.c         this: shared names, the clock, the module.
  *
  * Each mirrors its pure-Python version; _compiled.py picks one or the other and
@@ -96,7 +98,7 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     Py_DECREF(time_module);
     if (perf_counter_ns == NULL || PyType_Ready(&StampedForwardType) < 0 ||
         PyType_Ready(&ForwardSwapType) < 0 || PyType_Ready(&ThreadRecordType) < 0 ||
-        PyType_Ready(&RootHooksType) < 0 || roots_init_names() < 0)
+        PyType_Ready(&RootHooksType) < 0 || record_init_type() < 0 || roots_init_names() < 0)
         return NULL;
     PyObject *module = PyModule_Create(&speedups);
     if (module == NULL) return NULL;
@@ -115,6 +117,12 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     Py_INCREF(&ForwardSwapType);
     if (PyModule_AddObject(module, "ForwardSwap", (PyObject *)&ForwardSwapType) < 0) {
         Py_DECREF(&ForwardSwapType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&ForwardRecordType);
+    if (PyModule_AddObject(module, "ForwardRecord", (PyObject *)&ForwardRecordType) < 0) {
+        Py_DECREF(&ForwardRecordType);
         Py_DECREF(module);
         return NULL;
     }

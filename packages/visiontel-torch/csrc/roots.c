@@ -14,8 +14,8 @@
  * gives another object clears the guard until Python asks the gate again and arms this
  * with a new guard and plan. */
 
-PyObject *str_value, *str_table, *str_span, *str_perf_start, *str_batch_size, *str_previous,
-    *str_shape, *str_dim, *str_append, *str_extend, *str_due, *str_boxes;
+PyObject *str_value, *str_table, *str_shape, *str_dim, *str_append, *str_extend, *str_due,
+    *str_boxes;
 
 static int guard_holds(RootHooks *self) {
     if (!PyTuple_Check(self->guard)) return 0;
@@ -49,6 +49,12 @@ int add_depth(RootHooks *self, long change) {
     int failed = PyObject_SetAttr(self->depth, str_value, updated);
     Py_DECREF(updated);
     return failed;
+}
+
+PyObject *make_record(RootHooks *self, PyObject *const args[9]) {
+    if (self->make_record == (PyObject *)&ForwardRecordType)
+        return record_create(args, args[6], args[7], args[8]);
+    return PyObject_Vectorcall(self->make_record, args, 6, self->record_kwnames);
 }
 
 int push_record(RootHooks *self, PyObject *record) {
@@ -171,7 +177,7 @@ static PyObject *roots_finish(RootHooks *self, PyObject *output) {
     if (record == NULL) return NULL;
     int done = 0;
     if (record != Py_None) {
-        PyObject *span = PyObject_GetAttr(record, str_span);
+        PyObject *span = record_get(record, F_SPAN);
         if (span == NULL) {
             done = -1;
         } else if (span == self->invalid_span) {
@@ -401,10 +407,6 @@ int roots_init_names(void) {
 #define NAME(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return -1
     NAME(str_value, "value");
     NAME(str_table, "table");
-    NAME(str_span, "span");
-    NAME(str_perf_start, "perf_start_ns");
-    NAME(str_batch_size, "batch_size");
-    NAME(str_previous, "previous");
     NAME(str_shape, "shape");
     NAME(str_dim, "dim");
     NAME(str_append, "append");

@@ -30,6 +30,7 @@ typedef struct {
     PyObject *state;        /* the model's ThreadRecord (or threading.local) with .record */
     PyObject *depth;        /* _model._depth: a threading.local with .value */
     PyObject *make_record;  /* (table, tracer, span, perf ns, wall ns, stamps, **kw) */
+                            /* (ForwardRecord, compiled: made by record_create) */
     PyObject *record_kwnames; /* ("batch_size", "inputs", "previous") */
     PyObject *owner;        /* the model's ProbeTree: .table, .check, .probes, .seen */
     PyObject *tracer;
@@ -54,9 +55,12 @@ int roots_init_names(void);
 int add_depth(RootHooks *self, long change);
 /* `record` made this thread's current one, the forward depth one more: -1 on failure. */
 int push_record(RootHooks *self, PyObject *record);
+/* A new record of (table, tracer, span, perf ns, wall ns, stamps, batch size, inputs,
+ * previous): a compiled ForwardRecord, or made by make_record's Python class. */
+PyObject *make_record(RootHooks *self, PyObject *const args[9]);
 int call_method_one(PyObject *target, PyObject *method, PyObject *value);
-extern PyObject *str_value, *str_table, *str_span, *str_perf_start, *str_batch_size,
-    *str_previous, *str_shape, *str_dim, *str_append, *str_extend, *str_due, *str_boxes;
+extern PyObject *str_value, *str_table, *str_shape, *str_dim, *str_append, *str_extend,
+    *str_due, *str_boxes;
 
 /* dropped.c: a dropped forward's record made current (its batch size known); its points
  * added at the end. Each: -1 with an exception, else 0 (begin) or 1/0 (finish: done or

@@ -11,8 +11,7 @@
 static PyObject *time_ns, *empty_tuple, *bits64, *bits128, *ratio_mask;
 static PyObject *str_context, *str_get_span_context, *str_sdk_span, *str_ended, *str_later,
     *str_path, *str_name, *str_parent, *str_attributes, *str_start_ns, *str_check, *str_probes,
-    *str_arm, *str_disarm, *str_seen, *str_names, *str_perf_end, *str_context_token,
-    *str_inputs, *str_stamps_field, *str_next_check;
+    *str_arm, *str_disarm, *str_seen, *str_names, *str_next_check;
 
 /* A random id of `bits` bits, never 0 (the invalid id), as the SDK's RandomIdGenerator. */
 static PyObject *draw_id(RootHooks *self, PyObject *bits) {
@@ -164,12 +163,12 @@ int sampled_begin(RootHooks *self, PyObject *model, PyObject *first, PyObject *b
     if ((previous = current_record(self->state)) == NULL) goto done;
     PyObject *record_args[] = {table, self->tracer, span, perf, wall, stamps, batch, first,
                                previous};
-    record = PyObject_Vectorcall(self->make_record, record_args, 6, self->record_kwnames);
+    record = make_record(self, record_args);
     if (record == NULL || (token = attach_span(self, span)) == NULL) goto done;
-    if (PyObject_SetAttr(record, str_context_token, token) < 0) goto done;
+    if (record_set(record, F_CONTEXT_TOKEN, token) < 0) goto done;
     if (layered) {
         if ((probes = PyObject_GetAttr(self->owner, str_probes)) == NULL) goto done;
-        if (PyObject_SetAttr(record, str_probes, probes) < 0) goto done;
+        if (record_set(record, F_PROBES, probes) < 0) goto done;
         if ((armed = PyObject_CallMethodNoArgs(probes, str_arm)) == NULL) goto done;
     }
     if (push_record(self, record) < 0) goto done;
@@ -218,7 +217,7 @@ int sampled_finish(RootHooks *self, PyObject *record, PyObject *span, long long 
     if (self->context_var == Py_None) return 0;
     int live = still_live(span);
     if (live <= 0) return live;
-    PyObject *events = PyObject_GetAttr(record, str_events);
+    PyObject *events = record_get(record, F_EVENTS);
     if (events == NULL) return -1;
     int gpu = events != Py_None;
     Py_DECREF(events);
@@ -234,22 +233,22 @@ int sampled_finish(RootHooks *self, PyObject *record, PyObject *span, long long 
     PyObject *previous = NULL, *perf_end = NULL, *token = NULL, *probes = NULL, *stamps = NULL;
     PyObject *counts = NULL, *later = NULL;
     int result = -1;
-    if ((previous = PyObject_GetAttr(record, str_previous)) == NULL) goto done;
+    if ((previous = record_get(record, F_PREVIOUS)) == NULL) goto done;
     if (PyObject_SetAttr(self->state, str_record, previous) < 0 || add_depth(self, -1) < 0)
         goto done;
     if ((perf_end = PyLong_FromLongLong(end)) == NULL) goto done;
-    if (PyObject_SetAttr(record, str_perf_end, perf_end) < 0) goto done;
-    if ((token = PyObject_GetAttr(record, str_context_token)) == NULL) goto done;
+    if (record_set(record, F_PERF_END, perf_end) < 0) goto done;
+    if ((token = record_get(record, F_CONTEXT_TOKEN)) == NULL) goto done;
     if (token != Py_None && PyContextVar_Reset(self->context_var, token) < 0) {
         PyErr_Clear(); /* otel_context.detach fails the same way, and logs it */
         PyObject *detached = PyObject_CallOneArg(self->detach, token);
         if (detached == NULL) goto done;
         Py_DECREF(detached);
     }
-    if ((probes = PyObject_GetAttr(record, str_probes)) == NULL) goto done;
+    if ((probes = record_get(record, F_PROBES)) == NULL) goto done;
     if (probes != Py_None) {
         if (call_method(probes, str_disarm) < 0) goto done;
-        if ((stamps = PyObject_GetAttr(record, str_stamps_field)) == NULL) goto done;
+        if ((stamps = record_get(record, F_STAMPS)) == NULL) goto done;
         int any = PyObject_IsTrue(stamps);
         if (any < 0) goto done;
         if (!any) Py_SETREF(stamps, PyList_New(0));
@@ -258,8 +257,7 @@ int sampled_finish(RootHooks *self, PyObject *record, PyObject *span, long long 
     if ((counts = count_output(self, output)) == NULL) goto done;
     /* Nor the inputs, nor the enclosing forward's record: queued work must not keep
      * tensors (GPU memory) alive for the batch's lifetime. */
-    if (PyObject_SetAttr(record, str_inputs, Py_None) < 0 ||
-        PyObject_SetAttr(record, str_previous, Py_None) < 0)
+    if (record_set(record, F_INPUTS, Py_None) < 0 || record_set(record, F_PREVIOUS, Py_None) < 0)
         goto done;
     later = PyObject_CallFunctionObjArgs(self->later, self->complete, instrumentation, record,
                                          counts, Py_None, NULL);
@@ -295,10 +293,6 @@ int sampled_init_names(void) {
     NAME(str_disarm, "disarm");
     NAME(str_seen, "seen");
     NAME(str_names, "names");
-    NAME(str_perf_end, "perf_end_ns");
-    NAME(str_context_token, "context_token");
-    NAME(str_inputs, "inputs");
-    NAME(str_stamps_field, "stamps");
     NAME(str_next_check, "next_check_ns");
 #undef NAME
     if ((empty_tuple = PyTuple_New(0)) == NULL) return -1;

@@ -17,7 +17,28 @@ extern PyObject *deepcopy_function; /* copy.deepcopy */
 /* perf_counter_ns() now, into *out; -1 with an exception set on failure. */
 int clock_ns(long long *out);
 
-extern PyTypeObject ThreadRecordType, StampedForwardType, ForwardSwapType, RootHooksType;
+extern PyTypeObject ThreadRecordType, StampedForwardType, ForwardSwapType, RootHooksType,
+    ForwardRecordType;
+
+/* record.c: ForwardRecord, _record.ForwardRecord's fields by index (its order). */
+enum RecordField {
+    F_TABLE, F_TRACER, F_SPAN, F_PERF_START, F_WALL_START, F_STAMPS, F_EVENTS, F_START_EVENT,
+    F_END_EVENT, F_PERF_END, F_BATCH_SIZE, F_INPUTS, F_CONTEXT_TOKEN, F_CONTAINERS_OPEN,
+    F_PROBES, F_PREVIOUS, RECORD_FIELDS
+};
+typedef struct {
+    PyObject_HEAD
+    PyObject *fields[RECORD_FIELDS]; /* NULL only once deleted */
+} ForwardRecordObject;
+int record_init_type(void);
+/* A new record: table, tracer, span, perf_start_ns, wall_start_ns, stamps, then these
+ * three; the other fields at their defaults. */
+PyObject *record_create(PyObject *const required[6], PyObject *batch_size, PyObject *inputs,
+                        PyObject *previous);
+/* One field of a record (a new reference; NULL with an exception), or set it: by index for
+ * a ForwardRecord, by name for any other object (the pure-Python dataclass). */
+PyObject *record_get(PyObject *record, int field);
+int record_set(PyObject *record, int field, PyObject *value);
 
 /* roots.c: its attribute names, made once by PyInit__speedups; -1 on failure. */
 int roots_init_names(void);

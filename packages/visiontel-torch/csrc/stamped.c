@@ -48,7 +48,7 @@ static PyObject *stamped_call(PyObject *callable, PyObject *const *args, size_t 
     PyObject *stamps = NULL, *events = NULL, *result = NULL;
     if (record == NULL) goto done;
     if (record != Py_None) {
-        stamps = PyObject_GetAttr(record, str_stamps);
+        stamps = record_get(record, F_STAMPS);
         if (stamps == NULL) goto done;
     }
     if (stamps == NULL || stamps == Py_None) {
@@ -62,7 +62,7 @@ static PyObject *stamped_call(PyObject *callable, PyObject *const *args, size_t 
         result = PyObject_Vectorcall(forward, args, nargsf, kwnames);
         goto done;
     }
-    events = PyObject_GetAttr(record, str_events);
+    events = record_get(record, F_EVENTS);
     if (events == NULL) goto done;
     if (stamp(self, stamps, events, self->start_index, str_layer_start) < 0) goto done;
     result = PyObject_Vectorcall(forward, args, nargsf, kwnames);

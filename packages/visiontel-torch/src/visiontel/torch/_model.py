@@ -24,7 +24,7 @@ from visiontel.torch._failures import record_failure
 from visiontel.torch._inputs import InputDescription, attribute_cache, describe_inputs, tensor_type
 from visiontel.torch._livespan import add_plain_attributes, all_plain
 from visiontel.torch._metrics import DetectionCounter, count_detections, record_points
-from visiontel.torch._record import ForwardRecord, ModuleTable
+from visiontel.torch._record import ForwardRecord, ModuleTable, record_type
 from visiontel.torch._runtime import Runtime
 from visiontel.torch._safety import report_internal_error
 from visiontel.torch._timing import EventSource, cuda_event_source
@@ -128,6 +128,7 @@ class ModelInstrumentation:
             runtime.metrics, self._metric_attributes, self._image_attributes, self
         )
         self._tensor: Any = tensor_type()
+        self._make_record = record_type()
         # record_points' memos for a sampled forward's duration and detection points
         self._memos: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
         self._plain = all_plain(self._static_attributes)
@@ -156,7 +157,7 @@ class ModelInstrumentation:
         return compiled.RootHooks(
             state=self._tls,
             depth=_depth,
-            make_record=ForwardRecord,
+            make_record=self._make_record,
             owner=self._tree,
             tracer=self._runtime.tracer,
             invalid_span=trace.INVALID_SPAN,
@@ -227,7 +228,7 @@ class ModelInstrumentation:
             tree.check(model, perf_ns)
         table = tree.table
         inputs = describe_inputs(args, kwargs, detailed=recording and self.config.capture_shapes)
-        record = ForwardRecord(
+        record = self._make_record(
             table,
             runtime.tracer,
             span,
@@ -266,7 +267,7 @@ class ModelInstrumentation:
             inputs = describe_inputs(args, kwargs, detailed=False)
             batch_size, first = inputs.batch_size, inputs.first
         tls = self._tls
-        tls.record = ForwardRecord(
+        tls.record = self._make_record(
             self._tree.table,
             self._runtime.tracer,
             trace.INVALID_SPAN,

@@ -7,6 +7,7 @@ from typing import Any
 
 from opentelemetry.trace import Span, Tracer
 
+from visiontel.torch import _compiled
 from visiontel.torch._timing import EventSource, GpuEvent
 
 Stamp = tuple[int, int, "GpuEvent | None"]
@@ -58,3 +59,11 @@ class ForwardRecord:
             if event is not None:
                 events.append(event)
         return events
+
+
+def record_type() -> type[ForwardRecord]:
+    """``ForwardRecord``, or its compiled twin (csrc/record.c) where the compiled loops run:
+    the same fields, constructor and methods, made and read without a Python frame (the
+    dataclass's ``__init__`` was most of a dropped forward's work in the compiled hooks)."""
+    compiled = _compiled.speedups
+    return ForwardRecord if compiled is None else compiled.ForwardRecord

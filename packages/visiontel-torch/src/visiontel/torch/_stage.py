@@ -15,7 +15,7 @@ from opentelemetry import trace
 from visiontel.torch._failures import record_failure
 from visiontel.torch._livespan import all_plain
 from visiontel.torch._metrics import record_points
-from visiontel.torch._record import ForwardRecord, ModuleTable
+from visiontel.torch._record import ModuleTable, record_type
 from visiontel.torch._runtime import Runtime, default_runtime
 from visiontel.torch._safety import report_internal_error
 from visiontel.torch._timing import EventSource, GpuEvent, cuda_event_source
@@ -150,7 +150,7 @@ class stage:
             events.release([start_event])
             return False
         runtime = self._runtime or default_runtime()
-        record = ForwardRecord(
+        record = record_type()(
             table=_STAGE_TABLE,
             tracer=runtime.tracer,
             span=span,

@@ -32,12 +32,7 @@ done:
 /* The rows of an N x 6 tensor (one image's detections): 1 and *rows, 0 for another shape,
  * -1 on error. */
 static int detection_rows(PyObject *tensor, PyObject **rows) {
-    PyObject *dim = PyObject_CallMethodNoArgs(tensor, str_dim);
-    if (dim == NULL) return -1;
-    long dims = PyLong_AsLong(dim);
-    Py_DECREF(dim);
-    if (dims == -1 && PyErr_Occurred()) return -1;
-    if (dims != 2) return 0;
+    /* its shape's length is its dim(), without a method call */
     PyObject *shape = PyObject_GetAttr(tensor, str_shape);
     if (shape == NULL) return -1;
     int found = 0;

@@ -7,7 +7,8 @@
  * it touches a fraction of the instructions.
  *
  *   thread_record.c  ThreadRecord: each thread's in-flight forward record of one model
- *                    (_model._ThreadState, a threading.local, in Python).
+ *                    (_model._ThreadState, a threading.local, in Python), and
+ *                    ForwardDepth: its count of instrumented forwards (_model._Depth).
  *   stamped.c        StampedForward: a child module's armed forward wrapper, two
  *                    (index, perf ns, event) stamps around the original forward.
  *   swap.c           ForwardSwap, install_all, uninstall_all: arming and disarming a
@@ -98,7 +99,8 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     Py_DECREF(time_module);
     if (perf_counter_ns == NULL || PyType_Ready(&StampedForwardType) < 0 ||
         PyType_Ready(&ForwardSwapType) < 0 || PyType_Ready(&ThreadRecordType) < 0 ||
-        PyType_Ready(&RootHooksType) < 0 || record_init_type() < 0 || roots_init_names() < 0)
+        PyType_Ready(&RootHooksType) < 0 || PyType_Ready(&ForwardDepthType) < 0 ||
+        record_init_type() < 0 || roots_init_names() < 0)
         return NULL;
     PyObject *module = PyModule_Create(&speedups);
     if (module == NULL) return NULL;
@@ -117,6 +119,12 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     Py_INCREF(&ForwardSwapType);
     if (PyModule_AddObject(module, "ForwardSwap", (PyObject *)&ForwardSwapType) < 0) {
         Py_DECREF(&ForwardSwapType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&ForwardDepthType);
+    if (PyModule_AddObject(module, "ForwardDepth", (PyObject *)&ForwardDepthType) < 0) {
+        Py_DECREF(&ForwardDepthType);
         Py_DECREF(module);
         return NULL;
     }

@@ -14,8 +14,7 @@
  * gives another object clears the guard until Python asks the gate again and arms this
  * with a new guard and plan. */
 
-PyObject *str_value, *str_table, *str_shape, *str_dim, *str_append, *str_extend, *str_due,
-    *str_boxes;
+PyObject *str_value, *str_table, *str_shape, *str_append, *str_extend, *str_due, *str_boxes;
 
 static int guard_holds(RootHooks *self) {
     if (!PyTuple_Check(self->guard)) return 0;
@@ -39,16 +38,7 @@ failed:
 }
 
 int add_depth(RootHooks *self, long change) {
-    PyObject *value = PyObject_GetAttr(self->depth, str_value);
-    if (value == NULL) return -1;
-    long depth = PyLong_AsLong(value);
-    Py_DECREF(value);
-    if (depth == -1 && PyErr_Occurred()) return -1;
-    PyObject *updated = PyLong_FromLong(depth + change);
-    if (updated == NULL) return -1;
-    int failed = PyObject_SetAttr(self->depth, str_value, updated);
-    Py_DECREF(updated);
-    return failed;
+    return depth_add(self->depth, change);
 }
 
 PyObject *make_record(RootHooks *self, PyObject *const args[9]) {
@@ -408,7 +398,6 @@ int roots_init_names(void) {
     NAME(str_value, "value");
     NAME(str_table, "table");
     NAME(str_shape, "shape");
-    NAME(str_dim, "dim");
     NAME(str_append, "append");
     NAME(str_extend, "extend");
     NAME(str_due, "due");

@@ -59,8 +59,7 @@ int push_record(RootHooks *self, PyObject *record);
  * previous): a compiled ForwardRecord, or made by make_record's Python class. */
 PyObject *make_record(RootHooks *self, PyObject *const args[9]);
 int call_method_one(PyObject *target, PyObject *method, PyObject *value);
-extern PyObject *str_value, *str_table, *str_shape, *str_dim, *str_append, *str_extend,
-    *str_due, *str_boxes;
+extern PyObject *str_table, *str_shape, *str_append, *str_extend, *str_due, *str_boxes;
 
 /* dropped.c: a dropped forward's record made current (its batch size known); its points
  * added at the end. Each: -1 with an exception, else 0 (begin) or 1/0 (finish: done or

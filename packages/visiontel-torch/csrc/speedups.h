@@ -18,7 +18,12 @@ extern PyObject *deepcopy_function; /* copy.deepcopy */
 int clock_ns(long long *out);
 
 extern PyTypeObject ThreadRecordType, StampedForwardType, ForwardSwapType, RootHooksType,
-    ForwardRecordType;
+    ForwardRecordType, ForwardDepthType;
+extern PyObject *str_value; /* "value" (roots.c) */
+
+/* thread_record.c: add `change` to a ForwardDepth's (or a threading.local's) .value for
+ * this thread; -1 with an exception on failure. */
+int depth_add(PyObject *depth, long change);
 
 /* record.c: ForwardRecord, _record.ForwardRecord's fields by index (its order). */
 enum RecordField {

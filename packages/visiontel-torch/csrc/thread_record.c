@@ -11,7 +11,21 @@ typedef struct {
     unsigned long last_ident;
     PyObject *last_record;  /* borrowed from records; NULL: not known */
     PyObject *weakrefs;     /* _model keeps a WeakSet of them, for fork */
+    unsigned long key_ident;
+    PyObject *key;          /* key_ident as an int (the dictionary key), or NULL */
 } ThreadRecord;
+
+/* This thread's key in self->records (borrowed): the last one made, while the same thread
+ * sets its record (a forward sets it twice). */
+static PyObject *thread_key(ThreadRecord *self) {
+    unsigned long ident = PyThread_get_thread_ident();
+    if (self->key != NULL && self->key_ident == ident) return self->key;
+    PyObject *key = PyLong_FromUnsignedLong(ident);
+    if (key == NULL) return NULL;
+    Py_XSETREF(self->key, key);
+    self->key_ident = ident;
+    return key;
+}
 
 
 PyObject *thread_record_get(PyObject *state) { /* borrowed; NULL: None */
@@ -41,7 +55,7 @@ static PyObject *record_getter(ThreadRecord *self, void *closure) {
 }
 
 static int record_setter(ThreadRecord *self, PyObject *value, void *closure) {
-    PyObject *key = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+    PyObject *key = thread_key(self);
     if (key == NULL) return -1;
     self->last_record = NULL; /* the entry it borrowed from may go */
     int failed;
@@ -54,7 +68,6 @@ static int record_setter(ThreadRecord *self, PyObject *value, void *closure) {
     } else {
         failed = PyDict_SetItem(self->records, key, value);
     }
-    Py_DECREF(key);
     return failed;
 }
 
@@ -114,6 +127,7 @@ static int thread_record_traverse(ThreadRecord *self, visitproc visit, void *arg
 static int thread_record_clear(ThreadRecord *self) {
     self->last_record = NULL;
     Py_CLEAR(self->records);
+    Py_CLEAR(self->key);
     return 0;
 }
 
@@ -136,4 +150,87 @@ PyTypeObject ThreadRecordType = {
     .tp_methods = thread_record_methods,
     .tp_weaklistoffset = offsetof(ThreadRecord, weakrefs),
     .tp_doc = "ThreadRecord(): each thread's in-flight forward record, as .record.",
+};
+
+
+/* _model._Depth, compiled: how many instrumented forwards run on this thread now, as the
+ * attribute ``value``. Every root forward adds one and takes one away; a threading.local
+ * finds the thread's dictionary and then the name in it each time, this reads a
+ * thread-specific slot. A forked child keeps the forking thread's value, as a
+ * threading.local does. */
+typedef struct {
+    PyObject_HEAD
+    Py_tss_t key; /* the depth itself, stored as the pointer's integer value */
+} ForwardDepth;
+
+static long depth_of(ForwardDepth *self) {
+    return (long)(intptr_t)PyThread_tss_get(&self->key);
+}
+
+int depth_add(PyObject *depth, long change) {
+    if (!Py_IS_TYPE(depth, &ForwardDepthType)) {
+        PyObject *value = PyObject_GetAttr(depth, str_value);
+        if (value == NULL) return -1;
+        long now = PyLong_AsLong(value);
+        Py_DECREF(value);
+        if (now == -1 && PyErr_Occurred()) return -1;
+        PyObject *updated = PyLong_FromLong(now + change);
+        if (updated == NULL) return -1;
+        int failed = PyObject_SetAttr(depth, str_value, updated);
+        Py_DECREF(updated);
+        return failed;
+    }
+    ForwardDepth *self = (ForwardDepth *)depth;
+    if (PyThread_tss_set(&self->key, (void *)(intptr_t)(depth_of(self) + change)) != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "could not set the thread's forward depth");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *depth_getter(ForwardDepth *self, void *closure) {
+    return PyLong_FromLong(depth_of(self));
+}
+
+static int depth_setter(ForwardDepth *self, PyObject *value, void *closure) {
+    long now = value == NULL ? 0 : PyLong_AsLong(value); /* del: back to the default */
+    if (now == -1 && PyErr_Occurred()) return -1;
+    return depth_add((PyObject *)self, now - depth_of(self));
+}
+
+static PyGetSetDef depth_getset[] = {
+    {"value", (getter)depth_getter, (setter)depth_setter,
+     "How many instrumented forwards run on this thread now.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyObject *depth_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    if (PyTuple_GET_SIZE(args) || (kwargs != NULL && PyDict_GET_SIZE(kwargs))) {
+        PyErr_SetString(PyExc_TypeError, "ForwardDepth() takes no arguments");
+        return NULL;
+    }
+    ForwardDepth *self = (ForwardDepth *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    self->key = (Py_tss_t)Py_tss_NEEDS_INIT;
+    if (PyThread_tss_create(&self->key) != 0) {
+        Py_DECREF(self);
+        PyErr_SetString(PyExc_RuntimeError, "no thread-specific storage left");
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static void depth_dealloc(ForwardDepth *self) {
+    if (PyThread_tss_is_created(&self->key)) PyThread_tss_delete(&self->key);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+PyTypeObject ForwardDepthType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "visiontel.torch._speedups.ForwardDepth",
+    .tp_basicsize = sizeof(ForwardDepth),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = depth_new,
+    .tp_dealloc = (destructor)depth_dealloc,
+    .tp_getset = depth_getset,
+    .tp_doc = "ForwardDepth(): each thread's count of instrumented forwards running, as .value.",
 };

@@ -79,12 +79,21 @@ class _Depth(threading.local):
     value = 0
 
 
-_depth = _Depth()
+def _depth_counter() -> Any:
+    """Each thread's count of instrumented forwards running: ``_speedups.ForwardDepth``
+    where the extension loaded (read and written by the compiled hooks without a
+    threading.local lookup), whichever loops run later."""
+    compiled = _compiled.speedups
+    return _Depth() if compiled is None else compiled.ForwardDepth()
+
+
+_depth = _depth_counter()
 
 
 def forward_depth() -> int:
     """How many instrumented forwards are running on this thread right now."""
-    return _depth.value
+    depth: int = _depth.value
+    return depth
 
 
 class ModelInstrumentation:

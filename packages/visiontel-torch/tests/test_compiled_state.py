@@ -1,14 +1,19 @@
-"""The compiled ForwardRecord (csrc/record.c) against the dataclass it stands in for.
+"""The compiled per-forward state against the Python classes it stands in for.
 
-The compiled root hooks make and read this type; the Python paths (failures, GPU forwards,
-stages, the resolver) use whichever ``_record.record_type()`` gives, so the two must agree
-on every field, default, argument error and method.
+* ``ForwardRecord`` (csrc/record.c): the compiled root hooks make and read it; the Python
+  paths (failures, GPU forwards, stages, the resolver) use whichever
+  ``_record.record_type()`` gives, so the two must agree on every field, default, argument
+  error and method.
+* ``ForwardDepth`` (csrc/thread_record.c): each thread's count of instrumented forwards,
+  ``_model._depth`` where the extension loaded; it must count as the threading.local does.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
+import os
+import threading
 import weakref
 from types import ModuleType
 from typing import Any
@@ -17,7 +22,8 @@ import pytest
 import torch
 
 import visiontel.torch as vt
-from visiontel.torch import _model, _record
+from visiontel._support.env import env_bool
+from visiontel.torch import _compiled, _model, _record
 
 from torch_support import TinyDetector, loops, make_telemetry
 
@@ -133,3 +139,44 @@ def test_the_hooks_make_the_records_of_the_loops_chosen(compiled: ModuleType, ch
         vt.uninstrument_model(model)
     expected = compiled.ForwardRecord if chosen == "compiled" else _record.ForwardRecord
     assert seen == [expected]
+
+
+def _count(depth: Any) -> list[int]:
+    """The values a depth counter shows through a sequence of changes on two threads."""
+    seen = [depth.value]
+    depth.value += 2
+    seen.append(depth.value)
+
+    def other() -> None:
+        seen.append(depth.value)  # another thread starts at 0
+        depth.value += 5
+        seen.append(depth.value)
+
+    worker = threading.Thread(target=other)
+    worker.start()
+    worker.join()
+    seen.append(depth.value)  # its change stayed on its thread
+    depth.value -= 1
+    seen.append(depth.value)
+    del depth.value  # back to the default
+    seen.append(depth.value)
+    return seen
+
+
+def test_forward_depth_counts_per_thread_as_the_threading_local(compiled: ModuleType) -> None:
+    assert _count(compiled.ForwardDepth()) == _count(_model._Depth()) == [0, 2, 0, 5, 2, 1, 0]
+    pure = env_bool(_compiled.ENV_PURE_PYTHON, False)
+    assert type(_model._depth) is (_model._Depth if pure else compiled.ForwardDepth)
+    with pytest.raises(TypeError):
+        compiled.ForwardDepth().value = "one"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+def test_a_forked_child_keeps_the_forking_threads_depth(compiled: ModuleType) -> None:
+    depth = compiled.ForwardDepth()
+    depth.value = 3
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if depth.value == 3 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -13,10 +13,8 @@ int dropped_begin(RootHooks *self, PyObject *first, PyObject *batch) {
     if ((perf = PyLong_FromLongLong(now)) == NULL) goto done;
     if ((zero = PyLong_FromLong(0)) == NULL) goto done;
     if ((previous = current_record(self->state)) == NULL) goto done;
-    PyObject *record_args[] = {
-        table, self->tracer, self->invalid_span, perf, zero, Py_None, batch, first, previous,
-    };
-    record = make_record(self, record_args);
+    PyObject *required[] = {table, self->tracer, self->invalid_span, perf, zero, Py_None};
+    record = record_create(required, batch, first, previous);
     if (record == NULL) goto done;
     if (push_record(self, record) < 0) goto done;
     result = 0;
@@ -153,7 +151,7 @@ int dropped_finish(RootHooks *self, PyObject *record, long long end, PyObject *o
     if ((previous = record_get(record, F_PREVIOUS)) == NULL) goto done;
     long long started = PyLong_AsLongLong(start);
     if (started == -1 && PyErr_Occurred()) goto done;
-    if (PyObject_SetAttr(self->state, str_record, previous) < 0 || add_depth(self, -1) < 0)
+    if (PyObject_SetAttr(self->state, str_record, previous) < 0 || depth_add(self->depth, -1) < 0)
         goto done;
     if ((counts = count_output(self, output)) == NULL) goto done;
     if (add_points(self, end - started, batch, counts) < 0) goto done;

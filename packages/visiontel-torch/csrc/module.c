@@ -32,7 +32,7 @@
 
 #include "speedups.h"
 
-PyObject *str_record, *str_stamps, *str_events, *str_layer_start, *str_layer_end;
+PyObject *str_value, *str_record, *str_stamps, *str_events, *str_layer_start, *str_layer_end;
 PyObject *str_class, *str_call, *str_incomplete, *str_forward, *str_install, *str_uninstall;
 PyObject *str_f_name, *str_f_context, *str_f_parent, *str_f_attributes, *str_f_start, *str_f_end;
 PyObject *deepcopy_function = NULL;
@@ -71,6 +71,7 @@ static struct PyModuleDef speedups = {
     if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
 
 PyMODINIT_FUNC PyInit__speedups(void) {
+    INTERN(str_value, "value");
     INTERN(str_record, "record");
     INTERN(str_forward, "forward");
     INTERN(str_install, "install");
@@ -97,48 +98,26 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     if (time_module == NULL) return NULL;
     perf_counter_ns = PyObject_GetAttrString(time_module, "perf_counter_ns");
     Py_DECREF(time_module);
-    if (perf_counter_ns == NULL || PyType_Ready(&StampedForwardType) < 0 ||
-        PyType_Ready(&ForwardSwapType) < 0 || PyType_Ready(&ThreadRecordType) < 0 ||
-        PyType_Ready(&RootHooksType) < 0 || PyType_Ready(&ForwardDepthType) < 0 ||
-        record_init_type() < 0 || roots_init_names() < 0)
-        return NULL;
+    if (perf_counter_ns == NULL || record_init_type() < 0 || roots_init_names() < 0) return NULL;
+    /* the module's types, by the names Python imports them under */
+    struct {
+        const char *name;
+        PyTypeObject *type;
+    } types[] = {
+        {"StampedForward", &StampedForwardType}, {"ThreadRecord", &ThreadRecordType},
+        {"ForwardSwap", &ForwardSwapType},       {"ForwardDepth", &ForwardDepthType},
+        {"ForwardRecord", &ForwardRecordType},   {"RootHooks", &RootHooksType},
+    };
+    size_t count = sizeof types / sizeof types[0];
+    for (size_t i = 0; i < count; i++)
+        if (PyType_Ready(types[i].type) < 0) return NULL;
     PyObject *module = PyModule_Create(&speedups);
     if (module == NULL) return NULL;
-    Py_INCREF(&StampedForwardType);
-    if (PyModule_AddObject(module, "StampedForward", (PyObject *)&StampedForwardType) < 0) {
-        Py_DECREF(&StampedForwardType);
-        Py_DECREF(module);
-        return NULL;
-    }
-    Py_INCREF(&ThreadRecordType);
-    if (PyModule_AddObject(module, "ThreadRecord", (PyObject *)&ThreadRecordType) < 0) {
-        Py_DECREF(&ThreadRecordType);
-        Py_DECREF(module);
-        return NULL;
-    }
-    Py_INCREF(&ForwardSwapType);
-    if (PyModule_AddObject(module, "ForwardSwap", (PyObject *)&ForwardSwapType) < 0) {
-        Py_DECREF(&ForwardSwapType);
-        Py_DECREF(module);
-        return NULL;
-    }
-    Py_INCREF(&ForwardDepthType);
-    if (PyModule_AddObject(module, "ForwardDepth", (PyObject *)&ForwardDepthType) < 0) {
-        Py_DECREF(&ForwardDepthType);
-        Py_DECREF(module);
-        return NULL;
-    }
-    Py_INCREF(&ForwardRecordType);
-    if (PyModule_AddObject(module, "ForwardRecord", (PyObject *)&ForwardRecordType) < 0) {
-        Py_DECREF(&ForwardRecordType);
-        Py_DECREF(module);
-        return NULL;
-    }
-    Py_INCREF(&RootHooksType);
-    if (PyModule_AddObject(module, "RootHooks", (PyObject *)&RootHooksType) < 0) {
-        Py_DECREF(&RootHooksType);
-        Py_DECREF(module);
-        return NULL;
+    for (size_t i = 0; i < count; i++) {
+        if (PyModule_AddObjectRef(module, types[i].name, (PyObject *)types[i].type) < 0) {
+            Py_DECREF(module);
+            return NULL;
+        }
     }
     return module;
 }

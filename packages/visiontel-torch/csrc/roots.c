@@ -14,7 +14,7 @@
  * gives another object clears the guard until Python asks the gate again and arms this
  * with a new guard and plan. */
 
-PyObject *str_value, *str_table, *str_shape, *str_append, *str_extend, *str_due, *str_boxes;
+PyObject *str_table, *str_shape, *str_append, *str_extend, *str_due, *str_boxes;
 
 static int guard_holds(RootHooks *self) {
     if (!PyTuple_Check(self->guard)) return 0;
@@ -37,19 +37,9 @@ failed:
     return 0;
 }
 
-int add_depth(RootHooks *self, long change) {
-    return depth_add(self->depth, change);
-}
-
-PyObject *make_record(RootHooks *self, PyObject *const args[9]) {
-    if (self->make_record == (PyObject *)&ForwardRecordType)
-        return record_create(args, args[6], args[7], args[8]);
-    return PyObject_Vectorcall(self->make_record, args, 6, self->record_kwnames);
-}
-
 int push_record(RootHooks *self, PyObject *record) {
     if (PyObject_SetAttr(self->state, str_record, record) < 0) return -1;
-    return add_depth(self, 1);
+    return depth_add(self->depth, 1);
 }
 
 int call_method_one(PyObject *target, PyObject *method, PyObject *value) {
@@ -261,19 +251,19 @@ static PyMethodDef roots_methods[] = {
 
 static PyObject *roots_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {
-        "state", "depth", "make_record", "owner", "tracer", "invalid_span", "tensor_class",
+        "state", "depth", "owner", "tracer", "invalid_span", "tensor_class",
         "count", "count_tensors", "durations", "images", "detections", "points_owner",
         "record_every", "name", "attributes", "describe", "input_cache", "describe_inputs",
         "instrumentation", "complete", NULL,
     };
-    PyObject *state, *depth, *make_record, *owner, *tracer, *invalid_span, *tensor_class,
+    PyObject *state, *depth, *owner, *tracer, *invalid_span, *tensor_class,
         *count, *durations, *images, *detections, *points_owner, *name, *attributes,
         *input_cache, *describe_inputs, *instrumentation, *complete;
     int count_tensors, describe;
     Py_ssize_t record_every;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOOOOOOpOOOOnOOpO!OOO:RootHooks", keywords, &state, &depth,
-            &make_record, &owner, &tracer, &invalid_span, &tensor_class, &count,
+            args, kwargs, "$OOOOOOOpOOOOnOOpO!OOO:RootHooks", keywords, &state, &depth,
+            &owner, &tracer, &invalid_span, &tensor_class, &count,
             &count_tensors, &durations, &images, &detections, &points_owner, &record_every,
             &name, &attributes, &describe, &PyDict_Type, &input_cache, &describe_inputs,
             &instrumentation, &complete))
@@ -292,17 +282,11 @@ static PyObject *roots_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     RootHooks *self = (RootHooks *)type->tp_alloc(type, 0);
     if (self == NULL) return NULL;
-    self->record_kwnames = Py_BuildValue("(sss)", "batch_size", "inputs", "previous");
-    if (self->record_kwnames == NULL) {
-        Py_DECREF(self);
-        return NULL;
-    }
     self->guard = Py_NewRef(Py_None);
     self->plan = Py_NewRef(Py_None);
     clear_plan(self);
     self->state = Py_NewRef(state);
     self->depth = Py_NewRef(depth);
-    self->make_record = Py_NewRef(make_record);
     self->owner = Py_NewRef(owner);
     self->tracer = Py_NewRef(tracer);
     self->invalid_span = Py_NewRef(invalid_span);
@@ -329,7 +313,6 @@ static int roots_traverse(RootHooks *self, visitproc visit, void *arg) {
     Py_VISIT(self->plan);
     Py_VISIT(self->state);
     Py_VISIT(self->depth);
-    Py_VISIT(self->make_record);
     Py_VISIT(self->owner);
     Py_VISIT(self->tracer);
     Py_VISIT(self->invalid_span);
@@ -354,8 +337,6 @@ static int roots_clear(RootHooks *self) {
     Py_CLEAR(self->plan);
     Py_CLEAR(self->state);
     Py_CLEAR(self->depth);
-    Py_CLEAR(self->make_record);
-    Py_CLEAR(self->record_kwnames);
     Py_CLEAR(self->owner);
     Py_CLEAR(self->tracer);
     Py_CLEAR(self->invalid_span);
@@ -395,7 +376,6 @@ PyTypeObject RootHooksType = {
 
 int roots_init_names(void) {
 #define NAME(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return -1
-    NAME(str_value, "value");
     NAME(str_table, "table");
     NAME(str_shape, "shape");
     NAME(str_append, "append");

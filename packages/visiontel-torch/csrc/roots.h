@@ -28,10 +28,7 @@ typedef struct {
     PyObject *detach;           /* opentelemetry.context.detach: a failed reset, logged */
     /* Fixed per model. */
     PyObject *state;        /* the model's ThreadRecord (or threading.local) with .record */
-    PyObject *depth;        /* _model._depth: a threading.local with .value */
-    PyObject *make_record;  /* (table, tracer, span, perf ns, wall ns, stamps, **kw) */
-                            /* (ForwardRecord, compiled: made by record_create) */
-    PyObject *record_kwnames; /* ("batch_size", "inputs", "previous") */
+    PyObject *depth;        /* _model._depth: a ForwardDepth (or threading.local) */
     PyObject *owner;        /* the model's ProbeTree: .table, .check, .probes, .seen */
     PyObject *tracer;
     PyObject *invalid_span;
@@ -52,12 +49,8 @@ typedef struct {
 
 /* roots.c */
 int roots_init_names(void);
-int add_depth(RootHooks *self, long change);
 /* `record` made this thread's current one, the forward depth one more: -1 on failure. */
 int push_record(RootHooks *self, PyObject *record);
-/* A new record of (table, tracer, span, perf ns, wall ns, stamps, batch size, inputs,
- * previous): a compiled ForwardRecord, or made by make_record's Python class. */
-PyObject *make_record(RootHooks *self, PyObject *const args[9]);
 int call_method_one(PyObject *target, PyObject *method, PyObject *value);
 extern PyObject *str_table, *str_shape, *str_append, *str_extend, *str_due, *str_boxes;
 

@@ -161,9 +161,8 @@ int sampled_begin(RootHooks *self, PyObject *model, PyObject *first, PyObject *b
     if (layered < 0) goto done;
     if ((stamps = layered ? PyList_New(0) : Py_NewRef(Py_None)) == NULL) goto done;
     if ((previous = current_record(self->state)) == NULL) goto done;
-    PyObject *record_args[] = {table, self->tracer, span, perf, wall, stamps, batch, first,
-                               previous};
-    record = make_record(self, record_args);
+    PyObject *required[] = {table, self->tracer, span, perf, wall, stamps};
+    record = record_create(required, batch, first, previous);
     if (record == NULL || (token = attach_span(self, span)) == NULL) goto done;
     if (record_set(record, F_CONTEXT_TOKEN, token) < 0) goto done;
     if (layered) {
@@ -234,7 +233,7 @@ int sampled_finish(RootHooks *self, PyObject *record, PyObject *span, long long 
     PyObject *counts = NULL, *later = NULL;
     int result = -1;
     if ((previous = record_get(record, F_PREVIOUS)) == NULL) goto done;
-    if (PyObject_SetAttr(self->state, str_record, previous) < 0 || add_depth(self, -1) < 0)
+    if (PyObject_SetAttr(self->state, str_record, previous) < 0 || depth_add(self->depth, -1) < 0)
         goto done;
     if ((perf_end = PyLong_FromLongLong(end)) == NULL) goto done;
     if (record_set(record, F_PERF_END, perf_end) < 0) goto done;

@@ -7,7 +7,7 @@
 #include <stddef.h>
 
 /* Interned names and attribute keys, made once by PyInit__speedups. */
-extern PyObject *str_record, *str_stamps, *str_events, *str_layer_start, *str_layer_end;
+extern PyObject *str_value, *str_record, *str_stamps, *str_events, *str_layer_start, *str_layer_end;
 extern PyObject *str_class, *str_call, *str_incomplete, *str_forward, *str_install,
     *str_uninstall;
 extern PyObject *str_f_name, *str_f_context, *str_f_parent, *str_f_attributes, *str_f_start,
@@ -19,7 +19,6 @@ int clock_ns(long long *out);
 
 extern PyTypeObject ThreadRecordType, StampedForwardType, ForwardSwapType, RootHooksType,
     ForwardRecordType, ForwardDepthType;
-extern PyObject *str_value; /* "value" (roots.c) */
 
 /* thread_record.c: add `change` to a ForwardDepth's (or a threading.local's) .value for
  * this thread; -1 with an exception on failure. */

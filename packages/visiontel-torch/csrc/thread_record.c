@@ -104,11 +104,15 @@ static PyGetSetDef thread_record_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+/* -1 with a TypeError when a constructor that takes nothing was given something. */
+static int no_arguments(const char *name, PyObject *args, PyObject *kwargs) {
+    if (!PyTuple_GET_SIZE(args) && (kwargs == NULL || !PyDict_GET_SIZE(kwargs))) return 0;
+    PyErr_Format(PyExc_TypeError, "%s() takes no arguments", name);
+    return -1;
+}
+
 static PyObject *thread_record_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    if (PyTuple_GET_SIZE(args) || (kwargs != NULL && PyDict_GET_SIZE(kwargs))) {
-        PyErr_SetString(PyExc_TypeError, "ThreadRecord() takes no arguments");
-        return NULL;
-    }
+    if (no_arguments("ThreadRecord", args, kwargs) < 0) return NULL;
     ThreadRecord *self = (ThreadRecord *)type->tp_alloc(type, 0);
     if (self == NULL) return NULL;
     self->records = PyDict_New();
@@ -205,10 +209,7 @@ static PyGetSetDef depth_getset[] = {
 };
 
 static PyObject *depth_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    if (PyTuple_GET_SIZE(args) || (kwargs != NULL && PyDict_GET_SIZE(kwargs))) {
-        PyErr_SetString(PyExc_TypeError, "ForwardDepth() takes no arguments");
-        return NULL;
-    }
+    if (no_arguments("ForwardDepth", args, kwargs) < 0) return NULL;
     ForwardDepth *self = (ForwardDepth *)type->tp_alloc(type, 0);
     if (self == NULL) return NULL;
     self->key = (Py_tss_t)Py_tss_NEEDS_INIT;

@@ -166,7 +166,6 @@ class ModelInstrumentation:
         return compiled.RootHooks(
             state=self._tls,
             depth=_depth,
-            make_record=self._make_record,
             owner=self._tree,
             tracer=self._runtime.tracer,
             invalid_span=trace.INVALID_SPAN,

@@ -37,7 +37,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 import visiontel.torch as vt
 from visiontel.torch import _otel_private
-from visiontel.torch._metrics import UNSAMPLED_CONTEXT
+from visiontel.torch._metrics import UNSAMPLED_CONTEXT, SampledPoints
 from visiontel.torch._runtime import runtime_for
 
 from torch_support import TinyDetector, data_points
@@ -188,6 +188,26 @@ def test_values_with_their_own_contexts_equal_recorded_values(case: str) -> None
                 assert len(span_ids) > 1, "each value's exemplar names its own span"
     with pytest.raises(ValueError, match="2 contexts for 3 values"):
         _otel_private.fold_points(folded, [0.1, 0.2, 0.3], ATTRIBUTES, own[:2], memo)
+
+
+def test_sampled_points_the_fold_declines_are_recorded_with_their_own_contexts() -> None:
+    """Where the fold declines (here: an exemplar filter that may take any value), the
+    waiting points go through ``record`` one by one, each in its own span's context."""
+    own = [_sampled_context(0xA1 + n, 0xB1 + n) for n in range(4)]
+    values = [1.0, 7.0, 20.0, 60.0]  # each in a default bucket of its own: four exemplars
+    always_on = _provider(exemplar_filter=AlwaysOnExemplarFilter())
+    waited_provider, (waited_reader,) = always_on()
+    recorded_provider, (recorded_reader,) = always_on()
+    waited, recorded = _histogram(waited_provider), _histogram(recorded_provider)
+    sampled, memo = SampledPoints(), {}  # one histogram, attributes and memo: one batch
+    for value, context in zip(values, own, strict=True):
+        sampled.add(waited, (value,), ATTRIBUTES, context, memo)
+        recorded.record(value, ATTRIBUTES, context=context)
+    sampled.record()
+    points = _collected(waited_reader)
+    assert points == _collected(recorded_reader)
+    exemplars = sorted(e[:3:2] for p in points for e in p["exemplars"])
+    assert exemplars == list(zip(values, (0xB1, 0xB2, 0xB3, 0xB4), strict=True))
 
 
 def test_points_land_where_the_sdk_puts_them(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -461,7 +481,7 @@ def test_sampled_points_are_folded_at_the_end_of_the_later_work(
     forward's span and carrying that span's duration."""
     points, spans, folded_records, folds = _run_sampled(6, granularity, monkeypatch)
     _otel_private._use_public_api(True)
-    public, _, public_records, _ = _run_sampled(6, granularity, monkeypatch)
+    public, public_spans, public_records, _ = _run_sampled(6, granularity, monkeypatch)
     # folded: only the stage's first point went through record() (a stage object used once
     # records directly, _StageEnd.complete)
     assert folded_records == 1
@@ -476,6 +496,12 @@ def test_sampled_points_are_folded_at_the_end_of_the_later_work(
     ):
         assert points[name].count == public[name].count
     assert points["visiontel.inference.detections"].sum == 36
+    # folded, and recorded one by one (the public API: each value with its own context)
+    for run_points, run_spans in ((points, spans), (public, public_spans)):
+        _assert_exemplars_name_their_spans(run_points, run_spans)
+
+
+def _assert_exemplars_name_their_spans(points: dict[str, Any], spans: list[Any]) -> None:
     by_span_id = {span.context.span_id: span for span in spans}
     for name, span_name in (
         ("visiontel.inference.duration", "inference det"),

@@ -7,6 +7,7 @@ copies data to the host, so it never waits for the GPU.
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -102,9 +103,24 @@ def record_points(
     in one step where the gate allows (exemplars as the SDK would keep them), else one
     ``record`` each. ``memo``: a dict the caller keeps for this histogram and attribute set.
     """
-    if not fold_points(histogram, values, attributes, (context,), memo):
-        for value in values:
-            histogram.record(value, attributes, context=context)
+    _fold_or_record(histogram, values, attributes, (context,), memo)
+
+
+def _fold_or_record(
+    histogram: metrics.Histogram,
+    values: Sequence[float],
+    attributes: dict[str, Any],
+    contexts: Sequence[Context],
+    memo: dict[str, Any],
+) -> None:
+    """``fold_points``, or where it declines, one ``record`` per value in its context
+    (``contexts``: one for all values, or one per value)."""
+    if fold_points(histogram, values, attributes, contexts, memo):
+        return
+    # one context for all: repeated (zip stops at the last value)
+    per_value = contexts if len(contexts) == len(values) else itertools.repeat(contexts[0])
+    for value, context in zip(values, per_value, strict=False):
+        histogram.record(value, attributes, context=context)
 
 
 def record_unsampled(
@@ -284,9 +300,7 @@ class SampledPoints:
             batch[3].append(value)
             batch[4].append(context)
         for histogram, attributes, memo, values, contexts in batches.values():
-            if not fold_points(histogram, values, attributes, contexts, memo):
-                for value, context in zip(values, contexts, strict=True):
-                    histogram.record(value, attributes, context=context)
+            _fold_or_record(histogram, values, attributes, contexts, memo)
 
     def clear(self) -> None:
         """Forget the waiting points (a forked child: they belong to the parent)."""

@@ -7,8 +7,8 @@
  * it touches a fraction of the instructions.
  *
  *   thread_record.c  ThreadRecord: each thread's in-flight forward record of one model
- *                    (_model._ThreadState, a threading.local, in Python), and
- *                    ForwardDepth: its count of instrumented forwards (_model._Depth).
+ *                    (_threads.ThreadState, a threading.local, in Python), and
+ *                    ForwardDepth: its count of instrumented forwards (_threads.Depth).
  *   stamped.c        StampedForward: a child module's armed forward wrapper, two
  *                    (index, perf ns, event) stamps around the original forward.
  *   swap.c           ForwardSwap, install_all, uninstall_all: arming and disarming a

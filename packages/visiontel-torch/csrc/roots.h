@@ -28,7 +28,7 @@ typedef struct {
     PyObject *detach;           /* opentelemetry.context.detach: a failed reset, logged */
     /* Fixed per model. */
     PyObject *state;        /* the model's ThreadRecord (or threading.local) with .record */
-    PyObject *depth;        /* _model._depth: a ForwardDepth (or threading.local) */
+    PyObject *depth;        /* _threads.depth: a ForwardDepth (or threading.local) */
     PyObject *owner;        /* the model's ProbeTree: .table, .check, .probes, .seen */
     PyObject *tracer;
     PyObject *invalid_span;

@@ -1,6 +1,6 @@
 #include "speedups.h"
 
-/* _model._ThreadState, compiled: each thread's in-flight ForwardRecord of one model, as the
+/* _threads.ThreadState, compiled: each thread's in-flight ForwardRecord of one model, as the
  * attribute ``record`` (None when the thread runs no forward of it). A threading.local
  * costs a per-thread dictionary lookup and a generic attribute lookup on every layer call;
  * this keeps the last thread's record at hand. Only threads with a forward in flight have
@@ -157,7 +157,7 @@ PyTypeObject ThreadRecordType = {
 };
 
 
-/* _model._Depth, compiled: how many instrumented forwards run on this thread now, as the
+/* _threads.Depth, compiled: how many instrumented forwards run on this thread now, as the
  * attribute ``value``. Every root forward adds one and takes one away; a threading.local
  * finds the thread's dictionary and then the name in it each time, this reads a
  * thread-specific slot. A forked child keeps the forking thread's value, as a

@@ -5,7 +5,7 @@
   ``_record.record_type()`` gives, so the two must agree on every field, default, argument
   error and method.
 * ``ForwardDepth`` (csrc/thread_record.c): each thread's count of instrumented forwards,
-  ``_model._depth`` where the extension loaded; it must count as the threading.local does.
+  ``_threads.depth`` where the extension loaded; it must count as the threading.local does.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 
 import visiontel.torch as vt
 from visiontel._support.env import env_bool
-from visiontel.torch import _compiled, _model, _record
+from visiontel.torch import _compiled, _model, _record, _threads
 
 from torch_support import TinyDetector, loops, make_telemetry
 
@@ -164,9 +164,9 @@ def _count(depth: Any) -> list[int]:
 
 
 def test_forward_depth_counts_per_thread_as_the_threading_local(compiled: ModuleType) -> None:
-    assert _count(compiled.ForwardDepth()) == _count(_model._Depth()) == [0, 2, 0, 5, 2, 1, 0]
+    assert _count(compiled.ForwardDepth()) == _count(_threads.Depth()) == [0, 2, 0, 5, 2, 1, 0]
     pure = env_bool(_compiled.ENV_PURE_PYTHON, False)
-    assert type(_model._depth) is (_model._Depth if pure else compiled.ForwardDepth)
+    assert type(_threads.depth) is (_threads.Depth if pure else compiled.ForwardDepth)
     with pytest.raises(TypeError):
         compiled.ForwardDepth().value = "one"
 

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 
 import visiontel.torch as vt
-from visiontel.torch import _model, _runtime
+from visiontel.torch import _model, _runtime, _threads
 
 from torch_support import data_points, loops
 
@@ -39,7 +39,7 @@ class Detector(torch.nn.Module):
         self.depth_seen: list[int] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.depth_seen.append(_model.forward_depth())
+        self.depth_seen.append(_threads.forward_depth())
         if torch.isnan(x).any():
             raise ValueError("bad frame")
         return self.head(torch.cat([x, x]))
@@ -139,7 +139,7 @@ def test_compiled_and_pure_python_record_the_same_points(
     assert (compiled_begins, pure_begins) == (1, len(BATCHES))
     # both kept the forward depth as Python does: 1 inside the forward
     assert compiled_model.depth_seen == pure_model.depth_seen == [1] * len(BATCHES)
-    assert _model.forward_depth() == 0
+    assert _threads.forward_depth() == 0
 
 
 def test_a_custom_detection_counter_is_called_by_the_compiled_path(
@@ -230,7 +230,7 @@ def test_failures_and_other_inputs_are_handled_by_python(
         assert dropped.guard is guard  # declined for its inputs: the guard was not rebuilt
         _frames(model, [1])
         assert calls.begins == 2  # and the next model(images) is compiled again
-    assert _model.forward_depth() == 0
+    assert _threads.forward_depth() == 0
     points = providers.points()
     durations = points["visiontel.inference.duration"]
     failed = [row for row in durations if ("error.type", "ValueError") in row[0]]

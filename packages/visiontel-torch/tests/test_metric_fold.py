@@ -37,7 +37,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 import visiontel.torch as vt
 from visiontel.torch import _otel_private
-from visiontel.torch._metrics import UNSAMPLED_CONTEXT, SampledPoints
+from visiontel.torch._points import UNSAMPLED_CONTEXT, SampledPoints
 from visiontel.torch._runtime import runtime_for
 
 from torch_support import TinyDetector, data_points

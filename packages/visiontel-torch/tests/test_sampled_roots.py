@@ -36,7 +36,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import SpanContext, TraceFlags
 
 import visiontel.torch as vt
-from visiontel.torch import _inputs, _model, _otel_private, _probes
+from visiontel.torch import _inputs, _model, _otel_private, _probes, _threads
 
 from torch_support import data_points, loops
 
@@ -54,7 +54,7 @@ class Net(torch.nn.Module):
         self.inside: Any = None  # called inside the forward, when set
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen.append((trace.get_current_span(), _model.forward_depth()))
+        self.seen.append((trace.get_current_span(), _threads.forward_depth()))
         if self.inside is not None:
             self.inside()
         if torch.isnan(x).any():

@@ -445,10 +445,10 @@ def test_thread_record_is_per_thread_and_keeps_nothing_after_a_forward(
 def test_a_forked_child_keeps_no_other_threads_records(compiled: ModuleType) -> None:
     import threading
 
-    from visiontel.torch import _model
+    from visiontel.torch import _threads
 
     with loops(compiled):
-        state = _model._thread_state()
+        state = _threads.thread_state()
     entered, release = threading.Event(), threading.Event()
 
     def mid_forward() -> None:

@@ -51,7 +51,7 @@ import weakref
 from types import FrameType
 from typing import Any
 
-from visiontel.torch import _model
+from visiontel.torch import _model, _threads
 from visiontel.torch._api import instrument_model, uninstrument_model
 from visiontel.torch._births import listen, unlisten
 from visiontel.torch._config import TorchConfig
@@ -82,7 +82,7 @@ class Discovery:
         self._rejected: weakref.WeakSet[Any] = weakref.WeakSet()
         self._discovered: weakref.WeakSet[Any] = weakref.WeakSet()
         self._deferrals: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-        self._is_compiling = _model.is_compiling_fn()
+        self._is_compiling = _threads.is_compiling_fn()
         # The hook's handle and the pending modules. Taken inside Module.__init__, so it is
         # never held while calling out (nor while taking _lock); reentrant in case a
         # collection run while it is held finalises something that builds a module.
@@ -246,7 +246,7 @@ class Discovery:
                 handles = self._parked.pop(module, None)
             if handles:
                 remove_hooks(handles)
-            if self._closed or _model.forward_depth():
+            if self._closed or _threads.forward_depth():
                 return  # inside an instrumented forward: settled, nothing to judge
             self._on_born(module)
             self._on_call(module, args)
@@ -255,7 +255,11 @@ class Discovery:
 
     # -- the global pre-hook -----------------------------------------------------------------
     def _on_call(self, module: Any, args: Any) -> None:
-        if self._is_compiling() or _model.forward_depth() or getattr(module, "_is_replica", False):
+        if (
+            self._is_compiling()
+            or _threads.forward_depth()
+            or getattr(module, "_is_replica", False)
+        ):
             return
         try:
             if module in self._rejected:

@@ -7,7 +7,6 @@ unsampled forward never pays for them.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -23,77 +22,18 @@ from visiontel.torch._config import TorchConfig
 from visiontel.torch._failures import record_failure
 from visiontel.torch._inputs import InputDescription, attribute_cache, describe_inputs, tensor_type
 from visiontel.torch._livespan import add_plain_attributes, all_plain
-from visiontel.torch._metrics import DetectionCounter, count_detections, record_points
+from visiontel.torch._metrics import DetectionCounter, count_detections
+from visiontel.torch._points import record_points
 from visiontel.torch._record import ForwardRecord, ModuleTable, record_type
 from visiontel.torch._runtime import Runtime
 from visiontel.torch._safety import report_internal_error
+from visiontel.torch._threads import ThreadState, depth, is_compiling_fn, thread_state
 from visiontel.torch._timing import EventSource, cuda_event_source
-from visiontel.torch._torch_private import register_hooks, remove_hooks, tracing_check
+from visiontel.torch._torch_private import register_hooks, remove_hooks
 from visiontel.torch._tree import ProbeTree
 
 _registry: weakref.WeakKeyDictionary[Any, ModelInstrumentation] = weakref.WeakKeyDictionary()
 _registry_lock = threading.Lock()
-
-
-def is_compiling_fn() -> Callable[[], bool]:
-    """True while torch.compile or torch.jit.trace runs the model: hooks then stay silent."""
-    import torch
-
-    compiler = getattr(torch, "compiler", None)
-    compiling = getattr(compiler, "is_compiling", None)
-    tracing = tracing_check()
-    if not callable(compiling):
-        return tracing
-    return lambda: compiling() or tracing()
-
-
-class _ThreadState(threading.local):
-    record: ForwardRecord | None = None
-
-
-_compiled_states: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def _thread_state() -> Any:
-    """Each thread's in-flight record of one model: ``_speedups.ThreadRecord`` where the
-    compiled loops run (its layer wrappers read it without a threading.local lookup)."""
-    compiled = _compiled.speedups
-    if compiled is None:
-        return _ThreadState()
-    state = compiled.ThreadRecord()
-    _compiled_states.add(state)
-    return state
-
-
-def _after_fork_in_child() -> None:
-    # A threading.local forgets the threads that do not exist in the child; do the same.
-    for state in list(_compiled_states):
-        state.keep_this_thread()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class _Depth(threading.local):
-    value = 0
-
-
-def _depth_counter() -> Any:
-    """Each thread's count of instrumented forwards running: ``_speedups.ForwardDepth``
-    where the extension loaded (read and written by the compiled hooks without a
-    threading.local lookup), whichever loops run later."""
-    compiled = _compiled.speedups
-    return _Depth() if compiled is None else compiled.ForwardDepth()
-
-
-_depth = _depth_counter()
-
-
-def forward_depth() -> int:
-    """How many instrumented forwards are running on this thread right now."""
-    depth: int = _depth.value
-    return depth
 
 
 class ModelInstrumentation:
@@ -109,7 +49,7 @@ class ModelInstrumentation:
     ) -> None:
         self.config = config
         self._runtime = runtime
-        self._tls: _ThreadState = _thread_state()  # or its compiled twin, same attribute
+        self._tls: ThreadState = thread_state()  # or its compiled twin, same attribute
         self._detections = detections or count_detections
         self._event_source = event_source
         self._is_compiling = is_compiling_fn()
@@ -165,7 +105,7 @@ class ModelInstrumentation:
         sampled_ok = self._plain and self._event_source is None
         return compiled.RootHooks(
             state=self._tls,
-            depth=_depth,
+            depth=depth,
             owner=self._tree,
             tracer=self._runtime.tracer,
             invalid_span=trace.INVALID_SPAN,
@@ -193,7 +133,7 @@ class ModelInstrumentation:
         if self._is_compiling():
             return
         try:
-            if self.on_nested is not None and _depth.value:
+            if self.on_nested is not None and depth.value:
                 self.on_nested(model)  # discovered, but part of a larger model: withdraw
                 return
             roots = self._roots
@@ -262,7 +202,7 @@ class ModelInstrumentation:
                     otel_context.detach(token)  # the caller's context back, then reported
                     raise
         self._tls.record = record
-        _depth.value += 1
+        depth.value += 1
 
     def _begin_dropped(self, args: Any, kwargs: Any) -> None:
         """A forward whose span the sampler drops under any parent: its clock, batch size
@@ -286,7 +226,7 @@ class ModelInstrumentation:
             inputs=first,  # read only if the forward fails (_failure_attributes)
             previous=tls.record,
         )
-        _depth.value += 1
+        depth.value += 1
 
     def _finish(self, output: Any) -> None:
         perf_end = time.perf_counter_ns()
@@ -294,7 +234,7 @@ class ModelInstrumentation:
         if record is None:  # hooks installed while this forward was already running
             return
         self._tls.record = record.previous
-        _depth.value -= 1
+        depth.value -= 1
         if record.span is trace.INVALID_SPAN and output is not None and self._runtime.spans.batched:
             # dropped, no failure: only points, which wait (nothing else was started)
             self._unsampled.add(

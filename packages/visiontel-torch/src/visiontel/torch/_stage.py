@@ -14,7 +14,7 @@ from opentelemetry import trace
 
 from visiontel.torch._failures import record_failure
 from visiontel.torch._livespan import all_plain
-from visiontel.torch._metrics import record_points
+from visiontel.torch._points import record_points
 from visiontel.torch._record import ModuleTable, record_type
 from visiontel.torch._runtime import Runtime, default_runtime
 from visiontel.torch._safety import report_internal_error

@@ -20,7 +20,7 @@ from opentelemetry import metrics
 from opentelemetry.context import Context
 
 from visiontel.torch._inflight import InFlight
-from visiontel.torch._metrics import record_unsampled
+from visiontel.torch._points import record_unsampled
 from visiontel.torch._safety import report_internal_error
 from visiontel.ultralytics.version import SCHEMA_URL, __version__
 

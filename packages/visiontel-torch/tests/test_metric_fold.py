@@ -37,7 +37,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 import visiontel.torch as vt
 from visiontel.torch import _otel_private
-from visiontel.torch._points import UNSAMPLED_CONTEXT, SampledPoints
+from visiontel.torch._points import UNSAMPLED_CONTEXT, SampledPoints, SpanContexts
 from visiontel.torch._runtime import runtime_for
 
 from torch_support import TinyDetector, data_points
@@ -156,23 +156,41 @@ def test_folded_batches_equal_recorded_values(case: str, context_name: str) -> N
                 assert not with_exemplars
 
 
-def _sampled_context(trace_id: int, span_id: int) -> Any:
-    flags = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+def _span(trace_id: int, span_id: int, sampled: bool = True) -> trace.Span:
+    flags = trace.TraceFlags(trace.TraceFlags.SAMPLED if sampled else trace.TraceFlags.DEFAULT)
     span_context = trace.SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags)
-    return trace.set_span_in_context(trace.NonRecordingSpan(span_context))
+    return trace.NonRecordingSpan(span_context)
 
 
+class CountedContexts(SpanContexts):
+    """``SpanContexts`` that counts the contexts it makes."""
+
+    made = 0
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, int):
+            CountedContexts.made += 1
+        return super().__getitem__(index)
+
+
+@pytest.mark.parametrize("made", ["as a list", "from spans when read"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_values_with_their_own_contexts_equal_recorded_values(case: str) -> None:
+def test_values_with_their_own_contexts_equal_recorded_values(case: str, made: str) -> None:
     """Sampled forwards finished in one run of later work: one fold, each value with its
-    own span's context (sampled ones and an unsampled one among them, some in one bucket)."""
-    own = [_sampled_context(0xA1 + n, 0xB1 + n) for n in range(4)] + [UNSAMPLED_CONTEXT]
+    own span's context (sampled ones, a valid unsampled one and the invalid span among
+    them, some in one bucket), the contexts given as a list or made from the spans only
+    when read (``SpanContexts``, as a run of later work gives them)."""
+    spans = [_span(0xA1 + n, 0xB1 + n) for n in range(4)]
+    spans += [_span(0xA9, 0xB9, sampled=False), trace.INVALID_SPAN]
     folded_provider, folded_readers = CASES[case]()
     recorded_provider, recorded_readers = CASES[case]()
     folded, recorded = _histogram(folded_provider), _histogram(recorded_provider)
     memo: dict[str, Any] = {}
     for batch in BATCHES:
-        contexts = [own[(index * 3 + len(batch)) % len(own)] for index in range(len(batch))]
+        chosen = [spans[(index * 5 + len(batch)) % len(spans)] for index in range(len(batch))]
+        contexts: Any = CountedContexts(chosen)
+        if made == "as a list":
+            contexts = [trace.set_span_in_context(span) for span in chosen]
         assert _otel_private.fold_points(folded, batch, ATTRIBUTES, contexts, memo)
         for value, context in zip(batch, contexts, strict=True):
             recorded.record(value, ATTRIBUTES, context=context)
@@ -187,22 +205,49 @@ def test_values_with_their_own_contexts_equal_recorded_values(case: str) -> None
             if "other buckets" in case and len(batch) > 1:  # values in several buckets
                 assert len(span_ids) > 1, "each value's exemplar names its own span"
     with pytest.raises(ValueError, match="2 contexts for 3 values"):
-        _otel_private.fold_points(folded, [0.1, 0.2, 0.3], ATTRIBUTES, own[:2], memo)
+        _otel_private.fold_points(folded, [0.1, 0.2, 0.3], ATTRIBUTES, contexts[:2], memo)
+
+
+@pytest.mark.parametrize("case", ["one reader", "exemplars always off"])
+def test_contexts_from_spans_are_made_only_for_offered_values(case: str) -> None:
+    """A run's sampled points keep their spans: the trace-based filter answers from the
+    span itself, and a context is made only for a value offered to the reservoir (the last
+    in each bucket), none where exemplars are off."""
+    folded_provider, folded_readers = CASES[case]()
+    recorded_provider, recorded_readers = CASES[case]()
+    folded, recorded = _histogram(folded_provider), _histogram(recorded_provider)
+    memo: dict[str, Any] = {}
+    first = [1.0]  # the aggregation's first value goes through the SDK, in its context
+    many = [1.0 + n / 100 for n in range(40)] + [20.0, 21.0]  # (0, 5] and (10, 25]
+    for batch in (first, many):
+        # the last value of each bucket is an unsampled span's: the one before is kept
+        spans = [_span(0xC1 + n, 0xD1 + n, sampled=n not in {39, 41}) for n in range(len(batch))]
+        CountedContexts.made = 0
+        contexts = CountedContexts(spans)
+        assert _otel_private.fold_points(folded, batch, ATTRIBUTES, contexts, memo)
+        for value, span in zip(batch, spans, strict=True):
+            recorded.record(value, ATTRIBUTES, context=trace.set_span_in_context(span))
+        points = _collected(folded_readers[0])
+        assert points == _collected(recorded_readers[0])
+    offered = 0 if "off" in case else 2  # the last sampled value of each bucket
+    assert CountedContexts.made == offered
+    exemplars = sorted((e[0], e[2]) for p in points for e in p["exemplars"])
+    assert exemplars == ([(many[38], 0xD1 + 38), (20.0, 0xD1 + 40)] if offered else [])
 
 
 def test_sampled_points_the_fold_declines_are_recorded_with_their_own_contexts() -> None:
     """Where the fold declines (here: an exemplar filter that may take any value), the
     waiting points go through ``record`` one by one, each in its own span's context."""
-    own = [_sampled_context(0xA1 + n, 0xB1 + n) for n in range(4)]
+    own = [_span(0xA1 + n, 0xB1 + n) for n in range(4)]
     values = [1.0, 7.0, 20.0, 60.0]  # each in a default bucket of its own: four exemplars
     always_on = _provider(exemplar_filter=AlwaysOnExemplarFilter())
     waited_provider, (waited_reader,) = always_on()
     recorded_provider, (recorded_reader,) = always_on()
     waited, recorded = _histogram(waited_provider), _histogram(recorded_provider)
     sampled, memo = SampledPoints(), {}  # one histogram, attributes and memo: one batch
-    for value, context in zip(values, own, strict=True):
-        sampled.add(waited, (value,), ATTRIBUTES, context, memo)
-        recorded.record(value, ATTRIBUTES, context=context)
+    for value, span in zip(values, own, strict=True):
+        sampled.add(waited, (value,), ATTRIBUTES, span, memo)
+        recorded.record(value, ATTRIBUTES, context=trace.set_span_in_context(span))
     sampled.record()
     points = _collected(waited_reader)
     assert points == _collected(recorded_reader)

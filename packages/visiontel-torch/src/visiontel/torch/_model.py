@@ -23,7 +23,7 @@ from visiontel.torch._failures import record_failure
 from visiontel.torch._inputs import InputDescription, attribute_cache, describe_inputs, tensor_type
 from visiontel.torch._livespan import add_plain_attributes, all_plain
 from visiontel.torch._metrics import DetectionCounter, count_detections
-from visiontel.torch._points import record_points
+from visiontel.torch._points import record_span_points
 from visiontel.torch._record import ForwardRecord, ModuleTable, record_type
 from visiontel.torch._runtime import Runtime
 from visiontel.torch._safety import report_internal_error
@@ -291,23 +291,23 @@ class ModelInstrumentation:
             }
         recording = span.is_recording()
         seconds = (perf_end - record.perf_start_ns) / 1e9
-        context = trace.set_span_in_context(span) if recording else None
-        # points with exemplars, added as the SDK adds them
-        add_points = metrics.sampled.add if defer_points else record_points
-        if context is None or failure is not None:
-            metrics.duration.record(seconds, attributes, context=context)
+        # points with exemplars (the span's), added as the SDK adds them
+        add_points = metrics.sampled.add if defer_points else record_span_points
+        if recording and failure is None:
+            add_points(metrics.duration, (seconds,), attributes, span, self._memos[0])
         else:
-            add_points(metrics.duration, (seconds,), attributes, context, self._memos[0])
+            context = trace.set_span_in_context(span) if recording else None
+            metrics.duration.record(seconds, attributes, context=context)
         if failure is None:
             if record.batch_size:
                 self._add_images(record.batch_size)
             if counts is not None:
-                if context is None:
-                    metrics.record_detections(counts, self._image_attributes, None)
-                else:
+                if recording:
                     memo = self._memos[1]
-                    add_points(metrics.detections, counts, self._image_attributes, context, memo)
+                    add_points(metrics.detections, counts, self._image_attributes, span, memo)
                     span.set_attribute("visiontel.detections", sum(counts))
+                else:
+                    metrics.record_detections(counts, self._image_attributes, None)
         if not recording:
             return
         resolver = self._runtime.resolver

@@ -14,7 +14,7 @@ import collections
 import itertools
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, overload
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
@@ -46,6 +46,45 @@ def record_points(
     ``record`` each. ``memo``: a dict the caller keeps for this histogram and attribute set.
     """
     _fold_or_record(histogram, values, attributes, (context,), memo)
+
+
+def record_span_points(
+    histogram: metrics.Histogram,
+    values: Sequence[float],
+    attributes: dict[str, Any],
+    span: trace.Span,
+    memo: dict[str, Any],
+) -> None:
+    """``record_points`` in the context of ``span`` (a sampled forward or stage, now)."""
+    _fold_or_record(histogram, values, attributes, (trace.set_span_in_context(span),), memo)
+
+
+class SpanContexts(Sequence[Context]):
+    """The context of each of ``spans``, made when read: a run of later work's sampled
+    points need their spans' contexts only for the exemplar filter, which answers from the
+    span itself where it is trace-based (``fold_points``), and for the values offered to an
+    exemplar reservoir, a few per batch. Each read makes a new context, as
+    ``trace.set_span_in_context(span)`` would have when the point was added: on the same
+    thread, in the same run of later work, so on the same current context."""
+
+    __slots__ = ("spans",)
+
+    def __init__(self, spans: Sequence[trace.Span]) -> None:
+        self.spans = spans
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    @overload
+    def __getitem__(self, index: int) -> Context: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> SpanContexts: ...
+
+    def __getitem__(self, index: int | slice) -> Context | SpanContexts:
+        if isinstance(index, slice):
+            return SpanContexts(self.spans[index])
+        return trace.set_span_in_context(self.spans[index])
 
 
 def _fold_or_record(
@@ -195,7 +234,7 @@ class UnsampledPoints:
 
 class SampledPoints:
     """Metric points of sampled forwards and stages finished as later work, each with its
-    span's context (its exemplar), recorded together at the end of that run of later work:
+    span (its exemplar's), recorded together at the end of that run of later work:
     the points of one histogram and attribute set go into the SDK's storage in one step,
     each value offered as an exemplar with its own context, as ``record`` would offer it.
 
@@ -206,21 +245,21 @@ class SampledPoints:
     """
 
     def __init__(self) -> None:
-        self._waiting: list[tuple[Any, dict[str, Any], dict[str, Any], float, Context]] = []
+        self._waiting: list[tuple[Any, dict[str, Any], dict[str, Any], float, trace.Span]] = []
 
     def add(
         self,
         histogram: metrics.Histogram,
         values: Sequence[float],
         attributes: dict[str, Any],
-        context: Context,
+        span: trace.Span,
         memo: dict[str, Any],
     ) -> None:
-        """As ``record_points(histogram, values, attributes, context, memo)``, at the end of
-        this run of later work."""
+        """As ``record_span_points(histogram, values, attributes, span, memo)``, at the end
+        of this run of later work."""
         waiting = self._waiting
         for value in values:
-            waiting.append((histogram, attributes, memo, value, context))
+            waiting.append((histogram, attributes, memo, value, span))
 
     def due(self) -> bool:
         """Enough points wait that a long run of later work should record them now."""
@@ -232,17 +271,17 @@ class SampledPoints:
         waiting, self._waiting = self._waiting, []
         if not waiting:
             return
-        batches: dict[tuple[int, int, int], tuple[Any, Any, Any, list[float], list[Context]]]
+        batches: dict[tuple[int, int, int], tuple[Any, Any, Any, list[float], list[trace.Span]]]
         batches = {}
-        for histogram, attributes, memo, value, context in waiting:
+        for histogram, attributes, memo, value, span in waiting:
             key = (id(histogram), id(attributes), id(memo))
             batch = batches.get(key)
             if batch is None:
                 batch = batches[key] = (histogram, attributes, memo, [], [])
             batch[3].append(value)
-            batch[4].append(context)
-        for histogram, attributes, memo, values, contexts in batches.values():
-            _fold_or_record(histogram, values, attributes, contexts, memo)
+            batch[4].append(span)
+        for histogram, attributes, memo, values, spans in batches.values():
+            _fold_or_record(histogram, values, attributes, SpanContexts(spans), memo)
 
     def clear(self) -> None:
         """Forget the waiting points (a forked child: they belong to the parent)."""

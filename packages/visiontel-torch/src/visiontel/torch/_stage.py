@@ -14,7 +14,7 @@ from opentelemetry import trace
 
 from visiontel.torch._failures import record_failure
 from visiontel.torch._livespan import all_plain
-from visiontel.torch._points import record_points
+from visiontel.torch._points import record_span_points
 from visiontel.torch._record import ModuleTable, record_type
 from visiontel.torch._runtime import Runtime, default_runtime
 from visiontel.torch._safety import report_internal_error
@@ -210,16 +210,16 @@ class _StageEnd:
         the run, folded in with the others (``SampledPoints``)."""
         if metric_attributes is not None:
             duration, memo = self.runtime.metrics.duration, self.memo
-            context = None
-            if span is not None and span.is_recording():
-                context = trace.set_span_in_context(span)
-            if context is not None and memo is not None and memo.get("used"):
+            live = span if span is not None and span.is_recording() else None
+            if live is not None and memo is not None and memo.get("used"):
                 # a stage object entered again (kept per pipeline, or a decorator): its point
                 # is folded, exemplar included; a stage made per use records once, so the
                 # fold's set-up would not pay off
-                add_points = self.runtime.metrics.sampled.add if defer_points else record_points
-                add_points(duration, (self.elapsed_s,), metric_attributes, context, memo)
+                sampled = self.runtime.metrics.sampled
+                add_points = sampled.add if defer_points else record_span_points
+                add_points(duration, (self.elapsed_s,), metric_attributes, live, memo)
             else:
+                context = None if live is None else trace.set_span_in_context(live)
                 duration.record(self.elapsed_s, metric_attributes, context=context)
             if memo is not None:
                 memo["used"] = True

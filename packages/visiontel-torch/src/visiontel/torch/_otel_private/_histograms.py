@@ -10,6 +10,9 @@ each has its own (sampled forwards finished in one run of later work). Exemplars
 SDK: the exemplar filter (trace-based or always-off; any other filter keeps the public
 path) answers once per context, since its answer depends on the context only, and each
 value it says yes to is offered to the aggregation's reservoir as ``aggregate`` offers it.
+Sampled forwards' contexts are made from their spans only when read (``SpanContexts``):
+the filter's answer comes from the span itself, and a context is made for a value offered
+to a reservoir, a few per batch.
 
 Only the SDK's explicit-bucket histogram aggregation is folded directly; a reader whose
 view gives another aggregation (or whose aggregation for this attribute set does not exist
@@ -36,7 +39,8 @@ class _SdkPieces(NamedTuple):
     consumer: Any
     aggregation: Any
     measurement: Any
-    quiet_filters: tuple[Any, ...]
+    trace_based: Any
+    always_off: Any
     aligned_reservoir: Any
     proxy: Any
     key_of: Callable[[Mapping[str, Any]], Any]
@@ -76,7 +80,8 @@ def _sdk_pieces() -> _SdkPieces | None:
         SynchronousMeasurementConsumer,
         _ExplicitBucketHistogramAggregation,
         Measurement,
-        (TraceBasedExemplarFilter, AlwaysOffExemplarFilter),
+        TraceBasedExemplarFilter,
+        AlwaysOffExemplarFilter,
         AlignedHistogramBucketExemplarReservoir,
         proxy,
         key_of,
@@ -107,8 +112,9 @@ def fold(
     memo: dict[str, Any],
 ) -> bool:
     """Add ``values`` to ``histogram``'s storage (exemplars offered where the SDK would offer
-    them). ``contexts``: the one every value was recorded in, or one per value. ``memo``:
-    the caller's, one per histogram and attribute set.
+    them). ``contexts``: the one every value was recorded in, or one per value (a list, or
+    ``_points.SpanContexts`` that makes each when read). ``memo``: the caller's, one per
+    histogram and attribute set.
 
     False, with nothing added, where the SDK's ``record`` must be used instead.
     """
@@ -138,15 +144,14 @@ def fold(
     if plan is None:
         return False
     now = time.time_ns()
-    # trace-based or always-off: the answer depends on the context alone, so once for each
-    should_sample = plan.exemplar_filter.should_sample
     if len(contexts) == 1:
+        # trace-based or always-off: the answer depends on the context alone, so once
         context = contexts[0]
+        should_sample = plan.exemplar_filter.should_sample
         offered = [bool(should_sample(values[0], now, attributes, context))] * len(values)
         contexts = [context] * len(values)
     else:
-        pairs = zip(values, contexts, strict=True)
-        offered = [bool(should_sample(v, now, attributes, c)) for v, c in pairs]
+        offered = _filter_answers(pieces, plan, values, now, contexts)
     batch = _Batch(values, contexts, offered, attributes, now)
     for match, key, lock in plan.targets:
         if _added(pieces, key, match, lock, batch):
@@ -160,6 +165,24 @@ def fold(
             measurement = pieces.measurement(value, now, histogram, context, attributes)
             match.consume_measurement(measurement, offered[index])
     return True
+
+
+def _filter_answers(
+    pieces: _SdkPieces, plan: _Plan, values: Sequence[float], now: int, contexts: Sequence[Context]
+) -> list[bool]:
+    """``plan``'s exemplar filter's answer for each value in its own context. Contexts made from
+    spans on demand (they have ``spans``: ``_points.SpanContexts``) are not made for this:
+    the trace-based filter says yes exactly where the context's span is sampled (the
+    invalid span is not), the always-off filter never."""
+    exemplar_filter, attributes = plan.exemplar_filter, plan.attributes
+    spans = getattr(contexts, "spans", None)
+    if spans is not None and type(exemplar_filter) is pieces.trace_based:
+        return [bool(span.get_span_context().trace_flags.sampled) for span in spans]
+    if spans is not None and type(exemplar_filter) is pieces.always_off:
+        return [False] * len(values)
+    should_sample = exemplar_filter.should_sample
+    pairs = zip(values, contexts, strict=True)
+    return [bool(should_sample(v, now, attributes, c)) for v, c in pairs]
 
 
 class _Batch(NamedTuple):
@@ -187,7 +210,7 @@ def _plan(pieces: _SdkPieces, histogram: Any, attributes: Mapping[str, Any]) -> 
     if type(consumer) is not pieces.consumer:
         return None
     exemplar_filter = consumer._sdk_config.exemplar_filter
-    if type(exemplar_filter) not in pieces.quiet_filters:
+    if type(exemplar_filter) not in (pieces.trace_based, pieces.always_off):
         return None  # its answer may depend on each value: the SDK asks it per value
     if not all(type(value) in _PLAIN for value in attributes.values()):
         return None

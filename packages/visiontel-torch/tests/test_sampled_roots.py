@@ -36,7 +36,8 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import SpanContext, TraceFlags
 
 import visiontel.torch as vt
-from visiontel.torch import _inputs, _model, _otel_private, _probes, _threads
+from visiontel.torch import _inputs, _model, _otel_private, _probes, _resolver, _stage, _threads
+from visiontel.torch._runtime import runtime_for
 
 from torch_support import data_points, loops
 
@@ -371,3 +372,35 @@ def test_a_failure_once_the_root_span_is_current_gives_the_context_back(
         frames(model, [1])  # the error is reported, the forward runs
         assert trace.get_current_span() is trace.INVALID_SPAN
     assert traced.python_begins == (1 if chosen else 2)
+
+
+@pytest.mark.parametrize("granularity", ["model", "stage"])
+@pytest.mark.parametrize("kind", ["compiled", "python"])
+def test_later_work_hands_its_spans_over_without_queueing_them_again(
+    compiled: ModuleType, monkeypatch: pytest.MonkeyPatch, kind: str, granularity: str
+) -> None:
+    """A sampled forward's later work (and a stage's) hands its live span to the processors
+    in the same item: ending it there does not queue one more item of later work."""
+    queued: list[str] = []
+    original = _resolver.Resolver.later
+
+    def counted(resolver: Any, function: Any, *args: Any) -> None:
+        queued.append(function.__name__)
+        original(resolver, function, *args)
+
+    monkeypatch.setattr(_resolver.Resolver, "later", counted)  # before the runtime binds it
+    traced = Traced()
+    runtime = runtime_for(traced.tracer_provider, traced.meter_provider)
+    with traced.instrumented(
+        compiled if kind == "compiled" else None, monkeypatch, granularity=granularity
+    ) as model:
+        frames(model, [1, 2])
+        with _stage.stage("postprocess", _runtime=runtime):
+            pass
+        spans = traced.spans()
+    roots = [span for span in spans if span.name == "inference Net"]
+    assert len(roots) == 2 and [span.name for span in spans if span not in roots] == (
+        ["postprocess"] if granularity == "model" else ["backbone", "head"] * 2 + ["postprocess"]
+    )
+    assert sorted(queued) == ["_complete", "_complete", "complete"]  # no "_finish"
+    assert [span.attributes["visiontel.detections"] for span in roots] == [2, 4]

@@ -202,9 +202,9 @@ def test_the_resolver_thread_builds_only_a_small_forwards_spans_compiled(
     built: list[tuple[int, int]] = []
     original = _resolver.Resolver._materialise_compiled
 
-    def counted(resolver: Any, module: Any, record: Any, children: Any) -> None:
+    def counted(resolver: Any, module: Any, record: Any, *args: Any) -> None:
         built.append((threading.get_ident(), len(record.stamps or ())))
-        original(resolver, module, record, children)
+        original(resolver, module, record, *args)
 
     monkeypatch.setattr(_resolver.Resolver, "_materialise_compiled", counted)
     exporter = InMemorySpanExporter()

@@ -39,6 +39,7 @@ from visiontel.torch._children import (
     children_for,
 )
 from visiontel.torch._inflight import InFlight
+from visiontel.torch._livespan import end_in_later_work
 from visiontel.torch._metrics import InferenceMetrics
 from visiontel.torch._record import ForwardRecord
 from visiontel.torch._safety import report_internal_error
@@ -146,14 +147,15 @@ class Resolver:
             self._children_provider = provider
         return children
 
-    def resolve_inline(self, record: ForwardRecord) -> None:
+    def resolve_inline(self, record: ForwardRecord, *, in_later_work: bool = False) -> None:
         """Materialise a forward that has no GPU events now, on the calling thread.
 
         With nothing to wait for, there is no reason to queue it on its own: it runs where
         it is called (the inference thread, or the resolver thread as later work).
+        ``in_later_work``: called as later work, which hands the root span over itself.
         """
         try:
-            self._materialise(record, with_gpu=False)
+            self._materialise(record, with_gpu=False, in_later_work=in_later_work)
         except Exception as exc:
             report_internal_error("inline resolve", exc)
             _end_quietly(record)
@@ -233,7 +235,7 @@ class Resolver:
         self._waiting = still_waiting
 
     def _materialise_compiled(
-        self, compiled: Any, record: ForwardRecord, children: SdkChildren
+        self, compiled: Any, record: ForwardRecord, children: SdkChildren, in_later_work: bool
     ) -> None:
         """``_materialise`` for a forward without GPU times, by ``_speedups.layer_spans``."""
         table = record.table
@@ -252,7 +254,8 @@ class Resolver:
             children.end_all(ended)
         for module_name, seconds in aggregated:
             self._record_layer(table.model_name, module_name, seconds)
-        self._end_root(record, len(aggregated), len(ended), with_gpu=False)
+        created = len(ended)
+        self._end_root(record, len(aggregated), created, False, in_later_work=in_later_work)
 
     def _record_layer(self, model_name: str, module_name: str, seconds: float) -> None:
         """A layer past the span budget: one point in the layer-duration histogram."""
@@ -261,7 +264,13 @@ class Resolver:
         self._metrics.layer_duration.record(seconds, attributes)
 
     def _end_root(
-        self, record: ForwardRecord, aggregated: int, created: int, with_gpu: bool
+        self,
+        record: ForwardRecord,
+        aggregated: int,
+        created: int,
+        with_gpu: bool,
+        *,
+        in_later_work: bool = False,
     ) -> None:
         """End a materialised forward's root span, once its layers are done."""
         if aggregated:
@@ -270,10 +279,16 @@ class Resolver:
             _set_gpu_times(
                 record.span, record, record.start_event, record.end_event, record.perf_start_ns
             )
-        record.span.end(end_time=record.wall_ns(record.perf_end_ns))
+        end_ns = record.wall_ns(record.perf_end_ns)
+        if in_later_work:
+            end_in_later_work(record.span, end_ns)
+        else:
+            record.span.end(end_time=end_ns)
         self.volume.observe(created + 1)
 
-    def _materialise(self, record: ForwardRecord, with_gpu: bool) -> None:
+    def _materialise(
+        self, record: ForwardRecord, with_gpu: bool, *, in_later_work: bool = False
+    ) -> None:
         table = record.table
         names, classes, budget = table.names, table.classes, table.budget
         handing_over = threading.get_ident() == self._thread_ident  # on the resolver thread
@@ -289,7 +304,7 @@ class Resolver:
             )
         )
         if fast and isinstance(children, SdkChildren):
-            self._materialise_compiled(compiled, record, children)
+            self._materialise_compiled(compiled, record, children, in_later_work)
             return
         if isinstance(children, SdkChildren):
             children = children.batch()  # this forward's layer spans go out together
@@ -340,7 +355,7 @@ class Resolver:
                 span.end(end_time=record.wall_ns(record.perf_end_ns))
         if isinstance(children, BatchedChildren):
             children.emit()
-        self._end_root(record, aggregated, created, with_gpu)
+        self._end_root(record, aggregated, created, with_gpu, in_later_work=in_later_work)
 
 
 def _after_fork(resolver: weakref.ref[Resolver]) -> None:

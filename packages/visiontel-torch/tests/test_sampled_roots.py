@@ -402,5 +402,75 @@ def test_later_work_hands_its_spans_over_without_queueing_them_again(
     assert len(roots) == 2 and [span.name for span in spans if span not in roots] == (
         ["postprocess"] if granularity == "model" else ["backbone", "head"] * 2 + ["postprocess"]
     )
-    assert sorted(queued) == ["_complete", "_complete", "complete"]  # no "_finish"
+    # the compiled hooks queue their own later work at model granularity (complete.c)
+    own = "complete_sampled" if (kind, granularity) == ("compiled", "model") else "_complete"
+    assert sorted(queued) == sorted([own, own, "complete"])  # no "_finish"
     assert [span.attributes["visiontel.detections"] for span in roots] == [2, 4]
+
+
+def _later_work_scenario(
+    chosen: ModuleType | None, monkeypatch: pytest.MonkeyPatch, counter: Any
+) -> tuple[list[Any], dict[str, Any], list[tuple[str, float, int]], list[str]]:
+    """Four sampled forwards at model granularity: the third's root span is kept by the
+    model and promoted after the forward, before its later work runs."""
+    queued: list[str] = []
+    original = getattr(_resolver.Resolver.later, "unwrapped", _resolver.Resolver.later)
+
+    def counted(resolver: Any, function: Any, *args: Any) -> None:
+        queued.append(function.__name__)
+        original(resolver, function, *args)
+
+    counted.unwrapped = original  # type: ignore[attr-defined]  # (the next scenario's)
+    monkeypatch.setattr(_resolver.Resolver, "later", counted)
+    traced = Traced()
+    kept: list[trace.Span] = []
+    with traced.instrumented(chosen, monkeypatch, granularity="model", detections=counter) as model:
+        frames(model, [1, 2])
+        model.inside = lambda: kept.append(trace.get_current_span())
+        frames(model, [3])
+        model.inside = None
+        kept[0].add_event("after the forward")  # promoted: an SDK span from here on
+        frames(model, [2])
+        spans = traced.spans()
+    root_ids = {span.context.span_id: span.attributes["visiontel.batch.size"] for span in spans}
+    exemplars = [
+        (name, exemplar.value, root_ids[exemplar.span_id])
+        for name, point in data_points(traced.reader)
+        for exemplar in getattr(point, "exemplars", ())
+    ]
+    return spans, traced.points(), sorted(exemplars), queued
+
+
+@pytest.mark.parametrize(
+    "counter", ["default", "floats"], ids=["tensor rows", "a counter giving floats"]
+)
+def test_compiled_later_work_gives_what_python_gives(
+    compiled: ModuleType, monkeypatch: pytest.MonkeyPatch, counter: str
+) -> None:
+    """``complete_sampled`` (complete.c) against ``ModelInstrumentation._complete``: the same
+    spans, points and exemplars; a root span promoted before its later work runs goes
+    through the Python function, events and detection total included."""
+    count = None if counter == "default" else (lambda output: [float(len(output)) / 2])
+    c_spans, c_points, c_exemplars, c_queued = _later_work_scenario(compiled, monkeypatch, count)
+    p_spans, p_points, p_exemplars, p_queued = _later_work_scenario(None, monkeypatch, count)
+    assert shapes(c_spans) == shapes(p_spans)
+    assert c_points == p_points
+
+    def detections(exemplars: list[tuple[str, float, int]]) -> list[tuple[str, float, int]]:
+        return [e for e in exemplars if e[0] == "visiontel.inference.detections"]
+
+    assert detections(c_exemplars) == detections(p_exemplars)  # durations are timings
+    # the first forward begins in Python (which arms the compiled hooks), ends in C
+    assert (c_queued, p_queued) == (["complete_sampled"] * 4, ["_complete"] * 4)
+    # one count per forward: the output's rows (2 per image), or the counter's float
+    per_batch = {1: 2, 2: 4, 3: 6} if counter == "default" else {1: 1.0, 2: 2.0, 3: 3.0}
+    totals = sorted(span.attributes["visiontel.detections"] for span in c_spans)
+    assert totals == [per_batch[batch] for batch in (1, 2, 2, 3)]
+    (promoted,) = [span for span in c_spans if span.events]
+    assert [event.name for event in promoted.events] == ["after the forward"]
+    assert promoted.attributes["visiontel.batch.size"] == 3
+    # each exemplar names its own forward's span (known by its batch size), durations' too
+    detections_seen = detections(c_exemplars)
+    assert detections_seen == [(detections_seen[0][0], per_batch[b], b) for b in (1, 2, 3)]
+    durations = [e for e in c_exemplars if e not in detections(c_exemplars)]
+    assert durations and all(batch in {1, 2, 3} for _, _, batch in durations)

@@ -16,7 +16,6 @@ _SOURCES = [
     "dropped.c",
     "roots.c",
     "sampled.c",
-    "complete.c",
 ]
 
 setup(

@@ -254,21 +254,20 @@ static PyObject *roots_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         "state", "depth", "owner", "tracer", "invalid_span", "tensor_class",
         "count", "count_tensors", "durations", "images", "detections", "points_owner",
         "record_every", "name", "attributes", "describe", "input_cache", "describe_inputs",
-        "instrumentation", "complete", "completion", NULL,
+        "instrumentation", "complete", NULL,
     };
     PyObject *state, *depth, *owner, *tracer, *invalid_span, *tensor_class,
         *count, *durations, *images, *detections, *points_owner, *name, *attributes,
-        *input_cache, *describe_inputs, *instrumentation, *complete, *completion;
+        *input_cache, *describe_inputs, *instrumentation, *complete;
     int count_tensors, describe;
     Py_ssize_t record_every;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$OOOOOOOpOOOOnOOpO!OOOO:RootHooks", keywords, &state, &depth,
+            args, kwargs, "$OOOOOOOpOOOOnOOpO!OOO:RootHooks", keywords, &state, &depth,
             &owner, &tracer, &invalid_span, &tensor_class, &count,
             &count_tensors, &durations, &images, &detections, &points_owner, &record_every,
             &name, &attributes, &describe, &PyDict_Type, &input_cache, &describe_inputs,
-            &instrumentation, &complete, &completion))
+            &instrumentation, &complete))
         return NULL;
-    if (completion_check(completion) < 0) return NULL;
     if (record_every < 1) {
         PyErr_SetString(PyExc_ValueError, "record_every must be at least 1");
         return NULL;
@@ -306,7 +305,6 @@ static PyObject *roots_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->describe_inputs = Py_NewRef(describe_inputs);
     self->instrumentation = Py_NewRef(instrumentation);
     self->complete = Py_NewRef(complete);
-    self->completion = Py_NewRef(completion);
     return (PyObject *)self;
 }
 
@@ -330,7 +328,6 @@ static int roots_traverse(RootHooks *self, visitproc visit, void *arg) {
     Py_VISIT(self->describe_inputs);
     Py_VISIT(self->instrumentation);
     Py_VISIT(self->complete);
-    Py_VISIT(self->completion);
     return 0;
 }
 
@@ -355,7 +352,6 @@ static int roots_clear(RootHooks *self) {
     Py_CLEAR(self->describe_inputs);
     Py_CLEAR(self->instrumentation);
     Py_CLEAR(self->complete);
-    Py_CLEAR(self->completion);
     return 0;
 }
 
@@ -387,5 +383,5 @@ int roots_init_names(void) {
     NAME(str_due, "due");
     NAME(str_boxes, "boxes");
 #undef NAME
-    return sampled_init_names() < 0 ? -1 : complete_init();
+    return sampled_init_names();
 }

@@ -45,7 +45,6 @@ typedef struct {
     PyObject *describe_inputs; /* _inputs.describe_inputs: a signature not cached yet */
     PyObject *instrumentation; /* a weak reference to the model's ModelInstrumentation */
     PyObject *complete;     /* ModelInstrumentation._complete(instrumentation, record, ...) */
-    PyObject *completion;   /* what complete_sampled needs (complete.c), or None */
 } RootHooks;
 
 /* roots.c */
@@ -73,16 +72,5 @@ int sampled_begin(RootHooks *self, PyObject *model, PyObject *first, PyObject *b
 int sampled_finish(RootHooks *self, PyObject *record, PyObject *span, long long end,
                    PyObject *output);
 int sampled_init_names(void);
-/* sampled.c: 1 when `span` is a live span still open and not handed to the SDK, 0 else,
- * -1 error. */
-int still_live(PyObject *span);
-extern PyObject *str_attributes;
-
-/* complete.c: complete_sampled(roots, instrumentation, record, counts), the later work of
- * a sampled forward at model granularity; -1 with an exception unless `completion` is
- * None or its tuple; the function and names made once (-1 on failure). */
-extern PyObject *complete_function;
-int completion_check(PyObject *completion);
-int complete_init(void);
 
 #endif

@@ -10,9 +10,8 @@
 
 static PyObject *time_ns, *empty_tuple, *bits64, *bits128, *ratio_mask;
 static PyObject *str_context, *str_get_span_context, *str_sdk_span, *str_ended, *str_later,
-    *str_path, *str_name, *str_parent, *str_start_ns, *str_check, *str_probes, *str_arm,
-    *str_disarm, *str_seen, *str_names, *str_next_check;
-PyObject *str_attributes;
+    *str_path, *str_name, *str_parent, *str_attributes, *str_start_ns, *str_check, *str_probes,
+    *str_arm, *str_disarm, *str_seen, *str_names, *str_next_check;
 
 /* A random id of `bits` bits, never 0 (the invalid id), as the SDK's RandomIdGenerator. */
 static PyObject *draw_id(RootHooks *self, PyObject *bits) {
@@ -195,7 +194,8 @@ done:
     return result;
 }
 
-int still_live(PyObject *span) {
+/* 1 when `span` is a live span still open and not handed to the SDK, 0 else, -1 error. */
+static int still_live(PyObject *span) {
     PyObject *sdk_span = PyObject_GetAttr(span, str_sdk_span);
     if (sdk_span == NULL) return -1;
     PyObject *ended = PyObject_GetAttr(span, str_ended);
@@ -258,13 +258,8 @@ int sampled_finish(RootHooks *self, PyObject *record, PyObject *span, long long 
      * tensors (GPU memory) alive for the batch's lifetime. */
     if (record_set(record, F_INPUTS, Py_None) < 0 || record_set(record, F_PREVIOUS, Py_None) < 0)
         goto done;
-    if (stamps == NULL && (stamps = record_get(record, F_STAMPS)) == NULL) goto done;
-    if (stamps == Py_None && self->completion != Py_None) /* model granularity: in C too */
-        later = PyObject_CallFunctionObjArgs(self->later, complete_function, self,
-                                             instrumentation, record, counts, NULL);
-    else
-        later = PyObject_CallFunctionObjArgs(self->later, self->complete, instrumentation,
-                                             record, counts, Py_None, NULL);
+    later = PyObject_CallFunctionObjArgs(self->later, self->complete, instrumentation, record,
+                                         counts, Py_None, NULL);
     if (later == NULL) goto done;
     result = 1;
 done:

@@ -402,9 +402,7 @@ def test_later_work_hands_its_spans_over_without_queueing_them_again(
     assert len(roots) == 2 and [span.name for span in spans if span not in roots] == (
         ["postprocess"] if granularity == "model" else ["backbone", "head"] * 2 + ["postprocess"]
     )
-    # the compiled hooks queue their own later work at model granularity (complete.c)
-    own = "complete_sampled" if (kind, granularity) == ("compiled", "model") else "_complete"
-    assert sorted(queued) == sorted([own, own, "complete"])  # no "_finish"
+    assert sorted(queued) == ["_complete", "_complete", "complete"]  # no "_finish"
     assert [span.attributes["visiontel.detections"] for span in roots] == [2, 4]
 
 
@@ -444,12 +442,12 @@ def _later_work_scenario(
 @pytest.mark.parametrize(
     "counter", ["default", "floats"], ids=["tensor rows", "a counter giving floats"]
 )
-def test_compiled_later_work_gives_what_python_gives(
+def test_compiled_and_python_hooks_give_the_same_later_work(
     compiled: ModuleType, monkeypatch: pytest.MonkeyPatch, counter: str
 ) -> None:
-    """``complete_sampled`` (complete.c) against ``ModelInstrumentation._complete``: the same
-    spans, points and exemplars; a root span promoted before its later work runs goes
-    through the Python function, events and detection total included."""
+    """Sampled forwards at model granularity, the compiled hooks against the Python ones:
+    the same spans, points and detection exemplars, also for a root span promoted after
+    its forward, before its later work runs (events and detection total included)."""
     count = None if counter == "default" else (lambda output: [float(len(output)) / 2])
     c_spans, c_points, c_exemplars, c_queued = _later_work_scenario(compiled, monkeypatch, count)
     p_spans, p_points, p_exemplars, p_queued = _later_work_scenario(None, monkeypatch, count)
@@ -460,8 +458,7 @@ def test_compiled_later_work_gives_what_python_gives(
         return [e for e in exemplars if e[0] == "visiontel.inference.detections"]
 
     assert detections(c_exemplars) == detections(p_exemplars)  # durations are timings
-    # the first forward begins in Python (which arms the compiled hooks), ends in C
-    assert (c_queued, p_queued) == (["complete_sampled"] * 4, ["_complete"] * 4)
+    assert c_queued == p_queued == ["_complete"] * 4
     # one count per forward: the output's rows (2 per image), or the counter's float
     per_batch = {1: 2, 2: 4, 3: 6} if counter == "default" else {1: 1.0, 2: 2.0, 3: 3.0}
     totals = sorted(span.attributes["visiontel.detections"] for span in c_spans)

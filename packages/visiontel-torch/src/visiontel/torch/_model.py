@@ -126,22 +126,6 @@ class ModelInstrumentation:
             # alive in a cycle once the hooks are removed
             instrumentation=weakref.ref(self),
             complete=ModelInstrumentation._complete,
-            completion=self._completion() if sampled_ok else None,
-        )
-
-    def _completion(self) -> tuple[Any, ...]:
-        """What ``_speedups.complete_sampled`` does ``_complete``'s work with, for a sampled
-        forward at model granularity (its fields: ``csrc/complete.c``)."""
-        metrics = self._runtime.metrics
-        return (
-            metrics.sampled,
-            metrics.duration,
-            metrics.detections,
-            self._metric_attributes,
-            self._image_attributes,
-            *self._memos,
-            self._add_images,
-            end_in_later_work,
         )
 
     # -- root hooks ----------------------------------------------------------------------

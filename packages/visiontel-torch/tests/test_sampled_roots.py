@@ -36,7 +36,8 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import SpanContext, TraceFlags
 
 import visiontel.torch as vt
-from visiontel.torch import _inputs, _model, _otel_private, _probes, _resolver, _stage, _threads
+from visiontel.torch import _inputs, _model, _probes, _resolver, _stage, _threads
+from visiontel.torch._otel_private import _fast_path
 from visiontel.torch._runtime import runtime_for
 
 from torch_support import data_points, loops
@@ -258,8 +259,8 @@ def test_without_the_contexts_variable_sampled_forwards_stay_in_python(
 ) -> None:
     # On every API release the tests cover, the gate finds where the context keeps the
     # current span; where it does not (another runtime context), only Python starts spans.
-    assert _otel_private._context_slot() is not None
-    monkeypatch.setattr(_otel_private, "_context_slot", lambda: None)
+    assert _fast_path._context_slot() is not None
+    monkeypatch.setattr(_fast_path, "_context_slot", lambda: None)
     traced = Traced()
     with traced.instrumented(compiled, monkeypatch) as model:
         frames(model, [1, 1, 1])

@@ -375,21 +375,35 @@ def test_a_failure_once_the_root_span_is_current_gives_the_context_back(
     assert traced.python_begins == (1 if chosen else 2)
 
 
+_REAL_LATER = _resolver.Resolver.later
+
+
+class LaterWork:
+    """Watches ``Resolver.later`` (installed before a runtime binds it): what each call
+    queued, and what it ran at once (queued by later work on the thread running it)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.queued: list[str] = []
+        self.at_once: list[str] = []
+        original = _REAL_LATER  # not an earlier watcher (two in one test)
+
+        def watched(resolver: Any, function: Any, *args: Any) -> None:
+            before = len(resolver._later)
+            original(resolver, function, *args)
+            grew = len(resolver._later) > before  # (no run of 64 items in these tests)
+            (self.queued if grew else self.at_once).append(function.__name__)
+
+        monkeypatch.setattr(_resolver.Resolver, "later", watched)
+
+
 @pytest.mark.parametrize("granularity", ["model", "stage"])
 @pytest.mark.parametrize("kind", ["compiled", "python"])
 def test_later_work_hands_its_spans_over_without_queueing_them_again(
     compiled: ModuleType, monkeypatch: pytest.MonkeyPatch, kind: str, granularity: str
 ) -> None:
     """A sampled forward's later work (and a stage's) hands its live span to the processors
-    in the same item: ending it there does not queue one more item of later work."""
-    queued: list[str] = []
-    original = _resolver.Resolver.later
-
-    def counted(resolver: Any, function: Any, *args: Any) -> None:
-        queued.append(function.__name__)
-        original(resolver, function, *args)
-
-    monkeypatch.setattr(_resolver.Resolver, "later", counted)  # before the runtime binds it
+    in the same item: the span's end, queued as later work, runs at once there."""
+    later = LaterWork(monkeypatch)
     traced = Traced()
     runtime = runtime_for(traced.tracer_provider, traced.meter_provider)
     with traced.instrumented(
@@ -403,7 +417,8 @@ def test_later_work_hands_its_spans_over_without_queueing_them_again(
     assert len(roots) == 2 and [span.name for span in spans if span not in roots] == (
         ["postprocess"] if granularity == "model" else ["backbone", "head"] * 2 + ["postprocess"]
     )
-    assert sorted(queued) == ["_complete", "_complete", "complete"]  # no "_finish"
+    assert sorted(later.queued) == ["_complete", "_complete", "complete"]  # no "_finish"
+    assert later.at_once == ["_finish"] * 3  # the two roots' and the stage's
     assert [span.attributes["visiontel.detections"] for span in roots] == [2, 4]
 
 
@@ -412,15 +427,7 @@ def _later_work_scenario(
 ) -> tuple[list[Any], dict[str, Any], list[tuple[str, float, int]], list[str]]:
     """Four sampled forwards at model granularity: the third's root span is kept by the
     model and promoted after the forward, before its later work runs."""
-    queued: list[str] = []
-    original = getattr(_resolver.Resolver.later, "unwrapped", _resolver.Resolver.later)
-
-    def counted(resolver: Any, function: Any, *args: Any) -> None:
-        queued.append(function.__name__)
-        original(resolver, function, *args)
-
-    counted.unwrapped = original  # type: ignore[attr-defined]  # (the next scenario's)
-    monkeypatch.setattr(_resolver.Resolver, "later", counted)
+    later = LaterWork(monkeypatch)
     traced = Traced()
     kept: list[trace.Span] = []
     with traced.instrumented(chosen, monkeypatch, granularity="model", detections=counter) as model:
@@ -437,7 +444,8 @@ def _later_work_scenario(
         for name, point in data_points(traced.reader)
         for exemplar in getattr(point, "exemplars", ())
     ]
-    return spans, traced.points(), sorted(exemplars), queued
+    assert later.at_once == ["_finish"] * 3  # the promoted root's ends in the SDK
+    return spans, traced.points(), sorted(exemplars), later.queued
 
 
 @pytest.mark.parametrize(

@@ -226,17 +226,6 @@ def add_plain_attributes(span: trace.Span, attributes: Mapping[str, Any]) -> Non
         span.set_attributes(attributes)
 
 
-def end_in_later_work(span: trace.Span, end_time: int) -> None:
-    """``span.end(end_time=end_time)`` from code that runs as later work already: a live
-    span goes to the processors here, where its ``end`` would queue that as one more item
-    of later work (for the same thread and run, one queue round trip per span for nothing)."""
-    if type(span) is _LiveSpan and span._sdk_span is None and not span._ended:
-        span._ended = True
-        _finish(span, end_time)
-    else:
-        span.end(end_time=end_time)
-
-
 def _finish(span: _LiveSpan, end_time: int) -> None:
     path = span._path
     path.on_end(

@@ -21,7 +21,7 @@ from visiontel.torch import _compiled
 from visiontel.torch._config import TorchConfig
 from visiontel.torch._failures import record_failure
 from visiontel.torch._inputs import InputDescription, attribute_cache, describe_inputs, tensor_type
-from visiontel.torch._livespan import add_plain_attributes, all_plain, end_in_later_work
+from visiontel.torch._livespan import add_plain_attributes, all_plain
 from visiontel.torch._metrics import DetectionCounter, count_detections
 from visiontel.torch._points import record_span_points
 from visiontel.torch._record import ForwardRecord, ModuleTable, record_type
@@ -312,12 +312,10 @@ class ModelInstrumentation:
             return
         resolver = self._runtime.resolver
         if record.events is None:
-            if record.stamps is not None:
-                resolver.resolve_inline(record, in_later_work=defer_points)
-            elif defer_points:
-                end_in_later_work(span, record.wall_ns(perf_end))
-            else:
+            if record.stamps is None:
                 span.end(end_time=record.wall_ns(perf_end))
+            else:
+                resolver.resolve_inline(record)
             return
         if not resolver.submit(record):
             metrics.dropped.add(1, self._image_attributes)

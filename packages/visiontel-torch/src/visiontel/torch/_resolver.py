@@ -39,7 +39,6 @@ from visiontel.torch._children import (
     children_for,
 )
 from visiontel.torch._inflight import InFlight
-from visiontel.torch._livespan import end_in_later_work
 from visiontel.torch._metrics import InferenceMetrics
 from visiontel.torch._record import ForwardRecord
 from visiontel.torch._safety import report_internal_error
@@ -73,6 +72,7 @@ class Resolver:
         self._submitted: collections.deque[ForwardRecord] = collections.deque()
         self._later: collections.deque[LaterWork] = collections.deque()
         self._later_lock = threading.Lock()  # one drainer at a time: flush() waits on it
+        self._draining = 0  # the ident of the thread running later work now, else 0
         self._wake = threading.Event()
         self._waiting: list[tuple[float, ForwardRecord]] = []
         self._lock = threading.Lock()  # starting the thread
@@ -92,6 +92,7 @@ class Resolver:
         """The parent's thread and its work do not exist in a forked child."""
         self._lock = threading.Lock()
         self._later_lock = threading.Lock()
+        self._draining = 0
         self._wake = threading.Event()
         self._in_flight.reset()
         self._waiting.clear()
@@ -102,7 +103,15 @@ class Resolver:
         self._thread = None
 
     def later(self, function: Callable[..., None], *args: Any) -> None:
-        """Run ``function(*args)`` later: in a batch on this thread, or on the resolver's."""
+        """Run ``function(*args)`` later: in a batch on this thread, or on the resolver's.
+
+        Queued by later work on the thread running it (a span that work ends hands itself
+        over to the processors as later work), it runs at once: it would run in this same
+        run anyway, one queue round trip on.
+        """
+        if self._draining == threading.get_ident():
+            function(*args)
+            return
         pending = self._later
         pending.append((function, args))
         if len(pending) >= _LATER_BATCH:
@@ -147,15 +156,14 @@ class Resolver:
             self._children_provider = provider
         return children
 
-    def resolve_inline(self, record: ForwardRecord, *, in_later_work: bool = False) -> None:
+    def resolve_inline(self, record: ForwardRecord) -> None:
         """Materialise a forward that has no GPU events now, on the calling thread.
 
         With nothing to wait for, there is no reason to queue it on its own: it runs where
         it is called (the inference thread, or the resolver thread as later work).
-        ``in_later_work``: called as later work, which hands the root span over itself.
         """
         try:
-            self._materialise(record, with_gpu=False, in_later_work=in_later_work)
+            self._materialise(record, with_gpu=False)
         except Exception as exc:
             report_internal_error("inline resolve", exc)
             _end_quietly(record)
@@ -190,6 +198,13 @@ class Resolver:
                     self._run_later(handing_over=True)
 
     def _run_later(self, handing_over: bool) -> None:
+        self._draining = threading.get_ident()
+        try:
+            self._run_pending(handing_over)
+        finally:
+            self._draining = 0
+
+    def _run_pending(self, handing_over: bool) -> None:
         pending, sampled = self._later, self._metrics.sampled
         while pending:
             try:
@@ -235,7 +250,7 @@ class Resolver:
         self._waiting = still_waiting
 
     def _materialise_compiled(
-        self, compiled: Any, record: ForwardRecord, children: SdkChildren, in_later_work: bool
+        self, compiled: Any, record: ForwardRecord, children: SdkChildren
     ) -> None:
         """``_materialise`` for a forward without GPU times, by ``_speedups.layer_spans``."""
         table = record.table
@@ -254,8 +269,7 @@ class Resolver:
             children.end_all(ended)
         for module_name, seconds in aggregated:
             self._record_layer(table.model_name, module_name, seconds)
-        created = len(ended)
-        self._end_root(record, len(aggregated), created, False, in_later_work=in_later_work)
+        self._end_root(record, len(aggregated), len(ended), with_gpu=False)
 
     def _record_layer(self, model_name: str, module_name: str, seconds: float) -> None:
         """A layer past the span budget: one point in the layer-duration histogram."""
@@ -264,13 +278,7 @@ class Resolver:
         self._metrics.layer_duration.record(seconds, attributes)
 
     def _end_root(
-        self,
-        record: ForwardRecord,
-        aggregated: int,
-        created: int,
-        with_gpu: bool,
-        *,
-        in_later_work: bool = False,
+        self, record: ForwardRecord, aggregated: int, created: int, with_gpu: bool
     ) -> None:
         """End a materialised forward's root span, once its layers are done."""
         if aggregated:
@@ -279,16 +287,10 @@ class Resolver:
             _set_gpu_times(
                 record.span, record, record.start_event, record.end_event, record.perf_start_ns
             )
-        end_ns = record.wall_ns(record.perf_end_ns)
-        if in_later_work:
-            end_in_later_work(record.span, end_ns)
-        else:
-            record.span.end(end_time=end_ns)
+        record.span.end(end_time=record.wall_ns(record.perf_end_ns))
         self.volume.observe(created + 1)
 
-    def _materialise(
-        self, record: ForwardRecord, with_gpu: bool, *, in_later_work: bool = False
-    ) -> None:
+    def _materialise(self, record: ForwardRecord, with_gpu: bool) -> None:
         table = record.table
         names, classes, budget = table.names, table.classes, table.budget
         handing_over = threading.get_ident() == self._thread_ident  # on the resolver thread
@@ -304,7 +306,7 @@ class Resolver:
             )
         )
         if fast and isinstance(children, SdkChildren):
-            self._materialise_compiled(compiled, record, children, in_later_work)
+            self._materialise_compiled(compiled, record, children)
             return
         if isinstance(children, SdkChildren):
             children = children.batch()  # this forward's layer spans go out together
@@ -355,7 +357,7 @@ class Resolver:
                 span.end(end_time=record.wall_ns(record.perf_end_ns))
         if isinstance(children, BatchedChildren):
             children.emit()
-        self._end_root(record, aggregated, created, with_gpu, in_later_work=in_later_work)
+        self._end_root(record, aggregated, created, with_gpu)
 
 
 def _after_fork(resolver: weakref.ref[Resolver]) -> None:

@@ -13,7 +13,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from visiontel.torch._failures import record_failure
-from visiontel.torch._livespan import all_plain, end_in_later_work
+from visiontel.torch._livespan import all_plain
 from visiontel.torch._points import record_span_points
 from visiontel.torch._record import ModuleTable, record_type
 from visiontel.torch._runtime import Runtime, default_runtime
@@ -224,10 +224,7 @@ class _StageEnd:
             if memo is not None:
                 memo["used"] = True
         if span is not None and end_span:
-            if defer_points:  # as later work
-                end_in_later_work(span, self.wall_ns)
-            else:
-                span.end(end_time=self.wall_ns)
+            span.end(end_time=self.wall_ns)
 
 
 # A stage has no module children: the resolver only reads its two events and ends its span.

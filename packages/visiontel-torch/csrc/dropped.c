@@ -114,21 +114,25 @@ PyObject *count_output(RootHooks *self, PyObject *output) {
 }
 
 /* The points of a finished dropped forward, as ForwardPoints.add leaves them. */
+static int call_one(PyObject *function, PyObject *value) {
+    PyObject *result = PyObject_CallOneArg(function, value);
+    Py_XDECREF(result);
+    return result == NULL ? -1 : 0;
+}
+
+/* The points of a finished dropped forward, as ForwardPoints.add leaves them. */
 static int add_points(RootHooks *self, long long nanoseconds, PyObject *batch,
                       PyObject *counts) {
     PyObject *seconds = PyFloat_FromDouble((double)nanoseconds / 1e9);
     if (seconds == NULL) return -1;
-    int failed = call_method_one(self->durations, str_append, seconds);
+    int failed = call_one(self->add_duration, seconds);
     Py_DECREF(seconds);
     if (failed) return -1;
     int has_images = PyObject_IsTrue(batch);
-    if (has_images < 0 ||
-        (has_images && call_method_one(self->images, str_append, batch) < 0))
-        return -1;
+    if (has_images < 0 || (has_images && call_one(self->add_images, batch) < 0)) return -1;
     if (counts != Py_None) {
         int has_counts = PyObject_IsTrue(counts);
-        if (has_counts < 0 ||
-            (has_counts && call_method_one(self->detections, str_extend, counts) < 0))
+        if (has_counts < 0 || (has_counts && call_one(self->add_detections, counts) < 0))
             return -1;
     }
     Py_ssize_t waiting = PyObject_Length(self->durations);
@@ -149,9 +153,9 @@ int dropped_finish(RootHooks *self, PyObject *record, long long end, PyObject *o
     if ((start = record_get(record, F_PERF_START)) == NULL) goto done;
     if ((batch = record_get(record, F_BATCH_SIZE)) == NULL) goto done;
     if ((previous = record_get(record, F_PREVIOUS)) == NULL) goto done;
-    long long started = PyLong_AsLongLong(start);
+    long long started = nanoseconds_of(start);
     if (started == -1 && PyErr_Occurred()) goto done;
-    if (PyObject_SetAttr(self->state, str_record, previous) < 0 || depth_add(self->depth, -1) < 0)
+    if (set_current_record(self->state, previous) < 0 || depth_add(self->depth, -1) < 0)
         goto done;
     if ((counts = count_output(self, output)) == NULL) goto done;
     if (add_points(self, end - started, batch, counts) < 0) goto done;

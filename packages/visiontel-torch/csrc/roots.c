@@ -38,7 +38,7 @@ failed:
 }
 
 int push_record(RootHooks *self, PyObject *record) {
-    if (PyObject_SetAttr(self->state, str_record, record) < 0) return -1;
+    if (set_current_record(self->state, record) < 0) return -1;
     return depth_add(self->depth, 1);
 }
 
@@ -296,6 +296,12 @@ static PyObject *roots_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->durations = Py_NewRef(durations);
     self->images = Py_NewRef(images);
     self->detections = Py_NewRef(detections);
+    if ((self->add_duration = PyObject_GetAttr(durations, str_append)) == NULL ||
+        (self->add_images = PyObject_GetAttr(images, str_append)) == NULL ||
+        (self->add_detections = PyObject_GetAttr(detections, str_extend)) == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
     self->points_owner = Py_NewRef(points_owner);
     self->record_every = record_every;
     self->name = Py_NewRef(name);
@@ -321,6 +327,9 @@ static int roots_traverse(RootHooks *self, visitproc visit, void *arg) {
     Py_VISIT(self->durations);
     Py_VISIT(self->images);
     Py_VISIT(self->detections);
+    Py_VISIT(self->add_duration);
+    Py_VISIT(self->add_images);
+    Py_VISIT(self->add_detections);
     Py_VISIT(self->points_owner);
     Py_VISIT(self->name);
     Py_VISIT(self->attributes);
@@ -345,6 +354,9 @@ static int roots_clear(RootHooks *self) {
     Py_CLEAR(self->durations);
     Py_CLEAR(self->images);
     Py_CLEAR(self->detections);
+    Py_CLEAR(self->add_duration);
+    Py_CLEAR(self->add_images);
+    Py_CLEAR(self->add_detections);
     Py_CLEAR(self->points_owner);
     Py_CLEAR(self->name);
     Py_CLEAR(self->attributes);

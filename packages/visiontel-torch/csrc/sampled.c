@@ -233,7 +233,7 @@ int sampled_finish(RootHooks *self, PyObject *record, PyObject *span, long long 
     PyObject *counts = NULL, *later = NULL;
     int result = -1;
     if ((previous = record_get(record, F_PREVIOUS)) == NULL) goto done;
-    if (PyObject_SetAttr(self->state, str_record, previous) < 0 || depth_add(self->depth, -1) < 0)
+    if (set_current_record(self->state, previous) < 0 || depth_add(self->depth, -1) < 0)
         goto done;
     if ((perf_end = PyLong_FromLongLong(end)) == NULL) goto done;
     if (record_set(record, F_PERF_END, perf_end) < 0) goto done;

@@ -129,7 +129,7 @@ static int stamp_fields(PyObject *stamp, Py_ssize_t *index, long long *perf_ns) 
     }
     *index = PyLong_AsSsize_t(PyTuple_GET_ITEM(stamp, 0));
     if (*index == -1 && PyErr_Occurred()) return -1;
-    *perf_ns = PyLong_AsLongLong(PyTuple_GET_ITEM(stamp, 1));
+    *perf_ns = nanoseconds_of(PyTuple_GET_ITEM(stamp, 1));
     return (*perf_ns == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
@@ -152,7 +152,7 @@ PyObject *layer_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Py_ssize_t budget = PyLong_AsSsize_t(args[3]);
-    long long to_wall = PyLong_AsLongLong(args[5]), root_end = PyLong_AsLongLong(args[6]);
+    long long to_wall = nanoseconds_of(args[5]), root_end = nanoseconds_of(args[6]);
     Py_ssize_t max_attributes = args[14] == Py_None ? -1 : PyLong_AsSsize_t(args[14]);
     int length_limited = PyObject_IsTrue(args[15]);
     if (PyErr_Occurred() || length_limited < 0) return NULL;

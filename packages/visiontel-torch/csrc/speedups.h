@@ -17,6 +17,17 @@ extern PyObject *deepcopy_function; /* copy.deepcopy */
 /* perf_counter_ns() now, into *out; -1 with an exception set on failure. */
 int clock_ns(long long *out);
 
+/* A nanosecond count held as an int: PyLong_AsLongLong converts ints of more than one digit
+ * through a byte array, PyLong_AsLong loops over the digits (both 64 bits on LP64). -1 with
+ * an exception on failure. */
+static inline long long nanoseconds_of(PyObject *value) {
+#if LONG_MAX >= LLONG_MAX
+    return PyLong_AsLong(value);
+#else
+    return PyLong_AsLongLong(value);
+#endif
+}
+
 extern PyTypeObject ThreadRecordType, StampedForwardType, ForwardSwapType, RootHooksType,
     ForwardRecordType, ForwardDepthType;
 
@@ -53,6 +64,9 @@ PyObject *thread_record_get(PyObject *state);
 /* thread_record.c: `state.record` for a ThreadRecord or any object with .record (a
  * threading.local): a new reference, Py_None when none; NULL with an exception. */
 PyObject *current_record(PyObject *state);
+
+/* thread_record.c: `state.record = record` for either kind of state; -1 with an exception. */
+int set_current_record(PyObject *state, PyObject *record);
 
 /* swap.c and spans.c: module-level functions. */
 PyObject *install_all(PyObject *module, PyObject *swaps);

@@ -9,7 +9,8 @@ typedef struct {
     PyObject_HEAD
     PyObject *records;      /* {thread ident: record} */
     unsigned long last_ident;
-    PyObject *last_record;  /* borrowed from records; NULL: not known */
+    int last_known;         /* last_record is last_ident's record */
+    PyObject *last_record;  /* borrowed from records; NULL: None */
     PyObject *weakrefs;     /* _model keeps a WeakSet of them, for fork */
     unsigned long key_ident;
     PyObject *key;          /* key_ident as an int (the dictionary key), or NULL */
@@ -31,14 +32,15 @@ static PyObject *thread_key(ThreadRecord *self) {
 PyObject *thread_record_get(PyObject *state) { /* borrowed; NULL: None */
     ThreadRecord *self = (ThreadRecord *)state;
     unsigned long ident = PyThread_get_thread_ident();
-    if (self->last_record != NULL && ident == self->last_ident) return self->last_record;
+    if (self->last_known && ident == self->last_ident) return self->last_record;
     PyObject *key = PyLong_FromUnsignedLong(ident);
     if (key == NULL) return NULL;
     PyObject *record = PyDict_GetItemWithError(self->records, key);
     Py_DECREF(key);
-    if (record != NULL) {
+    if (record != NULL || !PyErr_Occurred()) {
         self->last_ident = ident;
         self->last_record = record;
+        self->last_known = 1;
     }
     return record;
 }
@@ -57,9 +59,10 @@ static PyObject *record_getter(ThreadRecord *self, void *closure) {
 static int record_setter(ThreadRecord *self, PyObject *value, void *closure) {
     PyObject *key = thread_key(self);
     if (key == NULL) return -1;
-    self->last_record = NULL; /* the entry it borrowed from may go */
+    self->last_known = 0; /* the entry it borrowed from may go */
     int failed;
     if (value == NULL || value == Py_None) {
+        value = NULL;
         failed = PyDict_DelItem(self->records, key);
         if (failed < 0 && PyErr_ExceptionMatches(PyExc_KeyError)) {
             PyErr_Clear();
@@ -68,7 +71,17 @@ static int record_setter(ThreadRecord *self, PyObject *value, void *closure) {
     } else {
         failed = PyDict_SetItem(self->records, key, value);
     }
+    if (!failed) { /* a forward sets its record, then reads it back at its end */
+        self->last_ident = self->key_ident;
+        self->last_record = value; /* borrowed from the entry just set */
+        self->last_known = 1;
+    }
     return failed;
+}
+
+int set_current_record(PyObject *state, PyObject *record) {
+    if (!Py_IS_TYPE(state, &ThreadRecordType)) return PyObject_SetAttr(state, str_record, record);
+    return record_setter((ThreadRecord *)state, record, NULL);
 }
 
 /* After fork only the forking thread exists: the records of forwards other threads had in
@@ -78,7 +91,7 @@ static PyObject *keep_this_thread(ThreadRecord *self, PyObject *unused) {
     if (key == NULL) return NULL;
     PyObject *mine = PyDict_GetItemWithError(self->records, key);
     Py_XINCREF(mine);
-    self->last_record = NULL;
+    self->last_known = 0;
     PyDict_Clear(self->records);
     int failed = mine != NULL && PyDict_SetItem(self->records, key, mine) < 0;
     Py_XDECREF(mine);
@@ -129,7 +142,7 @@ static int thread_record_traverse(ThreadRecord *self, visitproc visit, void *arg
 }
 
 static int thread_record_clear(ThreadRecord *self) {
-    self->last_record = NULL;
+    self->last_known = 0;
     Py_CLEAR(self->records);
     Py_CLEAR(self->key);
     return 0;

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 import visiontel.torch as vt
+from visiontel.torch import _torch_private
+from visiontel.torch._threads import forward_depth
 
 from torch_support import Telemetry, TinyDetector, assert_no_hooks
 
@@ -47,6 +49,9 @@ def test_compiled_model_has_no_graph_breaks_and_same_results(telemetry: Telemetr
     telemetry.instrument(model, name="compiled", granularity="layer")
     explanation = torch._dynamo.explain(model)(images)
     assert explanation.graph_break_count == 0
+    # Dynamo traced the hooks as no-ops: none ran for real (a pre-hook that did would leave
+    # its forward open, the post-hook being traced)
+    assert forward_depth() == 0 and not telemetry.spans()
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="eager")
     telemetry.instrument(compiled, name="outer", granularity="model")
@@ -55,8 +60,28 @@ def test_compiled_model_has_no_graph_breaks_and_same_results(telemetry: Telemetr
         assert torch.allclose(a["boxes"], b["boxes"])
     names = {s.name for s in telemetry.spans()}
     # the compiled call's boundary is traced; hooks inside the compiled region stay silent
-    assert "inference outer" in names
+    assert "inference outer" in names and "inference compiled" not in names
+    assert forward_depth() == 0
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("torch_internals", ["used", "not used"])
+def test_export_runs_no_hooks_and_the_model_stays_traced(
+    telemetry: Telemetry, torch_internals: str
+) -> None:
+    """Non-strict torch.export runs the module, hooks included: they stay silent, whether
+    the check reads torch's compiling flag itself or asks torch.compiler.is_compiling()."""
+    torch.manual_seed(6)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
+    images = torch.randn(1, 3, 8, 8)
+    expected = model(images)
+    with _torch_private.force_public_api(torch_internals == "not used"):
+        telemetry.instrument(model, name="exportable", granularity="layer")
+    exported = torch.export.export(model, (images,), strict=False)
+    assert forward_depth() == 0 and not telemetry.spans()
+    assert torch.equal(exported.module()(images), expected)
+    assert torch.equal(model(images), expected)
+    assert [s.name for s in telemetry.spans()].count("inference exportable") == 1
 
 
 def test_compiled_child_is_one_layer_span_and_compiles_once(telemetry: Telemetry) -> None:

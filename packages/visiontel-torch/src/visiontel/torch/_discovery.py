@@ -56,7 +56,7 @@ from visiontel.torch._api import instrument_model, uninstrument_model
 from visiontel.torch._births import listen, unlisten
 from visiontel.torch._config import TorchConfig
 from visiontel.torch._safety import report_internal_error, warn_once
-from visiontel.torch._torch_private import register_hooks, remove_hooks
+from visiontel.torch._torch_private import compiling_check, register_hooks, remove_hooks
 from visiontel.torch._tree import is_compiled
 
 _MAX_DEFERRALS = 3
@@ -82,7 +82,7 @@ class Discovery:
         self._rejected: weakref.WeakSet[Any] = weakref.WeakSet()
         self._discovered: weakref.WeakSet[Any] = weakref.WeakSet()
         self._deferrals: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-        self._is_compiling = _threads.is_compiling_fn()
+        self._is_compiling = compiling_check()
         # The hook's handle and the pending modules. Taken inside Module.__init__, so it is
         # never held while calling out (nor while taking _lock); reentrant in case a
         # collection run while it is held finalises something that builds a module.

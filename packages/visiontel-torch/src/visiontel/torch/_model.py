@@ -27,9 +27,14 @@ from visiontel.torch._points import record_span_points
 from visiontel.torch._record import ForwardRecord, ModuleTable, record_type
 from visiontel.torch._runtime import Runtime
 from visiontel.torch._safety import report_internal_error
-from visiontel.torch._threads import ThreadState, depth, is_compiling_fn, thread_state
+from visiontel.torch._threads import ThreadState, depth, thread_state
 from visiontel.torch._timing import EventSource, cuda_event_source
-from visiontel.torch._torch_private import register_hooks, remove_hooks
+from visiontel.torch._torch_private import (
+    compiling_check,
+    dynamo_check,
+    register_hooks,
+    remove_hooks,
+)
 from visiontel.torch._tree import ProbeTree
 
 _registry: weakref.WeakKeyDictionary[Any, ModelInstrumentation] = weakref.WeakKeyDictionary()
@@ -52,7 +57,8 @@ class ModelInstrumentation:
         self._tls: ThreadState = thread_state()  # or its compiled twin, same attribute
         self._detections = detections or count_detections
         self._event_source = event_source
-        self._is_compiling = is_compiling_fn()
+        self._is_compiling = compiling_check()
+        self._in_dynamo = dynamo_check()
         self.on_nested: Callable[[Any], None] | None = None  # set for discovered roots
         name = config.model_name or type(model).__name__
         self._span_name = f"inference {name}"
@@ -154,7 +160,10 @@ class ModelInstrumentation:
             report_internal_error("root pre-hook", exc)
 
     def _root_post(self, _model: Any, _args: Any, _kwargs: Any, output: Any) -> None:
-        if self._is_compiling():
+        # Dynamo traces this body: it must see a no-op. torch.export and torch.jit.trace run
+        # it, but the pre-hook stayed silent there and made no record, so there is none to
+        # finish (and the tracing check, a call into torch._C, is not made twice a forward).
+        if self._in_dynamo():
             return
         try:
             roots = self._roots

@@ -1,5 +1,5 @@
-"""Per-thread state of the root hooks: each model's in-flight record, the count of
-instrumented forwards running, and whether torch is compiling or tracing right now.
+"""Per-thread state of the root hooks: each model's in-flight record, and the count of
+instrumented forwards running.
 
 Where the C extension loaded, the record and the count live in its types
 (``_speedups.ThreadRecord``, ``_speedups.ForwardDepth``), which the compiled hooks read
@@ -11,24 +11,10 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 from visiontel.torch import _compiled
 from visiontel.torch._record import ForwardRecord
-from visiontel.torch._torch_private import tracing_check
-
-
-def is_compiling_fn() -> Callable[[], bool]:
-    """True while torch.compile or torch.jit.trace runs the model: hooks then stay silent."""
-    import torch
-
-    compiler = getattr(torch, "compiler", None)
-    compiling = getattr(compiler, "is_compiling", None)
-    tracing = tracing_check()
-    if not callable(compiling):
-        return tracing
-    return lambda: compiling() or tracing()
 
 
 class ThreadState(threading.local):

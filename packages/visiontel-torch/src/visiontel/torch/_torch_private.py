@@ -16,8 +16,9 @@ or a dictionary already holds someone else's hooks (swapping it would orphan the
 an inert stand-in (:func:`inert_hook`) instead of failing.
 
 ``ParkedHook`` (the hook probes of ``DataParallel`` trees) also reads the handle's private
-references, and ``tracing_check`` calls ``torch._C._is_tracing``, behind the same gate;
-their fall-backs re-register a hook on every arm and call ``torch.jit.is_tracing``.
+references, and ``compiling_check`` reads ``torch.compiler._is_compiling_flag`` and calls
+``torch._C._is_tracing``, behind the same gate; their fall-backs re-register a hook on every
+arm and call ``torch.compiler.is_compiling`` and ``torch.jit.is_tracing``.
 """
 
 from __future__ import annotations
@@ -190,14 +191,54 @@ class ParkedHook:
             _own_ids.discard(self._id)
 
 
-def tracing_check() -> Callable[[], bool]:
-    """``torch.jit.is_tracing`` without its Python frame when the C function is there."""
+def compiling_check() -> Callable[[], bool]:
+    """True while torch.compile, torch.export or torch.jit.trace runs the model (hooks then
+    stay silent), in as few Python frames as the installed torch allows.
+
+    Every hook calls it, and after a forward each frame costs several times its warm cost.
+    ``torch.compiler.is_compiling()`` is two frames (it asks ``torch.jit.is_scripting()``,
+    never true where Python runs, then reads ``_is_compiling_flag``). Behind the gate this
+    asks ``is_dynamo_compiling()`` (which Dynamo folds to True as it does
+    ``is_compiling()``, so a traced hook stays a no-op), reads that flag itself (torch.export
+    sets it) and calls ``torch._C._is_tracing`` (``torch.jit.is_tracing`` without its
+    frame).
+    """
     import torch
 
-    direct = getattr(torch._C, "_is_tracing", None)
-    if callable(direct) and private_hooks_usable():
-        return direct  # type: ignore[no-any-return]
-    return torch.jit.is_tracing  # type: ignore[attr-defined]
+    compiler = torch.compiler
+    dynamo_compiling = getattr(compiler, "is_dynamo_compiling", None)
+    tracing = getattr(torch._C, "_is_tracing", None)
+    if (
+        private_hooks_usable()
+        and isinstance(getattr(compiler, "_is_compiling_flag", None), bool)
+        and callable(dynamo_compiling)
+        and callable(tracing)
+    ):
+
+        def compiling_or_tracing() -> bool:
+            # Dynamo first: it folds that call to True and never reads the flag, whose read
+            # it does not trace (on torch 2.15 the hook then runs for real, outside the graph).
+            return dynamo_compiling() or compiler._is_compiling_flag or tracing()
+
+        return compiling_or_tracing
+    public_tracing: Callable[[], bool] = torch.jit.is_tracing  # type: ignore[attr-defined]
+
+    def public_compiling_or_tracing() -> bool:
+        return compiler.is_compiling() or public_tracing()
+
+    return public_compiling_or_tracing
+
+
+def dynamo_check() -> Callable[[], bool]:
+    """True while Dynamo traces the code that calls it (it folds the call to True), for a
+    hook whose body Dynamo must see as a no-op and that is otherwise harmless to run:
+    one Python frame, where ``compiling_check()`` is two and a call into ``torch._C``."""
+    import torch
+
+    dynamo_compiling = getattr(torch.compiler, "is_dynamo_compiling", None)
+    if callable(dynamo_compiling):
+        return dynamo_compiling  # type: ignore[no-any-return]
+    return torch.compiler.is_compiling
 
 
 @functools.cache

@@ -33,6 +33,7 @@
 #include "speedups.h"
 
 PyObject *str_value, *str_record, *str_stamps, *str_events, *str_layer_start, *str_layer_end;
+PyObject *str_trace_id, *str_trace_state;
 PyObject *str_class, *str_call, *str_incomplete, *str_forward, *str_install, *str_uninstall;
 PyObject *str_f_name, *str_f_context, *str_f_parent, *str_f_attributes, *str_f_start, *str_f_end;
 PyObject *deepcopy_function = NULL;
@@ -89,6 +90,8 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     INTERN(str_f_attributes, "_attributes");
     INTERN(str_f_start, "_start_time");
     INTERN(str_f_end, "_end_time");
+    INTERN(str_trace_id, "trace_id");
+    INTERN(str_trace_state, "trace_state");
     PyObject *copy_module = PyImport_ImportModule("copy");
     if (copy_module == NULL) return NULL;
     deepcopy_function = PyObject_GetAttrString(copy_module, "deepcopy");

@@ -15,6 +15,8 @@
  * with a new guard and plan. */
 
 PyObject *str_table, *str_shape, *str_append, *str_extend, *str_due, *str_boxes;
+/* read on every sampled forward: interned once, not made from a C string each time */
+static PyObject *str_dtype, *str_device, *str_is_cuda, *str_attributes;
 
 static int guard_holds(RootHooks *self) {
     if (!PyTuple_Check(self->guard)) return 0;
@@ -53,9 +55,9 @@ int call_method_one(PyObject *target, PyObject *method, PyObject *value) {
  * describe_inputs, which adds them to it (once per input signature). */
 static PyObject *input_attributes(RootHooks *self, PyObject *first, PyObject *shape,
                                   PyObject *batch, PyObject *call_args, PyObject *kwargs) {
-    PyObject *dtype = PyObject_GetAttrString(first, "dtype");
+    PyObject *dtype = PyObject_GetAttr(first, str_dtype);
     if (dtype == NULL) return NULL;
-    PyObject *device = PyObject_GetAttrString(first, "device");
+    PyObject *device = PyObject_GetAttr(first, str_device);
     if (device == NULL) {
         Py_DECREF(dtype);
         return NULL;
@@ -75,7 +77,7 @@ static PyObject *input_attributes(RootHooks *self, PyObject *first, PyObject *sh
     PyObject *description = PyObject_CallFunctionObjArgs(self->describe_inputs, call_args,
                                                          kwargs, Py_True, NULL);
     if (description == NULL) return NULL;
-    found = PyObject_GetAttrString(description, "attributes");
+    found = PyObject_GetAttr(description, str_attributes);
     Py_DECREF(description);
     return found;
 }
@@ -117,7 +119,7 @@ static PyObject *roots_begin(RootHooks *self, PyObject *const *args, Py_ssize_t 
         goto finished;
     }
     /* a GPU forward needs events: Python times it */
-    PyObject *on_cuda = PyObject_GetAttrString(first, "is_cuda");
+    PyObject *on_cuda = PyObject_GetAttr(first, str_is_cuda);
     if (on_cuda == NULL) goto finished;
     int cuda = PyObject_IsTrue(on_cuda);
     Py_DECREF(on_cuda);
@@ -394,6 +396,10 @@ int roots_init_names(void) {
     NAME(str_extend, "extend");
     NAME(str_due, "due");
     NAME(str_boxes, "boxes");
+    NAME(str_dtype, "dtype");
+    NAME(str_device, "device");
+    NAME(str_is_cuda, "is_cuda");
+    NAME(str_attributes, "attributes");
 #undef NAME
     return sampled_init_names();
 }

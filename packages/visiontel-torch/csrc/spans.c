@@ -164,8 +164,8 @@ PyObject *layer_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t *calls = PyMem_Calloc(modules ? modules : 1, sizeof(Py_ssize_t));
     OpenCall *open = PyMem_Calloc(count ? count : 1, sizeof(OpenCall));
     Py_ssize_t depth = 0, created = 0;
-    b.trace_id = PyObject_GetAttrString(root, "trace_id");
-    b.trace_state = PyObject_GetAttrString(root, "trace_state");
+    b.trace_id = PyObject_GetAttr(root, str_trace_id);
+    b.trace_state = PyObject_GetAttr(root, str_trace_state);
     if (b.ended == NULL || b.empty == NULL || aggregated == NULL || calls == NULL ||
         open == NULL || b.trace_id == NULL || b.trace_state == NULL) {
         if (!PyErr_Occurred()) PyErr_NoMemory();

@@ -12,6 +12,7 @@ extern PyObject *str_class, *str_call, *str_incomplete, *str_forward, *str_insta
     *str_uninstall;
 extern PyObject *str_f_name, *str_f_context, *str_f_parent, *str_f_attributes, *str_f_start,
     *str_f_end;
+extern PyObject *str_trace_id, *str_trace_state;
 extern PyObject *deepcopy_function; /* copy.deepcopy */
 
 /* perf_counter_ns() now, into *out; -1 with an exception set on failure. */

@@ -6,6 +6,8 @@
   error and method.
 * ``ForwardDepth`` (csrc/thread_record.c): each thread's count of instrumented forwards,
   ``_threads.depth`` where the extension loaded; it must count as the threading.local does.
+* ``ThreadRecord`` (csrc/thread_record.c): each thread's in-flight record of one model; it
+  remembers the last thread's record (None too), which must never show another thread's.
 """
 
 from __future__ import annotations
@@ -169,6 +171,52 @@ def test_forward_depth_counts_per_thread_as_the_threading_local(compiled: Module
     assert type(_threads.depth) is (_threads.Depth if pure else compiled.ForwardDepth)
     with pytest.raises(TypeError):
         compiled.ForwardDepth().value = "one"
+
+
+def _records_seen(state: Any) -> list[Any]:
+    """Two threads take turns setting and reading their records (each step waits for the
+    one before), so that each read follows the other thread's last write or read."""
+    first, second, seen = object(), object(), []
+    steps = [threading.Event() for _ in range(7)]
+
+    def other() -> None:
+        steps[0].wait()
+        seen.append(state.record)  # None: only the main thread set one
+        steps[1].set()
+        steps[2].wait()
+        state.record = second
+        seen.append(state.record)
+        steps[3].set()
+        steps[4].wait()
+        state.record = None
+        seen.append(state.record)
+        steps[5].set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    state.record = first
+    steps[0].set()
+    steps[1].wait()
+    seen.append(state.record)  # its own, after the other thread read None
+    state.record = first
+    steps[2].set()
+    steps[3].wait()
+    seen.append(state.record)  # its own, after the other thread set and read its record
+    steps[4].set()
+    steps[5].wait()
+    seen.append(state.record)
+    state.record = None
+    seen.append(state.record)
+    thread.join()
+    return [None if item is None else "first" if item is first else "second" for item in seen]
+
+
+def test_thread_record_keeps_each_threads_record_as_the_threading_local(
+    compiled: ModuleType,
+) -> None:
+    expected = [None, "first", "second", "first", None, "first", None]
+    assert _records_seen(compiled.ThreadRecord()) == _records_seen(_threads.ThreadState())
+    assert _records_seen(compiled.ThreadRecord()) == expected
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")

@@ -113,7 +113,7 @@ PyObject *count_output(RootHooks *self, PyObject *output) {
     return PyObject_CallOneArg(self->count, output);
 }
 
-/* The points of a finished dropped forward, as ForwardPoints.add leaves them. */
+/* function(value), its result dropped: 0, or -1 with an exception. */
 static int call_one(PyObject *function, PyObject *value) {
     PyObject *result = PyObject_CallOneArg(function, value);
     Py_XDECREF(result);

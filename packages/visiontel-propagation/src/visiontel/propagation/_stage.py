@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, ContextDecorator
+from types import TracebackType
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
@@ -89,7 +90,133 @@ def frame_attributes(frame: FrameIdentity, now_ns: int | None = None) -> dict[st
     }
 
 
-@contextmanager
+class _FrameScope(ContextDecorator):
+    """The context manager :func:`start_frame` and :func:`continue_frame` return.
+
+    A class, not a ``contextmanager`` generator around ``trace.use_span``: every frame
+    enters one at every hop, and the two generators cost a third of the frame span's own
+    instructions besides the SDK's (docs/benchmarks.md, issue 16). An exception leaving the
+    block still goes through ``trace.use_span``, so the span records it and takes the error
+    status exactly as the installed API does it. As with a ``contextmanager`` object, each
+    ``with`` needs its own call (a decorated function gets a fresh scope per call).
+    """
+
+    _what = ""  # the entry point, for the internal-error report
+    _outer: object
+    _inner: object
+    _span: Span
+
+    def _frame_context(self) -> Context:
+        """The context the block runs in (errors here are the caller's: they propagate)."""
+        raise NotImplementedError
+
+    def _start_span(self) -> Span:
+        """The frame's span, started in ``_frame_context()`` (errors are reported)."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Span:
+        outer = otel_context.attach(self._frame_context())
+        try:
+            try:
+                span = self._start_span()
+            except Exception:  # never let tracing stop the frame
+                internal_error(self._what)
+                span = INVALID_SPAN
+            self._inner = otel_context.attach(trace.set_span_in_context(span))
+        except BaseException:
+            otel_context.detach(outer)
+            raise
+        self._outer, self._span = outer, span
+        return span
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        span = self._span
+        try:
+            otel_context.detach(self._inner)  # type: ignore[arg-type]
+            if exc is None:
+                span.end()
+            else:  # the API's own handling: record the exception, set the status, end
+                handling = trace.use_span(span, end_on_exit=True)
+                handling.__enter__()
+                handling.__exit__(exc_type, exc, traceback)
+        finally:
+            otel_context.detach(self._outer)  # type: ignore[arg-type]
+
+
+class _StartFrame(_FrameScope):
+    _what = "start_frame"
+
+    def __init__(  # noqa: PLR0917 (start_frame's arguments)
+        self,
+        name: str,
+        frame: FrameIdentity,
+        tracer: Tracer | None,
+        parent: Context | None,
+        kind: SpanKind,
+        attributes: Mapping[str, AttributeValue] | None,
+    ) -> None:
+        self._args = (name, frame, tracer, parent, kind, attributes)
+
+    def _recreate_cm(self) -> _StartFrame:
+        return _StartFrame(*self._args)
+
+    def _frame_context(self) -> Context:
+        frame, parent = self._args[1], self._args[3]
+        self._base = trace.set_span_in_context(INVALID_SPAN) if parent is None else parent
+        ctx = set_frame(frame, self._base)
+        self._frame = get_frame(ctx) or frame  # as stored: credentials stripped from URLs
+        return ctx
+
+    def _start_span(self) -> Span:
+        name, _, tracer, _, kind, attributes = self._args
+        frame = self._frame
+        every = _sample_every if _sample_every is not None else frame_sample_every()
+        if every > 1 and frame.sequence % every:
+            span = _sampled_out(self._base)
+        else:
+            span = _tracer(tracer).start_span(
+                name, kind=kind, start_time=frame.capture_ns, attributes=attributes
+            )
+        if span.is_recording():
+            span.set_attributes({ATTR_STREAM: frame.stream_id, ATTR_SEQUENCE: frame.sequence})
+        return span
+
+
+class _ContinueFrame(_FrameScope):
+    _what = "continue_frame"
+
+    def __init__(
+        self,
+        name: str,
+        context: Context,
+        tracer: Tracer | None,
+        kind: SpanKind,
+        attributes: Mapping[str, AttributeValue] | None,
+    ) -> None:
+        self._args = (name, context, tracer, kind, attributes)
+
+    def _recreate_cm(self) -> _ContinueFrame:
+        return _ContinueFrame(*self._args)
+
+    def _frame_context(self) -> Context:
+        return self._args[1]
+
+    def _start_span(self) -> Span:
+        name, context, tracer, kind, attributes = self._args
+        _streams._default.observe(context)  # never raises
+        span = _tracer(tracer).start_span(name, kind=kind, attributes=attributes)
+        if span.is_recording():
+            frame = get_frame(context)
+            if frame is not None:
+                span.set_attributes(frame_attributes(frame))
+        return span
+
+
 def start_frame(
     name: str,
     frame: FrameIdentity,
@@ -98,7 +225,7 @@ def start_frame(
     parent: Context | None = None,
     kind: SpanKind = SpanKind.PRODUCER,
     attributes: Mapping[str, AttributeValue] | None = None,
-) -> Iterator[Span]:
+) -> AbstractContextManager[Span]:
     """First span of a frame's trace, starting at its capture time.
 
     Each frame gets a trace of its own (the current span, e.g. a long-running
@@ -110,31 +237,9 @@ def start_frame(
     span with the sampled flag off, which downstream ``ParentBased`` samplers follow.
     Metrics downstream count every frame either way.
     """
-    base = trace.set_span_in_context(INVALID_SPAN) if parent is None else parent
-    ctx = set_frame(frame, base)
-    frame = get_frame(ctx) or frame  # as stored: credentials stripped from URL stream ids
-    token = otel_context.attach(ctx)
-    try:
-        try:
-            every = _sample_every if _sample_every is not None else frame_sample_every()
-            if every > 1 and frame.sequence % every:
-                span = _sampled_out(base)
-            else:
-                span = _tracer(tracer).start_span(
-                    name, kind=kind, start_time=frame.capture_ns, attributes=attributes
-                )
-            if span.is_recording():
-                span.set_attributes({ATTR_STREAM: frame.stream_id, ATTR_SEQUENCE: frame.sequence})
-        except Exception:  # never let tracing stop the frame
-            internal_error("start_frame")
-            span = INVALID_SPAN
-        with trace.use_span(span, end_on_exit=True):
-            yield span
-    finally:
-        otel_context.detach(token)
+    return _StartFrame(name, frame, tracer, parent, kind, attributes)
 
 
-@contextmanager
 def continue_frame(
     name: str,
     context: Context,
@@ -142,7 +247,7 @@ def continue_frame(
     tracer: Tracer | None = None,
     kind: SpanKind = SpanKind.CONSUMER,
     attributes: Mapping[str, AttributeValue] | None = None,
-) -> Iterator[Span]:
+) -> AbstractContextManager[Span]:
     """A stage's span for a frame received with ``context`` (from any ``extract_*``).
 
     The span joins the frame's trace, carries the frame's age, and stays current in
@@ -151,22 +256,7 @@ def continue_frame(
     else is computed. Sampled or not, the frame counts in this hop's stream health
     (``visiontel.frames.received`` / ``visiontel.frames.lost``, see :func:`observe_frame`).
     """
-    token = otel_context.attach(context)
-    try:
-        _streams._default.observe(context)  # never raises
-        try:
-            span = _tracer(tracer).start_span(name, kind=kind, attributes=attributes)
-            if span.is_recording():
-                frame = get_frame(context)
-                if frame is not None:
-                    span.set_attributes(frame_attributes(frame))
-        except Exception:  # never let tracing stop the frame
-            internal_error("continue_frame")
-            span = INVALID_SPAN
-        with trace.use_span(span, end_on_exit=True):
-            yield span
-    finally:
-        otel_context.detach(token)
+    return _ContinueFrame(name, context, tracer, kind, attributes)
 
 
 class FrameLatency:

@@ -106,30 +106,46 @@ class ChildProbes:
 
     def add(self, index: int, module: Any, role: str = "") -> None:
         """Probe ``module``; ``role`` "container"/"element" while a stage container is on trial."""
-        import torch
-
         with self._lock:  # probes may change while other threads arm (stage containers)
-            wrappers, hooks = len(self._wrappers), len(self._hooks)
-            if not self._use_hooks:
-                self._add_wrapper(index, module, role)
-            elif not isinstance(module, torch.jit.ScriptModule):  # they refuse Python hooks
-                self._add_hooks(index, module)
-            added = self._wrappers[wrappers:] + self._hooks[hooks:]
-            self._by_index[index] = added
-            if self._armed:
-                for probe in added:
-                    probe.arm() if isinstance(probe, ParkedHook) else probe.install()
+            self._add_locked(index, module, role)
 
     def drop(self, index: int) -> None:
         """Take the probes of one module away for good."""
         with self._lock:
-            for probe in self._by_index.pop(index, ()):
-                if isinstance(probe, ParkedHook):
-                    probe.forget()
-                    self._hooks.remove(probe)
-                else:
-                    probe.uninstall()
-                    self._wrappers.remove(probe)
+            self._drop_locked(index)
+
+    def settle(self, index: int, module: Any) -> None:
+        """A stage container's trial is over and ``module`` keeps its probe: the probe no
+        longer asks, at every call, whether a container is open (a Python frame per call
+        for each layer of a model that iterates its container, as Ultralytics' do)."""
+        if self._use_hooks:
+            return  # hook probes have no trial role
+        with self._lock:  # one step: a forward on another thread never finds it unprobed
+            self._drop_locked(index)
+            self._add_locked(index, module, "")
+
+    def _add_locked(self, index: int, module: Any, role: str) -> None:
+        import torch
+
+        wrappers, hooks = len(self._wrappers), len(self._hooks)
+        if not self._use_hooks:
+            self._add_wrapper(index, module, role)
+        elif not isinstance(module, torch.jit.ScriptModule):  # they refuse Python hooks
+            self._add_hooks(index, module)
+        added = self._wrappers[wrappers:] + self._hooks[hooks:]
+        self._by_index[index] = added
+        if self._armed:
+            for probe in added:
+                probe.arm() if isinstance(probe, ParkedHook) else probe.install()
+
+    def _drop_locked(self, index: int) -> None:
+        for probe in self._by_index.pop(index, ()):
+            if isinstance(probe, ParkedHook):
+                probe.forget()
+                self._hooks.remove(probe)
+            else:
+                probe.uninstall()
+                self._wrappers.remove(probe)
 
     # -- forward wrappers ------------------------------------------------------------------
     def _add_wrapper(self, index: int, module: Any, role: str) -> None:

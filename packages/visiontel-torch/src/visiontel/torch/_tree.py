@@ -5,7 +5,8 @@
   never be called as a whole: Ultralytics' ``DetectionModel`` iterates its ``model``
   ``Sequential`` and calls each layer. Such a container and its elements are both probed
   until the first sampled forward ends, the elements stamping only outside the container;
-  then the probes that did not stamp go.
+  then the probes that did not stamp go, and those that stay stop asking whether a
+  container is open.
 * **Replaced modules.** ``fuse()`` swaps Conv+BN for one conv; other code swaps heads.
   At most once every ``CHECK_INTERVAL_NS`` a sampled forward checks that every probed name
   still leads to the module probed under it, and rebuilds the probes when one does not.
@@ -93,9 +94,12 @@ class ProbeTree:
         with self._lock:
             for container, indices in list(self._pending.items()):
                 del self._pending[container]
-                for index in indices if container in fired else (container,):
+                called_whole = container in fired
+                for index in indices if called_whole else (container,):
                     self.probes.drop(index)
                     self._probed.remove(index)
+                for index in (container,) if called_whole else indices:
+                    self.probes.settle(index, self._entries[index][1])
 
     def clear(self) -> None:
         self.probes.clear()

@@ -188,7 +188,7 @@ static void clear_plan(RootHooks *self) {
 
 #define PLAN_SIZE 15
 
-/* arm(guard, plan): see _livespan.LiveSpans.compiled_roots for the plan's fields. */
+/* arm(guard, plan): see livespans.LiveSpans.compiled_roots (visiontel-support) for the plan. */
 static PyObject *roots_arm(RootHooks *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "arm(guard, plan)");

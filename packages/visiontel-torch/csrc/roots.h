@@ -19,7 +19,7 @@ typedef struct {
     PyObject *context_class;    /* opentelemetry.context.Context */
     PyObject *span_context_class; /* SpanContext, built as a tuple */
     PyObject *getrandbits;      /* random.getrandbits: the SDK's random ids */
-    PyObject *live_class;       /* _livespan._LiveSpan */
+    PyObject *live_class;       /* livespans._LiveSpan */
     PyObject *path;             /* the gate's FastPath the live spans use */
     PyObject *later;            /* the resolver's later(function, *args) */
     PyObject *sampled_flags;    /* TraceFlags(SAMPLED) */

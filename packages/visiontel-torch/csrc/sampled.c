@@ -1,12 +1,12 @@
 #include "roots.h"
 
 /* The root hooks' work for a forward whose span the sampler keeps, at model or stage
- * granularity (in Python: _livespan.LiveSpans.start and _model.ModelInstrumentation's
- * _begin and _finish): its decision under the current span, its live span started with
- * the ids the SDK would draw, made current in the OpenTelemetry context, and at the end
- * its context detached and the rest handed to the resolver's later work, as Python does.
- * The context's ContextVar and span key, the span classes and the id source come from
- * _otel_private's gate in the plan (roots.h). */
+ * granularity (in Python: visiontel-support's livespans.LiveSpans.start, and
+ * _model.ModelInstrumentation's _begin and _finish): its decision under the current span,
+ * its live span started with the ids the SDK would draw, made current in the OpenTelemetry
+ * context, and at the end its context detached and the rest handed to the resolver's later
+ * work, as Python does. The context's ContextVar and span key, the span classes and the id
+ * source come from the gate (visiontel-support's _otel_private) in the plan (roots.h). */
 
 static PyObject *time_ns, *empty_tuple, *bits64, *bits128, *ratio_mask;
 static PyObject *str_context, *str_get_span_context, *str_sdk_span, *str_ended, *str_later,
@@ -80,7 +80,7 @@ int sampled_decide(RootHooks *self, PyObject **parent, PyObject **trace_id) {
     return kept < 0 ? -1 : kept ? 1 : 2;
 }
 
-/* The live span of a sampled root, as _livespan._start_live makes it (plain attributes). */
+/* The live span of a sampled root, as livespans._start_live makes it (plain attributes). */
 static PyObject *start_span(RootHooks *self, PyObject *wall, PyObject *parent,
                             PyObject *trace_id, PyObject *input_attributes) {
     PyObject *span_id = NULL, *new_trace = NULL, *context = NULL, *attributes = NULL;

@@ -69,7 +69,7 @@ def test_fast_span_context_equals_the_constructors() -> None:
 
     from opentelemetry.trace import SpanContext, TraceFlags, TraceState
 
-    from visiontel.torch._otel_private._fast_path import _context_factory
+    from visiontel._support._otel_private._fast_path import _context_factory
 
     make = _context_factory()
     rng = random.Random(5)

@@ -17,8 +17,9 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased,
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 
 import visiontel.torch as vt
+from visiontel._support.livespans import LiveSpans, _LiveSpan
 from visiontel.torch import _runtime
-from visiontel.torch._livespan import LiveSpans, _LiveSpan
+from visiontel.torch._otel_private import TORCH_SCOPE
 from visiontel.torch.version import SCHEMA_URL, __version__
 
 _ATTRIBUTES = {"visiontel.stage": "preprocess", "n": 3, "ratio": 0.5, "cold": False}
@@ -30,7 +31,7 @@ class _Pipeline:
         self.provider = TracerProvider(**provider_args)
         self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
         self.sdk_tracer = self.provider.get_tracer("visiontel.torch", __version__, SCHEMA_URL)
-        self.spans = LiveSpans(self.provider, self.sdk_tracer)
+        self.spans = LiveSpans(self.provider, self.sdk_tracer, TORCH_SCOPE)
 
     @contextmanager
     def parent(self) -> Iterator[trace.Span]:
@@ -195,24 +196,25 @@ def test_a_sampler_that_may_decide_otherwise_is_asked(sampler: Any) -> None:
     assert pipeline.finished("work") == []
 
 
-def test_unsampled_remote_and_missing_parents_go_through_the_sdk() -> None:
+def test_remote_unsampled_and_missing_parents_follow_the_sampler() -> None:
     pipeline = _Pipeline(sampler=ParentBased(ALWAYS_OFF))
     with pipeline.parent():  # the root is dropped, so its children are too
         unsampled = pipeline.spans.start("unsampled", {})
     remote = SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(1))
-    with trace.use_span(NonRecordingSpan(remote)):
-        from_remote = pipeline.spans.start("from remote", {})
-        assert type(from_remote) is not _LiveSpan and from_remote.is_recording()
+    with trace.use_span(NonRecordingSpan(remote)):  # a sampled remote parent: kept, live
+        from_remote = pipeline.spans.start("from remote", {}, kind=trace.SpanKind.CONSUMER)
+        assert type(from_remote).__name__ == "_LiveSpanOfKind" and from_remote.is_recording()
         from_remote.end()
     orphan = pipeline.spans.start("orphan", {})
     assert not unsampled.is_recording()
     (exported,) = pipeline.finished("from remote")
-    assert exported.parent == remote
+    assert exported.parent == remote and exported.kind is trace.SpanKind.CONSUMER
+    assert exported.context.trace_id == remote.trace_id
     assert not orphan.is_recording()  # a root: the sampler's ParentBased(ALWAYS_OFF) drops it
 
 
 def test_a_provider_that_is_not_the_sdks_gets_its_own_spans() -> None:
-    spans = LiveSpans(trace.NoOpTracerProvider(), trace.NoOpTracer())
+    spans = LiveSpans(trace.NoOpTracerProvider(), trace.NoOpTracer(), TORCH_SCOPE)
     pipeline = _Pipeline()
     with pipeline.parent():
         span = spans.start("work", _ATTRIBUTES)

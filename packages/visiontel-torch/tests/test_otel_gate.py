@@ -34,8 +34,9 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 import visiontel.torch as vt
+from visiontel._support import _otel_private as shared_gate
+from visiontel._support.livespans import _LiveSpan
 from visiontel.torch import _otel_private, _runtime
-from visiontel.torch._livespan import _LiveSpan
 
 from torch_support import TinyDetector, data_points
 
@@ -180,7 +181,7 @@ def test_an_sdk_outside_the_tested_range_shuts_the_gate_logs_once_and_works(
     newest = _otel_private.TESTED_SDK[1]
     monkeypatch.setattr(metadata, "version", lambda name: f"{newest[0]}.{newest[1] + 1}.0")
     _otel_private._reset_version_check()
-    with caplog.at_level(logging.INFO, logger="visiontel.torch"):
+    with caplog.at_level(logging.INFO, logger="visiontel"):  # the shared gate logs there
         assert _otel_private.fast_path_for(TracerProvider()) is None
         outside = _workload(SimpleSpanProcessor)
     notes = [r for r in caplog.records if "outside the releases" in r.getMessage()]
@@ -274,7 +275,7 @@ def test_sdk_span_metrics_that_count_shut_the_gate() -> None:
         assert _otel_private.fast_path_for(TracerProvider()) is not None
         return
     tracer = provider.get_tracer("visiontel.torch")
-    if _otel_private._span_counters_waiting(tracer) == []:  # created but never counting
+    if shared_gate._span_counters_waiting(tracer) == []:  # created but never counting
         assert _otel_private.fast_path_for(provider) is not None
         return
     assert _otel_private.fast_path_for(provider) is None

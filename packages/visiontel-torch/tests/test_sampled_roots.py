@@ -36,8 +36,8 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import SpanContext, TraceFlags
 
 import visiontel.torch as vt
+from visiontel._support._otel_private import _fast_path
 from visiontel.torch import _inputs, _model, _probes, _resolver, _stage, _threads
-from visiontel.torch._otel_private import _fast_path
 from visiontel.torch._runtime import runtime_for
 
 from torch_support import data_points, loops

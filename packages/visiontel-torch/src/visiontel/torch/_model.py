@@ -17,11 +17,11 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from visiontel._support.livespans import add_plain_attributes, all_plain
 from visiontel.torch import _compiled
 from visiontel.torch._config import TorchConfig
 from visiontel.torch._failures import record_failure
 from visiontel.torch._inputs import InputDescription, attribute_cache, describe_inputs, tensor_type
-from visiontel.torch._livespan import add_plain_attributes, all_plain
 from visiontel.torch._metrics import DetectionCounter, count_detections
 from visiontel.torch._points import record_span_points
 from visiontel.torch._record import ForwardRecord, ModuleTable, record_type

@@ -7,8 +7,9 @@ import weakref
 
 from opentelemetry import metrics, trace
 
-from visiontel.torch._livespan import LiveSpans
+from visiontel._support.livespans import LiveSpans
 from visiontel.torch._metrics import InferenceMetrics
+from visiontel.torch._otel_private import TORCH_SCOPE
 from visiontel.torch._resolver import Resolver
 from visiontel.torch.version import SCHEMA_URL, __version__
 
@@ -24,7 +25,7 @@ class Runtime:
         self.tracer = trace.get_tracer(
             "visiontel.torch", __version__, tracer_provider, schema_url=SCHEMA_URL
         )
-        self.spans = LiveSpans(tracer_provider, self.tracer)
+        self.spans = LiveSpans(tracer_provider, self.tracer, TORCH_SCOPE)
         self.metrics = InferenceMetrics(meter_provider)
         self.resolver = Resolver(self.metrics, tracer_provider)
         self.metrics.images.before_collect = self.resolver.drain_later

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from visiontel._support.livespans import all_plain
 from visiontel.torch._failures import record_failure
-from visiontel.torch._livespan import all_plain
 from visiontel.torch._points import record_span_points
 from visiontel.torch._record import ModuleTable, record_type
 from visiontel.torch._runtime import Runtime, default_runtime

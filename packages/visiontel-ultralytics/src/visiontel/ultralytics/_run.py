@@ -24,9 +24,9 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span, Status, StatusCode
 
+from visiontel._support.livespans import LiveSpans
 from visiontel.propagation import strip_credentials
 from visiontel.torch import stage
-from visiontel.torch._livespan import LiveSpans
 from visiontel.torch._runtime import runtime_for
 from visiontel.torch._safety import report_internal_error
 from visiontel.ultralytics import _metrics, _ultralytics_private

@@ -1,4 +1,4 @@
-"""``FastPath``: what visiontel-torch's spans need from one SDK tracer provider, read once
+"""``FastPath``: what visiontel's live spans need from one SDK tracer provider, read once
 (the gate in ``__init__.py`` decides whether one may be used), and the reads it is built
 from: the sampler's fixed decisions, a trace-id ratio's bound, the ``SpanContext``
 shortcut, and where the API's runtime context keeps the current span.
@@ -15,7 +15,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext, TraceFlags, TraceState
 
-from visiontel.torch._otel_private._batch_queue import bulk_on_end
+from visiontel._support._otel_private._batch_queue import bulk_on_end
 
 SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 RATIO_TRACE_ID_MASK = (1 << 64) - 1
@@ -24,13 +24,13 @@ _MISSING = object()
 
 
 class FastPath:
-    """What visiontel-torch's spans need from one SDK tracer provider, read once."""
+    """What visiontel's live spans need from one SDK tracer provider, read once."""
 
     def __init__(
         self,
         provider: Any,
         tracer: Any,
-        scope: tuple[str, str, str],
+        scope: tuple[str, str | None, str | None],
         counters_waiting: list[Any],
     ) -> None:
         from opentelemetry.sdk.trace import ReadableSpan, _Span
@@ -179,7 +179,7 @@ class FastPath:
         return None
 
     def enabled(self) -> bool:
-        """False while the SDK's tracer configurator turns visiontel.torch's tracer off."""
+        """False while the SDK's tracer configurator turns this scope's tracer off."""
         return self._is_enabled is None or bool(self._is_enabled())
 
     def decide(self, parent: SpanContext) -> bool | None:
@@ -199,12 +199,14 @@ class FastPath:
         """Raise if a span built here would differ from the SDK's (an unknown SDK layout)."""
         context = self.new_context(1, 1, SAMPLED, TraceState())
         self.unstarted_sdk_span("probe", context, None, {})  # never started or ended
-        built = self.finished_span("probe", context, None, {"k": 1}, 5, 7)
-        if (built.name, built.context, built.start_time, built.end_time) != (
+        consumer = trace.SpanKind.CONSUMER
+        built = self.finished_span("probe", context, None, {"k": 1}, 5, 7, consumer)
+        if (built.name, built.context, built.start_time, built.end_time, built.kind) != (
             "probe",
             context,
             5,
             7,
+            consumer,
         ) or built.resource is not self._resource:
             raise ValueError("finished span layout differs")
 
@@ -216,9 +218,12 @@ class FastPath:
         attributes: Mapping[str, Any],
         start_ns: int,
         end_ns: int | None,
+        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
     ) -> Any:
         span = object.__new__(self._readable_span)
         fields = self._template.copy()
+        if kind is not trace.SpanKind.INTERNAL:  # the template's
+            fields["_kind"] = kind
         fields["_name"], fields["_context"], fields["_parent"] = name, context, parent
         fields["_attributes"], fields["_start_time"], fields["_end_time"] = (
             attributes,
@@ -246,6 +251,7 @@ class FastPath:
         context: SpanContext,
         parent: SpanContext | None,
         attributes: dict[str, Any],
+        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
     ) -> trace.Span:
         """The SDK span the tracer would make with these ids, not yet started."""
         tracer = self._tracer
@@ -257,7 +263,7 @@ class FastPath:
             resource=tracer.resource,
             attributes=attributes,
             span_processor=tracer.span_processor,
-            kind=trace.SpanKind.INTERNAL,
+            kind=kind,
             instrumentation_info=tracer.instrumentation_info,
             limits=self._limits,
             instrumentation_scope=tracer._instrumentation_scope,

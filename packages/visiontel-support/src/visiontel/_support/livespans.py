@@ -1,24 +1,27 @@
-"""Cheap live spans for visiontel-torch's own stage and forward spans.
+"""Cheap live spans for visiontel's own spans: visiontel-torch's stages and forward roots,
+visiontel-propagation's frame spans.
 
-Every frame opens a few spans of ours: the stages around the model and the forward's root
-span. Through the SDK each one costs ~30 µs on a warm 2-core VM and several times that
-right after a forward has flushed the caches. Where the SDK's start-up work cannot change
-the outcome (``_otel_private.fast_path_for`` decides: static samplers, processors that do
-nothing in ``on_start``, no SDK self-metrics, a tested SDK release), ``LiveSpans.start``
-hands out a ``_LiveSpan``: the ids, start time and plain attributes in a small object,
-ended by building the finished ``ReadableSpan`` the way the child spans are built. A span
+Every frame opens a few spans of ours: the frame's span at each hop, the stages around the
+model and the forward's root span. Through the SDK each one costs ~30 µs on a warm 2-core
+VM and several times that right after a forward has flushed the caches. Where the SDK's
+start-up work cannot change the outcome (``_otel_private.fast_path_for`` decides: static
+samplers, processors that do nothing in ``on_start``, no SDK self-metrics, a tested SDK
+release), ``LiveSpans.start`` hands out a ``_LiveSpan``: the ids, kind, start time and
+plain attributes in a small object, ended by building the finished ``ReadableSpan``
+directly. A span
 the sampler drops is the same non-recording span the SDK would return, without asking it.
 
 Anything else asked of a live span (events, exceptions, status, links, renaming, attribute
 values that need the SDK's checks) first promotes it to a real SDK span with the same ids,
-parent, start time and attributes, so that work follows the installed SDK exactly. Any
-other configuration, a remote parent, or an SDK the gate does not know gets spans from the
-tracer as before.
+parent, kind, start time and attributes, so that work follows the installed SDK exactly.
+Any other configuration, or an SDK the gate does not know, gets spans from the tracer.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -36,12 +39,12 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util import types
 
-from visiontel.torch._otel_private import (
+from visiontel._support._otel_private import (
     RATIO_TRACE_ID_MASK,
     SAMPLED,
-    TORCH_SCOPE,
     FastPath,
     fast_path_for,
+    global_tracer_scope,
 )
 
 # Values the SDK stores unchanged when no attribute length limit is set.
@@ -64,13 +67,13 @@ def _plain(value: Any) -> Any:
 
 
 class LiveSpans:
-    """Starts visiontel-torch's stage and root spans: live spans where safe, else the tracer's."""
+    """Starts one instrumentation scope's spans: live spans where safe, else the tracer's."""
 
     def __init__(
         self,
         tracer_provider: trace.TracerProvider | None,
         tracer: trace.Tracer,
-        scope: tuple[str, str, str] = TORCH_SCOPE,
+        scope: tuple[str, str | None, str | None],
     ) -> None:
         """``tracer`` and ``scope`` name the same instrumentation scope (the tracer's spans
         and the live spans must be indistinguishable)."""
@@ -94,9 +97,10 @@ class LiveSpans:
         hidden: bool = False,
         context: Context | None = None,
         plain: bool = False,
+        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
     ) -> trace.Span:
-        """A span named ``name`` under the span of ``context`` (default: the current one);
-        ``attributes`` is not kept.
+        """A span named ``name`` under the span of ``context`` (default: the current one),
+        local or remote; ``attributes`` is not kept.
 
         ``hidden``: the caller never makes a dropped span current nor hands it out, so a
         span the sampler drops need not carry ids of its own.
@@ -106,7 +110,7 @@ class LiveSpans:
             if hidden and path.fixed_decision is False and path.enabled():
                 return trace.INVALID_SPAN  # dropped under any parent: no need to look it up
             parent = trace.get_current_span(context).get_span_context()
-            if not parent.is_remote and path.enabled():
+            if path.enabled():
                 decision, trace_id = path.decide(parent), None
                 if decision is None and path.root_ratio_bound is not None and not parent.is_valid:
                     # a new trace under a trace-id ratio: its id decides, drawn as the SDK would
@@ -121,6 +125,7 @@ class LiveSpans:
                         start_time,
                         plain_values=plain,
                         trace_id=trace_id,
+                        kind=kind,
                     )
                     if self.batched:
                         span._later = self.later
@@ -128,7 +133,7 @@ class LiveSpans:
                 if decision is False:
                     return trace.INVALID_SPAN if hidden else _dropped(path, parent, trace_id)
         return self._tracer.start_span(
-            name, context=context, attributes=attributes, start_time=start_time
+            name, context=context, kind=kind, attributes=attributes, start_time=start_time
         )
 
     def drops_hidden(self) -> bool:
@@ -169,6 +174,27 @@ class LiveSpans:
         return self._path
 
 
+_by_tracer: weakref.WeakKeyDictionary[Any, LiveSpans | None] = weakref.WeakKeyDictionary()
+_by_tracer_lock = threading.Lock()
+
+
+def live_spans_for(tracer: trace.Tracer) -> LiveSpans | None:
+    """Live spans that stand in for ``tracer``'s own, or None where they may not: ``tracer``
+    is not one the global SDK provider gave (``global_tracer_scope``). Asked once per
+    tracer; the gate still decides for each span."""
+    try:
+        return _by_tracer[tracer]
+    except KeyError:
+        pass
+    except TypeError:  # not weakly referenceable: not the SDK's tracer
+        return None
+    found = global_tracer_scope(tracer)
+    spans = None if found is None else LiveSpans(found[0], tracer, found[1])
+    with _by_tracer_lock:
+        _by_tracer[tracer] = spans
+    return spans
+
+
 def _start_live(
     path: FastPath,
     name: str,
@@ -178,6 +204,7 @@ def _start_live(
     *,
     plain_values: bool,
     trace_id: int | None = None,
+    kind: trace.SpanKind = trace.SpanKind.INTERNAL,
 ) -> _LiveSpan:
     if parent.is_valid:
         context = path.new_context(parent.trace_id, path.new_span_id(), SAMPLED, parent.trace_state)
@@ -197,7 +224,12 @@ def _start_live(
                 needs_sdk = True
             else:
                 plain[key] = stored
-    span = _LiveSpan(path, name, context, parent_context, plain, start_time or time.time_ns())
+    start_ns = start_time or time.time_ns()
+    if kind is trace.SpanKind.INTERNAL:
+        span = _LiveSpan(path, name, context, parent_context, plain, start_ns)
+    else:
+        span = _LiveSpanOfKind(path, name, context, parent_context, plain, start_ns)
+        span.kind = kind
     if needs_sdk:  # mixed sequences and other values: let the SDK check them
         span.promoted().set_attributes(attributes)
     return span
@@ -236,18 +268,23 @@ def _finish(span: _LiveSpan, end_time: int) -> None:
             path.limited(span.attributes),
             span.start_ns,
             end_time,
+            span.kind,
         )
     )
 
 
 def _promote(span: _LiveSpan) -> trace.Span:
-    sdk_span = span._path.unstarted_sdk_span(span.name, span.context, span.parent, span.attributes)
+    sdk_span = span._path.unstarted_sdk_span(
+        span.name, span.context, span.parent, span.attributes, span.kind
+    )
     sdk_span.start(start_time=span.start_ns)  # type: ignore[attr-defined]
     return sdk_span
 
 
 class _LiveSpan(trace.Span):
     """A recording span that is cheap until something beyond plain attributes is asked of it."""
+
+    kind = trace.SpanKind.INTERNAL  # a class attribute: the compiled root hooks set no kind
 
     __slots__ = (
         "_ended",
@@ -365,6 +402,13 @@ class _LiveSpan(trace.Span):
 
     def __repr__(self) -> str:
         return f"_LiveSpan(name={self.name!r}, context={self.context!r})"
+
+
+class _LiveSpanOfKind(_LiveSpan):
+    """A live span of another kind than internal (a frame's consumer or producer span)."""
+
+    __slots__ = ("kind",)  # (shadows the base's class attribute)
+    kind: trace.SpanKind
 
 
 __all__: Sequence[str] = ("LiveSpans",)

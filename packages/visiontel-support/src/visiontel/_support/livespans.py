@@ -8,8 +8,8 @@ start-up work cannot change the outcome (``_otel_private.fast_path_for`` decides
 samplers, processors that do nothing in ``on_start``, no SDK self-metrics, a tested SDK
 release), ``LiveSpans.start`` hands out a ``_LiveSpan``: the ids, kind, start time and
 plain attributes in a small object, ended by building the finished ``ReadableSpan``
-directly. A span
-the sampler drops is the same non-recording span the SDK would return, without asking it.
+directly. A span the sampler drops is the same non-recording span the SDK would return,
+without asking it.
 
 Anything else asked of a live span (events, exceptions, status, links, renaming, attribute
 values that need the SDK's checks) first promotes it to a real SDK span with the same ids,

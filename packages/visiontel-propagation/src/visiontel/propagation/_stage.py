@@ -6,6 +6,7 @@ import random
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, ContextDecorator
+from contextvars import Token
 from types import TracebackType
 
 from opentelemetry import context as otel_context
@@ -135,8 +136,8 @@ class _FrameScope(ContextDecorator):
     """
 
     _what = ""  # the entry point, for the internal-error report
-    _outer: object
-    _inner: object
+    _outer: Token[Context]
+    _inner: Token[Context]
     _span: Span
 
     def _frame_context(self) -> Context:
@@ -170,7 +171,7 @@ class _FrameScope(ContextDecorator):
     ) -> None:
         span = self._span
         try:
-            otel_context.detach(self._inner)  # type: ignore[arg-type]
+            otel_context.detach(self._inner)
             if exc is None:
                 span.end()
             else:  # the API's own handling: record the exception, set the status, end
@@ -178,7 +179,7 @@ class _FrameScope(ContextDecorator):
                 handling.__enter__()
                 handling.__exit__(exc_type, exc, traceback)
         finally:
-            otel_context.detach(self._outer)  # type: ignore[arg-type]
+            otel_context.detach(self._outer)
 
 
 class _StartFrame(_FrameScope):

@@ -11,7 +11,6 @@ from visiontel._support.livespans import LiveSpans
 from visiontel.torch._metrics import InferenceMetrics
 from visiontel.torch._otel_private import TORCH_SCOPE
 from visiontel.torch._resolver import Resolver
-from visiontel.torch.version import SCHEMA_URL, __version__
 
 
 class Runtime:
@@ -22,9 +21,9 @@ class Runtime:
     ) -> None:
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
-        self.tracer = trace.get_tracer(
-            "visiontel.torch", __version__, tracer_provider, schema_url=SCHEMA_URL
-        )
+        # the tracer's spans and the live spans must name one scope: both from TORCH_SCOPE
+        name, version, schema_url = TORCH_SCOPE
+        self.tracer = trace.get_tracer(name, version, tracer_provider, schema_url=schema_url)
         self.spans = LiveSpans(tracer_provider, self.tracer, TORCH_SCOPE)
         self.metrics = InferenceMetrics(meter_provider)
         self.resolver = Resolver(self.metrics, tracer_provider)

@@ -89,7 +89,7 @@ def main() -> None:
                 boxes = to_frame(rows, scale, _WIDTH, _HEIGHT)
                 Result(KIND_FRAME, index, 0, _VERSION, boxes).pack()
             metadata: list[tuple[str, str | bytes]] = []
-            span = tracer.start_span("send result", kind=SpanKind.CLIENT)
+            span = vp.start_span("send result", tracer=tracer, kind=SpanKind.CLIENT)
             vp.inject_grpc(metadata, trace.set_span_in_context(span))
             span.end()
 

@@ -7,6 +7,7 @@ shut) gets the tracer's own spans."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -62,6 +63,14 @@ def _hops(tracer: Any, fail: bool) -> list[Any]:
             seen.append(span)
             with vp.continue_frame("track", carried, kind=SpanKind.INTERNAL, tracer=tracer):
                 seen.append(trace.get_current_span())
+            sent = vp.start_span("send result", tracer=tracer, kind=SpanKind.CLIENT,
+                                 attributes={"rpc.system": "grpc"})  # fmt: skip
+            seen.append(sent)
+            vp.inject_dict({}, trace.set_span_in_context(sent))
+            sent.set_attribute("rpc.grpc.status_code", 0)
+            callback = threading.Thread(target=sent.end)  # as in a gRPC call's callback
+            callback.start()
+            callback.join()
             if fail:
                 raise RuntimeError("CUDA out of memory")
     except RuntimeError:
@@ -106,14 +115,18 @@ def test_live_frame_spans_export_as_the_public_api_makes_them(
         finally:
             shared_gate.use_public_api(False)
         assert all(isinstance(span, _LiveSpan) is not public_api for span in spans)
-        assert sorted(s.name for s in installed.spans()) == ["capture", "detect", "track"]
+        assert sorted(s.name for s in installed.spans()) == [
+            "capture", "detect", "send result", "track"]  # fmt: skip
         runs.append(_exported(installed.spans()))
         installed.provider.shutdown()
     fast, public = runs
     assert fast == public
     kinds = {row[0]: row[1] for row in fast}
     assert kinds == {"capture": SpanKind.PRODUCER, "detect": SpanKind.CONSUMER,
-                     "track": SpanKind.INTERNAL}  # fmt: skip
+                     "track": SpanKind.INTERNAL, "send result": SpanKind.CLIENT}  # fmt: skip
+    send = next(row for row in fast if row[0] == "send result")
+    assert send[3:5] == ("detect", False)  # under the current span
+    assert send[5] == [("rpc.grpc.status_code", 0), ("rpc.system", "grpc")]
     detect = next(row for row in fast if row[0] == "detect")
     assert detect[3:5] == ("capture", True)  # under the carried (remote) capture span
     if fail:
@@ -126,7 +139,7 @@ def test_a_tracer_of_another_provider_keeps_its_own_spans(global_sdk: _Global) -
     other.add_span_processor(SimpleSpanProcessor(exporter))
     spans = _hops(other.get_tracer("elsewhere"), fail=False)
     assert not any(isinstance(span, _LiveSpan) for span in spans)
-    assert len(exporter.get_finished_spans()) == 3 and global_sdk.spans() == []
+    assert len(exporter.get_finished_spans()) == 4 and global_sdk.spans() == []
 
 
 def test_a_processor_acting_on_start_sees_every_frame_span(
@@ -143,5 +156,5 @@ def test_a_processor_acting_on_start_sees_every_frame_span(
     installed = _Global(monkeypatch, counting)
     spans = _hops(installed.tracer, fail=False)
     assert not any(isinstance(span, _LiveSpan) for span in spans)  # the gate shut
-    assert sorted(counting.started) == ["capture", "detect", "track"]
+    assert sorted(counting.started) == ["capture", "detect", "send result", "track"]
     installed.provider.shutdown()

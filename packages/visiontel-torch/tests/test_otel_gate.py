@@ -262,7 +262,20 @@ def test_a_full_batch_queue_gets_each_span_through_its_own_on_end() -> None:
     assert len(processor._batch_processor._queue) == 4
     path.on_end_many(many)  # 4 queued + 20 > 8
     assert one_by_one == [f"over {i}" for i in range(20)]
+    # one span at a time (a frame's or a stage's span): straight into the queue while it
+    # has room, through the processor's own on_end once it is full or shut down
+    one_by_one.clear()
+    processor._batch_processor._queue.clear()
+    singles = [path.finished_span(f"one {i}", context, None, {}, 1, 2) for i in range(10)]
+    for span in singles:
+        path.on_end(span)
+    assert one_by_one == ["one 8", "one 9"]
+    # the SDK's own on_end made room by dropping the oldest, as it does
+    queued = [s.name for s in processor._batch_processor._queue]
+    assert queued == [f"one {i}" for i in range(9, 1, -1)]
     processor.shutdown()
+    path.on_end(singles[0])
+    assert one_by_one == ["one 8", "one 9", "one 0"]
 
 
 def test_sdk_span_metrics_that_count_shut_the_gate() -> None:

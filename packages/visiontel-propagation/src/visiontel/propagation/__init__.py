@@ -11,8 +11,9 @@ names, plus the frame identity; ``extract_*`` returns a
 * shared-memory slots: :func:`inject_slot` / :func:`extract_slot` (:data:`SLOT_SIZE` bytes)
 
 Stages: :func:`start_frame`, :func:`continue_frame`, :func:`batch_span`,
-:func:`record_frame_latency`. Stream health: :func:`observe_frame`, :func:`end_streams`,
-:class:`StreamHealth`, :class:`FrameBatcher`. Hand-off: :func:`bind`,
+:func:`record_frame_latency`, and :func:`start_span` for a span of yours that every frame
+makes. Stream health: :func:`observe_frame`, :func:`end_streams`, :class:`StreamHealth`,
+:class:`FrameBatcher`. Hand-off: :func:`bind`,
 :class:`ContextThreadPoolExecutor`, :class:`ContextProcessPoolExecutor`, :class:`ContextQueue`.
 
 Serving: :class:`ForceTracePropagator` and :class:`ForceTraceSampler` (the SDK is imported
@@ -59,6 +60,7 @@ from visiontel.propagation._serving import (
     trace_response_headers,
 )
 from visiontel.propagation._slot import SLOT_SIZE, clear_slot, extract_slot, inject_slot, pack_slot
+from visiontel.propagation._spans import start_span
 from visiontel.propagation._stage import (
     LATENCY_METRIC,
     FrameLatency,
@@ -132,6 +134,7 @@ __all__ = [
     "set_frame",
     "set_grpc_trace_response",
     "start_frame",
+    "start_span",
     "strip_credentials",
     "trace_response_headers",
 ]

@@ -25,7 +25,8 @@ from opentelemetry.util.types import AttributeValue
 from visiontel.propagation import _otel_private, _streams
 from visiontel.propagation._diag import internal_error, limits
 from visiontel.propagation._frame import get_frame
-from visiontel.propagation._stage import _tracer, frame_attributes
+from visiontel.propagation._spans import _tracer
+from visiontel.propagation._stage import frame_attributes
 
 _logger = logging.getLogger("visiontel.propagation")
 

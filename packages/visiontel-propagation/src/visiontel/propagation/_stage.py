@@ -24,13 +24,13 @@ from opentelemetry.trace import (
 from opentelemetry.util.types import AttributeValue
 
 from visiontel._support.env import env_int
-from visiontel._support.livespans import LiveSpans, live_spans_for
+from visiontel._support.livespans import add_plain_attributes
 from visiontel.propagation import _streams
 from visiontel.propagation._diag import internal_error
 from visiontel.propagation._frame import FrameIdentity, get_frame, set_frame
+from visiontel.propagation._spans import TRACER_NAME, live_or_tracer_span
 from visiontel.propagation.version import __version__
 
-TRACER_NAME = "visiontel.propagation"
 ATTR_STREAM = "visiontel.frame.stream_id"
 ATTR_SEQUENCE = "visiontel.frame.sequence"
 ATTR_AGE = "visiontel.frame.age"
@@ -77,42 +77,6 @@ def _sampled_out(parent: Context) -> Span:
     return NonRecordingSpan(
         SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.DEFAULT))
     )
-
-
-def _tracer(tracer: Tracer | None) -> Tracer:
-    return tracer if tracer is not None else trace.get_tracer(TRACER_NAME, __version__)
-
-
-_own_spans: tuple[object, LiveSpans] | None = None  # the global provider's, for our tracer
-
-
-def _start(
-    tracer: Tracer | None,
-    name: str,
-    kind: SpanKind,
-    attributes: Mapping[str, AttributeValue] | None,
-    start_time: int | None = None,
-) -> Span:
-    """A frame's span in the current context: a live span (``visiontel._support.livespans``,
-    a third of an SDK span's cost) where the gate lets one stand in for the tracer's, else
-    the tracer's."""
-    global _own_spans
-    if tracer is None:
-        provider = trace.get_tracer_provider()
-        if _own_spans is None or _own_spans[0] is not provider:
-            scope = (TRACER_NAME, __version__, None)
-            _own_spans = (provider, LiveSpans(provider, _tracer(None), scope))
-        spans: LiveSpans | None = _own_spans[1]
-    else:
-        spans = live_spans_for(tracer)
-    if spans is None:
-        return _tracer(tracer).start_span(
-            name, kind=kind, attributes=attributes, start_time=start_time
-        )
-    return spans.start(name, attributes or _NO_ATTRIBUTES, start_time, kind=kind)
-
-
-_NO_ATTRIBUTES: Mapping[str, AttributeValue] = {}
 
 
 def frame_attributes(frame: FrameIdentity, now_ns: int | None = None) -> dict[str, AttributeValue]:
@@ -213,7 +177,7 @@ class _StartFrame(_FrameScope):
         if every > 1 and frame.sequence % every:
             span = _sampled_out(self._base)
         else:
-            span = _start(tracer, name, kind, attributes, frame.capture_ns)
+            span = live_or_tracer_span(tracer, name, kind, attributes, frame.capture_ns)
         if span.is_recording():
             span.set_attributes({ATTR_STREAM: frame.stream_id, ATTR_SEQUENCE: frame.sequence})
         return span
@@ -240,12 +204,12 @@ class _ContinueFrame(_FrameScope):
 
     def _start_span(self) -> Span:
         name, context, tracer, kind, attributes = self._args
-        _streams._default.observe(context)  # never raises
-        span = _start(tracer, name, kind, attributes)
-        if span.is_recording():
-            frame = get_frame(context)
-            if frame is not None:
-                span.set_attributes(frame_attributes(frame))
+        frame = get_frame(context)
+        if frame is not None:
+            _streams._default.observe_stored(frame)  # never raises
+        span = live_or_tracer_span(tracer, name, kind, attributes)
+        if frame is not None and span.is_recording():
+            add_plain_attributes(span, frame_attributes(frame))  # a str, an int, a float
         return span
 
 

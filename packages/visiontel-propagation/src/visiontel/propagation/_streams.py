@@ -287,19 +287,30 @@ class StreamHealth:
                 if identity is None:
                     return
                 stream_id, sequence = identity.stream_id, identity.sequence
-            if not self._registered:
-                self._register()
-            with self._lock:
-                stream = self._streams.get(stream_id)
-                if stream is None:
-                    if len(self._streams) >= self.max_streams:
-                        self._streams.popitem(last=False)  # least recently seen: forgotten
-                    self._streams[stream_id] = _Stream(stream_id, sequence)
-                else:
-                    self._streams.move_to_end(stream_id)
-                    stream.take(sequence, self.window)
+            self._count(stream_id, sequence)
         except Exception:  # counting must never stop the frame
             internal_error("StreamHealth.observe")
+
+    def observe_stored(self, frame: FrameIdentity) -> None:
+        """``observe`` for an identity read from a context (its credentials already
+        stripped: the frame's span attributes carry the same one). Never raises."""
+        try:
+            self._count(frame.stream_id, frame.sequence)
+        except Exception:  # counting must never stop the frame
+            internal_error("StreamHealth.observe")
+
+    def _count(self, stream_id: str, sequence: int) -> None:
+        if not self._registered:
+            self._register()
+        with self._lock:
+            stream = self._streams.get(stream_id)
+            if stream is None:
+                if len(self._streams) >= self.max_streams:
+                    self._streams.popitem(last=False)  # least recently seen: forgotten
+                self._streams[stream_id] = _Stream(stream_id, sequence)
+            else:
+                self._streams.move_to_end(stream_id)
+                stream.take(sequence, self.window)
 
     def end_streams(self, stream_id: str | None = None) -> int:
         """The stream ``stream_id`` (default: every stream) ended at this hop.

@@ -19,9 +19,7 @@ Any other configuration, or an SDK the gate does not know, gets spans from the t
 
 from __future__ import annotations
 
-import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -44,8 +42,8 @@ from visiontel._support._otel_private import (
     SAMPLED,
     FastPath,
     fast_path_for,
-    global_tracer_scope,
 )
+from visiontel._support.spanends import gathering, hand_over
 
 # Values the SDK stores unchanged when no attribute length limit is set.
 _PLAIN = (str, bool, int, float)
@@ -174,27 +172,6 @@ class LiveSpans:
         return self._path
 
 
-_by_tracer: weakref.WeakKeyDictionary[Any, LiveSpans | None] = weakref.WeakKeyDictionary()
-_by_tracer_lock = threading.Lock()
-
-
-def live_spans_for(tracer: trace.Tracer) -> LiveSpans | None:
-    """Live spans that stand in for ``tracer``'s own, or None where they may not: ``tracer``
-    is not one the global SDK provider gave (``global_tracer_scope``). Asked once per
-    tracer; the gate still decides for each span."""
-    try:
-        return _by_tracer[tracer]
-    except KeyError:
-        pass
-    except TypeError:  # not weakly referenceable: not the SDK's tracer
-        return None
-    found = global_tracer_scope(tracer)
-    spans = None if found is None else LiveSpans(found[0], tracer, found[1])
-    with _by_tracer_lock:
-        _by_tracer[tracer] = spans
-    return spans
-
-
 def _start_live(
     path: FastPath,
     name: str,
@@ -252,25 +229,31 @@ def all_plain(attributes: Mapping[str, Any]) -> bool:
 def add_plain_attributes(span: trace.Span, attributes: Mapping[str, Any]) -> None:
     """Add attributes whose values are already stored as the SDK stores them (str, bool,
     int, float, homogeneous tuples), without checking each one again on a live span."""
-    if type(span) is _LiveSpan and span._sdk_span is None and not span._ended:
-        span.attributes.update(attributes)
-    else:
-        span.set_attributes(attributes)
+    kind = type(span)  # (not isinstance: trace.Span is an ABC, slow to ask)
+    if kind is _LiveSpan or kind is _LiveSpanOfKind:
+        # (no typing.cast: it is a call)
+        live: _LiveSpan = span  # type: ignore[assignment]
+        if not live._ended and live._sdk_span is None:
+            live.attributes.update(attributes)
+            return
+    span.set_attributes(attributes)
 
 
 def _finish(span: _LiveSpan, end_time: int) -> None:
     path = span._path
-    path.on_end(
-        path.finished_span(
-            span.name,
-            span.context,
-            span.parent,
-            path.limited(span.attributes),
-            span.start_ns,
-            end_time,
-            span.kind,
-        )
+    finished = path.finished_span(
+        span.name,
+        span.context,
+        span.parent,
+        path.limited(span.attributes),
+        span.start_ns,
+        end_time,
+        span.kind,
     )
+    if gathering.spans is None:  # (``hand_over``'s test, inline: one call fewer per span)
+        path.on_end(finished)
+    else:
+        hand_over(path, finished)
 
 
 def _promote(span: _LiveSpan) -> trace.Span:

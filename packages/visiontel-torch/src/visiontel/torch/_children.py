@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext
 
+from visiontel._support.spanends import hand_over_many
 from visiontel.torch._otel_private import SAMPLED, FastPath, fast_path_for
 
 
@@ -100,17 +101,11 @@ class SdkChildren:
     def end_all(self, spans: list[Any]) -> None:
         """Hand finished spans to the processors: at once where each batch processor takes
         them, else one ``on_end`` each, in order."""
-        on_end_many = self._path.on_end_many
-        if on_end_many is not None:
-            on_end_many(spans)
-            return
-        for span in spans:
-            self.on_end(span)
+        hand_over_many(self._path, spans)
 
     def batch(self) -> Children:
         """Children whose finished spans are kept until ``emit`` hands them over at once."""
-        on_end_many = self._path.on_end_many
-        return self if on_end_many is None else BatchedChildren(self, on_end_many)
+        return self if self._path.on_end_many is None else BatchedChildren(self)
 
     def start(
         self, name: str, parent: ChildSpan, start_ns: int, attributes: dict[str, Any]
@@ -128,18 +123,18 @@ class SdkChildren:
 class BatchedChildren(SdkChildren):
     """One forward's children: ended spans wait in a list until ``emit``."""
 
-    def __init__(self, owner: SdkChildren, on_end_many: Any) -> None:
+    def __init__(self, owner: SdkChildren) -> None:
         super().__init__(owner._path)
         self._ended: list[Any] = []
         self.on_end = self._ended.append
-        self._on_end_many = on_end_many
 
     def emit(self) -> None:
-        """Hand every span ended so far to the span processors, in the order they ended."""
+        """Hand every span ended so far to the span processors, in the order they ended
+        (at the end of this thread's run of later work, where one is open)."""
         ended = self._ended[:]
         self._ended.clear()
         if ended:
-            self._on_end_many(ended)
+            hand_over_many(self._path, ended)
 
 
 _LOCAL_SAMPLED_PARENT = SpanContext(1, 1, is_remote=False, trace_flags=SAMPLED)

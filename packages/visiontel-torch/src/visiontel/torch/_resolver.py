@@ -30,6 +30,7 @@ from typing import Any
 
 from opentelemetry import trace
 
+from visiontel._support.spanends import ends_gathered
 from visiontel.torch import _compiled
 from visiontel.torch._children import (
     BatchedChildren,
@@ -200,7 +201,10 @@ class Resolver:
     def _run_later(self, handing_over: bool) -> None:
         self._draining = threading.get_ident()
         try:
-            self._run_pending(handing_over)
+            with ends_gathered():  # the run's spans reach the processors together
+                self._run_pending(handing_over)
+        except Exception as exc:  # a processor failed to take them
+            report_internal_error("later work's spans", exc)
         finally:
             self._draining = 0
 

@@ -94,7 +94,8 @@ class _Sender:
     """Results go to the tracker without waiting for it: the model never idles on a hop.
 
     At most ``_IN_FLIGHT`` calls are outstanding (then the oldest is waited for); the
-    ``send result`` client span ends when its call completes, so it covers the RPC.
+    ``send result`` client span (``vp.start_span``: the tracer's span, made for less) ends
+    when its call completes, so it covers the RPC.
     """
 
     def __init__(self, send: grpc.UnaryUnaryMultiCallable) -> None:
@@ -106,7 +107,7 @@ class _Sender:
         if tracer is None:
             future = self._send.future(payload, timeout=30)
         else:
-            span = tracer.start_span("send result", kind=SpanKind.CLIENT)
+            span = vp.start_span("send result", tracer=tracer, kind=SpanKind.CLIENT)
             vp.inject_grpc(metadata, trace.set_span_in_context(span))
             future = self._send.future(payload, metadata=metadata, timeout=30)
             future.add_done_callback(lambda _: span.end())

@@ -24,17 +24,9 @@ def bulk_on_end(processors: Any) -> Any:
     without room for all of them, each span goes through its own ``on_end`` (the SDK's drop
     counting and warnings). ``None`` where the SDK's layout is not the one known here.
     """
-    queues: list[tuple[Any, Any]] = []
-    for processor in processors:
-        inner, pending = _batch_queue(processor)
-        wake = getattr(inner, "_worker_awaken", None)
-        newer_layout = pending is not None and pending is getattr(inner, "_queue", None)
-        if not newer_layout or not isinstance(wake, threading.Event):
-            return None  # the older layout (public ``queue``, a condition): one by one
-        for name in ("_shutdown", "_pid", "_max_queue_size", "_max_export_batch_size"):
-            if not hasattr(inner, name):
-                return None
-        queues.append((processor, inner))
+    queues = _known_queues(processors)
+    if queues is None:
+        return None
 
     def on_end_many(spans: list[Any]) -> None:
         pid = os.getpid()
@@ -53,6 +45,45 @@ def bulk_on_end(processors: Any) -> Any:
                 inner._worker_awaken.set()
 
     return on_end_many
+
+
+def single_on_end(processors: Any) -> Any:
+    """``on_end`` for one finished span, as ``bulk_on_end`` puts a list (``None`` where it
+    gives ``None``): one Python call where the processor chain makes three, and the
+    sampled flag, which every span built here has, is not read again."""
+    queues = _known_queues(processors)
+    if queues is None:
+        return None
+
+    def on_end_one(span: Any) -> None:
+        pid = os.getpid()
+        for processor, inner in queues:
+            pending = inner._queue
+            if inner._shutdown or inner._pid != pid or len(pending) >= inner._max_queue_size:
+                processor.on_end(span)  # the SDK's drop rules, logging and fork handling
+                continue
+            pending.appendleft(span)
+            if len(pending) >= inner._max_export_batch_size and not inner._worker_awaken.is_set():
+                inner._worker_awaken.set()
+
+    return on_end_one
+
+
+def _known_queues(processors: Any) -> list[tuple[Any, Any]] | None:
+    """(processor, the object holding its queue) for each, or None where one is not laid
+    out as known here."""
+    queues: list[tuple[Any, Any]] = []
+    for processor in processors:
+        inner, pending = _batch_queue(processor)
+        wake = getattr(inner, "_worker_awaken", None)
+        newer_layout = pending is not None and pending is getattr(inner, "_queue", None)
+        if not newer_layout or not isinstance(wake, threading.Event):
+            return None  # the older layout (public ``queue``, a condition): one by one
+        for name in ("_shutdown", "_pid", "_max_queue_size", "_max_export_batch_size"):
+            if not hasattr(inner, name):
+                return None
+        queues.append((processor, inner))
+    return queues
 
 
 def batch_queue_fill(provider: Any) -> tuple[int, int]:

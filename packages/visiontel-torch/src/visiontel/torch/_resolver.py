@@ -7,8 +7,10 @@
   evicted the interpreter's caches; the resolver thread finishes what is left waiting
   every 0.5 s. Doing all of it on the resolver thread was measured slower: each of the
   forward's operator calls releases the GIL, and taking it back from a busy resolver cost
-  more than the work (docs/benchmarks.md). A metric collection and ``flush()`` first finish
-  whatever is pending, so readers and exporters see the same points and spans as before.
+  more than the work (docs/benchmarks.md). The spans a run ends reach the batch processors
+  together at its end (``visiontel._support.spanends``). A metric collection and ``flush()``
+  first finish whatever is pending, so readers and exporters see the same points and spans
+  as before.
 * **GPU forwards.** A forward with CUDA events waits on the resolver thread (polling
   ``query()``, never synchronising) until its events completed, then gets its child spans
   with explicit start and end times and its root span ends. That queue is bounded: when it

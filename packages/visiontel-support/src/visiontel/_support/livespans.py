@@ -183,10 +183,9 @@ def _start_live(
     trace_id: int | None = None,
     kind: trace.SpanKind = trace.SpanKind.INTERNAL,
 ) -> _LiveSpan:
-    if parent.is_valid:
-        context = path.new_context(parent.trace_id, path.new_span_id(), SAMPLED, parent.trace_state)
-        parent_context: SpanContext | None = parent
-    else:  # a new trace (its id already drawn where the sampler needed it)
+    context = path.child_context(parent)
+    parent_context: SpanContext | None = parent
+    if context is None:  # a new trace (its id already drawn where the sampler needed it)
         new_trace = path.new_trace_id() if trace_id is None else trace_id
         context = path.new_context(new_trace, path.new_span_id(), SAMPLED, _NO_STATE)
         parent_context = None
@@ -196,6 +195,9 @@ def _start_live(
         plain.update(attributes)
     else:
         for key, value in attributes.items():
+            if type(value) in _PLAIN:  # (``_plain``'s first test, inline: most values pass it)
+                plain[key] = value
+                continue
             stored = _plain(value)
             if stored is _NOT_PLAIN:
                 needs_sdk = True

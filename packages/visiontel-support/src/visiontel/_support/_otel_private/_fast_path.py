@@ -19,6 +19,7 @@ from visiontel._support._otel_private._batch_queue import bulk_on_end, single_on
 
 SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 RATIO_TRACE_ID_MASK = (1 << 64) - 1
+_SAMPLED_BIT = int(TraceFlags.SAMPLED)
 """The bits of a trace id ``TraceIdRatioBased`` compares with its bound (``root_ratio_bound``)."""
 _MISSING = object()
 
@@ -193,11 +194,31 @@ class FastPath:
         here (read once, in ``_decisions``); any other sampler is asked through the SDK.
         """
         root, local_sampled, local_dropped, remote_sampled, remote_dropped = self._decisions
-        if not parent.is_valid:
+        if self._context_class is not None and type(parent) is SpanContext:
+            # its tuple fields, as ``_context_factory`` checked them: four property calls fewer
+            valid, remote, sampled = parent[5], parent[2], parent[3] & _SAMPLED_BIT
+        else:
+            valid, remote, sampled = parent.is_valid, parent.is_remote, parent.trace_flags.sampled
+        if not valid:
             return root
-        if parent.is_remote:
-            return remote_sampled if parent.trace_flags.sampled else remote_dropped
-        return local_sampled if parent.trace_flags.sampled else local_dropped
+        if remote:
+            return remote_sampled if sampled else remote_dropped
+        return local_sampled if sampled else local_dropped
+
+    def child_context(self, parent: SpanContext) -> SpanContext | None:
+        """The context of a new sampled local span under ``parent`` (same trace and trace
+        state, a new span id), or None where ``parent`` is not valid (a new trace)."""
+        if self._context_class is not None and type(parent) is SpanContext:
+            if not parent[5]:
+                return None
+            fields = (parent[0], self.new_span_id(), False, SAMPLED, parent[4], True)
+            return tuple.__new__(SpanContext, fields)
+        if not parent.is_valid:
+            return None
+        child: SpanContext = self.new_context(
+            parent.trace_id, self.new_span_id(), SAMPLED, parent.trace_state
+        )
+        return child
 
     def self_check(self) -> None:
         """Raise if a span built here would differ from the SDK's (an unknown SDK layout)."""

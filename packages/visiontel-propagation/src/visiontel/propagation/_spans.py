@@ -24,6 +24,19 @@ def _tracer(tracer: Tracer | None) -> Tracer:
     return tracer if tracer is not None else trace.get_tracer(TRACER_NAME, __version__)
 
 
+def _tracer_span(  # noqa: PLR0917 (``live_or_tracer_span``'s arguments)
+    tracer: Tracer | None,
+    name: str,
+    kind: SpanKind,
+    attributes: Mapping[str, AttributeValue] | None,
+    start_time: int | None,
+    context: Context | None,
+) -> Span:
+    return _tracer(tracer).start_span(
+        name, context=context, kind=kind, attributes=attributes, start_time=start_time
+    )
+
+
 def live_or_tracer_span(  # noqa: PLR0917 (positional: called once per frame and hop)
     tracer: Tracer | None,
     name: str,
@@ -45,9 +58,7 @@ def live_or_tracer_span(  # noqa: PLR0917 (positional: called once per frame and
     else:
         spans = live_spans_for(tracer)
     if spans is None:
-        return _tracer(tracer).start_span(
-            name, context=context, kind=kind, attributes=attributes, start_time=start_time
-        )
+        return _tracer_span(tracer, name, kind, attributes, start_time, context)
     return spans.start(name, attributes or _NO_ATTRIBUTES, start_time, context=context, kind=kind)
 
 
@@ -81,6 +92,4 @@ def start_span(
         return live_or_tracer_span(tracer, name, kind, attributes, start_time, context)
     except Exception:  # never let tracing stop the frame: the tracer's own span instead
         internal_error("start_span")
-        return _tracer(tracer).start_span(
-            name, context=context, kind=kind, attributes=attributes, start_time=start_time
-        )
+        return _tracer_span(tracer, name, kind, attributes, start_time, context)

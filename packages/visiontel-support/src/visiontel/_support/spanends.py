@@ -16,15 +16,20 @@ go to the processors at once, as before.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 from visiontel._support._otel_private import FastPath
 
+OnEndMany = Callable[[list[Any]], None]
+"""A provider's ``FastPath.on_end_many``: the gathered spans are kept per one of these."""
+
 
 class _Gathering(threading.local):
-    spans: dict[FastPath, list[Any]] | None = None
-    """While a run of later work is open on this thread: its finished spans, per path."""
+    spans: dict[OnEndMany, list[Any]] | None = None
+    """While a run of later work is open on this thread: its finished spans, per provider
+    (keyed by where they go)."""
 
 
 gathering = _Gathering()
@@ -34,17 +39,17 @@ _MOST_WAITING = 512  # spans per provider; then they go in at once (``_hand_over
 def hand_over(path: FastPath, finished: Any) -> None:
     """Give one finished span (a ``ReadableSpan``) to ``path``'s processors: at the end of
     this thread's open run of later work where they take batches, else now."""
-    spans = gathering.spans
-    if spans is None or path.on_end_many is None:
+    spans, on_end_many = gathering.spans, path.on_end_many
+    if spans is None or on_end_many is None:
         path.on_end(finished)
         return
-    waiting = spans.get(path)
+    waiting = spans.get(on_end_many)
     if waiting is None:
-        spans[path] = [finished]
+        spans[on_end_many] = [finished]
     else:
         waiting.append(finished)
         if len(waiting) >= _MOST_WAITING:
-            _hand_over_waiting(path, spans)
+            _hand_over_waiting(on_end_many, spans)
 
 
 def hand_over_many(path: FastPath, finished: list[Any]) -> None:
@@ -56,21 +61,19 @@ def hand_over_many(path: FastPath, finished: list[Any]) -> None:
     elif spans is None:
         on_end_many(finished)
     else:
-        waiting = spans.get(path)
+        waiting = spans.get(on_end_many)
         if waiting is None:
-            waiting = spans[path] = list(finished)
+            waiting = spans[on_end_many] = list(finished)
         else:
             waiting.extend(finished)
         if len(waiting) >= _MOST_WAITING:
-            _hand_over_waiting(path, spans)
+            _hand_over_waiting(on_end_many, spans)
 
 
-def _hand_over_waiting(path: FastPath, spans: dict[FastPath, list[Any]]) -> None:
-    """A run's spans for ``path`` now: a batch of them must fit in the processor's queue
+def _hand_over_waiting(on_end_many: OnEndMany, spans: dict[OnEndMany, list[Any]]) -> None:
+    """A run's spans for one provider now: a batch of them must fit in the processor's queue
     (2,048 spans by default) with room to spare, or each would go through ``on_end`` alone."""
-    waiting = spans.pop(path)
-    if path.on_end_many is not None:  # (always: only such paths gather)
-        path.on_end_many(waiting)
+    on_end_many(spans.pop(on_end_many))
 
 
 class ends_gathered:
@@ -94,10 +97,9 @@ class ends_gathered:
             return
         spans, gathering.spans = gathering.spans, None
         failure: Exception | None = None
-        for path, finished in (spans or {}).items():
+        for on_end_many, finished in (spans or {}).items():
             try:
-                if path.on_end_many is not None:  # (always: only such paths gather)
-                    path.on_end_many(finished)
+                on_end_many(finished)
             except Exception as error:  # the other providers still get theirs
                 failure = failure or error
         if failure is not None:

@@ -14,15 +14,18 @@ import threading
 from typing import Any
 
 
-def bulk_on_end(processors: Any) -> Any:
-    """``on_end`` for a list of finished spans, one queue operation per batch processor.
+def queue_fillers(processors: Any) -> tuple[Any, Any] | None:
+    """(``on_end`` for a list of finished spans, ``on_end`` for one), each one queue operation
+    per batch processor, or ``None`` where the SDK's layout is not the one known here.
 
     Every processor is the SDK's ``BatchSpanProcessor``, whose ``on_end`` only puts a span in
     its queue (checking shutdown, fork and room, then waking its exporter when a batch is
-    ready): a forward's layer spans go in with one ``extendleft``, in the order the same
-    number of ``on_end`` calls would leave. When the processor is shut down, forked or
-    without room for all of them, each span goes through its own ``on_end`` (the SDK's drop
-    counting and warnings). ``None`` where the SDK's layout is not the one known here.
+    ready). A forward's layer spans go in with one ``extendleft``, in the order the same
+    number of ``on_end`` calls would leave; one span with one ``appendleft``, one Python
+    call where the processor chain makes three (the sampled flag, which every span built
+    here has, is not read again). When the processor is shut down, forked or without room
+    for all of them, each span goes through its own ``on_end`` (the SDK's drop counting,
+    warnings and fork handling).
     """
     queues = _known_queues(processors)
     if queues is None:
@@ -44,29 +47,18 @@ def bulk_on_end(processors: Any) -> Any:
             if len(pending) >= inner._max_export_batch_size and not inner._worker_awaken.is_set():
                 inner._worker_awaken.set()
 
-    return on_end_many
-
-
-def single_on_end(processors: Any) -> Any:
-    """``on_end`` for one finished span, as ``bulk_on_end`` puts a list (``None`` where it
-    gives ``None``): one Python call where the processor chain makes three, and the
-    sampled flag, which every span built here has, is not read again."""
-    queues = _known_queues(processors)
-    if queues is None:
-        return None
-
-    def on_end_one(span: Any) -> None:
+    def on_end_one(span: Any) -> None:  # on_end_many([span]), without the list
         pid = os.getpid()
         for processor, inner in queues:
             pending = inner._queue
             if inner._shutdown or inner._pid != pid or len(pending) >= inner._max_queue_size:
-                processor.on_end(span)  # the SDK's drop rules, logging and fork handling
+                processor.on_end(span)
                 continue
             pending.appendleft(span)
             if len(pending) >= inner._max_export_batch_size and not inner._worker_awaken.is_set():
                 inner._worker_awaken.set()
 
-    return on_end_one
+    return on_end_many, on_end_one
 
 
 def _known_queues(processors: Any) -> list[tuple[Any, Any]] | None:

@@ -15,7 +15,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext, TraceFlags, TraceState
 
-from visiontel._support._otel_private._batch_queue import bulk_on_end, single_on_end
+from visiontel._support._otel_private._batch_queue import queue_fillers
 
 SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 RATIO_TRACE_ID_MASK = (1 << 64) - 1
@@ -80,11 +80,11 @@ class FastPath:
         # Every processor queues spans for a later export anyway: ending ours a little later,
         # in a batch, changes nothing a reader of the exported spans can see.
         self.batched = all(type(p) is BatchSpanProcessor for p in self._processors)
-        self.on_end_many: Callable[[list[Any]], None] | None = (
-            bulk_on_end(self._processors) if self.batched else None
-        )
-        # one span: straight into each batch processor's queue too, where it is laid out so
-        self.on_end = (self.batched and single_on_end(self._processors)) or self.on_end
+        # where each batch processor's queue is laid out as known, spans go straight into it
+        fillers = queue_fillers(self._processors) if self.batched else None
+        self.on_end_many: Callable[[list[Any]], None] | None = None
+        if fillers is not None:
+            self.on_end_many, self.on_end = fillers
         self.max_attributes = self._limits.max_span_attributes
         self.max_attribute_length = self._limits.max_span_attribute_length
         # What the compiled ``layer_spans`` (csrc/) builds finished spans from, in its

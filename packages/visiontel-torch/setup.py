@@ -16,6 +16,7 @@ _SOURCES = [
     "dropped.c",
     "roots.c",
     "sampled.c",
+    "stage.c",
 ]
 
 setup(

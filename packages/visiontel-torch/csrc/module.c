@@ -19,6 +19,8 @@
  *                    (_model.ModelInstrumentation's _begin, _begin_dropped and _finish),
  *   dropped.c        for a forward the sampler drops,
  *   sampled.c        and for one it samples: its root span started, made current, ended.
+ *   stage.c          StageHooks: a sampled `vt.stage` block's entry and exit (_stage.stage's
+ *                    __enter__ and __exit__), with the root hooks' plan.
  *   record.c         ForwardRecord: what the hooks write during one root forward
  *                    (_record.ForwardRecord, a dataclass, in Python).
  *   module.c         this: shared names, the clock, the module.
@@ -101,7 +103,9 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     if (time_module == NULL) return NULL;
     perf_counter_ns = PyObject_GetAttrString(time_module, "perf_counter_ns");
     Py_DECREF(time_module);
-    if (perf_counter_ns == NULL || record_init_type() < 0 || roots_init_names() < 0) return NULL;
+    if (perf_counter_ns == NULL || record_init_type() < 0 || roots_init_names() < 0 ||
+        stage_init_names() < 0)
+        return NULL;
     /* the module's types, by the names Python imports them under */
     struct {
         const char *name;
@@ -110,6 +114,7 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         {"StampedForward", &StampedForwardType}, {"ThreadRecord", &ThreadRecordType},
         {"ForwardSwap", &ForwardSwapType},       {"ForwardDepth", &ForwardDepthType},
         {"ForwardRecord", &ForwardRecordType},   {"RootHooks", &RootHooksType},
+        {"StageHooks", &StageHooksType},
     };
     size_t count = sizeof types / sizeof types[0];
     for (size_t i = 0; i < count; i++)

@@ -18,11 +18,11 @@ PyObject *str_table, *str_shape, *str_append, *str_extend, *str_due, *str_boxes;
 /* read on every sampled forward: interned once, not made from a C string each time */
 static PyObject *str_dtype, *str_device, *str_is_cuda, *str_attributes;
 
-static int guard_holds(RootHooks *self) {
-    if (!PyTuple_Check(self->guard)) return 0;
-    Py_ssize_t n = PyTuple_GET_SIZE(self->guard);
+int plan_holds(SpanPlan *plan) {
+    if (!PyTuple_Check(plan->guard)) return 0;
+    Py_ssize_t n = PyTuple_GET_SIZE(plan->guard);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *check = PyTuple_GET_ITEM(self->guard, i);
+        PyObject *check = PyTuple_GET_ITEM(plan->guard, i);
         if (!PyTuple_Check(check) || PyTuple_GET_SIZE(check) != 3) goto failed;
         PyObject *now = PyObject_GetAttr(PyTuple_GET_ITEM(check, 0), PyTuple_GET_ITEM(check, 1));
         if (now == NULL) {
@@ -35,7 +35,7 @@ static int guard_holds(RootHooks *self) {
     }
     return 1;
 failed:
-    Py_SETREF(self->guard, Py_NewRef(Py_None));
+    Py_SETREF(plan->guard, Py_NewRef(Py_None));
     return 0;
 }
 
@@ -94,7 +94,8 @@ static PyObject *roots_begin(RootHooks *self, PyObject *const *args, Py_ssize_t 
     if (!PyTuple_Check(call_args) || PyTuple_GET_SIZE(call_args) != 1) Py_RETURN_FALSE;
     if (kwargs != Py_None && (!PyDict_Check(kwargs) || PyDict_GET_SIZE(kwargs))) Py_RETURN_FALSE;
     PyObject *first = PyTuple_GET_ITEM(call_args, 0);
-    if ((PyObject *)Py_TYPE(first) != self->tensor_class || !guard_holds(self)) Py_RETURN_FALSE;
+    if ((PyObject *)Py_TYPE(first) != self->tensor_class || !plan_holds(&self->p))
+        Py_RETURN_FALSE;
     PyObject *shape = PyObject_GetAttr(first, str_shape);
     if (shape == NULL) return NULL;
     if (!PyTuple_Check(shape)) {
@@ -109,12 +110,12 @@ static PyObject *roots_begin(RootHooks *self, PyObject *const *args, Py_ssize_t 
     }
     int declined = -1; /* 0: begun here, 1: left to Python, -1: error */
     PyObject *parent = NULL, *trace_id = NULL;
-    if (self->always_drop) {
+    if (self->p.always_drop) {
         declined = dropped_begin(self, first, batch);
         goto finished;
     }
-    if (self->attributes == Py_None || self->span_context_class == Py_None ||
-        self->getrandbits == Py_None) {
+    if (self->attributes == Py_None || self->p.span_context_class == Py_None ||
+        self->p.getrandbits == Py_None) {
         declined = 1;
         goto finished;
     }
@@ -127,7 +128,7 @@ static PyObject *roots_begin(RootHooks *self, PyObject *const *args, Py_ssize_t 
         declined = cuda < 0 ? -1 : 1;
         goto finished;
     }
-    int decision = sampled_decide(self, &parent, &trace_id);
+    int decision = sampled_decide(&self->p, &parent, &trace_id);
     if (decision == 1) {
         PyObject *described = NULL;
         if (self->describe &&
@@ -154,7 +155,7 @@ finished:
 static PyObject *roots_finish(RootHooks *self, PyObject *output) {
     long long end;
     if (clock_ns(&end) < 0) return NULL;
-    if (output == Py_None || !PyTuple_Check(self->guard)) Py_RETURN_FALSE;
+    if (output == Py_None || !PyTuple_Check(self->p.guard)) Py_RETURN_FALSE;
     PyObject *record = current_record(self->state);
     if (record == NULL) return NULL;
     int done = 0;
@@ -164,7 +165,7 @@ static PyObject *roots_finish(RootHooks *self, PyObject *output) {
             done = -1;
         } else if (span == self->invalid_span) {
             done = dropped_finish(self, record, end, output);
-        } else if ((PyObject *)Py_TYPE(span) == self->live_class) {
+        } else if ((PyObject *)Py_TYPE(span) == self->p.live_class) {
             done = sampled_finish(self, record, span, end, output);
         }
         Py_XDECREF(span);
@@ -175,33 +176,46 @@ static PyObject *roots_finish(RootHooks *self, PyObject *output) {
     Py_RETURN_FALSE;
 }
 
-static void clear_plan(RootHooks *self) {
-    self->always_drop = 0;
+static void plan_fields_none(SpanPlan *plan) {
+    plan->always_drop = 0;
     PyObject **fields[] = {
-        &self->decisions[0], &self->decisions[1], &self->decisions[2], &self->ratio_bound,
-        &self->context_var,  &self->span_key,     &self->context_class, &self->span_context_class,
-        &self->getrandbits,  &self->live_class,   &self->path,         &self->later,
-        &self->sampled_flags, &self->no_state,    &self->span_abc,     &self->detach,
+        &plan->decisions[0], &plan->decisions[1], &plan->decisions[2], &plan->ratio_bound,
+        &plan->context_var,  &plan->span_key,     &plan->context_class, &plan->span_context_class,
+        &plan->getrandbits,  &plan->live_class,   &plan->path,         &plan->later,
+        &plan->sampled_flags, &plan->no_state,    &plan->span_abc,     &plan->detach,
     };
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) *fields[i] = Py_None;
+}
+
+void plan_init(SpanPlan *plan) {
+    plan->guard = Py_NewRef(Py_None);
+    plan->plan = Py_NewRef(Py_None);
+    plan_fields_none(plan);
+}
+
+int plan_traverse(SpanPlan *plan, visitproc visit, void *arg) {
+    Py_VISIT(plan->guard);
+    Py_VISIT(plan->plan);
+    return 0;
+}
+
+void plan_clear(SpanPlan *plan) {
+    plan_fields_none(plan); /* borrowed from plan */
+    Py_CLEAR(plan->guard);
+    Py_CLEAR(plan->plan);
 }
 
 #define PLAN_SIZE 15
 
 /* arm(guard, plan): see livespans.LiveSpans.compiled_roots (visiontel-support) for the plan. */
-static PyObject *roots_arm(RootHooks *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "arm(guard, plan)");
-        return NULL;
-    }
-    PyObject *guard = args[0], *plan = args[1];
+int plan_arm(SpanPlan *self, PyObject *guard, PyObject *plan) {
     if (guard == Py_None || plan == Py_None) {
         Py_SETREF(self->guard, Py_NewRef(Py_None));
-        Py_RETURN_NONE;
+        return 0;
     }
     if (!PyTuple_Check(guard) || !PyTuple_Check(plan) || PyTuple_GET_SIZE(plan) != PLAN_SIZE) {
         PyErr_SetString(PyExc_TypeError, "arm(guard, plan): two tuples, the plan of 15 fields");
-        return NULL;
+        return -1;
     }
     PyObject *decisions = PyTuple_GET_ITEM(plan, 1);
     PyObject *context_var = PyTuple_GET_ITEM(plan, 3);
@@ -214,7 +228,7 @@ static PyObject *roots_arm(RootHooks *self, PyObject *const *args, Py_ssize_t na
         (span_context_class != Py_None && !PyType_Check(span_context_class)) ||
         !PyType_Check(live_class)) {
         PyErr_SetString(PyExc_TypeError, "arm(guard, plan): a plan of other types");
-        return NULL;
+        return -1;
     }
     Py_SETREF(self->plan, Py_NewRef(plan));
     self->always_drop = PyObject_IsTrue(PyTuple_GET_ITEM(plan, 0)) == 1;
@@ -226,13 +240,22 @@ static PyObject *roots_arm(RootHooks *self, PyObject *const *args, Py_ssize_t na
     };
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
         *fields[i] = PyTuple_GET_ITEM(plan, (Py_ssize_t)i + 2);
-    if (context_var == Py_None) self->span_context_class = Py_None; /* no sampled forwards */
+    if (context_var == Py_None) self->span_context_class = Py_None; /* no sampled spans */
     Py_SETREF(self->guard, Py_NewRef(guard));
+    return 0;
+}
+
+static PyObject *roots_arm(RootHooks *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "arm(guard, plan)");
+        return NULL;
+    }
+    if (plan_arm(&self->p, args[0], args[1]) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
 static PyObject *guard_getter(RootHooks *self, void *closure) {
-    return Py_NewRef(self->guard);
+    return Py_NewRef(self->p.guard);
 }
 
 static PyGetSetDef roots_getset[] = {
@@ -284,9 +307,7 @@ static PyObject *roots_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     RootHooks *self = (RootHooks *)type->tp_alloc(type, 0);
     if (self == NULL) return NULL;
-    self->guard = Py_NewRef(Py_None);
-    self->plan = Py_NewRef(Py_None);
-    clear_plan(self);
+    plan_init(&self->p);
     self->state = Py_NewRef(state);
     self->depth = Py_NewRef(depth);
     self->owner = Py_NewRef(owner);
@@ -317,8 +338,7 @@ static PyObject *roots_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 }
 
 static int roots_traverse(RootHooks *self, visitproc visit, void *arg) {
-    Py_VISIT(self->guard);
-    Py_VISIT(self->plan);
+    if (plan_traverse(&self->p, visit, arg) < 0) return -1;
     Py_VISIT(self->state);
     Py_VISIT(self->depth);
     Py_VISIT(self->owner);
@@ -343,9 +363,7 @@ static int roots_traverse(RootHooks *self, visitproc visit, void *arg) {
 }
 
 static int roots_clear(RootHooks *self) {
-    clear_plan(self); /* borrowed from plan */
-    Py_CLEAR(self->guard);
-    Py_CLEAR(self->plan);
+    plan_clear(&self->p);
     Py_CLEAR(self->state);
     Py_CLEAR(self->depth);
     Py_CLEAR(self->owner);

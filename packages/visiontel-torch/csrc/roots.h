@@ -5,10 +5,11 @@
 
 #include "speedups.h"
 
+/* What a compiled span start may do, and while which reads hold: armed from the gate's
+ * answer (visiontel-support's livespans.LiveSpans.compiled_roots) by RootHooks and
+ * StageHooks alike. The fields after `plan` are borrowed from it. */
 typedef struct {
-    PyObject_HEAD
-    /* What arm() was given: attribute reads that must hold for begin() to act (or None),
-     * and the plan whose fields follow (held here, its items borrowed below). */
+    /* attribute reads that must hold for the plan to be used (or None), and the plan */
     PyObject *guard;
     PyObject *plan;
     int always_drop;            /* every span dropped under any parent: no parent is read */
@@ -26,6 +27,11 @@ typedef struct {
     PyObject *no_state;         /* the empty TraceState of a new trace */
     PyObject *span_abc;         /* opentelemetry.trace.Span */
     PyObject *detach;           /* opentelemetry.context.detach: a failed reset, logged */
+} SpanPlan;
+
+typedef struct {
+    PyObject_HEAD
+    SpanPlan p;
     /* Fixed per model. */
     PyObject *state;        /* the model's ThreadRecord (or threading.local) with .record */
     PyObject *depth;        /* _threads.depth: a ForwardDepth (or threading.local) */
@@ -49,7 +55,14 @@ typedef struct {
     PyObject *complete;     /* ModelInstrumentation._complete(instrumentation, record, ...) */
 } RootHooks;
 
-/* roots.c */
+/* roots.c: a plan with nothing armed (guard None); its references for tp_traverse and
+ * tp_clear; arm(guard, plan) parsed into it (-1 with an exception); 1 while its guard
+ * holds (else 0, the guard cleared). */
+void plan_init(SpanPlan *plan);
+int plan_traverse(SpanPlan *plan, visitproc visit, void *arg);
+void plan_clear(SpanPlan *plan);
+int plan_arm(SpanPlan *plan, PyObject *guard, PyObject *armed);
+int plan_holds(SpanPlan *plan);
 int roots_init_names(void);
 /* `record` made this thread's current one, the forward depth one more: -1 on failure. */
 int push_record(RootHooks *self, PyObject *record);
@@ -68,7 +81,14 @@ PyObject *count_output(RootHooks *self, PyObject *output);
  * dropped, 0 declined: Python decides; -1 error), with the parent's SpanContext (or NULL
  * for a new trace) and a drawn trace id (or NULL); then a sampled forward's start and end
  * (1 done, 0 declined with nothing done, -1 error). */
-int sampled_decide(RootHooks *self, PyObject **parent, PyObject **trace_id);
+int sampled_decide(SpanPlan *plan, PyObject **parent, PyObject **trace_id);
+/* sampled.c: a sampled live span named `name` with a copy of `attributes` (plain values) and
+ * `input_attributes` (or NULL) added, started at `wall` under `parent` (or a new trace, of
+ * `trace_id` where drawn); and the token of it made current. NULL with an exception. */
+PyObject *live_span_start(SpanPlan *plan, PyObject *name, PyObject *base_attributes,
+                          PyObject *wall, PyObject *parent, PyObject *trace_id,
+                          PyObject *input_attributes);
+PyObject *attach_span(SpanPlan *plan, PyObject *span);
 int sampled_begin(RootHooks *self, PyObject *model, PyObject *first, PyObject *batch,
                   PyObject *input_attributes, PyObject *parent, PyObject *trace_id);
 int sampled_finish(RootHooks *self, PyObject *record, PyObject *span, long long end,

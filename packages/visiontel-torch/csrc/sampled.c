@@ -14,38 +14,38 @@ static PyObject *str_context, *str_get_span_context, *str_sdk_span, *str_ended, 
     *str_arm, *str_disarm, *str_seen, *str_names, *str_next_check;
 
 /* A random id of `bits` bits, never 0 (the invalid id), as the SDK's RandomIdGenerator. */
-static PyObject *draw_id(RootHooks *self, PyObject *bits) {
-    PyObject *id = PyObject_CallOneArg(self->getrandbits, bits);
+static PyObject *draw_id(SpanPlan *plan, PyObject *bits) {
+    PyObject *id = PyObject_CallOneArg(plan->getrandbits, bits);
     while (id != NULL && PyObject_Not(id) == 1)
-        Py_SETREF(id, PyObject_CallOneArg(self->getrandbits, bits));
+        Py_SETREF(id, PyObject_CallOneArg(plan->getrandbits, bits));
     return id;
 }
 
 /* The current span's SpanContext (new reference), NULL without an exception for none. */
-static PyObject *current_span_context(RootHooks *self, PyObject **context_out) {
+static PyObject *current_span_context(SpanPlan *plan, PyObject **context_out) {
     PyObject *context = NULL;
     *context_out = NULL;
-    if (PyContextVar_Get(self->context_var, NULL, &context) < 0) return NULL;
+    if (PyContextVar_Get(plan->context_var, NULL, &context) < 0) return NULL;
     if (context == NULL) return NULL;
     *context_out = context;
     if (!PyDict_Check(context)) return NULL;
-    PyObject *span = PyDict_GetItemWithError(context, self->span_key); /* borrowed */
+    PyObject *span = PyDict_GetItemWithError(context, plan->span_key); /* borrowed */
     if (span == NULL || span == Py_None) return NULL;
-    if ((PyObject *)Py_TYPE(span) == self->live_class) return PyObject_GetAttr(span, str_context);
-    int is_span = PyObject_IsInstance(span, self->span_abc);
+    if ((PyObject *)Py_TYPE(span) == plan->live_class) return PyObject_GetAttr(span, str_context);
+    int is_span = PyObject_IsInstance(span, plan->span_abc);
     if (is_span <= 0) return NULL; /* not a span: get_current_span gives INVALID_SPAN */
     return PyObject_CallMethodNoArgs(span, str_get_span_context);
 }
 
-int sampled_decide(RootHooks *self, PyObject **parent, PyObject **trace_id) {
+int sampled_decide(SpanPlan *plan, PyObject **parent, PyObject **trace_id) {
     *parent = *trace_id = NULL;
     PyObject *context;
-    PyObject *span_context = current_span_context(self, &context);
+    PyObject *span_context = current_span_context(plan, &context);
     Py_XDECREF(context);
     if (span_context == NULL && PyErr_Occurred()) return -1;
-    PyObject *decision = self->decisions[0]; /* a new trace */
+    PyObject *decision = plan->decisions[0]; /* a new trace */
     if (span_context != NULL) {
-        if ((PyObject *)Py_TYPE(span_context) != self->span_context_class ||
+        if ((PyObject *)Py_TYPE(span_context) != plan->span_context_class ||
             PyTuple_GET_SIZE(span_context) != 6) {
             Py_DECREF(span_context);
             return 0;
@@ -62,7 +62,7 @@ int sampled_decide(RootHooks *self, PyObject **parent, PyObject **trace_id) {
             return 0;
         }
         if (valid) {
-            decision = self->decisions[(flags & 1) ? 1 : 2];
+            decision = plan->decisions[(flags & 1) ? 1 : 2];
             *parent = span_context;
         } else {
             Py_DECREF(span_context);
@@ -70,39 +70,40 @@ int sampled_decide(RootHooks *self, PyObject **parent, PyObject **trace_id) {
     }
     if (decision == Py_True) return 1;
     if (decision == Py_False) return 2;
-    if (*parent != NULL || self->ratio_bound == Py_None) return 0;
+    if (*parent != NULL || plan->ratio_bound == Py_None) return 0;
     /* a new trace under a trace-id ratio: its id decides, drawn as the SDK would */
-    if ((*trace_id = draw_id(self, bits128)) == NULL) return -1;
+    if ((*trace_id = draw_id(plan, bits128)) == NULL) return -1;
     PyObject *masked = PyNumber_And(*trace_id, ratio_mask);
     if (masked == NULL) return -1;
-    int kept = PyObject_RichCompareBool(masked, self->ratio_bound, Py_LT);
+    int kept = PyObject_RichCompareBool(masked, plan->ratio_bound, Py_LT);
     Py_DECREF(masked);
     return kept < 0 ? -1 : kept ? 1 : 2;
 }
 
-/* The live span of a sampled root, as livespans._start_live makes it (plain attributes). */
-static PyObject *start_span(RootHooks *self, PyObject *wall, PyObject *parent,
-                            PyObject *trace_id, PyObject *input_attributes) {
+/* A sampled live span, as livespans._start_live makes it (plain attributes). */
+PyObject *live_span_start(SpanPlan *plan, PyObject *name, PyObject *base_attributes,
+                          PyObject *wall, PyObject *parent, PyObject *trace_id,
+                          PyObject *input_attributes) {
     PyObject *span_id = NULL, *new_trace = NULL, *context = NULL, *attributes = NULL;
     PyObject *span = NULL;
     /* a new trace's id first, then the span's: the order the SDK's tracer draws them in */
     PyObject *trace = parent != NULL ? PyTuple_GET_ITEM(parent, 0) : trace_id;
-    if (trace == NULL && (trace = new_trace = draw_id(self, bits128)) == NULL) goto done;
-    if ((span_id = draw_id(self, bits64)) == NULL) goto done;
-    PyObject *state = parent != NULL ? PyTuple_GET_ITEM(parent, 4) : self->no_state;
+    if (trace == NULL && (trace = new_trace = draw_id(plan, bits128)) == NULL) goto done;
+    if ((span_id = draw_id(plan, bits64)) == NULL) goto done;
+    PyObject *state = parent != NULL ? PyTuple_GET_ITEM(parent, 4) : plan->no_state;
     /* what tuple.__new__(SpanContext, items) makes (the gate checked the layout) */
-    PyTypeObject *context_type = (PyTypeObject *)self->span_context_class;
+    PyTypeObject *context_type = (PyTypeObject *)plan->span_context_class;
     if ((context = context_type->tp_alloc(context_type, 6)) == NULL) goto done;
-    PyObject *items[6] = {trace, span_id, Py_False, self->sampled_flags, state, Py_True};
+    PyObject *items[6] = {trace, span_id, Py_False, plan->sampled_flags, state, Py_True};
     for (int i = 0; i < 6; i++) PyTuple_SET_ITEM(context, i, Py_NewRef(items[i]));
-    if ((attributes = PyDict_Copy(self->attributes)) == NULL) goto done;
+    if ((attributes = PyDict_Copy(base_attributes)) == NULL) goto done;
     if (input_attributes != NULL && PyDict_Update(attributes, input_attributes) < 0) goto done;
-    span = PyBaseObject_Type.tp_new((PyTypeObject *)self->live_class, empty_tuple, NULL);
+    span = PyBaseObject_Type.tp_new((PyTypeObject *)plan->live_class, empty_tuple, NULL);
     if (span == NULL) goto done;
     PyObject *names[] = {str_path,       str_name,     str_context, str_parent, str_attributes,
                          str_start_ns,   str_sdk_span, str_ended,   str_later};
-    PyObject *values[] = {self->path, self->name, context, parent ? parent : Py_None,
-                          attributes, wall, Py_None, Py_False, self->later};
+    PyObject *values[] = {plan->path, name, context, parent ? parent : Py_None,
+                          attributes, wall, Py_None, Py_False, plan->later};
     for (int i = 0; i < 9; i++) {
         if (PyObject_SetAttr(span, names[i], values[i]) < 0) {
             Py_CLEAR(span);
@@ -118,18 +119,18 @@ done:
 }
 
 /* otel_context.attach(set_span_in_context(span)): the token. */
-static PyObject *attach_span(RootHooks *self, PyObject *span) {
+PyObject *attach_span(SpanPlan *plan, PyObject *span) {
     PyObject *current;
-    if (PyContextVar_Get(self->context_var, NULL, &current) < 0) return NULL;
+    if (PyContextVar_Get(plan->context_var, NULL, &current) < 0) return NULL;
     PyObject *values =
         current != NULL && PyDict_Check(current) ? PyDict_Copy(current) : PyDict_New();
     Py_XDECREF(current);
     if (values == NULL) return NULL;
     PyObject *token = NULL;
-    if (PyDict_SetItem(values, self->span_key, span) == 0) {
-        PyObject *context = PyObject_CallOneArg(self->context_class, values);
+    if (PyDict_SetItem(values, plan->span_key, span) == 0) {
+        PyObject *context = PyObject_CallOneArg(plan->context_class, values);
         if (context != NULL) {
-            token = PyContextVar_Set(self->context_var, context);
+            token = PyContextVar_Set(plan->context_var, context);
             Py_DECREF(context);
         }
     }
@@ -146,7 +147,8 @@ int sampled_begin(RootHooks *self, PyObject *model, PyObject *first, PyObject *b
     long long now;
     if ((wall = PyObject_CallNoArgs(time_ns)) == NULL) goto done;
     if (clock_ns(&now) < 0 || (perf = PyLong_FromLongLong(now)) == NULL) goto done;
-    if ((span = start_span(self, wall, parent, trace_id, input_attributes)) == NULL) goto done;
+    if ((span = live_span_start(&self->p, self->name, self->attributes, wall, parent, trace_id,
+                                     input_attributes)) == NULL) goto done;
     /* tree.check(model, perf): whose first line returns before next_check_ns */
     if ((checked = PyObject_GetAttr(self->owner, str_next_check)) == NULL) goto done;
     int due = PyObject_RichCompareBool(perf, checked, Py_GE);
@@ -163,7 +165,7 @@ int sampled_begin(RootHooks *self, PyObject *model, PyObject *first, PyObject *b
     if ((previous = current_record(self->state)) == NULL) goto done;
     PyObject *required[] = {table, self->tracer, span, perf, wall, stamps};
     record = record_create(required, batch, first, previous);
-    if (record == NULL || (token = attach_span(self, span)) == NULL) goto done;
+    if (record == NULL || (token = attach_span(&self->p, span)) == NULL) goto done;
     if (record_set(record, F_CONTEXT_TOKEN, token) < 0) goto done;
     if (layered) {
         if ((probes = PyObject_GetAttr(self->owner, str_probes)) == NULL) goto done;
@@ -176,7 +178,7 @@ done:
     if (result < 0 && token != NULL) { /* failed once attached: the caller's context back */
         PyObject *type, *value, *traceback;
         PyErr_Fetch(&type, &value, &traceback);
-        if (PyContextVar_Reset(self->context_var, token) < 0) PyErr_Clear();
+        if (PyContextVar_Reset(self->p.context_var, token) < 0) PyErr_Clear();
         PyErr_Restore(type, value, traceback);
     }
     Py_XDECREF(wall);
@@ -213,7 +215,7 @@ static int call_method(PyObject *target, PyObject *method) {
 
 int sampled_finish(RootHooks *self, PyObject *record, PyObject *span, long long end,
                    PyObject *output) {
-    if (self->context_var == Py_None) return 0;
+    if (self->p.context_var == Py_None) return 0;
     int live = still_live(span);
     if (live <= 0) return live;
     PyObject *events = record_get(record, F_EVENTS);
@@ -238,9 +240,9 @@ int sampled_finish(RootHooks *self, PyObject *record, PyObject *span, long long 
     if ((perf_end = PyLong_FromLongLong(end)) == NULL) goto done;
     if (record_set(record, F_PERF_END, perf_end) < 0) goto done;
     if ((token = record_get(record, F_CONTEXT_TOKEN)) == NULL) goto done;
-    if (token != Py_None && PyContextVar_Reset(self->context_var, token) < 0) {
+    if (token != Py_None && PyContextVar_Reset(self->p.context_var, token) < 0) {
         PyErr_Clear(); /* otel_context.detach fails the same way, and logs it */
-        PyObject *detached = PyObject_CallOneArg(self->detach, token);
+        PyObject *detached = PyObject_CallOneArg(self->p.detach, token);
         if (detached == NULL) goto done;
         Py_DECREF(detached);
     }
@@ -258,7 +260,7 @@ int sampled_finish(RootHooks *self, PyObject *record, PyObject *span, long long 
      * tensors (GPU memory) alive for the batch's lifetime. */
     if (record_set(record, F_INPUTS, Py_None) < 0 || record_set(record, F_PREVIOUS, Py_None) < 0)
         goto done;
-    later = PyObject_CallFunctionObjArgs(self->later, self->complete, instrumentation, record,
+    later = PyObject_CallFunctionObjArgs(self->p.later, self->complete, instrumentation, record,
                                          counts, Py_None, NULL);
     if (later == NULL) goto done;
     result = 1;

@@ -30,7 +30,7 @@ static inline long long nanoseconds_of(PyObject *value) {
 }
 
 extern PyTypeObject ThreadRecordType, StampedForwardType, ForwardSwapType, RootHooksType,
-    ForwardRecordType, ForwardDepthType;
+    ForwardRecordType, ForwardDepthType, StageHooksType;
 
 /* thread_record.c: add `change` to a ForwardDepth's (or a threading.local's) .value for
  * this thread; -1 with an exception on failure. */
@@ -56,8 +56,9 @@ PyObject *record_create(PyObject *const required[6], PyObject *batch_size, PyObj
 PyObject *record_get(PyObject *record, int field);
 int record_set(PyObject *record, int field, PyObject *value);
 
-/* roots.c: its attribute names, made once by PyInit__speedups; -1 on failure. */
+/* roots.c and stage.c: their attribute names, made once by PyInit__speedups; -1 on failure. */
 int roots_init_names(void);
+int stage_init_names(void);
 
 /* thread_record.c: this thread's record (borrowed), NULL without an exception for None. */
 PyObject *thread_record_get(PyObject *state);

@@ -40,7 +40,7 @@ from visiontel._support._otel_private import _fast_path
 from visiontel.torch import _inputs, _model, _probes, _resolver, _stage, _threads
 from visiontel.torch._runtime import runtime_for
 
-from torch_support import data_points, loops
+from torch_support import data_points, loops, shapes
 
 BATCHES = [1, 3, 2]
 
@@ -114,25 +114,6 @@ def frames(model: Net, batches: list[int]) -> None:
     with torch.no_grad():
         for batch in batches:
             model(torch.randn(batch, 4))
-
-
-def shapes(spans: list[Any]) -> list[tuple[Any, ...]]:
-    """What a reader sees of each span, ids replaced by the name of the parent span."""
-    names = {span.context.span_id: span.name for span in spans}
-    return sorted(
-        (
-            span.name,
-            sorted(span.attributes.items()),
-            names.get(span.parent.span_id, "outside") if span.parent else None,
-            span.kind,
-            span.status.status_code,
-            [event.name for event in span.events],
-            span.resource is spans[0].resource,
-            span.instrumentation_scope.name,
-            span.end_time >= span.start_time,
-        )
-        for span in spans
-    )
 
 
 def run(

@@ -143,3 +143,25 @@ def loops(chosen: ModuleType | None) -> Iterator[None]:
         yield
     finally:
         _compiled.speedups = saved
+
+
+def shapes(spans: list[Any]) -> list[tuple[Any, ...]]:
+    """What a reader sees of each span, ids replaced by the name of the parent span."""
+    names = {span.context.span_id: span.name for span in spans}
+    return sorted(
+        (
+            (
+                span.name,
+                sorted(span.attributes.items()),
+                names.get(span.parent.span_id, "outside") if span.parent else None,
+                span.kind,
+                span.status.status_code,
+                [event.name for event in span.events],
+                span.resource is spans[0].resource,
+                span.instrumentation_scope.name,
+                span.end_time >= span.start_time,
+            )
+            for span in spans
+        ),
+        key=repr,  # roots' parent is None
+    )

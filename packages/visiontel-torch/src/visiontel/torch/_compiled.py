@@ -3,13 +3,14 @@
 visiontel-torch's wheel carries a small C extension for what runs once per layer at layer
 granularity: the armed forward wrapper that stamps a child module's call (and the
 per-thread record it reads), arming and disarming a model's wrappers, and the builder of a
-forward's finished layer spans; and for the root hooks of a one-tensor CPU forward
-(its record, and its root span where sampled).
+forward's finished layer spans; for the root hooks of a one-tensor CPU forward (its
+record, and its root span where sampled); and for a sampled ``stage()`` block's entry and
+exit.
 Where it was not built (no compiler when installing from source, another interpreter) or
 ``VISIONTEL_TORCH_PURE_PYTHON=true`` is set, the pure-Python versions in ``_probes.py``,
-``_resolver.py`` and ``_model.py`` run: same stamps, spans and points
-(``tests/test_speedups.py``, ``tests/test_dropped_roots.py`` and
-``tests/test_sampled_roots.py`` compare them), about twice the per-layer cost.
+``_resolver.py``, ``_model.py`` and ``_stage.py`` run: same stamps, spans and points
+(``tests/test_speedups.py``, ``test_dropped_roots.py``, ``test_sampled_roots.py`` and
+``test_compiled_stages.py`` compare them), about twice the per-layer cost.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from visiontel._support.livespans import all_plain
+from visiontel.torch import _compiled, _runtime
 from visiontel.torch._failures import record_failure
 from visiontel.torch._points import record_span_points
 from visiontel.torch._record import ModuleTable, record_type
@@ -76,6 +77,8 @@ class stage:
         self._start_ns = 0
         self._wall_start_ns = 0
         self._start_event: GpuEvent | None = None
+        self._hooks: Any = None  # _speedups.StageHooks, made on first entry where usable
+        self._compilable: bool | None = None  # whether it can be: not known before then
 
     def _copy(self) -> stage:
         fresh = object.__new__(stage)
@@ -86,9 +89,19 @@ class stage:
         fresh._metric, fresh._runtime = self._metric, self._runtime
         fresh._span, fresh._token, fresh._start_ns = None, None, 0
         fresh._wall_start_ns, fresh._start_event = 0, None
+        fresh._hooks = self._hooks  # keeps no block's state: shared by the copies
+        fresh._compilable = self._compilable
         return fresh
 
     def __enter__(self) -> stage:
+        hooks = self._hooks
+        if hooks is not None:
+            try:
+                if hooks.enter(self):
+                    return self  # compiled: what follows, while the gate's guard holds
+            except Exception as exc:
+                report_internal_error("stage enter", exc)
+                return self
         self._wall_start_ns = time.time_ns()
         self._start_ns = time.perf_counter_ns()
         try:
@@ -100,9 +113,39 @@ class stage:
             if self._device is not None and span.is_recording():
                 events = self._events()
                 self._start_event = None if events is None else events.acquire()
+            if self._start_event is None and (hooks is None or hooks.guard is None):
+                self._arm_hooks()
         except Exception as exc:
             report_internal_error("stage enter", exc)
         return self
+
+    def _arm_hooks(self) -> None:
+        """Make and arm the compiled entry and exit where they can do this stage's blocks:
+        the extension built, plain attributes, no GPU events (a CPU ``device`` has none),
+        spans ending in batches."""
+        compiled = _compiled.speedups
+        if self._compilable is None:  # asked once: a CUDA device's event source is made here
+            gpu = self._device is not None and self._events() is not None
+            self._compilable = self._plain and not gpu
+        if compiled is None or not self._compilable:
+            return
+        runtime = self._runtime or default_runtime()
+        spans = runtime.spans
+        if not spans.batched:
+            return
+        guard, plan = spans.compiled_roots()
+        if guard is not None and self._runtime is None:
+            # the default runtime, read per block in Python, must stay this one
+            guard = (*guard, (_runtime, "_default", runtime))
+        if self._hooks is None:
+            self._hooks = compiled.StageHooks(
+                name=self.name,
+                attributes=self._span_attributes,
+                metric=self._metric_attributes if self._metric else None,
+                memo=self._fold_memo,
+                stage_end=_StageEnd,
+            )
+        self._hooks.arm(guard, plan, runtime)
 
     def _events(self) -> EventSource | None:
         return self._event_source or cuda_event_source(self._device)
@@ -113,6 +156,15 @@ class stage:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        hooks = self._hooks
+        if hooks is not None and exc is None and self._start_event is None:
+            try:
+                if hooks.exit(self):
+                    return  # compiled: its point and span's end are later work
+            except Exception as internal:
+                report_internal_error("stage exit", internal)
+                self._span, self._token = None, None
+                return
         end_ns = time.perf_counter_ns()
         elapsed_s = (end_ns - self._start_ns) / 1e9
         try:

@@ -7,6 +7,8 @@ shut) gets the tracer's own spans."""
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -158,3 +160,26 @@ def test_a_processor_acting_on_start_sees_every_frame_span(
     assert not any(isinstance(span, _LiveSpan) for span in spans)  # the gate shut
     assert sorted(counting.started) == ["capture", "detect", "send result", "track"]
     installed.provider.shutdown()
+
+
+@pytest.mark.parametrize("public_api", [False, True], ids=["context slot", "public API"])
+def test_a_frame_left_in_another_context_is_logged_as_the_api_logs_it(
+    global_sdk: _Global, caplog: pytest.LogCaptureFixture, public_api: bool
+) -> None:
+    """Entered in one ``contextvars`` context and left in another (a callback run
+    elsewhere), the scope's tokens cannot be reset: the API logs each failure, nothing
+    raises, and the span still ends."""
+    shared_gate.use_public_api(public_api)
+    try:
+        carried = vp.extract_dict({})
+        scope = vp.continue_frame("detect", carried, tracer=global_sdk.tracer)
+        span = contextvars.copy_context().run(scope.__enter__)
+        with caplog.at_level(logging.ERROR, logger="opentelemetry.context"):
+            scope.__exit__(None, None, None)
+    finally:
+        shared_gate.use_public_api(False)
+    assert isinstance(span, _LiveSpan) is not public_api
+    failures = [r for r in caplog.records if "Failed to detach context" in r.getMessage()]
+    assert len(failures) == 2  # the span's context, then the frame's
+    assert [s.name for s in global_sdk.spans()] == ["detect"]
+    assert trace.get_current_span() is trace.INVALID_SPAN

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager, ContextDecorator
 from contextvars import Token
 from types import TracebackType
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
@@ -23,6 +24,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
+from visiontel._support._otel_private import context_slot
 from visiontel._support.env import env_int
 from visiontel._support.livespans import add_plain_attributes
 from visiontel.propagation import _streams
@@ -103,6 +105,7 @@ class _FrameScope(ContextDecorator):
     _outer: Token[Context]
     _inner: Token[Context]
     _span: Span
+    _slot: tuple[Any, str, type] | None
 
     def _frame_context(self) -> Context:
         """The context the block runs in (errors here are the caller's: they propagate)."""
@@ -113,18 +116,28 @@ class _FrameScope(ContextDecorator):
         raise NotImplementedError
 
     def __enter__(self) -> Span:
-        outer = otel_context.attach(self._frame_context())
+        # The context's ContextVar set directly where the gate allows: what attach() does,
+        # without its calls (two per attach and per detach, four of each a frame).
+        slot = context_slot()
+        frame_context = self._frame_context()
+        outer = otel_context.attach(frame_context) if slot is None else slot[0].set(frame_context)
         try:
             try:
                 span = self._start_span()
             except Exception:  # never let tracing stop the frame
                 internal_error(self._what)
                 span = INVALID_SPAN
-            self._inner = otel_context.attach(trace.set_span_in_context(span))
+            if slot is None:
+                self._inner = otel_context.attach(trace.set_span_in_context(span))
+            else:  # set_span_in_context's copy, with the span under its key
+                variable, span_key, context_class = slot
+                values = dict(variable.get())
+                values[span_key] = span
+                self._inner = variable.set(context_class(values))
         except BaseException:
-            otel_context.detach(outer)
+            _reset(slot, outer)
             raise
-        self._outer, self._span = outer, span
+        self._outer, self._span, self._slot = outer, span, slot
         return span
 
     def __exit__(
@@ -133,9 +146,9 @@ class _FrameScope(ContextDecorator):
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        span = self._span
+        span, slot = self._span, self._slot
         try:
-            otel_context.detach(self._inner)
+            _reset(slot, self._inner)
             if exc is None:
                 span.end()
             else:  # the API's own handling: record the exception, set the status, end
@@ -143,7 +156,18 @@ class _FrameScope(ContextDecorator):
                 handling.__enter__()
                 handling.__exit__(exc_type, exc, traceback)
         finally:
-            otel_context.detach(self._outer)
+            _reset(slot, self._outer)
+
+
+def _reset(slot: tuple[Any, str, type] | None, token: Token[Context]) -> None:
+    """``otel_context.detach(token)``: the variable reset directly where it was set so."""
+    if slot is not None:
+        try:
+            slot[0].reset(token)
+            return
+        except (ValueError, RuntimeError):  # another context's token, or one used already
+            pass  # detach fails the same way, and logs it as the API does
+    otel_context.detach(token)
 
 
 class _StartFrame(_FrameScope):

@@ -9,7 +9,8 @@ processor list, the tracer's span limits and sampler delegates, ``_Span``'s cons
 batch processor's queue) and two API shortcuts: a ``SpanContext`` tuple built without
 re-validating known-good ids, and, for visiontel-torch's compiled root hooks, where the
 API's runtime context keeps the current span (its ``ContextVar`` and key,
-``_fast_path._context_slot``: checked once through the public API, None otherwise).
+``_fast_path._context_slot``: checked once through the public API, None otherwise; also
+``context_slot()``, for visiontel-propagation's frame scopes).
 ``FastPath`` (``_fast_path.py``) holds what a provider the gate admits gives its spans; the
 batch queue's bulk fill is in ``_batch_queue.py``.
 
@@ -37,6 +38,7 @@ from visiontel._support._otel_private._batch_queue import batch_queue_fill as ba
 from visiontel._support._otel_private._fast_path import RATIO_TRACE_ID_MASK as RATIO_TRACE_ID_MASK
 from visiontel._support._otel_private._fast_path import SAMPLED as SAMPLED
 from visiontel._support._otel_private._fast_path import FastPath as FastPath
+from visiontel._support._otel_private._fast_path import _context_slot
 from visiontel._support.gate import VersionGate
 
 TESTED_SDK = ((1, 30), (1, 45))
@@ -44,6 +46,8 @@ TESTED_SDK = ((1, 30), (1, 45))
 
 _logger = logging.getLogger("visiontel")
 _forced_public = False  # tests: every gate shut, the public API everywhere
+_UNDECIDED = object()
+_slot: Any = _UNDECIDED  # context_slot()'s answer, decided on first use
 _sdk_gate = VersionGate(
     "opentelemetry-sdk",
     TESTED_SDK,
@@ -55,8 +59,8 @@ _sdk_gate = VersionGate(
 
 def use_public_api(force: bool) -> None:
     """Tests only: shut (or reopen) the gate for every provider from now on."""
-    global _forced_public
-    _forced_public = force
+    global _forced_public, _slot
+    _forced_public, _slot = force, _UNDECIDED
 
 
 def public_api_forced() -> bool:
@@ -71,7 +75,27 @@ def sdk_version_supported() -> bool:
 
 def reset_version_check() -> None:
     """Tests only: check the installed version again."""
+    global _slot
     _sdk_gate.reset()
+    _slot = _UNDECIDED
+
+
+def context_slot() -> tuple[Any, str, type] | None:
+    """The API runtime context's ``ContextVar``, the current span's key in it and the
+    ``Context`` class, where the API keeps them so (checked once through the public API), or
+    None where ``opentelemetry.context.attach`` and ``detach`` must be used. Setting the
+    variable is what ``attach`` does, without its two calls per attach and detach."""
+    slot = _slot
+    if slot is _UNDECIDED:
+        slot = _decide_slot()
+    return slot  # type: ignore[no-any-return]
+
+
+def _decide_slot() -> tuple[Any, str, type] | None:
+    global _slot
+    slot = None if _forced_public or not sdk_version_supported() else _context_slot()
+    _slot = slot
+    return slot
 
 
 def fast_path_for(provider: Any, scope: tuple[str, str | None, str | None]) -> FastPath | None:

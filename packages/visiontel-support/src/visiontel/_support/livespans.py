@@ -107,7 +107,11 @@ class LiveSpans:
         if path is not None:
             if hidden and path.fixed_decision is False and path.enabled():
                 return trace.INVALID_SPAN  # dropped under any parent: no need to look it up
-            parent = trace.get_current_span(context).get_span_context()
+            parent = (
+                path.current_parent()
+                if context is None
+                else trace.get_current_span(context).get_span_context()
+            )
             if path.enabled():
                 decision, trace_id = path.decide(parent), None
                 if decision is None and path.root_ratio_bound is not None and not parent.is_valid:
@@ -395,5 +399,7 @@ class _LiveSpanOfKind(_LiveSpan):
     __slots__ = ("kind",)  # (shadows the base's class attribute)
     kind: trace.SpanKind
 
+
+FastPath.live_span_types = (_LiveSpan, _LiveSpanOfKind)  # read by FastPath.current_parent
 
 __all__: Sequence[str] = ("LiveSpans",)

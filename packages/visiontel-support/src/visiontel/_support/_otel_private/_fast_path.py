@@ -13,7 +13,13 @@ from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
+    NonRecordingSpan,
+    SpanContext,
+    TraceFlags,
+    TraceState,
+)
 
 from visiontel._support._otel_private._batch_queue import queue_fillers
 
@@ -26,6 +32,10 @@ _MISSING = object()
 
 class FastPath:
     """What visiontel's live spans need from one SDK tracer provider, read once."""
+
+    live_span_types: tuple[type, ...] = ()
+    """Span classes that keep their ``SpanContext`` in a ``context`` attribute (visiontel's
+    live spans: ``livespans`` sets this, as it cannot be imported here)."""
 
     def __init__(
         self,
@@ -77,6 +87,7 @@ class FastPath:
         self._template = dict(vars(template))
         self.new_context = _context_factory()
         self._context_class = SpanContext if self.new_context.__name__ == "direct" else None
+        self._span_slot = _context_slot()
         # Every processor queues spans for a later export anyway: ending ours a little later,
         # in a batch, changes nothing a reader of the exported spans can see.
         self.batched = all(type(p) is BatchSpanProcessor for p in self._processors)
@@ -109,7 +120,7 @@ class FastPath:
         arrived for the SDK's own span metrics: ask the gate again."""
         return (
             self._processor._span_processors is not self._processors
-            or self._provider.resource is not self._resource
+            or self._provider._resource is not self._resource  # (the property, without its call)
             or (  # (no generator made per call when nothing waits: this runs per span)
                 bool(self._counters_waiting)
                 and any(c._real_instrument is not None for c in self._counters_waiting)
@@ -205,14 +216,32 @@ class FastPath:
             return remote_sampled if sampled else remote_dropped
         return local_sampled if sampled else local_dropped
 
+    def current_parent(self) -> SpanContext:
+        """``trace.get_current_span().get_span_context()``, read from the context's
+        ``ContextVar`` (where ``_context_slot`` checked that layout) for a live span, a
+        remote parent's ``NonRecordingSpan`` or no span; the API's calls otherwise."""
+        slot = self._span_slot
+        if slot is not None:
+            context = slot[0].get(None)
+            span = None if context is None else context.get(slot[1])
+            kind = type(span)
+            if kind in self.live_span_types:
+                return span.context  # type: ignore[union-attr,no-any-return]
+            if kind is NonRecordingSpan:
+                return span.get_span_context()  # type: ignore[union-attr,no-any-return]
+            if span is None:
+                return INVALID_SPAN_CONTEXT
+        return trace.get_current_span().get_span_context()
+
     def child_context(self, parent: SpanContext) -> SpanContext | None:
         """The context of a new sampled local span under ``parent`` (same trace and trace
         state, a new span id), or None where ``parent`` is not valid (a new trace)."""
         if self._context_class is not None and type(parent) is SpanContext:
             if not parent[5]:
                 return None
-            fields = (parent[0], self.new_span_id(), False, SAMPLED, parent[4], True)
-            return tuple.__new__(SpanContext, fields)
+            draw = self._draw_bits  # the SDK's random ids: its draw, without its method call
+            span_id = (draw(64) or self.new_span_id()) if draw is not None else self.new_span_id()
+            return tuple.__new__(SpanContext, (parent[0], span_id, False, SAMPLED, parent[4], True))
         if not parent.is_valid:
             return None
         child: SpanContext = self.new_context(

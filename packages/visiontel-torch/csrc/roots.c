@@ -19,10 +19,14 @@ PyObject *str_table, *str_shape, *str_append, *str_extend, *str_due, *str_boxes;
 static PyObject *str_dtype, *str_device, *str_is_cuda, *str_attributes;
 
 int plan_holds(SpanPlan *plan) {
-    if (!PyTuple_Check(plan->guard)) return 0;
-    Py_ssize_t n = PyTuple_GET_SIZE(plan->guard);
+    /* held while read: a call into Python (an attribute read) may let another thread arm()
+     * a new guard meanwhile */
+    PyObject *guard = plan->guard;
+    if (!PyTuple_Check(guard)) return 0;
+    Py_INCREF(guard);
+    Py_ssize_t n = PyTuple_GET_SIZE(guard);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *check = PyTuple_GET_ITEM(plan->guard, i);
+        PyObject *check = PyTuple_GET_ITEM(guard, i);
         if (!PyTuple_Check(check) || PyTuple_GET_SIZE(check) != 3) goto failed;
         PyObject *now = PyObject_GetAttr(PyTuple_GET_ITEM(check, 0), PyTuple_GET_ITEM(check, 1));
         if (now == NULL) {
@@ -33,9 +37,11 @@ int plan_holds(SpanPlan *plan) {
         Py_DECREF(now);
         if (!same) goto failed;
     }
+    Py_DECREF(guard);
     return 1;
 failed:
-    Py_SETREF(plan->guard, Py_NewRef(Py_None));
+    if (plan->guard == guard) Py_SETREF(plan->guard, Py_NewRef(Py_None));
+    Py_DECREF(guard);
     return 0;
 }
 
@@ -128,7 +134,7 @@ static PyObject *roots_begin(RootHooks *self, PyObject *const *args, Py_ssize_t 
         declined = cuda < 0 ? -1 : 1;
         goto finished;
     }
-    int decision = sampled_decide(&self->p, &parent, &trace_id);
+    int decision = sampled_decide(&self->p, 1, &parent, &trace_id);
     if (decision == 1) {
         PyObject *described = NULL;
         if (self->describe &&

@@ -79,9 +79,10 @@ PyObject *count_output(RootHooks *self, PyObject *output);
 
 /* sampled.c: the decision for a new root span under the current span (1 sampled, 2
  * dropped, 0 declined: Python decides; -1 error), with the parent's SpanContext (or NULL
- * for a new trace) and a drawn trace id (or NULL); then a sampled forward's start and end
+ * for a new trace) and a drawn trace id (or NULL; with `may_draw` 0, a new trace whose id
+ * would decide is declined, leaving the one draw to Python); then a sampled forward's start and end
  * (1 done, 0 declined with nothing done, -1 error). */
-int sampled_decide(SpanPlan *plan, PyObject **parent, PyObject **trace_id);
+int sampled_decide(SpanPlan *plan, int may_draw, PyObject **parent, PyObject **trace_id);
 /* sampled.c: a sampled live span named `name` with a copy of `attributes` (plain values) and
  * `input_attributes` (or NULL) added, started at `wall` under `parent` (or a new trace, of
  * `trace_id` where drawn); and the token of it made current. NULL with an exception. */

@@ -37,7 +37,7 @@ static PyObject *current_span_context(SpanPlan *plan, PyObject **context_out) {
     return PyObject_CallMethodNoArgs(span, str_get_span_context);
 }
 
-int sampled_decide(SpanPlan *plan, PyObject **parent, PyObject **trace_id) {
+int sampled_decide(SpanPlan *plan, int may_draw, PyObject **parent, PyObject **trace_id) {
     *parent = *trace_id = NULL;
     PyObject *context;
     PyObject *span_context = current_span_context(plan, &context);
@@ -70,7 +70,7 @@ int sampled_decide(SpanPlan *plan, PyObject **parent, PyObject **trace_id) {
     }
     if (decision == Py_True) return 1;
     if (decision == Py_False) return 2;
-    if (*parent != NULL || plan->ratio_bound == Py_None) return 0;
+    if (*parent != NULL || plan->ratio_bound == Py_None || !may_draw) return 0;
     /* a new trace under a trace-id ratio: its id decides, drawn as the SDK would */
     if ((*trace_id = draw_id(plan, bits128)) == NULL) return -1;
     PyObject *masked = PyNumber_And(*trace_id, ratio_mask);

@@ -36,17 +36,23 @@ static int set_fields(PyObject *stage, PyObject *span, PyObject *token, PyObject
 
 /* enter(stage) -> bool: the block's span started, made current, kept on `stage`. */
 static PyObject *stage_enter(StageHooks *self, PyObject *stage) {
-    if (self->p.always_drop || self->p.span_context_class == Py_None ||
-        self->p.getrandbits == Py_None || !plan_holds(&self->p))
-        Py_RETURN_FALSE;
+    /* held while its items are used: another thread may arm() a new plan meanwhile (a
+     * decorated function's copies share these hooks), once a call into Python lets it run */
+    PyObject *plan = Py_NewRef(self->p.plan);
     PyObject *wall = NULL, *start = NULL, *parent = NULL, *trace_id = NULL, *span = NULL;
     PyObject *token = NULL;
     int entered = -1;
+    if (self->p.always_drop || self->p.span_context_class == Py_None ||
+        self->p.getrandbits == Py_None || !plan_holds(&self->p)) {
+        entered = 0;
+        goto done;
+    }
     long long now;
     /* the times first, as Python reads them before it starts the span */
     if ((wall = PyObject_CallNoArgs(time_ns)) == NULL) goto done;
     if (clock_ns(&now) < 0 || (start = PyLong_FromLongLong(now)) == NULL) goto done;
-    int decision = sampled_decide(&self->p, &parent, &trace_id);
+    /* no id drawn here: a drop decided by it would make Python draw and decide again */
+    int decision = sampled_decide(&self->p, 0, &parent, &trace_id);
     if (decision != 1) { /* dropped or asked: the Python path starts the span */
         entered = decision < 0 ? -1 : 0;
         goto done;
@@ -62,6 +68,7 @@ static PyObject *stage_enter(StageHooks *self, PyObject *stage) {
     }
     entered = 1;
 done:
+    Py_DECREF(plan);
     Py_XDECREF(wall);
     Py_XDECREF(start);
     Py_XDECREF(parent);
@@ -77,10 +84,14 @@ done:
 static PyObject *stage_exit(StageHooks *self, PyObject *stage) {
     long long end;
     if (clock_ns(&end) < 0) return NULL;
-    if (!plan_holds(&self->p)) Py_RETURN_FALSE;
+    PyObject *plan = Py_NewRef(self->p.plan); /* held while used, as in enter() */
     PyObject *span = NULL, *token = NULL, *start = NULL, *wall = NULL, *elapsed = NULL;
     PyObject *wall_end = NULL, *ending = NULL, *complete = NULL, *later = NULL;
     int done = -1;
+    if (!plan_holds(&self->p)) {
+        done = 0;
+        goto done;
+    }
     if ((span = PyObject_GetAttr(stage, str_span)) == NULL) goto done;
     if ((token = PyObject_GetAttr(stage, str_token)) == NULL) goto done;
     if ((PyObject *)Py_TYPE(span) != self->p.live_class || !PyContextToken_CheckExact(token)) {
@@ -109,6 +120,7 @@ static PyObject *stage_exit(StageHooks *self, PyObject *stage) {
     if ((later = PyObject_Vectorcall(self->p.later, later_args, 5, NULL)) == NULL) goto done;
     done = 1;
 done:
+    Py_DECREF(plan);
     Py_XDECREF(span);
     Py_XDECREF(token);
     Py_XDECREF(start);

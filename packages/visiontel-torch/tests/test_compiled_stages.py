@@ -12,6 +12,7 @@ compare what is exported.
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -23,7 +24,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanContext, TraceFlags
 
 import visiontel.torch as vt
@@ -195,3 +196,23 @@ def test_a_changed_provider_or_default_runtime_breaks_the_guard(
         assert watcher.started == ["preprocess"] and stages.python_starts == 3
     assert [span.name for span in other.spans()] == ["preprocess"]
     assert len(stages.spans()) == 6
+
+
+def test_a_new_trace_under_a_trace_id_ratio_draws_its_id_once(
+    compiled: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compiled path leaves such a block to Python before drawing: a drop decided by a
+    drawn id, then decided again by Python with another, would sample more than the ratio.
+    Seeded alike, both paths draw the same ids and keep the same spans."""
+    kept = []
+    for chosen in (compiled, None):
+        stages = Stages(monkeypatch, TraceIdRatioBased(0.5))
+        pre = stage("preprocess")
+        random.seed(20261206)
+        with stages.default(chosen):
+            for _ in range(40):
+                with pre:
+                    pass
+        kept.append(sorted(span.context.trace_id for span in stages.spans()))
+    assert kept[0] == kept[1]
+    assert 5 < len(kept[0]) < 35

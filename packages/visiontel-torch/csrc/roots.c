@@ -90,7 +90,7 @@ static PyObject *input_attributes(RootHooks *self, PyObject *first, PyObject *sh
 
 /* begin(model, args, kwargs) -> bool: this forward's record made current (and its span
  * started, when sampled). */
-static PyObject *roots_begin(RootHooks *self, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *begin_with_plan(RootHooks *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "begin(model, args, kwargs)");
         return NULL;
@@ -158,7 +158,7 @@ finished:
 }
 
 /* finish(output) -> bool: a forward begun here (or by Python, the same way) ended. */
-static PyObject *roots_finish(RootHooks *self, PyObject *output) {
+static PyObject *finish_with_plan(RootHooks *self, PyObject *output) {
     long long end;
     if (clock_ns(&end) < 0) return NULL;
     if (output == Py_None || !PyTuple_Check(self->p.guard)) Py_RETURN_FALSE;
@@ -180,6 +180,22 @@ static PyObject *roots_finish(RootHooks *self, PyObject *output) {
     if (done < 0) return NULL;
     if (done) Py_RETURN_TRUE;
     Py_RETURN_FALSE;
+}
+
+/* The plan is held while begin() and finish() use its items: a call into Python may let
+ * another thread arm() a new one meanwhile (two threads running one model). */
+static PyObject *roots_begin(RootHooks *self, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *plan = Py_NewRef(self->p.plan);
+    PyObject *result = begin_with_plan(self, args, nargs);
+    Py_DECREF(plan);
+    return result;
+}
+
+static PyObject *roots_finish(RootHooks *self, PyObject *output) {
+    PyObject *plan = Py_NewRef(self->p.plan);
+    PyObject *result = finish_with_plan(self, output);
+    Py_DECREF(plan);
+    return result;
 }
 
 static void plan_fields_none(SpanPlan *plan) {

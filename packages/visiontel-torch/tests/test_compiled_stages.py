@@ -12,6 +12,8 @@ compare what is exported.
 from __future__ import annotations
 
 import contextlib
+import copy
+import pickle
 import random
 from collections.abc import Iterator
 from types import ModuleType
@@ -216,3 +218,30 @@ def test_a_new_trace_under_a_trace_id_ratio_draws_its_id_once(
         kept.append(sorted(span.context.trace_id for span in stages.spans()))
     assert kept[0] == kept[1]
     assert 5 < len(kept[0]) < 35
+
+
+@pytest.mark.parametrize("how", ["copy", "deepcopy", "pickle"])
+def test_a_used_stage_still_copies_and_pickles(
+    compiled: ModuleType, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A stage kept on a user's object goes wherever that object goes: the compiled hooks
+    it made on its first block are left out, and the copy makes its own."""
+    stages = Stages(monkeypatch)
+    pre = stage("preprocess", model="det")
+    copier = {
+        "copy": copy.copy,
+        "deepcopy": copy.deepcopy,
+        "pickle": lambda value: pickle.loads(pickle.dumps(value)),
+    }[how]
+    with stages.default(compiled):
+        for _ in range(2):
+            with pre:
+                pass
+        assert pre._hooks is not None
+        twin = copier(pre)
+        assert twin._hooks is None
+        for _ in range(2):
+            with twin:
+                pass
+        assert twin._hooks is not None and twin._hooks is not pre._hooks
+    assert [span.name for span in stages.spans()] == ["preprocess"] * 4

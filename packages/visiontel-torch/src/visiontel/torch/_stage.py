@@ -93,6 +93,13 @@ class stage:
         fresh._compilable = self._compilable
         return fresh
 
+    def __getstate__(self) -> dict[str, Any]:
+        # copy, deepcopy and pickle leave the compiled hooks out (they cannot be pickled):
+        # the copy makes its own on its first block
+        state = dict(self.__dict__)
+        state["_hooks"] = None
+        return state
+
     def __enter__(self) -> stage:
         hooks = self._hooks
         if hooks is not None:

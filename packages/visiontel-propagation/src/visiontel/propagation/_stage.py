@@ -117,7 +117,7 @@ class _FrameScope(ContextDecorator):
 
     def __enter__(self) -> Span:
         # The context's ContextVar set directly where the gate allows: what attach() does,
-        # without its calls (two per attach and per detach, four of each a frame).
+        # without its calls (two per attach and per detach, two of each a frame).
         slot = context_slot()
         frame_context = self._frame_context()
         outer = otel_context.attach(frame_context) if slot is None else slot[0].set(frame_context)

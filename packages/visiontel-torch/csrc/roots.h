@@ -80,8 +80,8 @@ PyObject *count_output(RootHooks *self, PyObject *output);
 /* sampled.c: the decision for a new root span under the current span (1 sampled, 2
  * dropped, 0 declined: Python decides; -1 error), with the parent's SpanContext (or NULL
  * for a new trace) and a drawn trace id (or NULL; with `may_draw` 0, a new trace whose id
- * would decide is declined, leaving the one draw to Python); then a sampled forward's start and end
- * (1 done, 0 declined with nothing done, -1 error). */
+ * would decide is declined, leaving the one draw to Python); then a sampled forward's start
+ * and end (1 done, 0 declined with nothing done, -1 error). */
 int sampled_decide(SpanPlan *plan, int may_draw, PyObject **parent, PyObject **trace_id);
 /* sampled.c: a sampled live span named `name` with a copy of `attributes` (plain values) and
  * `input_attributes` (or NULL) added, started at `wall` under `parent` (or a new trace, of
@@ -90,6 +90,10 @@ PyObject *live_span_start(SpanPlan *plan, PyObject *name, PyObject *base_attribu
                           PyObject *wall, PyObject *parent, PyObject *trace_id,
                           PyObject *input_attributes);
 PyObject *attach_span(SpanPlan *plan, PyObject *span);
+/* sampled.c: otel_context.detach(token) (a failed reset goes to detach, which logs it; -1
+ * only where detach itself raised); and the attach undone after a failure, its error kept. */
+int detach_token(SpanPlan *plan, PyObject *token);
+void undo_attach(SpanPlan *plan, PyObject *token);
 int sampled_begin(RootHooks *self, PyObject *model, PyObject *first, PyObject *batch,
                   PyObject *input_attributes, PyObject *parent, PyObject *trace_id);
 int sampled_finish(RootHooks *self, PyObject *record, PyObject *span, long long end,

@@ -138,6 +138,24 @@ PyObject *attach_span(SpanPlan *plan, PyObject *span) {
     return token;
 }
 
+/* otel_context.detach(token): the variable reset, or where that fails (another context's
+ * token, one used already), detach itself, which fails the same way and logs it. */
+int detach_token(SpanPlan *plan, PyObject *token) {
+    if (PyContextVar_Reset(plan->context_var, token) == 0) return 0;
+    PyErr_Clear();
+    PyObject *detached = PyObject_CallOneArg(plan->detach, token);
+    Py_XDECREF(detached);
+    return detached == NULL ? -1 : 0;
+}
+
+/* The caller's context back after a failure once `token` was attached, keeping the error. */
+void undo_attach(SpanPlan *plan, PyObject *token) {
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    if (PyContextVar_Reset(plan->context_var, token) < 0) PyErr_Clear();
+    PyErr_Restore(type, value, traceback);
+}
+
 int sampled_begin(RootHooks *self, PyObject *model, PyObject *first, PyObject *batch,
                   PyObject *input_attributes, PyObject *parent, PyObject *trace_id) {
     PyObject *wall = NULL, *perf = NULL, *span = NULL, *checked = NULL, *table = NULL;
@@ -175,12 +193,7 @@ int sampled_begin(RootHooks *self, PyObject *model, PyObject *first, PyObject *b
     if (push_record(self, record) < 0) goto done;
     result = 0;
 done:
-    if (result < 0 && token != NULL) { /* failed once attached: the caller's context back */
-        PyObject *type, *value, *traceback;
-        PyErr_Fetch(&type, &value, &traceback);
-        if (PyContextVar_Reset(self->p.context_var, token) < 0) PyErr_Clear();
-        PyErr_Restore(type, value, traceback);
-    }
+    if (result < 0 && token != NULL) undo_attach(&self->p, token);
     Py_XDECREF(wall);
     Py_XDECREF(perf);
     Py_XDECREF(span);
@@ -240,12 +253,7 @@ int sampled_finish(RootHooks *self, PyObject *record, PyObject *span, long long 
     if ((perf_end = PyLong_FromLongLong(end)) == NULL) goto done;
     if (record_set(record, F_PERF_END, perf_end) < 0) goto done;
     if ((token = record_get(record, F_CONTEXT_TOKEN)) == NULL) goto done;
-    if (token != Py_None && PyContextVar_Reset(self->p.context_var, token) < 0) {
-        PyErr_Clear(); /* otel_context.detach fails the same way, and logs it */
-        PyObject *detached = PyObject_CallOneArg(self->p.detach, token);
-        if (detached == NULL) goto done;
-        Py_DECREF(detached);
-    }
+    if (token != Py_None && detach_token(&self->p, token) < 0) goto done;
     if ((probes = record_get(record, F_PROBES)) == NULL) goto done;
     if (probes != Py_None) {
         if (call_method(probes, str_disarm) < 0) goto done;

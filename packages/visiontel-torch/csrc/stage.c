@@ -60,10 +60,7 @@ static PyObject *stage_enter(StageHooks *self, PyObject *stage) {
     span = live_span_start(&self->p, self->name, self->attributes, wall, parent, trace_id, NULL);
     if (span == NULL || (token = attach_span(&self->p, span)) == NULL) goto done;
     if (set_fields(stage, span, token, start, wall) < 0) {
-        PyObject *type, *value, *traceback;
-        PyErr_Fetch(&type, &value, &traceback);
-        if (PyContextVar_Reset(self->p.context_var, token) < 0) PyErr_Clear();
-        PyErr_Restore(type, value, traceback);
+        undo_attach(&self->p, token);
         goto done;
     }
     entered = 1;
@@ -102,12 +99,7 @@ static PyObject *stage_exit(StageHooks *self, PyObject *stage) {
     if ((wall = PyObject_GetAttr(stage, str_wall_start_ns)) == NULL) goto done;
     long long start_ns = nanoseconds_of(start), wall_ns = nanoseconds_of(wall);
     if ((start_ns == -1 || wall_ns == -1) && PyErr_Occurred()) goto done;
-    if (PyContextVar_Reset(self->p.context_var, token) < 0) {
-        PyErr_Clear(); /* otel_context.detach fails the same way, and logs it */
-        PyObject *detached = PyObject_CallOneArg(self->p.detach, token);
-        if (detached == NULL) goto done;
-        Py_DECREF(detached);
-    }
+    if (detach_token(&self->p, token) < 0) goto done;
     if (set_fields(stage, Py_None, Py_None, start, wall) < 0) goto done;
     /* as Python: (end - start) / 1e9, and the wall end from the same monotonic span */
     if ((elapsed = PyFloat_FromDouble((double)(end - start_ns) / 1e9)) == NULL) goto done;

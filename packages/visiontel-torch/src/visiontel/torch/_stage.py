@@ -112,7 +112,8 @@ class stage:
         self._wall_start_ns = time.time_ns()
         self._start_ns = time.perf_counter_ns()
         try:
-            span = (self._runtime or default_runtime()).spans.start(
+            runtime = self._runtime or default_runtime()
+            span = runtime.spans.start(
                 self.name, self._span_attributes, self._wall_start_ns, plain=self._plain
             )
             self._span = span
@@ -120,27 +121,29 @@ class stage:
             if self._device is not None and span.is_recording():
                 events = self._events()
                 self._start_event = None if events is None else events.acquire()
-            if self._start_event is None and (hooks is None or hooks.guard is None):
-                self._arm_hooks()
+            if (  # (checked here: no call per block where the hooks cannot be armed)
+                self._start_event is None
+                and runtime.spans.batched
+                and self._compilable is not False
+                and _compiled.speedups is not None
+                and (hooks is None or hooks.guard is None)
+            ):
+                self._arm_hooks(runtime)
         except Exception as exc:
             report_internal_error("stage enter", exc)
         return self
 
-    def _arm_hooks(self) -> None:
-        """Make and arm the compiled entry and exit where they can do this stage's blocks:
-        the extension built, plain attributes, no GPU events (a CPU ``device`` has none),
-        spans ending in batches."""
+    def _arm_hooks(self, runtime: Runtime) -> None:
+        """Make and arm the compiled entry and exit where they can do this stage's blocks
+        (``runtime``'s spans end in batches, the extension is built): plain attributes, no
+        GPU events (a CPU ``device`` has none)."""
         compiled = _compiled.speedups
         if self._compilable is None:  # asked once: a CUDA device's event source is made here
             gpu = self._device is not None and self._events() is not None
             self._compilable = self._plain and not gpu
         if compiled is None or not self._compilable:
             return
-        runtime = self._runtime or default_runtime()
-        spans = runtime.spans
-        if not spans.batched:
-            return
-        guard, plan = spans.compiled_roots()
+        guard, plan = runtime.spans.compiled_roots()
         if guard is not None and self._runtime is None:
             # the default runtime, read per block in Python, must stay this one
             guard = (*guard, (_runtime, "_default", runtime))
